@@ -1,0 +1,184 @@
+"""What a pipeline is made of: its denoiser, VAE(s), text encoders, scheduler and model family.
+
+Works on any ``DiffusionPipeline`` by looking at its registered components, so variants
+(img2img, inpaint, ControlNet) and pipelines sdopt has never heard of are understood too;
+those of unknown family get ``family == "other"`` and only generic optimizations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "flux", "pixart", "sana", "other")
+
+# Component names diffusers pipelines use for the denoising network, most common first.
+_DENOISER_NAMES = ("unet", "transformer", "prior", "decoder")
+_VAE_NAMES = ("vae", "vqvae", "movq", "audio_vae")
+
+# (pipeline class name prefix, family); the first match wins, so longer prefixes come first.
+_PIPELINE_PREFIXES = (
+    ("StableDiffusion3", "sd3"),
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusionControlNetXS", "sd1"),
+    ("StableDiffusion", "sd1"),
+    ("Flux", "flux"),
+    ("PixArt", "pixart"),
+    ("Sana", "sana"),
+)
+# Denoiser classes that identify a family whatever the pipeline is called.
+_DENOISER_CLASSES = {
+    "SD3Transformer2DModel": "sd3",
+    "FluxTransformer2DModel": "flux",
+    "PixArtTransformer2DModel": "pixart",
+    "SanaTransformer2DModel": "sana",
+}
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The parts of one pipeline, by component name, plus its family.
+
+    Built by :func:`inspect_pipeline`; optimizations read modules through it
+    (``anatomy.denoiser``, ``anatomy.vae``) so they never guess component names.
+    """
+
+    pipeline: Any
+    pipeline_class: str
+    family: str
+    denoiser_name: str | None
+    denoiser_kind: str  # "unet", "transformer", "other" or "none"
+    vae_names: tuple[str, ...]
+    text_encoder_names: tuple[str, ...]
+    controlnet_names: tuple[str, ...]
+    scheduler_name: str | None
+
+    @property
+    def denoiser(self) -> torch.nn.Module | None:
+        return getattr(self.pipeline, self.denoiser_name) if self.denoiser_name else None
+
+    @property
+    def vae(self) -> torch.nn.Module | None:
+        """The main VAE (the first of :attr:`vae_names`), if any."""
+        return getattr(self.pipeline, self.vae_names[0]) if self.vae_names else None
+
+    @property
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self.pipeline, name) for name in self.text_encoder_names}
+
+    @property
+    def scheduler(self) -> Any:
+        return getattr(self.pipeline, self.scheduler_name) if self.scheduler_name else None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every ``torch.nn.Module`` component of the pipeline, by component name."""
+        return {
+            name: component
+            for name, component in self.pipeline.components.items()
+            if isinstance(component, torch.nn.Module)
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline_class,
+            "family": self.family,
+            "denoiser": self.denoiser_name,
+            "denoiser_class": type(self.denoiser).__name__ if self.denoiser is not None else None,
+            "denoiser_kind": self.denoiser_kind,
+            "vaes": list(self.vae_names),
+            "text_encoders": list(self.text_encoder_names),
+            "controlnets": list(self.controlnet_names),
+            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+        }
+
+
+def inspect_pipeline(pipe: Any) -> Anatomy:
+    """Find the parts and the family of a diffusers pipeline, without changing it.
+
+    Raises ``TypeError`` for anything that is not a ``DiffusionPipeline``.
+
+    Example:
+        >>> from sdopt.anatomy import inspect_pipeline
+        >>> from sdopt.testing import tiny_pipeline
+        >>> anatomy = inspect_pipeline(tiny_pipeline("sdxl"))
+        >>> anatomy.family, anatomy.denoiser_name, anatomy.text_encoder_names
+        ('sdxl', 'unet', ('text_encoder', 'text_encoder_2'))
+    """
+    from diffusers import DiffusionPipeline
+
+    if not isinstance(pipe, DiffusionPipeline):
+        raise TypeError(
+            f"sdopt expects a diffusers DiffusionPipeline (for example "
+            f"StableDiffusionPipeline.from_pretrained(...)), got {type(pipe).__module__}."
+            f"{type(pipe).__qualname__}. To optimize a single model, wrap it in its pipeline."
+        )
+    components = pipe.components
+    modules = {name: c for name, c in components.items() if isinstance(c, torch.nn.Module)}
+
+    vae_names = tuple(
+        name for name, module in modules.items() if name in _VAE_NAMES or _looks_like_vae(module)
+    )
+    controlnet_names = tuple(name for name in modules if "controlnet" in name or "adapter" in name)
+    text_encoder_names = tuple(name for name in modules if name.startswith("text_encoder"))
+    denoiser_name = _find_denoiser(modules, set(vae_names) | set(controlnet_names) | set(text_encoder_names))
+    scheduler_name = "scheduler" if components.get("scheduler") is not None else None
+    denoiser = modules.get(denoiser_name) if denoiser_name else None
+    return Anatomy(
+        pipeline=pipe,
+        pipeline_class=type(pipe).__name__,
+        family=_family(type(pipe).__name__, denoiser),
+        denoiser_name=denoiser_name,
+        denoiser_kind=_denoiser_kind(denoiser),
+        vae_names=vae_names,
+        text_encoder_names=text_encoder_names,
+        controlnet_names=controlnet_names,
+        scheduler_name=scheduler_name,
+    )
+
+
+def _looks_like_vae(module: torch.nn.Module) -> bool:
+    name = type(module).__name__
+    return name.startswith(("Autoencoder", "VQModel", "ConsistencyDecoderVAE"))
+
+
+def _find_denoiser(modules: dict[str, torch.nn.Module], taken: set[str]) -> str | None:
+    for name in _DENOISER_NAMES:
+        if name in modules and name not in taken:
+            return name
+    # Unknown layout: the largest remaining diffusers model is the denoiser.
+    candidates = [
+        (sum(p.numel() for p in module.parameters()), name)
+        for name, module in modules.items()
+        if name not in taken and type(module).__module__.startswith("diffusers.")
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+def _denoiser_kind(denoiser: torch.nn.Module | None) -> str:
+    if denoiser is None:
+        return "none"
+    name = type(denoiser).__name__
+    if "UNet" in name:
+        return "unet"
+    if "Transformer" in name or "DiT" in name:
+        return "transformer"
+    return "other"
+
+
+def _family(pipeline_class: str, denoiser: torch.nn.Module | None) -> str:
+    family = next((fam for prefix, fam in _PIPELINE_PREFIXES if pipeline_class.startswith(prefix)), None)
+    if family is None and denoiser is not None:
+        family = _DENOISER_CLASSES.get(type(denoiser).__name__)
+    if family is None:
+        return "other"
+    if family == "sd1" and denoiser is not None:
+        config = getattr(denoiser, "config", {})
+        if type(denoiser).__name__ != "UNet2DConditionModel":
+            return "other"
+        if config.get("addition_embed_type") == "text_time":
+            return "sdxl"  # e.g. an SDXL UNet inside a generic StableDiffusion* wrapper
+        if config.get("cross_attention_dim") == 1024:
+            return "sd2"
+    return family

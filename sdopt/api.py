@@ -1,0 +1,158 @@
+"""``optimize`` and ``plan``: resolve, check everything, then apply transactionally."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sdopt.anatomy import inspect_pipeline
+from sdopt.capabilities import Capabilities
+from sdopt.errors import OptimizationFailed, StrictModeError
+from sdopt.optimizations.base import Undo
+from sdopt.planning import ExtraItem, Plan, Step, make_plan
+from sdopt.presets import Preset
+from sdopt.report import Decision, Report, run_undo_stack
+from sdopt.tiers import DEFAULT_TIER
+
+
+def plan(
+    pipe: Any,
+    tier: str | None = DEFAULT_TIER,
+    *,
+    preset: Preset | None = None,
+    exclude: Iterable[str] = (),
+    extra: Iterable[ExtraItem] = (),
+    caps: Capabilities | None = None,
+) -> Plan:
+    """Decide what :func:`optimize` would do, without changing ``pipe``.
+
+    Example:
+        >>> from sdopt import plan
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> p = plan(tiny_pipeline("flux"), tier="low-memory", caps=fake_capabilities("cpu"))
+        >>> [(d.name, d.reason.split(" (")[0]) for d in p.skipped][:1]
+        [('attention_slicing', 'for unet denoisers only')]
+    """
+    return _plan(pipe, tier, preset, tuple(exclude), tuple(extra), caps, failed={})
+
+
+def optimize(
+    pipe: Any,
+    tier: str | None = DEFAULT_TIER,
+    *,
+    preset: Preset | None = None,
+    exclude: Iterable[str] = (),
+    extra: Iterable[ExtraItem] = (),
+    caps: Capabilities | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+    undoable: bool = True,
+) -> Report:
+    """Optimize ``pipe`` in place for this machine and return what was done.
+
+    Args:
+        pipe: any diffusers ``DiffusionPipeline``.
+        tier: "conservative", "balanced" (default), "fast", "ultra", "low-memory", optionally
+            pinned ("balanced@1"); ``None`` applies only ``extra``.
+        preset: a :class:`Preset` to replay instead of a tier.
+        exclude: optimization names never to apply (they are reported as skipped).
+        extra: more optimizations to apply: names, ``{"name": ..., **options}`` or config
+            instances. They win conflicts against the tier's choices.
+        caps: the machine's capabilities (default: :func:`sdopt.detect`).
+        strict: raise instead of recording failures, and raise (changing nothing) when an
+            explicitly requested optimization (``extra`` or a preset's) cannot apply here.
+        dry_run: plan only; the report lists the steps as "planned".
+        undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
+            kept while ``optimize`` runs (so a failure rolls back), then released.
+
+    If a step raises, every step applied before it is undone in reverse order, leaving the
+    pipeline exactly as it was; with ``strict`` the error is raised, otherwise the failure is
+    recorded and the plan is applied again without it.
+
+    Example:
+        >>> from sdopt import optimize
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> pipe = tiny_pipeline("sd")
+        >>> report = optimize(pipe, tier=None, extra=["fuse_qkv"], caps=fake_capabilities("cpu"))
+        >>> [d.name for d in report.applied]
+        ['fuse_qkv']
+        >>> report.undo()
+    """
+    exclude, extra = tuple(exclude), tuple(extra)
+    failed: dict[str, Decision] = {}
+    current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
+    if strict:
+        refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
+        if refused:
+            raise StrictModeError(refused)
+    report = Report(
+        source=current.source,
+        pipeline_class=current.anatomy.pipeline_class,
+        family=current.anatomy.family,
+        device=current.caps.device,
+        fingerprint=current.caps.fingerprint,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        report.planned = [step.decision("planned", step.optimization.describe(step.config)) for step in current.steps]
+        report.skipped = list(current.skipped)
+        return report
+
+    # Each failure removes one step, so this ends after at most len(steps) + 1 attempts.
+    while True:
+        stack: list[tuple[str, Undo]] = []
+        applied: list[Decision] = []
+        try:
+            for step in current.steps:
+                applied.append(_apply_step(pipe, step, current.caps, stack))
+            break
+        except _StepFailed as failure:
+            run_undo_stack(stack)
+            if strict:
+                raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
+            reason = f"{type(failure.cause).__name__}: {failure.cause} (rolled back; the other steps were re-planned)"
+            failed[failure.step.name] = failure.step.decision("failed", reason)
+            current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
+
+    report.applied = applied
+    report.skipped = list(current.skipped)
+    report.failed = list(failed.values())
+    report._track(pipe, stack, keep=undoable)
+    return report
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: Step, cause: BaseException) -> None:
+        super().__init__(step.name)
+        self.step = step
+        self.cause = cause
+
+
+def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: list[tuple[str, Undo]]) -> Decision:
+    # Re-read the anatomy: an earlier step may have swapped a component.
+    anatomy = inspect_pipeline(pipe)
+    started = time.perf_counter()
+    try:
+        undo = step.optimization.apply(pipe, anatomy, caps, step.config)
+    except Exception as error:
+        raise _StepFailed(step, error) from error
+    if not callable(undo):
+        raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
+    stack.append((step.name, undo))
+    return step.decision("applied", step.optimization.describe(step.config), time.perf_counter() - started)
+
+
+def _plan(
+    pipe: Any,
+    tier: str | None,
+    preset: Preset | None,
+    exclude: Iterable[str],
+    extra: Iterable[ExtraItem],
+    caps: Capabilities | None,
+    failed: dict[str, Decision],
+) -> Plan:
+    if preset is not None and tier == DEFAULT_TIER:
+        tier = None  # a preset replaces the default tier
+    failures = {name: decision.reason for name, decision in failed.items()}
+    return make_plan(pipe, tier=tier, preset=preset, exclude=exclude, extra=extra, caps=caps, failed=failures)

@@ -1,0 +1,78 @@
+"""Exceptions sdopt raises. Each carries the object at fault and says what to do next."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SdoptError(Exception):
+    """Base class of every error sdopt raises on purpose."""
+
+
+class UnknownTierError(SdoptError, ValueError):
+    """A tier name or version that does not exist."""
+
+    def __init__(self, tier: str, message: str) -> None:
+        super().__init__(message)
+        self.tier = tier
+
+
+class UnknownOptimizationError(SdoptError, ValueError):
+    """An optimization name that is not registered."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        super().__init__(
+            f"unknown optimization {name!r}: {hint}registered optimizations are: {', '.join(known)} "
+            f"(see sdopt.list_optimizations())"
+        )
+        self.name = name
+        self.suggestions = close
+
+
+class ConfigError(SdoptError, ValueError):
+    """A configuration value an optimization does not accept."""
+
+    def __init__(self, optimization: str, message: str) -> None:
+        super().__init__(f"{optimization}: {message}")
+        self.optimization = optimization
+
+
+class PlanningError(SdoptError, ValueError):
+    """Metadata that cannot be planned, e.g. an ordering cycle between optimizations."""
+
+
+class OptimizationFailed(SdoptError, RuntimeError):
+    """An optimization raised while being applied; everything applied before it was rolled back."""
+
+    def __init__(self, name: str, cause: BaseException) -> None:
+        super().__init__(
+            f"optimization {name!r} failed and the pipeline was rolled back to its original state: "
+            f"{type(cause).__name__}: {cause}. Exclude it with optimize(..., exclude=[{name!r}]) "
+            f"or pass strict=False to record the failure and apply the rest."
+        )
+        self.name = name
+        self.cause = cause
+
+
+class StrictModeError(SdoptError, RuntimeError):
+    """``strict=True`` and a requested optimization could not be applied; nothing was changed."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        lines = "\n".join(f"  - {name}: {reason}" for name, reason in reasons.items())
+        super().__init__(
+            f"strict=True and {len(reasons)} requested optimization(s) cannot be applied here; "
+            f"nothing was changed:\n{lines}"
+        )
+        self.reasons = reasons
+
+
+class RollbackError(SdoptError, RuntimeError):
+    """Undoing an optimization raised; the pipeline may be left partly optimized."""
+
+
+class UndoError(SdoptError, RuntimeError):
+    """``Report.undo()`` cannot run (already undone, not undoable, or out of order)."""

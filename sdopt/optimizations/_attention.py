@@ -1,0 +1,24 @@
+"""Saving and restoring attention processors exactly (shared by attention optimizations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every submodule of ``model`` that holds an attention processor."""
+    return [module for module in model.modules() if hasattr(module, "set_processor") and hasattr(module, "processor")]
+
+
+def save_processors(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
+    """The processor object of each attention module, to give back with :func:`restore_processors`."""
+    return [(module, module.processor) for module in attention_modules(model)]
+
+
+def restore_processors(saved: list[tuple[torch.nn.Module, Any]]) -> None:
+    """Put the very same processor objects back (diffusers' own ``set_processor``, module by module)."""
+    for module, processor in saved:
+        if module.processor is not processor:
+            module.set_processor(processor)

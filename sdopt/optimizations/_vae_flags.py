@@ -1,0 +1,24 @@
+"""Setting VAE attributes and restoring exactly the previous ones (shared by VAE optimizations)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sdopt.optimizations.base import Undo
+
+_ABSENT = object()
+
+
+def remember_attributes(obj: Any, names: Iterable[str]) -> Undo:
+    """Record ``names`` on ``obj`` now; the returned undo puts them back (or deletes them if absent)."""
+    saved = {name: obj.__dict__.get(name, _ABSENT) for name in names}
+
+    def undo() -> None:
+        for name, value in saved.items():
+            if value is _ABSENT:
+                obj.__dict__.pop(name, None)
+            else:
+                obj.__dict__[name] = value
+
+    return undo

@@ -1,0 +1,177 @@
+"""The base class every optimization derives from.
+
+An optimization is declared, not dispatched: class attributes say what it is, what it needs,
+what it conflicts with and what it must run after; ``check`` decides (purely) whether it
+can do anything on this pipeline and machine; ``apply`` changes the pipeline and returns the
+function that undoes exactly that change.
+
+Example (a complete optimization, registered for the duration of the example):
+    >>> from dataclasses import dataclass
+    >>> from sdopt.optimizations.base import Optimization
+    >>> from sdopt.registry import register, unregister
+    >>> class EvalMode(Optimization):
+    ...     name = "eval_mode"
+    ...     kind = "layout"
+    ...     summary = "put the denoiser in eval mode"
+    ...     def check(self, anatomy, caps, config):
+    ...         return "already in eval mode" if not anatomy.denoiser.training else None
+    ...     def apply(self, pipe, anatomy, caps, config):
+    ...         anatomy.denoiser.eval()
+    ...         return anatomy.denoiser.train
+    >>> _ = register(EvalMode)
+    >>> unregister("eval_mode")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sdopt.errors import ConfigError
+from sdopt.requirements import Requirements
+
+if TYPE_CHECKING:
+    from sdopt.anatomy import Anatomy
+    from sdopt.capabilities import Capabilities
+
+Undo = Callable[[], None]
+"""Restores exactly what one ``apply`` changed. Called at most once."""
+
+KINDS: tuple[str, ...] = (
+    "scheduler",
+    "sampling",
+    "precision",
+    "quantization",
+    "vae",
+    "layout",
+    "attention",
+    "memory",
+    "cache",
+    "compile",
+)
+"""Optimization kinds, in the order their steps are applied when nothing more specific is declared:
+what changes weights' dtype or identity comes before what rearranges them, and compilation last."""
+
+EFFECTS: tuple[str, ...] = ("speed", "memory", "speed+memory")
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """The configuration of an optimization that takes no options."""
+
+
+class Optimization:
+    """Base class of all optimizations. Subclass, fill the metadata, implement ``apply``.
+
+    Metadata (class attributes):
+        name: registry key, snake_case.
+        kind: one of :data:`KINDS`.
+        summary: one line for tables and reports.
+        Config: a frozen dataclass of options with defaults.
+        requires: :class:`~sdopt.requirements.Requirements` on machine and pipeline.
+        conflicts: names that can never be applied together with this one (stated once:
+            the registry derives the reverse direction).
+        group: an exclusive group (e.g. ``"attention"``): at most one member per plan.
+        after / before: names this one must be applied after / before when both are planned.
+        lossy: whether outputs change beyond numerical drift.
+        effect: what it buys: "speed", "memory" or "speed+memory".
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    requires: ClassVar[Requirements] = Requirements()
+    conflicts: ClassVar[tuple[str, ...]] = ()
+    group: ClassVar[str | None] = None
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
+    lossy: ClassVar[bool] = False
+    effect: ClassVar[str] = "speed"
+
+    def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        """Why this optimization would do nothing or cannot work here; ``None`` if it can. Pure."""
+        return None
+
+    def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
+        """Turn automatic settings of ``config`` into concrete ones for this pipeline. Pure."""
+        return config
+
+    def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        """Change ``pipe`` and return the function that restores it exactly."""
+        raise NotImplementedError
+
+    def describe(self, config: Any) -> str:
+        """What applying with ``config`` does, for the report (defaults to :attr:`summary`)."""
+        return self.summary
+
+    # ---- configuration
+
+    def make_config(self, values: Mapping[str, Any] | Any = None) -> Any:
+        """Build this optimization's config from a mapping, checking names and types."""
+        if isinstance(values, self.Config):
+            return values
+        values = dict(values or {})
+        allowed = {item.name: item for item in dataclasses.fields(self.Config)}
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            choices = ", ".join(sorted(allowed)) if allowed else "none (it takes no options)"
+            raise ConfigError(self.name, f"unknown option(s) {', '.join(unknown)}; allowed options: {choices}")
+        hints = typing.get_type_hints(self.Config)
+        converted = {}
+        for key, value in values.items():
+            converted[key] = _coerce(self.name, key, value, hints[key])
+        try:
+            return self.Config(**converted)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(self.name, str(error)) from error
+
+    def config_to_dict(self, config: Any) -> dict[str, Any]:
+        """A JSON-safe dict of every option of ``config``."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items()
+        }
+
+
+def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a simple type hint; lists become tuples for frozen configs."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(
+                optimization, f"option {key}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(optimization, key, value, arg)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(optimization, f"option {key}={value!r} has the wrong type (expected {hint})")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(optimization, f"option {key} expects a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(optimization, key, v, item) for v in value)
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(optimization, f"option {key} expects None, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(
+                optimization, f"option {key} expects {hint.__name__}, got {type(value).__name__} {value!r}"
+            )
+    return value

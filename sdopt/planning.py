@@ -1,0 +1,232 @@
+"""From a tier or preset to an ordered list of steps. Pure: the pipeline is only read.
+
+candidates (``extra`` first, then the preset's entries)
+  -> the caller's exclusions, the entries' ``when`` conditions
+  -> each optimization's ``requires`` and ``check``
+  -> conflicts (the earlier candidate wins; the loser is skipped naming the winner)
+  -> order (kind order, refined by declared ``after``/``before``).
+Every candidate ends as a step or a skipped decision with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdopt import registry
+from sdopt.anatomy import Anatomy, inspect_pipeline
+from sdopt.capabilities import Capabilities, detect
+from sdopt.errors import PlanningError
+from sdopt.optimizations.base import KINDS, Optimization
+from sdopt.presets import Entry, Preset
+from sdopt.report import Decision, format_table
+from sdopt.tiers import resolve_tier
+
+ExtraItem = str | Mapping[str, Any] | Entry | Any
+"""An extra optimization: its name, ``{"name": ..., **options}``, an :class:`Entry`, or a config instance."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimization the plan will apply, with its fully resolved config."""
+
+    optimization: Optimization
+    config: Any
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.optimization.name
+
+    def decision(self, status: str, reason: str, seconds: float | None = None) -> Decision:
+        opt = self.optimization
+        return Decision(
+            name=opt.name,
+            status=status,
+            reason=reason,
+            config=opt.config_to_dict(self.config),
+            kind=opt.kind,
+            lossy=opt.lossy,
+            source=self.source,
+            seconds=seconds,
+        )
+
+
+@dataclass
+class Plan:
+    """What :func:`sdopt.optimize` would do to a pipeline on a machine, decided without changing it.
+
+    Example:
+        >>> from sdopt import plan
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu"))
+        >>> [step.name for step in p.steps]
+        ['channels_last']
+    """
+
+    source: str | None
+    anatomy: Anatomy
+    caps: Capabilities
+    steps: list[Step] = field(default_factory=list)
+    skipped: list[Decision] = field(default_factory=list)
+    requested: tuple[str, ...] = ()
+    """Names the caller asked for explicitly (``extra`` or a preset), as opposed to a tier's choices."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "pipeline": self.anatomy.to_dict(),
+            "device": self.caps.device,
+            "fingerprint": self.caps.fingerprint,
+            "steps": [step.decision("planned", step.optimization.describe(step.config)).to_dict() for step in self.steps],
+            "skipped": [decision.to_dict() for decision in self.skipped],
+        }
+
+    def __str__(self) -> str:
+        rows = [step.decision("planned", step.optimization.describe(step.config)) for step in self.steps]
+        header = (
+            f"sdopt plan: {self.source or 'no tier'} for {self.anatomy.pipeline_class} "
+            f"(family {self.anatomy.family}) on {self.caps.device}"
+        )
+        return header + "\n" + format_table(rows + self.skipped)
+
+
+def make_plan(
+    pipe: Any,
+    *,
+    tier: str | None = None,
+    preset: Preset | None = None,
+    exclude: Iterable[str] = (),
+    extra: Iterable[ExtraItem] = (),
+    caps: Capabilities | None = None,
+    failed: Mapping[str, str] | None = None,
+) -> Plan:
+    """Build the plan. ``failed`` names optimizations that already failed on this pipeline (left out)."""
+    anatomy = inspect_pipeline(pipe)
+    if tier is not None and preset is not None:
+        raise ValueError("pass either tier=... or preset=..., not both")
+    base = preset if preset is not None else (resolve_tier(tier) if tier is not None else None)
+    if base is not None and not isinstance(base, Preset):
+        raise TypeError(f"preset must be an sdopt.Preset (see Preset.load), got {type(base).__name__}")
+    excluded = _validated_names(exclude, "exclude")
+    extras = [_entry_from_extra(item) for item in extra]
+    caps = caps if caps is not None else detect()
+    source = base.label if base is not None else None
+
+    candidates: dict[str, list[tuple[Entry, str]]] = {}
+    for entry in extras:
+        candidates.setdefault(entry.name, []).append((entry, "extra"))
+    if base is not None:
+        for entry in base.entries:
+            registry.get(entry.name)  # an unknown name in a preset is an error, not a skip
+            if not any(src == "extra" for _, src in candidates.get(entry.name, [])):
+                candidates.setdefault(entry.name, []).append((entry, base.label))
+
+    result = Plan(source=source, anatomy=anatomy, caps=caps)
+    result.requested = tuple(
+        name for name, options in candidates.items() if preset is not None or options[0][1] == "extra"
+    )
+    eligible: list[Step] = []
+    for name, options in candidates.items():
+        optimization = registry.get(name)
+        source_label = options[0][1]
+        if failed and name in failed:
+            continue  # reported as failed by the caller
+        if name in excluded:
+            result.skipped.append(_skip(optimization, source_label, "excluded by the caller"))
+            continue
+        entry, source_label, reason = _first_wanted(options, anatomy, caps)
+        if entry is None:
+            result.skipped.append(_skip(optimization, source_label, f"not wanted here: {reason}"))
+            continue
+        config = optimization.make_config(entry.config)
+        reason = optimization.requires.unmet(anatomy, caps) or optimization.check(anatomy, caps, config)
+        if reason:
+            result.skipped.append(_skip(optimization, source_label, reason, config))
+            continue
+        eligible.append(Step(optimization, optimization.resolve(anatomy, caps, config), source_label))
+
+    winners: list[Step] = []
+    for step in eligible:
+        rival = next((w for w in winners if _conflict(step.optimization, w.optimization)), None)
+        if rival is None:
+            winners.append(step)
+            continue
+        why = f"same group {rival.optimization.group!r}" if step.optimization.group else "declared conflict"
+        result.skipped.append(
+            _skip(step.optimization, step.source, f"conflicts with {rival.name} ({why}; {rival.name} chosen first)", step.config)
+        )
+    result.steps = _ordered(winners)
+    return result
+
+
+def _validated_names(names: Iterable[str], argument: str) -> set[str]:
+    if isinstance(names, str):
+        raise TypeError(f"{argument} must be a list of optimization names, got the string {names!r}")
+    result = set()
+    for name in names:
+        registry.get(name)  # raises with the closest names
+        result.add(name)
+    return result
+
+
+def _entry_from_extra(item: ExtraItem) -> Entry:
+    if isinstance(item, Entry):
+        registry.get(item.name)
+        return item
+    if isinstance(item, str):
+        registry.get(item)
+        return Entry(item)
+    if isinstance(item, Mapping):
+        if not isinstance(item.get("name"), str):
+            raise ValueError(f"an extra optimization given as a mapping needs a 'name' key: {dict(item)!r}")
+        options = {k: v for k, v in item.items() if k != "name"}
+        registry.get(item["name"]).make_config(options)
+        return Entry(item["name"], options)
+    optimization = registry.by_config_type(item)
+    if optimization is None:
+        raise TypeError(
+            f"extra items must be optimization names, {{'name': ..., **options}} mappings, Entry objects "
+            f"or optimization Config instances; got {type(item).__name__}"
+        )
+    return Entry(optimization.name, optimization.config_to_dict(item))
+
+
+def _first_wanted(
+    options: list[tuple[Entry, str]], anatomy: Anatomy, caps: Capabilities
+) -> tuple[Entry | None, str, str]:
+    reasons = []
+    for entry, source in options:
+        reason = entry.when.unmet(anatomy, caps)
+        if reason is None:
+            return entry, source, ""
+        reasons.append(reason)
+    return None, options[0][1], "; ".join(dict.fromkeys(reasons))
+
+
+def _skip(optimization: Optimization, source: str, reason: str, config: Any = None) -> Decision:
+    config = config if config is not None else optimization.make_config({})  # every option has a default
+    return Step(optimization, config, source).decision("skipped", reason)
+
+
+def _conflict(a: Optimization, b: Optimization) -> bool:
+    if a.group is not None and a.group == b.group:
+        return True
+    return registry.conflicts_between(a.name, b.name)
+
+
+def _ordered(steps: list[Step]) -> list[Step]:
+    """Kind order first, then a stable topological sort on the declared before/after relations."""
+    pending = sorted(steps, key=lambda step: KINDS.index(step.optimization.kind))
+    ordered: list[Step] = []
+    while pending:
+        for index, step in enumerate(pending):
+            blocked = any(registry.must_precede(other.name, step.name) for other in pending if other is not step)
+            if not blocked:
+                ordered.append(pending.pop(index))
+                break
+        else:
+            cycle = ", ".join(step.name for step in pending)
+            raise PlanningError(f"the declared before/after relations between {cycle} form a cycle")
+    return ordered

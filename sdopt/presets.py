@@ -1,0 +1,193 @@
+"""Presets: versioned, serializable lists of optimization entries. Tiers are presets.
+
+A preset holds data only: optimization names, their options and the conditions under which
+each entry is wanted. Loading accepts registered names and declared options only; nothing in
+a file can import or run code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.requirements import Requirements
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FORMAT_VERSION = 1
+
+
+class PresetError(SdoptError, ValueError):
+    """A preset that cannot be read: names the file, the entry and the field at fault."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One optimization of a preset: its name, its options and when it is wanted.
+
+    Example:
+        >>> from sdopt.presets import Entry
+        >>> from sdopt.requirements import Requirements
+        >>> Entry("vae_tiling", when=Requirements(max_memory_gb=8)).to_dict()
+        {'name': 'vae_tiling', 'when': {'max_memory_gb': 8}}
+    """
+
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    when: Requirements = Requirements()
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name}
+        if self.config:
+            data["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}
+        if self.when != Requirements():
+            data["when"] = self.when.to_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, versioned list of :class:`Entry` (a tier, or an app's pinned choice).
+
+    Example:
+        >>> from sdopt import Preset
+        >>> preset = Preset("my-app", entries=("channels_last",))
+        >>> [entry.name for entry in preset.entries]
+        ['channels_last']
+    """
+
+    name: str
+    entries: tuple[Entry, ...] = ()
+    version: int = 1
+    description: str = ""
+    sdopt_version: str | None = None
+    based_on: str | None = None
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        entries = tuple(Entry(e) if isinstance(e, str) else e for e in self.entries)
+        object.__setattr__(self, "entries", entries)
+
+    @property
+    def label(self) -> str:
+        """``name@version``, the way tiers are pinned."""
+        return f"{self.name}@{self.version}"
+
+    def names(self) -> list[str]:
+        """Distinct optimization names, in entry order."""
+        return list(dict.fromkeys(entry.name for entry in self.entries))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"format": FORMAT_VERSION, "name": self.name, "version": self.version}
+        for key in ("description", "sdopt_version", "based_on", "fingerprint"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        data["steps"] = [entry.to_dict() for entry in self.entries]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Preset:
+        """Build a preset from plain data, validating every name and option against the registry."""
+        from sdopt import registry
+
+        allowed = {"format", "name", "version", "description", "sdopt_version", "based_on", "fingerprint", "steps"}
+        _reject_unknown(source, "preset", data, allowed)
+        if data.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+            raise PresetError(f"{source}: format {data['format']!r} is not supported (this sdopt reads {FORMAT_VERSION})")
+        if not isinstance(data.get("name"), str):
+            raise PresetError(f"{source}: key 'name' must be a string")
+        steps = data.get("steps", [])
+        if not isinstance(steps, list):
+            raise PresetError(f"{source}: key 'steps' must be a list of tables")
+        entries = []
+        for index, step in enumerate(steps):
+            where = f"{source}: steps[{index}]"
+            if not isinstance(step, Mapping) or not isinstance(step.get("name"), str):
+                raise PresetError(f"{where}: each step needs a string 'name'")
+            where = f"{where} ({step['name']})"
+            _reject_unknown(where, "step", step, {"name", "config", "when"})
+            try:
+                optimization = registry.get(step["name"])
+                config = dict(step.get("config", {}))
+                optimization.make_config(config)  # validates names and types
+                when = Requirements.from_dict(step.get("when", {}))
+            except (SdoptError, ValueError, TypeError) as error:
+                raise PresetError(f"{where}: {error}") from error
+            entries.append(Entry(step["name"], config, when))
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise PresetError(f"{source}: key 'version' must be a positive integer, got {version!r}")
+        return cls(
+            name=data["name"],
+            entries=tuple(entries),
+            version=version,
+            description=data.get("description", ""),
+            sdopt_version=data.get("sdopt_version"),
+            based_on=data.get("based_on"),
+            fingerprint=data.get("fingerprint"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preset:
+        """Read a preset from a ``.toml`` or ``.json`` file.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from sdopt import Preset
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "app.toml"
+            >>> Preset("app", entries=("channels_last",)).save(path)
+            >>> Preset.load(path).names()
+            ['channels_last']
+        """
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+            raise PresetError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from error
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write this preset as TOML (or JSON if ``path`` ends in ``.json``)."""
+        path = Path(path)
+        data = self.to_dict()
+        text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else _to_toml(data)
+        path.write_text(text, encoding="utf-8")
+
+
+def _reject_unknown(where: str, what: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise PresetError(
+            f"{where}: unknown {what} key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _to_toml(data: Mapping[str, Any]) -> str:
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if key != "steps"]
+    for step in data.get("steps", []):
+        lines += ["", "[[steps]]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in step.items()]
+    return "\n".join(lines) + "\n"

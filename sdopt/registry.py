@@ -1,0 +1,185 @@
+"""The registry of optimizations, keyed by name.
+
+Built-in optimizations are the modules of ``sdopt.optimizations`` (every module there is
+imported; an import error is raised, never swallowed); third-party packages add theirs
+through the ``sdopt.optimizations`` entry-point group or by calling :func:`register`.
+Relations are stated once, on one side: ``conflicts`` and ``before``/``after`` are read in
+both directions here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import pkgutil
+from typing import Any
+
+from sdopt.errors import PlanningError, UnknownOptimizationError
+from sdopt.optimizations.base import EFFECTS, KINDS, Optimization
+
+_registry: dict[str, Optimization] = {}
+_loaded = False
+_loading = False
+
+
+def register(cls: type[Optimization], *, replace: bool = False) -> type[Optimization]:
+    """Add an optimization class to the registry (usable as a class decorator).
+
+    Example:
+        >>> from sdopt.optimizations.base import Optimization
+        >>> from sdopt.registry import register, unregister, get
+        >>> @register
+        ... class Nothing(Optimization):
+        ...     name = "nothing"
+        ...     kind = "memory"
+        ...     def apply(self, pipe, anatomy, caps, config):
+        ...         return lambda: None
+        >>> get("nothing").kind
+        'memory'
+        >>> unregister("nothing")
+    """
+    _validate(cls)
+    if cls.name in _registry and not replace and type(_registry[cls.name]) is not cls:
+        raise ValueError(
+            f"an optimization named {cls.name!r} is already registered "
+            f"({type(_registry[cls.name]).__qualname__}); pass replace=True to override it"
+        )
+    _registry[cls.name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove an optimization from the registry (mostly for tests)."""
+    _ensure_loaded()
+    if name not in _registry:
+        raise UnknownOptimizationError(name, _registry)
+    del _registry[name]
+
+
+def get(name: str) -> Optimization:
+    """The registered optimization called ``name``; the error suggests the closest names."""
+    _ensure_loaded()
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownOptimizationError(name, _registry) from None
+
+
+def names() -> list[str]:
+    """Names of all registered optimizations, sorted."""
+    _ensure_loaded()
+    return sorted(_registry)
+
+
+def by_config_type(config: Any) -> Optimization | None:
+    """The optimization whose ``Config`` class ``config`` is an instance of."""
+    _ensure_loaded()
+    return next((opt for opt in _registry.values() if type(config) is opt.Config), None)
+
+
+def conflicts_between(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` declare a conflict, in either direction."""
+    first, second = get(a), get(b)
+    return b in first.conflicts or a in second.conflicts
+
+
+def must_precede(a: str, b: str) -> bool:
+    """Whether ``a`` must be applied before ``b`` when both are planned (either side may say so)."""
+    first, second = get(a), get(b)
+    return b in first.before or a in second.after
+
+
+def list_optimizations() -> list[dict[str, Any]]:
+    """A row per registered optimization: name, kind, summary, lossy, effect, requirements, options.
+
+    Example:
+        >>> from sdopt import list_optimizations
+        >>> "channels_last" in [row["name"] for row in list_optimizations()]
+        True
+    """
+    rows = []
+    for name in names():
+        opt = _registry[name]
+        rows.append(
+            {
+                "name": name,
+                "kind": opt.kind,
+                "summary": opt.summary,
+                "lossy": opt.lossy,
+                "effect": opt.effect,
+                "requires": opt.requires.to_dict(),
+                "conflicts": sorted(
+                    other for other in _registry if other != name and conflicts_between(name, other)
+                ),
+                "group": opt.group,
+                "options": {
+                    item.name: _default_of(item) for item in dataclasses.fields(opt.Config)
+                },
+            }
+        )
+    return rows
+
+
+def _default_of(item: dataclasses.Field[Any]) -> Any:
+    if item.default is not dataclasses.MISSING:
+        value = item.default
+    elif item.default_factory is not dataclasses.MISSING:
+        value = item.default_factory()
+    else:
+        return None
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _validate(cls: type[Optimization]) -> None:
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not isinstance(cls, type) or not issubclass(cls, Optimization):
+        raise TypeError(f"{where} must subclass sdopt.optimizations.base.Optimization")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PlanningError(f"{where}: `name` must be a snake_case identifier, got {name!r}")
+    if getattr(cls, "kind", None) not in KINDS:
+        raise PlanningError(f"{where}: `kind` must be one of {', '.join(KINDS)}, got {getattr(cls, 'kind', None)!r}")
+    if cls.effect not in EFFECTS:
+        raise PlanningError(f"{where}: `effect` must be one of {', '.join(EFFECTS)}, got {cls.effect!r}")
+    params = getattr(cls.Config, "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        raise PlanningError(f"{where}: `Config` must be a frozen dataclass")
+    for item in dataclasses.fields(cls.Config):
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            raise PlanningError(f"{where}: config option {item.name!r} needs a default")
+    for relation in ("conflicts", "after", "before"):
+        value = getattr(cls, relation)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise PlanningError(f"{where}: `{relation}` must be a tuple of optimization names")
+        if name in value:
+            raise PlanningError(f"{where}: `{relation}` names the optimization itself")
+
+
+def _ensure_loaded() -> None:
+    global _loaded, _loading
+    if _loaded or _loading:
+        return
+    _loading = True
+    try:
+        _load_builtins_and_plugins()
+        _loaded = True
+    finally:
+        _loading = False
+
+
+def _load_builtins_and_plugins() -> None:
+    import sdopt.optimizations as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "base" and not module.name.startswith("_"):  # _name: shared helpers
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    for entry_point in importlib.metadata.entry_points(group="sdopt.optimizations"):
+        try:
+            loaded = entry_point.load()
+        except Exception as error:
+            raise ImportError(
+                f"the sdopt plugin {entry_point.name!r} ({entry_point.value}) failed to import: {error}"
+            ) from error
+        if isinstance(loaded, type) and issubclass(loaded, Optimization) and loaded.name not in _registry:
+            register(loaded)

@@ -1,0 +1,172 @@
+"""Decisions and the report of one ``optimize`` call, with its undo stack."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sdopt.errors import UndoError
+from sdopt.optimizations.base import Undo
+
+STATUSES = ("applied", "skipped", "failed", "planned")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one candidate optimization, and why.
+
+    ``status`` is "applied", "skipped", "failed" or (in a dry run) "planned"; ``reason`` says
+    why it was skipped, what went wrong, or what the applied change does; ``config`` holds the
+    fully resolved options; ``source`` is where the candidate came from ("balanced@1", "extra").
+    """
+
+    name: str
+    status: str
+    reason: str
+    config: dict[str, Any]
+    kind: str
+    lossy: bool
+    source: str
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_table(decisions: Sequence[Decision]) -> str:
+    """A plain-text table of decisions, one row each."""
+    headers = ("status", "optimization", "kind", "lossy", "from", "reason / effect")
+    rows = [
+        (d.status, d.name, d.kind, "yes" if d.lossy else "no", d.source, d.reason) for d in decisions
+    ]
+    if not rows:
+        return "  (no candidate optimizations)"
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers) - 1)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]
+        lines.append("  " + "  ".join(cells))
+    lines.insert(1, "  " + "  ".join("-" * width for width in widths) + "  " + "-" * 16)
+    return "\n".join(lines)
+
+
+# The reports whose changes are live on each pipeline, oldest first: undo must go newest first.
+_live_reports: weakref.WeakKeyDictionary[Any, list[Report]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`sdopt.optimize`: every decision, and the way back.
+
+    Example:
+        >>> from sdopt import optimize
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> pipe = tiny_pipeline("sd")
+        >>> report = optimize(pipe, tier="balanced", caps=fake_capabilities("cpu"))
+        >>> [d.name for d in report.applied]
+        ['channels_last']
+        >>> report.undo()
+    """
+
+    source: str | None
+    pipeline_class: str
+    family: str
+    device: str
+    fingerprint: str
+    applied: list[Decision] = field(default_factory=list)
+    skipped: list[Decision] = field(default_factory=list)
+    failed: list[Decision] = field(default_factory=list)
+    planned: list[Decision] = field(default_factory=list)
+    dry_run: bool = False
+    _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
+    _pipeline: Any = field(default=None, repr=False)
+    _undone: bool = field(default=False, repr=False)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return [*self.applied, *self.planned, *self.failed, *self.skipped]
+
+    @property
+    def undoable(self) -> bool:
+        """Whether :meth:`undo` can restore the pipeline now."""
+        return self._undo_stack is not None and not self._undone
+
+    def undo(self) -> None:
+        """Restore the pipeline exactly as it was before ``optimize``.
+
+        Raises :class:`~sdopt.errors.UndoError` if the report was made with ``undoable=False``,
+        is already undone, or a later ``optimize`` on the same pipeline is still live (undo
+        that one first).
+        """
+        if self.dry_run or not self.applied:
+            self._undone = True
+            return
+        if self._undone:
+            raise UndoError("this report was already undone")
+        if self._undo_stack is None:
+            raise UndoError(
+                "this report was made with optimize(..., undoable=False), which keeps no originals; "
+                "reload the pipeline instead, or optimize with undoable=True (the default) to be able to undo"
+            )
+        live = _live_reports.get(self._pipeline, [])
+        if live and live[-1] is not self:
+            raise UndoError(
+                f"a later optimize() on this pipeline (source {live[-1].source}) is still applied; undo its report first"
+            )
+        run_undo_stack(self._undo_stack)
+        self._undo_stack = None
+        self._undone = True
+        if self in live:
+            live.remove(self)
+
+    def _track(self, pipe: Any, stack: list[tuple[str, Undo]], keep: bool) -> None:
+        """Attach the undo stack (or drop it when the caller opted out) and record the report as live."""
+        self._pipeline = pipe
+        self._undo_stack = stack if keep else None
+        if keep and stack:
+            _live_reports.setdefault(pipe, []).append(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the report, JSON-safe."""
+        return {
+            "source": self.source,
+            "pipeline": self.pipeline_class,
+            "family": self.family,
+            "device": self.device,
+            "fingerprint": self.fingerprint,
+            "dry_run": self.dry_run,
+            "undoable": self.undoable,
+            "applied": [d.to_dict() for d in self.applied],
+            "planned": [d.to_dict() for d in self.planned],
+            "skipped": [d.to_dict() for d in self.skipped],
+            "failed": [d.to_dict() for d in self.failed],
+        }
+
+    def __str__(self) -> str:
+        what = "dry run of" if self.dry_run else "optimized"
+        header = (
+            f"sdopt {what} {self.pipeline_class} (family {self.family}) on {self.device} with "
+            f"{self.source or 'no tier'}: {len(self.applied)} applied, {len(self.skipped)} skipped, "
+            f"{len(self.failed)} failed"
+        )
+        return header + "\n" + format_table(self.decisions)
+
+
+def run_undo_stack(stack: list[tuple[str, Undo]]) -> None:
+    """Undo every entry newest first; if some raise, finish the others and then report them all."""
+    from sdopt.errors import RollbackError
+
+    errors = []
+    while stack:
+        name, undo = stack.pop()
+        try:
+            undo()
+        except Exception as error:  # keep undoing the rest: a partial undo is worse
+            errors.append(f"{name}: {type(error).__name__}: {error}")
+    if errors:
+        raise RollbackError(
+            "undoing some optimizations raised, the pipeline may not be fully restored; reload it. "
+            + "; ".join(errors)
+        )

@@ -1,0 +1,119 @@
+"""Declarative conditions on the machine and the pipeline.
+
+One class serves two purposes: what an optimization *needs* to work (its ``requires``) and
+when a tier *wants* it (an entry's ``when``). Both are checked the same way, purely, and
+answer with a readable reason when they do not hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from packaging.version import Version
+
+if TYPE_CHECKING:
+    from sdopt.anatomy import Anatomy
+    from sdopt.capabilities import Capabilities
+
+# The `pip install sdopt[extra]` that brings each optional package.
+PACKAGE_EXTRAS: dict[str, str] = {
+    "xformers": "xformers",
+    "bitsandbytes": "bnb",
+    "torchao": "torchao",
+    "matplotlib": "bench",
+}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Conditions that must all hold; an empty field means "any".
+
+    Example:
+        >>> from sdopt.requirements import Requirements
+        >>> from sdopt.testing import fake_capabilities, tiny_pipeline
+        >>> from sdopt.anatomy import inspect_pipeline
+        >>> needs = Requirements(devices=("cuda",), min_compute_capability=(8, 0))
+        >>> needs.unmet(inspect_pipeline(tiny_pipeline("sd")), fake_capabilities("cpu"))
+        'needs device cuda (this machine: cpu)'
+    """
+
+    devices: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    denoiser_kinds: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    min_compute_capability: tuple[int, int] | None = None
+    min_memory_gb: float | None = None
+    max_memory_gb: float | None = None
+    bf16_accelerated: bool | None = None
+    min_torch: str | None = None
+    min_diffusers: str | None = None
+    needs_vae: bool = False
+
+    def unmet(self, anatomy: Anatomy, caps: Capabilities) -> str | None:
+        """The first condition that does not hold, as a reason; ``None`` when all hold."""
+        if self.devices and caps.device not in self.devices:
+            return f"needs device {' or '.join(self.devices)} (this machine: {caps.device})"
+        if self.families and anatomy.family not in self.families:
+            return f"for model families {', '.join(self.families)} only (this pipeline: {anatomy.family})"
+        if self.denoiser_kinds and anatomy.denoiser_kind not in self.denoiser_kinds:
+            denoiser = type(anatomy.denoiser).__name__ if anatomy.denoiser is not None else "none"
+            return f"for {' or '.join(self.denoiser_kinds)} denoisers only (this pipeline: {denoiser})"
+        if self.needs_vae and anatomy.vae is None:
+            return "the pipeline has no VAE"
+        for package in self.packages:
+            if not caps.package_usable(package):
+                info = caps.packages.get(package, {})
+                state = "installed but not usable here" if info.get("installed") else "not installed"
+                hint = f"; pip install sdopt[{PACKAGE_EXTRAS[package]}]" if package in PACKAGE_EXTRAS else ""
+                reason = f": {info['reason']}" if info.get("reason") else ""
+                return f"needs {package} ({state}{reason}){hint}"
+        if self.min_compute_capability is not None:
+            have = caps.compute_capability
+            need = ".".join(map(str, self.min_compute_capability))
+            if have is None or tuple(have) < tuple(self.min_compute_capability):
+                found = ".".join(map(str, have)) if have else "no CUDA device"
+                return f"needs CUDA compute capability >= {need} (this machine: {found})"
+        memory = caps.device_memory_gb
+        if self.min_memory_gb is not None and memory < self.min_memory_gb:
+            return f"needs at least {self.min_memory_gb:g} GB of {caps.device} memory (have {memory:.1f} GB)"
+        if self.max_memory_gb is not None and memory > self.max_memory_gb:
+            return (
+                f"only when {caps.device} memory is at most {self.max_memory_gb:g} GB (have {memory:.1f} GB)"
+            )
+        if self.bf16_accelerated is not None and caps.cpu.bf16_accelerated != self.bf16_accelerated:
+            wanted = "with" if self.bf16_accelerated else "without"
+            return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16 / AVX-512-BF16)"
+        for package, minimum in (("torch", self.min_torch), ("diffusers", self.min_diffusers)):
+            installed = caps.versions.get(package)
+            if minimum and installed and Version(installed.split("+")[0]) < Version(minimum):
+                return f"needs {package} >= {minimum} (installed: {installed})"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that differ from the defaults, JSON-safe."""
+        data = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value != item.default:
+                data[item.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Requirements:
+        known = {item.name for item in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(
+                f"unknown condition(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``device=cuda, families=sdxl``."""
+        parts = []
+        for key, value in self.to_dict().items():
+            shown = "|".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"{key}={shown}")
+        return ", ".join(parts) or "always"

@@ -1,0 +1,101 @@
+"""The built-in tiers: versioned presets chosen by name (``"balanced"``) or pinned (``"balanced@1"``).
+
+Each tier is data: an ordered list of entries, each naming an optimization, its options
+and the hardware or model condition under which the tier wants it. Whether an optimization
+can run at all is its own business (its ``requires`` and ``check``); a tier only says when
+it is *worth* it. A published version is never edited: a change is a new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdopt.errors import UnknownTierError
+from sdopt.presets import Entry, Preset
+from sdopt.requirements import Requirements
+
+DEFAULT_TIER = "balanced"
+
+_CUDA = Requirements(devices=("cuda",))
+_SHORT_MEMORY = Requirements(max_memory_gb=8)
+
+_CONSERVATIVE_1 = (
+    Entry("channels_last"),
+    # Fusing adds a fused copy of the attention projections; it pays on GPUs (fewer, larger GEMMs).
+    Entry("fuse_qkv", when=_CUDA),
+)
+
+_BALANCED_1 = (
+    *_CONSERVATIVE_1,
+    Entry("attention_slicing", when=Requirements(devices=("mps",))),  # diffusers' advice for MPS
+    Entry("vae_tiling", when=_SHORT_MEMORY),
+    Entry("vae_slicing", when=_SHORT_MEMORY),
+)
+
+_LOW_MEMORY_1 = (
+    Entry("attention_slicing"),
+    Entry("vae_slicing"),
+    Entry("vae_tiling"),
+)
+
+_TIERS: dict[str, dict[int, Preset]] = {
+    "conservative": {
+        1: Preset("conservative", _CONSERVATIVE_1, 1, "output visually identical to the original (numerical drift only)")
+    },
+    "balanced": {1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware")},
+    "fast": {1: Preset("fast", _BALANCED_1, 1, "small visible cost accepted for more speed")},
+    "ultra": {1: Preset("ultra", _BALANCED_1, 1, "maximum speed, clear quality cost")},
+    "low-memory": {1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs")},
+}
+
+
+def tier_names() -> list[str]:
+    return list(_TIERS)
+
+
+def resolve_tier(spec: str) -> Preset:
+    """The preset for ``"name"`` (latest version) or ``"name@version"``.
+
+    Example:
+        >>> from sdopt.tiers import resolve_tier
+        >>> resolve_tier("balanced@1").label
+        'balanced@1'
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"tier must be a string such as 'balanced' or 'balanced@1', got {spec!r}")
+    name, _, version_text = spec.partition("@")
+    if name not in _TIERS:
+        raise UnknownTierError(spec, f"unknown tier {spec!r}; valid tiers: {', '.join(_TIERS)}")
+    versions = _TIERS[name]
+    if not version_text:
+        return versions[max(versions)]
+    if not version_text.isdigit() or int(version_text) not in versions:
+        listed = ", ".join(f"{name}@{v}" for v in sorted(versions))
+        raise UnknownTierError(spec, f"tier {name!r} has no version {version_text!r}; versions that exist: {listed}")
+    return versions[int(version_text)]
+
+
+def list_tiers() -> list[dict[str, Any]]:
+    """One row per published tier version: name, version, latest, description and entries.
+
+    Example:
+        >>> from sdopt import list_tiers
+        >>> [row["name"] for row in list_tiers() if row["latest"]]
+        ['conservative', 'balanced', 'fast', 'ultra', 'low-memory']
+    """
+    rows = []
+    for name, versions in _TIERS.items():
+        latest = max(versions)
+        for version, preset in sorted(versions.items()):
+            rows.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "label": preset.label,
+                    "latest": version == latest,
+                    "default": name == DEFAULT_TIER and version == latest,
+                    "description": preset.description,
+                    "steps": [entry.to_dict() for entry in preset.entries],
+                }
+            )
+    return rows
