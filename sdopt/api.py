@@ -34,7 +34,7 @@ def plan(
         >>> [(d.name, d.reason.split(" (")[0]) for d in p.skipped][:1]
         [('attention_slicing', 'for unet denoisers only')]
     """
-    return _plan(pipe, tier, preset, tuple(exclude), tuple(extra), caps, failed={})
+    return _plan(pipe, tier, preset, _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra"), caps, failed={})
 
 
 def optimize(
@@ -79,7 +79,7 @@ def optimize(
         ['fuse_qkv']
         >>> report.undo()
     """
-    exclude, extra = tuple(exclude), tuple(extra)
+    exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
     failed: dict[str, Decision] = {}
     current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
     if strict:
@@ -141,6 +141,12 @@ def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: list[tuple[str
         raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
     stack.append((step.name, undo))
     return step.decision("applied", step.optimization.describe(step.config), time.perf_counter() - started)
+
+
+def _as_tuple(items: Iterable[Any], argument: str) -> tuple[Any, ...]:
+    if isinstance(items, str):
+        raise TypeError(f"{argument} must be a list of optimization names, got the string {items!r}")
+    return tuple(items)
 
 
 def _plan(

@@ -109,7 +109,7 @@ def make_plan(
     base = preset if preset is not None else (resolve_tier(tier) if tier is not None else None)
     if base is not None and not isinstance(base, Preset):
         raise TypeError(f"preset must be an sdopt.Preset (see Preset.load), got {type(base).__name__}")
-    excluded = _validated_names(exclude, "exclude")
+    excluded = _validated_names(exclude)
     extras = [_entry_from_extra(item) for item in extra]
     caps = caps if caps is not None else detect()
     source = base.label if base is not None else None
@@ -161,9 +161,7 @@ def make_plan(
     return result
 
 
-def _validated_names(names: Iterable[str], argument: str) -> set[str]:
-    if isinstance(names, str):
-        raise TypeError(f"{argument} must be a list of optimization names, got the string {names!r}")
+def _validated_names(names: Iterable[str]) -> set[str]:
     result = set()
     for name in names:
         registry.get(name)  # raises with the closest names

@@ -44,6 +44,11 @@ class Entry:
     config: Mapping[str, Any] = field(default_factory=dict)
     when: Requirements = Requirements()
 
+    def __post_init__(self) -> None:
+        # One canonical form (lists as tuples), so an entry read back from a file equals the original.
+        config = {key: tuple(v) if isinstance(v, list) else v for key, v in self.config.items()}
+        object.__setattr__(self, "config", config)
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name}
         if self.config:

@@ -11,8 +11,8 @@ Example:
     >>> from sdopt.testing import tiny_pipeline, call_kwargs
     >>> pipe = tiny_pipeline("sd")
     >>> image = pipe(**call_kwargs("sd")).images[0]
-    >>> image.size
-    (64, 64)
+    >>> image.shape
+    (64, 64, 3)
 """
 
 from __future__ import annotations
@@ -350,8 +350,8 @@ def call_kwargs(family: str = "sd", *, seed: int = 0, steps: int = 2, size: int 
     Example:
         >>> from sdopt.testing import tiny_pipeline, call_kwargs
         >>> pipe = tiny_pipeline("pixart")
-        >>> pipe(**call_kwargs("pixart")).images[0].size
-        (64, 64)
+        >>> pipe(**call_kwargs("pixart")).images[0].shape
+        (64, 64, 3)
     """
     _check_family(family)
     kwargs: dict[str, Any] = {

@@ -1,0 +1,47 @@
+"""Shared fixtures: one CPU thread, no hub access, fresh tiny pipelines per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sdopt.testing import FAMILIES, fake_capabilities, run_pipeline, tiny_pipeline  # noqa: E402
+
+# Two threads on a busy 2-core machine can be 10-100x slower than one.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def pipe(family: str):
+    """A fresh tiny pipeline of ``family``, called once so lazily created hooks already exist."""
+    pipeline = tiny_pipeline(family)
+    run_pipeline(pipeline, family)
+    return pipeline
+
+
+@pytest.fixture
+def sd_pipe():
+    pipeline = tiny_pipeline("sd")
+    run_pipeline(pipeline, "sd")
+    return pipeline
+
+
+@pytest.fixture
+def cpu_caps():
+    return fake_capabilities("cpu")
+
+
+@pytest.fixture
+def cuda_caps():
+    return fake_capabilities("cuda", cuda_capability=(8, 9), vram_gb=24)

@@ -1,0 +1,28 @@
+"""Assertions shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sdopt.testing import pipeline_state, run_pipeline, state_differences
+
+
+class Snapshot:
+    """The output and full state of a pipeline at one moment, to compare with later."""
+
+    def __init__(self, pipe: Any, family: str) -> None:
+        self.pipe = pipe
+        self.family = family
+        self.output = run_pipeline(pipe, family)
+        self.state = pipeline_state(pipe)
+
+    def assert_identical(self) -> None:
+        differences = state_differences(self.state, pipeline_state(self.pipe))
+        assert differences == [], differences[:10]
+        output = run_pipeline(self.pipe, self.family)
+        assert np.array_equal(output, self.output), f"max abs diff {np.abs(output - self.output).max()}"
+
+    def assert_state_changed(self) -> None:
+        assert state_differences(self.state, pipeline_state(self.pipe)) != []

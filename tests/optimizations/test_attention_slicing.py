@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdopt import optimize, plan
+from sdopt.testing import run_pipeline, tiny_pipeline
+from tests.helpers import Snapshot
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_slices_unet_attention_and_restores_the_same_processors(family: str, cpu_caps) -> None:
+    pipe = tiny_pipeline(family)
+    snapshot = Snapshot(pipe, family)
+    originals = {id(m.processor) for m in pipe.unet.modules() if hasattr(m, "processor")}
+    report = optimize(pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": "max"}], caps=cpu_caps)
+    classes = {type(m.processor).__name__ for m in pipe.unet.modules() if hasattr(m, "processor")}
+    assert classes == {"SlicedAttnProcessor"}
+    np.testing.assert_allclose(run_pipeline(pipe, family), snapshot.output, atol=1e-4)
+    report.undo()
+    assert {id(m.processor) for m in pipe.unet.modules() if hasattr(m, "processor")} == originals
+    snapshot.assert_identical()
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "pixart"])
+def test_transformer_denoisers_are_skipped_because_diffusers_ignores_it(family: str, cpu_caps) -> None:
+    result = plan(tiny_pipeline(family), tier=None, extra=["attention_slicing"], caps=cpu_caps)
+    assert result.steps == []
+    assert result.skipped[0].reason.startswith("for unet denoisers only")
+
+
+def test_bad_slice_size_and_already_active(sd_pipe, cpu_caps) -> None:
+    bad = plan(sd_pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": "half"}], caps=cpu_caps)
+    assert "slice_size must be" in bad.skipped[0].reason
+    report = optimize(sd_pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps)
+    assert plan(sd_pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps).skipped[0].reason == "already active"
+    report.undo()

@@ -1,0 +1,240 @@
+"""optimize(): exact undo, transactional rollback at every position, honest reports, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import optimize, plan
+from sdopt.errors import OptimizationFailed, StrictModeError, UndoError, UnknownTierError
+from sdopt.optimizations.base import Optimization
+from sdopt.registry import register, unregister
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from sdopt.tiers import list_tiers
+from tests.helpers import Snapshot
+
+TIERS = [row["label"] for row in list_tiers()]
+ALL_BUILTINS = ["channels_last", "fuse_qkv", "attention_slicing", "vae_slicing", "vae_tiling"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_balanced_then_undo_is_bit_identical(pipe, family: str, device: str) -> None:
+    snapshot = Snapshot(pipe, family)
+    report = optimize(pipe, tier="balanced", caps=fake_capabilities(device, vram_gb=6))
+    assert report.applied, str(report)
+    snapshot.assert_state_changed()
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_every_tier_and_every_builtin_undoes_exactly(pipe, family: str) -> None:
+    snapshot = Snapshot(pipe, family)
+    for tier in TIERS:
+        report = optimize(pipe, tier=tier, extra=ALL_BUILTINS, caps=fake_capabilities("cuda", vram_gb=6))
+        optimized = run_pipeline(pipe, family)
+        assert np.abs(optimized.astype(float) - snapshot.output).max() < 1e-3, tier
+        report.undo()
+        snapshot.assert_identical()
+
+
+def test_img2img_variant_of_the_tiny_sd_components() -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from sdopt.testing import call_kwargs
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_pipeline("sd").components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def run() -> np.ndarray:
+        kwargs = call_kwargs("sd", steps=4)
+        del kwargs["height"], kwargs["width"]
+        with torch.inference_mode():
+            return pipe(image=image, strength=0.75, **kwargs).images
+
+    run()
+    before = run()
+    report = optimize(pipe, tier="balanced", extra=ALL_BUILTINS, caps=fake_capabilities("cuda", vram_gb=6))
+    assert {d.name for d in report.applied} == set(ALL_BUILTINS)
+    report.undo()
+    assert np.array_equal(run(), before)
+
+
+def test_report_accounts_for_every_candidate_and_serializes(sd_pipe, cpu_caps) -> None:
+    report = optimize(sd_pipe, tier="balanced", caps=cpu_caps, extra=["vae_slicing"])
+    tier_names = {step["name"] for step in next(r for r in list_tiers() if r["label"] == "balanced@1")["steps"]}
+    decided = [d.name for d in report.applied + report.skipped + report.failed]
+    assert sorted(decided) == sorted(tier_names | {"vae_slicing"})
+    assert len(decided) == len(set(decided))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["applied"][0]["config"] == {"components": []}
+    assert all(d["reason"] for d in data["skipped"])
+    text = str(report)
+    assert "applied" in text and "channels_last" in text and "not wanted here" in text
+    report.undo()
+
+
+# --------------------------------------------------------------------------- fault injection
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _failing_at(position: int, planned: list[str]) -> type[Optimization]:
+    """An optimization that raises, ordered to run after the first ``position`` planned steps."""
+
+    def apply(self, pipe, anatomy, caps, config):
+        raise _Boom("injected failure")
+
+    return type(
+        "Failing",
+        (Optimization,),
+        {
+            "name": "failing",
+            "kind": "layout",
+            "apply": apply,
+            "after": tuple(planned[:position]),
+            "before": tuple(planned[position:]),
+        },
+    )
+
+
+@pytest.fixture
+def inject() -> Iterator[Any]:
+    def add(position: int, planned: list[str]) -> None:
+        register(_failing_at(position, planned), replace=True)
+
+    yield add
+    unregister("failing")
+
+
+def test_failure_at_every_position_rolls_back_exactly(pipe, family: str, inject) -> None:
+    caps = fake_capabilities("cuda", vram_gb=6)
+    planned = [s.name for s in plan(pipe, tier="low-memory", extra=ALL_BUILTINS, caps=caps).steps]
+    assert len(planned) >= 4
+    snapshot = Snapshot(pipe, family)
+    for position in range(len(planned) + 1):
+        inject(position, planned)
+        steps = [s.name for s in plan(pipe, tier="low-memory", extra=[*planned, "failing"], caps=caps).steps]
+        assert steps.index("failing") == position
+        with pytest.raises(OptimizationFailed, match="'failing' failed.*injected failure") as error:
+            optimize(pipe, tier="low-memory", extra=[*planned, "failing"], caps=caps, strict=True)
+        assert isinstance(error.value.cause, _Boom)
+        snapshot.assert_identical()
+
+
+def test_failure_without_strict_is_reported_and_the_rest_applied(sd_pipe, inject) -> None:
+    caps = fake_capabilities("cuda", vram_gb=6)
+    planned = [s.name for s in plan(sd_pipe, tier="low-memory", extra=ALL_BUILTINS, caps=caps).steps]
+    inject(2, planned)
+    snapshot = Snapshot(sd_pipe, "sd")
+    report = optimize(sd_pipe, tier="low-memory", extra=[*ALL_BUILTINS, "failing"], caps=caps)
+    assert [d.name for d in report.failed] == ["failing"]
+    assert "_Boom: injected failure" in report.failed[0].reason
+    assert [d.name for d in report.applied] == planned
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_a_failing_undo_does_not_stop_the_others(sd_pipe, cpu_caps) -> None:
+    from sdopt.errors import RollbackError
+
+    class BadUndo(Optimization):
+        name = "bad_undo"
+        kind = "compile"
+
+        def apply(self, pipe, anatomy, caps, config):
+            def undo() -> None:
+                raise RuntimeError("cannot")
+
+            return undo
+
+    register(BadUndo)
+    try:
+        report = optimize(sd_pipe, tier=None, extra=["vae_slicing", "bad_undo"], caps=cpu_caps)
+        with pytest.raises(RollbackError, match="bad_undo: RuntimeError: cannot"):
+            report.undo()
+        assert sd_pipe.vae.use_slicing is False  # the other undo still ran
+    finally:
+        unregister("bad_undo")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_dry_run_changes_nothing(sd_pipe, cpu_caps) -> None:
+    snapshot = Snapshot(sd_pipe, "sd")
+    report = optimize(sd_pipe, tier="low-memory", caps=cpu_caps, dry_run=True)
+    assert report.applied == [] and [d.status for d in report.planned] == ["planned"] * len(report.planned)
+    assert report.planned
+    snapshot.assert_identical()
+    report.undo()  # nothing to undo: allowed
+
+
+def test_undoable_false_keeps_nothing_and_undo_refuses(sd_pipe, cpu_caps) -> None:
+    report = optimize(sd_pipe, tier="balanced", caps=cpu_caps, undoable=False)
+    assert report.applied and not report.undoable
+    with pytest.raises(UndoError, match="undoable=False"):
+        report.undo()
+
+
+def test_undo_twice_and_out_of_order_are_refused(sd_pipe, cpu_caps) -> None:
+    snapshot = Snapshot(sd_pipe, "sd")
+    first = optimize(sd_pipe, tier=None, extra=["vae_slicing"], caps=cpu_caps)
+    second = optimize(sd_pipe, tier=None, extra=["channels_last"], caps=cpu_caps)
+    with pytest.raises(UndoError, match="undo its report first"):
+        first.undo()
+    second.undo()
+    first.undo()
+    with pytest.raises(UndoError, match="already undone"):
+        first.undo()
+    snapshot.assert_identical()
+
+
+def test_a_second_optimize_skips_what_is_already_active(sd_pipe, cpu_caps) -> None:
+    first = optimize(sd_pipe, tier="low-memory", caps=cpu_caps)
+    second = optimize(sd_pipe, tier="low-memory", caps=cpu_caps)
+    assert second.applied == []
+    assert {d.reason for d in second.skipped} == {"already active", "already enabled"}
+    second.undo()
+    first.undo()
+
+
+def test_strict_refuses_requested_optimizations_that_cannot_apply(cpu_caps) -> None:
+    pipe = tiny_pipeline("flux")
+    snapshot = Snapshot(pipe, "flux")
+    with pytest.raises(StrictModeError, match="attention_slicing: for unet denoisers only"):
+        optimize(pipe, tier="balanced", extra=["attention_slicing"], caps=cpu_caps, strict=True)
+    snapshot.assert_identical()
+    # A tier's own hardware-dependent skips are normal, even in strict mode.
+    optimize(pipe, tier="balanced", caps=cpu_caps, strict=True).undo()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tier": "turbo"}, UnknownTierError, "valid tiers: conservative, balanced"),
+        ({"tier": "balanced@999"}, UnknownTierError, "versions that exist: balanced@1"),
+        ({"extra": ["vae_slicin"]}, ValueError, "did you mean 'vae_slicing'"),
+        ({"exclude": ["tiny_vea"]}, ValueError, "registered optimizations are"),
+        ({"extra": "vae_slicing"}, TypeError, "list of optimization names"),
+        ({"extra": [{"name": "vae_tiling", "size": 3}]}, ValueError, "allowed options: overlap, tile_size"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(sd_pipe, kwargs, error, match) -> None:
+    snapshot = Snapshot(sd_pipe, "sd")
+    with pytest.raises(error, match=match):
+        optimize(sd_pipe, **kwargs)
+    snapshot.assert_identical()
+
+
+@pytest.mark.parametrize("thing", [None, "runwayml/stable-diffusion-v1-5", torch.nn.Linear(2, 2)])
+def test_non_pipelines_get_a_type_error(thing: Any) -> None:
+    with pytest.raises(TypeError, match="expects a diffusers DiffusionPipeline"):
+        optimize(thing)
