@@ -55,12 +55,13 @@ class Anatomy:
     controlnet_names: tuple[str, ...]
     scheduler_name: str | None
 
+    # Diffusers models carry many dynamic attributes; these are typed Any (None when absent).
     @property
-    def denoiser(self) -> torch.nn.Module | None:
+    def denoiser(self) -> Any:
         return getattr(self.pipeline, self.denoiser_name) if self.denoiser_name else None
 
     @property
-    def vae(self) -> torch.nn.Module | None:
+    def vae(self) -> Any:
         """The main VAE (the first of :attr:`vae_names`), if any."""
         return getattr(self.pipeline, self.vae_names[0]) if self.vae_names else None
 
@@ -114,12 +115,10 @@ def inspect_pipeline(pipe: Any) -> Anatomy:
             f"StableDiffusionPipeline.from_pretrained(...)), got {type(pipe).__module__}."
             f"{type(pipe).__qualname__}. To optimize a single model, wrap it in its pipeline."
         )
-    components = pipe.components
+    components = pipe.components  # type: ignore[attr-defined]  # set by register_modules
     modules = {name: c for name, c in components.items() if isinstance(c, torch.nn.Module)}
 
-    vae_names = tuple(
-        name for name, module in modules.items() if name in _VAE_NAMES or _looks_like_vae(module)
-    )
+    vae_names = tuple(name for name, module in modules.items() if name in _VAE_NAMES or _looks_like_vae(module))
     controlnet_names = tuple(name for name in modules if "controlnet" in name or "adapter" in name)
     text_encoder_names = tuple(name for name in modules if name.startswith("text_encoder"))
     denoiser_name = _find_denoiser(modules, set(vae_names) | set(controlnet_names) | set(text_encoder_names))

@@ -61,9 +61,7 @@ class CudaDevice:
     reason: str = ""
 
     @classmethod
-    def from_capability(
-        cls, index: int, name: str, capability: tuple[int, int], total_memory_gb: float
-    ) -> CudaDevice:
+    def from_capability(cls, index: int, name: str, capability: tuple[int, int], total_memory_gb: float) -> CudaDevice:
         return cls(index=index, name=name, capability=tuple(capability), total_memory_gb=total_memory_gb)  # type: ignore[arg-type]
 
     @property

@@ -12,7 +12,13 @@ from typing import Any
 from sdopt import registry
 from sdopt.errors import SdoptError
 
-TINY_ARCHES = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-pixart": "pixart"}
+TINY_ARCHES = {
+    "tiny-sd": "sd",
+    "tiny-sdxl": "sdxl",
+    "tiny-sd3": "sd3",
+    "tiny-flux": "flux",
+    "tiny-pixart": "pixart",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +81,7 @@ def _load_pipeline(arch: str | None, model: str | None) -> Any:
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     for index, row in enumerate([headers, *rows]):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
 
@@ -93,9 +99,7 @@ def _tiers(args: argparse.Namespace) -> int:
         for index, step in enumerate(row["steps"]):
             when = ", ".join(f"{k}={v}" for k, v in step.get("when", {}).items()) or "always"
             opt = registry.get(step["name"])
-            table.append(
-                (label if index == 0 else "", step["name"], "lossy" if opt.lossy else "lossless", when)
-            )
+            table.append((label if index == 0 else "", step["name"], "lossy" if opt.lossy else "lossless", when))
         table.append(("", "", "", ""))
     _print_table(("tier", "optimization", "quality", "when"), table[:-1])
     print("\nEach optimization also has its own requirements; `sdopt plan` shows the outcome here.")
@@ -139,7 +143,6 @@ def _doctor(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from sdopt.api import plan
     from sdopt.capabilities import detect
-
     from sdopt.tiers import resolve_tier
 
     resolve_tier(args.tier)  # fail on a bad tier before loading a model

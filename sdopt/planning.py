@@ -79,7 +79,9 @@ class Plan:
             "pipeline": self.anatomy.to_dict(),
             "device": self.caps.device,
             "fingerprint": self.caps.fingerprint,
-            "steps": [step.decision("planned", step.optimization.describe(step.config)).to_dict() for step in self.steps],
+            "steps": [
+                step.decision("planned", step.optimization.describe(step.config)).to_dict() for step in self.steps
+            ],
             "skipped": [decision.to_dict() for decision in self.skipped],
         }
 
@@ -136,11 +138,11 @@ def make_plan(
         if name in excluded:
             result.skipped.append(_skip(optimization, source_label, "excluded by the caller"))
             continue
-        entry, source_label, reason = _first_wanted(options, anatomy, caps)
-        if entry is None:
-            result.skipped.append(_skip(optimization, source_label, f"not wanted here: {reason}"))
+        wanted, source_label, unwanted_reason = _first_wanted(options, anatomy, caps)
+        if wanted is None:
+            result.skipped.append(_skip(optimization, source_label, f"not wanted here: {unwanted_reason}"))
             continue
-        config = optimization.make_config(entry.config)
+        config = optimization.make_config(wanted.config)
         reason = optimization.requires.unmet(anatomy, caps) or optimization.check(anatomy, caps, config)
         if reason:
             result.skipped.append(_skip(optimization, source_label, reason, config))
@@ -155,7 +157,12 @@ def make_plan(
             continue
         why = f"same group {rival.optimization.group!r}" if step.optimization.group else "declared conflict"
         result.skipped.append(
-            _skip(step.optimization, step.source, f"conflicts with {rival.name} ({why}; {rival.name} chosen first)", step.config)
+            _skip(
+                step.optimization,
+                step.source,
+                f"conflicts with {rival.name} ({why}; {rival.name} chosen first)",
+                step.config,
+            )
         )
     result.steps = _ordered(winners)
     return result

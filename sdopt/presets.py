@@ -103,10 +103,21 @@ class Preset:
         """Build a preset from plain data, validating every name and option against the registry."""
         from sdopt import registry
 
-        allowed = {"format", "name", "version", "description", "sdopt_version", "based_on", "fingerprint", "steps"}
+        allowed = {
+            "format",
+            "name",
+            "version",
+            "description",
+            "sdopt_version",
+            "based_on",
+            "fingerprint",
+            "steps",
+        }
         _reject_unknown(source, "preset", data, allowed)
         if data.get("format", FORMAT_VERSION) != FORMAT_VERSION:
-            raise PresetError(f"{source}: format {data['format']!r} is not supported (this sdopt reads {FORMAT_VERSION})")
+            raise PresetError(
+                f"{source}: format {data['format']!r} is not supported (this sdopt reads {FORMAT_VERSION})"
+            )
         if not isinstance(data.get("name"), str):
             raise PresetError(f"{source}: key 'name' must be a string")
         steps = data.get("steps", [])

@@ -109,13 +109,9 @@ def list_optimizations() -> list[dict[str, Any]]:
                 "lossy": opt.lossy,
                 "effect": opt.effect,
                 "requires": opt.requires.to_dict(),
-                "conflicts": sorted(
-                    other for other in _registry if other != name and conflicts_between(name, other)
-                ),
+                "conflicts": sorted(other for other in _registry if other != name and conflicts_between(name, other)),
                 "group": opt.group,
-                "options": {
-                    item.name: _default_of(item) for item in dataclasses.fields(opt.Config)
-                },
+                "options": {item.name: _default_of(item) for item in dataclasses.fields(opt.Config)},
             }
         )
     return rows

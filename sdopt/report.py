@@ -38,15 +38,13 @@ class Decision:
 def format_table(decisions: Sequence[Decision]) -> str:
     """A plain-text table of decisions, one row each."""
     headers = ("status", "optimization", "kind", "lossy", "from", "reason / effect")
-    rows = [
-        (d.status, d.name, d.kind, "yes" if d.lossy else "no", d.source, d.reason) for d in decisions
-    ]
+    rows = [(d.status, d.name, d.kind, "yes" if d.lossy else "no", d.source, d.reason) for d in decisions]
     if not rows:
         return "  (no candidate optimizations)"
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers) - 1)]
     lines = []
     for row in [headers, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)] + [str(row[-1])]
         lines.append("  " + "  ".join(cells))
     lines.insert(1, "  " + "  ".join("-" * width for width in widths) + "  " + "-" * 16)
     return "\n".join(lines)
@@ -113,7 +111,7 @@ class Report:
         live = _live_reports.get(self._pipeline, [])
         if live and live[-1] is not self:
             raise UndoError(
-                f"a later optimize() on this pipeline (source {live[-1].source}) is still applied; undo its report first"
+                f"a later optimize() on this pipeline ({live[-1].source}) is still applied; undo its report first"
             )
         run_undo_stack(self._undo_stack)
         self._undo_stack = None
@@ -167,6 +165,5 @@ def run_undo_stack(stack: list[tuple[str, Undo]]) -> None:
             errors.append(f"{name}: {type(error).__name__}: {error}")
     if errors:
         raise RollbackError(
-            "undoing some optimizations raised, the pipeline may not be fully restored; reload it. "
-            + "; ".join(errors)
+            "undoing some optimizations raised, the pipeline may not be fully restored; reload it. " + "; ".join(errors)
         )

@@ -79,9 +79,7 @@ class Requirements:
         if self.min_memory_gb is not None and memory < self.min_memory_gb:
             return f"needs at least {self.min_memory_gb:g} GB of {caps.device} memory (have {memory:.1f} GB)"
         if self.max_memory_gb is not None and memory > self.max_memory_gb:
-            return (
-                f"only when {caps.device} memory is at most {self.max_memory_gb:g} GB (have {memory:.1f} GB)"
-            )
+            return f"only when {caps.device} memory is at most {self.max_memory_gb:g} GB (have {memory:.1f} GB)"
         if self.bf16_accelerated is not None and caps.cpu.bf16_accelerated != self.bf16_accelerated:
             wanted = "with" if self.bf16_accelerated else "without"
             return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16 / AVX-512-BF16)"
@@ -105,10 +103,9 @@ class Requirements:
         known = {item.name for item in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(
-                f"unknown condition(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}"
-            )
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+            raise ValueError(f"unknown condition(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
     def describe(self) -> str:
         """A short human description, e.g. ``device=cuda, families=sdxl``."""

@@ -95,7 +95,7 @@ def _clip_text_encoder(vocab_size: int, *, with_projection: bool) -> Any:
 def _t5_text_encoder(vocab_size: int) -> Any:
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # generic PretrainedConfig kwargs
         vocab_size=vocab_size,
         d_model=_TEXT_DIM,
         d_ff=37,
@@ -507,7 +507,7 @@ def _diff(path: str, a: Any, b: Any, out: list[str]) -> None:
                 _diff(where, a[key], b[key], out)
         return
     if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
-        for index, (x, y) in enumerate(zip(a, b)):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
             _diff(f"{path}[{index}]", x, y, out)
         return
     if a != b:

@@ -40,7 +40,12 @@ _LOW_MEMORY_1 = (
 
 _TIERS: dict[str, dict[int, Preset]] = {
     "conservative": {
-        1: Preset("conservative", _CONSERVATIVE_1, 1, "output visually identical to the original (numerical drift only)")
+        1: Preset(
+            "conservative",
+            _CONSERVATIVE_1,
+            1,
+            "output visually identical to the original (numerical drift only)",
+        )
     },
     "balanced": {1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware")},
     "fast": {1: Preset("fast", _BALANCED_1, 1, "small visible cost accepted for more speed")},

@@ -31,7 +31,12 @@ def test_forcing_a_device_keeps_the_rest() -> None:
 def test_fake_capabilities_describe_other_machines() -> None:
     old_gpu = fake_capabilities("cuda", cuda_capability=(7, 5), vram_gb=6)
     assert old_gpu.device == "cuda" and old_gpu.device_memory_gb == 6
-    assert (old_gpu.gpu.arch, old_gpu.gpu.bf16, old_gpu.gpu.fp16, old_gpu.gpu.fp8) == ("sm_75", False, True, False)
+    assert (old_gpu.gpu.arch, old_gpu.gpu.bf16, old_gpu.gpu.fp16, old_gpu.gpu.fp8) == (
+        "sm_75",
+        False,
+        True,
+        False,
+    )
     plain_cpu = fake_capabilities("cpu", bf16_accelerated=False)
     amx_cpu = fake_capabilities("cpu", bf16_accelerated=True, packages={"xformers": True})
     assert not plain_cpu.cpu.bf16_accelerated and amx_cpu.cpu.bf16_accelerated

@@ -14,7 +14,7 @@ from sdopt.optimizations.base import Optimization
 from sdopt.presets import Entry
 from sdopt.registry import register, unregister
 from sdopt.requirements import Requirements
-from sdopt.testing import pipeline_state, state_differences, tiny_pipeline
+from sdopt.testing import pipeline_state, state_differences
 from sdopt.tiers import list_tiers, resolve_tier
 
 
@@ -22,7 +22,11 @@ def _noop(name: str, kind: str = "layout", **attributes: Any) -> type[Optimizati
     def apply(self, pipe, anatomy, caps, config):
         return lambda: None
 
-    return type(name.title().replace("_", ""), (Optimization,), {"name": name, "kind": kind, "apply": apply, **attributes})
+    return type(
+        name.title().replace("_", ""),
+        (Optimization,),
+        {"name": name, "kind": kind, "apply": apply, **attributes},
+    )
 
 
 @pytest.fixture

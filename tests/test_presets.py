@@ -37,12 +37,21 @@ def test_optimize_replays_a_preset_instead_of_the_default_tier(sd_pipe, cpu_caps
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('name = "x"\n[[steps]]\nname = "vae_tilin"\n', r"steps\[0\] \(vae_tilin\).*did you mean .vae_tiling."),
-        ('name = "x"\n[[steps]]\nname = "vae_tiling"\nconfig = { tile = 3 }\n', r"steps\[0\] \(vae_tiling\).*tile"),
-        ('name = "x"\n[[steps]]\nname = "vae_tiling"\nwhen = { gpu = "big" }\n', r"unknown condition\(s\) gpu"),
+        (
+            'name = "x"\n[[steps]]\nname = "vae_tilin"\n',
+            r"steps\[0\] \(vae_tilin\).*did you mean .vae_tiling.",
+        ),
+        (
+            'name = "x"\n[[steps]]\nname = "vae_tiling"\nconfig = { tile = 3 }\n',
+            r"steps\[0\] \(vae_tiling\).*tile",
+        ),
+        (
+            'name = "x"\n[[steps]]\nname = "vae_tiling"\nwhen = { gpu = "big" }\n',
+            r"unknown condition\(s\) gpu",
+        ),
         ('name = "x"\nmodule = "os"\n', r"unknown preset key\(s\) 'module'"),
         ('name = "x"\n[[steps]]\nname = "vae_tiling"\nrun = "rm"\n', r"unknown step key\(s\) 'run'"),
-        ('name = \n', "not valid TOML"),
+        ("name = \n", "not valid TOML"),
     ],
 )
 def test_malformed_files_name_the_file_entry_and_field(tmp_path, text: str, match: str) -> None:

@@ -7,17 +7,17 @@ from typing import Any
 import torch
 
 
-def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+def attention_modules(model: torch.nn.Module) -> list[Any]:
     """Every submodule of ``model`` that holds an attention processor."""
     return [module for module in model.modules() if hasattr(module, "set_processor") and hasattr(module, "processor")]
 
 
-def save_processors(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
+def save_processors(model: torch.nn.Module) -> list[tuple[Any, Any]]:
     """The processor object of each attention module, to give back with :func:`restore_processors`."""
     return [(module, module.processor) for module in attention_modules(model)]
 
 
-def restore_processors(saved: list[tuple[torch.nn.Module, Any]]) -> None:
+def restore_processors(saved: list[tuple[Any, Any]]) -> None:
     """Put the very same processor objects back (diffusers' own ``set_processor``, module by module)."""
     for module, processor in saved:
         if module.processor is not processor:

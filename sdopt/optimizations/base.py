@@ -133,8 +133,7 @@ class Optimization:
     def config_to_dict(self, config: Any) -> dict[str, Any]:
         """A JSON-safe dict of every option of ``config``."""
         return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(config).items()
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(config).items()
         }
 
 
@@ -145,16 +144,16 @@ def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(
-                optimization, f"option {key}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}"
+                optimization,
+                f"option {key}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}",
             )
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in args:
             try:
                 return _coerce(optimization, key, value, arg)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(optimization, f"option {key}={value!r} has the wrong type (expected {hint})")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -169,9 +168,6 @@ def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(hint, type):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(
-                optimization, f"option {key} expects {hint.__name__}, got {type(value).__name__} {value!r}"
-            )
+    if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(optimization, f"option {key} expects {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

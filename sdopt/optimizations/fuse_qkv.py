@@ -74,7 +74,7 @@ class FuseQKV(Optimization):
         return undo
 
     @staticmethod
-    def _models(anatomy: Anatomy, config: Any) -> dict[str, torch.nn.Module]:
+    def _models(anatomy: Anatomy, config: Any) -> dict[str, Any]:
         found = {"denoiser": anatomy.denoiser, "vae": anatomy.vae}
         return {target: found[target] for target in config.targets if found.get(target) is not None}
 
@@ -89,7 +89,7 @@ def _fusable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
-def _why_not_fusable(model: torch.nn.Module) -> str | None:
+def _why_not_fusable(model: Any) -> str | None:
     name = type(model).__name__
     if not hasattr(model, "fuse_qkv_projections"):
         return f"{name} has no fuse_qkv_projections"
@@ -100,7 +100,7 @@ def _why_not_fusable(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _fuse(model: torch.nn.Module) -> Undo:
+def _fuse(model: Any) -> Undo:
     # diffusers' unfuse_qkv_projections() only restores the processors on most models: the
     # fused Linear layers (to_qkv, to_kv, to_added_qkv) stay registered, `fused_projections`
     # stays True and the model keeps `original_attn_processors`. We record what existed before

@@ -9,7 +9,11 @@ from tests.helpers import Snapshot
 
 
 def _layouts(module: torch.nn.Module) -> set[bool]:
-    return {p.is_contiguous(memory_format=torch.channels_last) for p in module.parameters() if p.dim() == 4 and p.shape[-1] > 1}
+    return {
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in module.parameters()
+        if p.dim() == 4 and p.shape[-1] > 1
+    }
 
 
 def test_converts_unet_and_vae_weights_and_undoes(sd_pipe, cpu_caps) -> None:

@@ -26,7 +26,11 @@ def test_vae_slicing_decodes_one_image_at_a_time(pipe, family: str, cpu_caps) ->
 def test_vae_tiling_tiles_large_images_only(sd_pipe, cpu_caps) -> None:
     snapshot = Snapshot(sd_pipe, "sd")
     report = optimize(sd_pipe, tier=None, extra=[{"name": "vae_tiling", "tile_size": 32}], caps=cpu_caps)
-    assert (sd_pipe.vae.use_tiling, sd_pipe.vae.tile_sample_min_size, sd_pipe.vae.tile_latent_min_size) == (True, 32, 4)
+    assert (sd_pipe.vae.use_tiling, sd_pipe.vae.tile_sample_min_size, sd_pipe.vae.tile_latent_min_size) == (
+        True,
+        32,
+        4,
+    )
     tiles: list[tuple[int, ...]] = []
     hook = sd_pipe.vae.decoder.register_forward_pre_hook(lambda module, args: tiles.append(tuple(args[0].shape[-2:])))
     image = run_pipeline(sd_pipe, "sd")
@@ -58,8 +62,13 @@ def test_pipelines_without_a_vae_are_skipped(cpu_caps) -> None:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     unet = UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     result = plan(pipe, tier="low-memory", caps=cpu_caps)
