@@ -62,15 +62,19 @@ class FuseQKV(Optimization):
         return f"fused QKV projections in {' and '.join(config.targets)}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        undos = []
-        for model in self._models(anatomy, config).values():
-            if _why_not_fusable(model) is None:
-                undos.append(_fuse(model))
+        undos: list[Undo] = []
 
         def undo() -> None:
             for undo_one in reversed(undos):
                 undo_one()
 
+        try:
+            for model in self._models(anatomy, config).values():
+                if _why_not_fusable(model) is None:
+                    undos.append(_fuse(model))
+        except Exception:
+            undo()  # the denoiser may be fused already when the VAE fails: leave nothing half-applied
+            raise
         return undo
 
     @staticmethod

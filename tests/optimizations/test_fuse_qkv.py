@@ -50,3 +50,19 @@ def test_added_kv_processors_are_skipped_with_the_reason(sd_pipe, cpu_caps) -> N
             module.set_processor(AttnAddedKVProcessor())
     result = plan(sd_pipe, tier=None, extra=[{"name": "fuse_qkv", "targets": ["denoiser"]}], caps=cpu_caps)
     assert "added KV projections" in result.skipped[0].reason
+
+
+def test_a_failure_on_the_second_model_unfuses_the_first(sd_pipe, cpu_caps, monkeypatch) -> None:
+    from sdopt.errors import OptimizationFailed
+
+    snapshot = Snapshot(sd_pipe, "sd")
+
+    def broken() -> None:
+        raise RuntimeError("vae cannot fuse")
+
+    monkeypatch.setattr(sd_pipe.vae, "fuse_qkv_projections", broken)
+    with pytest.raises(OptimizationFailed, match="vae cannot fuse"):
+        optimize(sd_pipe, tier=None, extra=["fuse_qkv"], caps=cpu_caps, strict=True)
+    assert _fused(sd_pipe.unet) == 0
+    monkeypatch.undo()
+    snapshot.assert_identical()
