@@ -8,15 +8,35 @@ Example:
     >>> report.undo()
 """
 
-from sdopt.api import optimize, plan
-from sdopt.capabilities import Capabilities, detect
-from sdopt.planning import Plan
-from sdopt.presets import Preset
-from sdopt.registry import list_optimizations
-from sdopt.report import Decision, Report
-from sdopt.tiers import list_tiers
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sdopt.api import optimize, plan
+    from sdopt.capabilities import Capabilities, detect
+    from sdopt.planning import Plan
+    from sdopt.presets import Preset
+    from sdopt.registry import list_optimizations
+    from sdopt.report import Decision, Report
+    from sdopt.tiers import list_tiers
 
 __version__ = "0.1.0"
+
+# Names are imported on first use, so `import sdopt` (and `sdopt doctor`) does not pay for torch.
+_EXPORTS = {
+    "optimize": "sdopt.api",
+    "plan": "sdopt.api",
+    "Capabilities": "sdopt.capabilities",
+    "detect": "sdopt.capabilities",
+    "Plan": "sdopt.planning",
+    "Preset": "sdopt.presets",
+    "list_optimizations": "sdopt.registry",
+    "Decision": "sdopt.report",
+    "Report": "sdopt.report",
+    "list_tiers": "sdopt.tiers",
+}
 
 __all__ = [
     "Capabilities",
@@ -30,3 +50,13 @@ __all__ = [
     "optimize",
     "plan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sdopt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

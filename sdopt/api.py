@@ -90,9 +90,10 @@ def optimize(
         source=current.source,
         pipeline_class=current.anatomy.pipeline_class,
         family=current.anatomy.family,
-        device=current.caps.device,
+        device=current.device,
         fingerprint=current.caps.fingerprint,
         dry_run=dry_run,
+        warnings=current.warnings,
     )
     if dry_run:
         report.planned = [step.decision("planned", step.optimization.describe(step.config)) for step in current.steps]

@@ -1,6 +1,10 @@
 """What this machine can do: the facts optimizations are chosen by.
 
-``detect()`` is cheap (no kernels are launched on a CPU-only machine) and cached per process.
+``detect()`` is cheap and cached per process. Without a GPU it reads ``/proc/cpuinfo`` and
+package metadata and launches no kernel. Probes that run kernels (a CUDA device, an optional
+package such as xformers) run in a subprocess with a time limit, so a driver or ABI crash
+costs a reason in the report, never the process. Package probe results are cached on disk
+per package version, torch version and device.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-import torch
 
 _CPU_FLAGS_OF_INTEREST = (
     "avx2",
@@ -29,12 +35,16 @@ _CPU_FLAGS_OF_INTEREST = (
     "amx_tile",
     "fma",
     "f16c",
+    "neon",
     "asimd",
+    "asimdhp",
     "bf16",
     "i8mm",
     "sve",
+    "sve2",
 )
-_OPTIONAL_PACKAGES = ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention")
+OPTIONAL_PACKAGES = ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention")
+_PROBE_TIMEOUT_S = float(os.environ.get("SDOPT_PROBE_TIMEOUT", "60"))
 
 
 @dataclass(frozen=True)
@@ -51,18 +61,21 @@ class CpuInfo:
 
 @dataclass(frozen=True)
 class CudaDevice:
-    """One visible CUDA device and what it supports."""
+    """One visible CUDA device, whether this torch build can run on it, and what it supports."""
 
     index: int
     name: str
     capability: tuple[int, int]
     total_memory_gb: float
+    free_memory_gb: float | None = None
+    arch_in_build: bool = True
     usable: bool = True
     reason: str = ""
 
     @classmethod
     def from_capability(cls, index: int, name: str, capability: tuple[int, int], total_memory_gb: float) -> CudaDevice:
-        return cls(index=index, name=name, capability=tuple(capability), total_memory_gb=total_memory_gb)  # type: ignore[arg-type]
+        major, minor = capability
+        return cls(index=index, name=name, capability=(major, minor), total_memory_gb=total_memory_gb)
 
     @property
     def arch(self) -> str:
@@ -84,20 +97,44 @@ class CudaDevice:
     def fp8(self) -> bool:
         return self.capability >= (8, 9)
 
+    @property
+    def flash_sdpa(self) -> bool:
+        """PyTorch's flash-attention SDPA kernel (sm_80 and newer)."""
+        return self.capability >= (8, 0)
+
+    @property
+    def mem_efficient_sdpa(self) -> bool:
+        """PyTorch's memory-efficient SDPA kernel (sm_50 and newer)."""
+        return self.capability >= (5, 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "name": self.name,
             "capability": list(self.capability),
             "arch": self.arch,
+            "arch_in_build": self.arch_in_build,
             "usable": self.usable,
             "reason": self.reason,
             "total_memory_gb": round(self.total_memory_gb, 2),
+            "free_memory_gb": None if self.free_memory_gb is None else round(self.free_memory_gb, 2),
             "bf16": self.bf16,
             "fp16": self.fp16,
             "tf32": self.tf32,
             "fp8": self.fp8,
+            "flash_sdpa": self.flash_sdpa,
+            "mem_efficient_sdpa": self.mem_efficient_sdpa,
         }
+
+
+@dataclass(frozen=True)
+class MpsInfo:
+    """Apple's Metal device: present, working, and the unified memory it shares with the CPU."""
+
+    available: bool = False
+    usable: bool = False
+    reason: str = ""
+    unified_memory_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,14 +149,17 @@ class Capabilities:
     device_reason: str
     cpu: CpuInfo
     cuda: tuple[CudaDevice, ...] = ()
-    mps_available: bool = False
+    mps: MpsInfo = MpsInfo()
+    xpu_available: bool = False
     ram_total_gb: float = 0.0
     ram_available_gb: float = 0.0
     packages: dict[str, dict[str, Any]] = field(default_factory=dict)
     cxx_compiler: str | None = None
-    fake: bool = False
+    warnings: tuple[str, ...] = ()
+    profile: str | None = None
+    """The :func:`sdopt.testing.fake_capabilities` profile these were made from; ``None`` when detected."""
 
-    # ---- derived facts used by requirements and checks
+    # ---- derived facts used by requirements, checks and resolution
     @property
     def gpu(self) -> CudaDevice | None:
         """The CUDA device sdopt targets (the first usable one), if the device is cuda."""
@@ -131,12 +171,35 @@ class Capabilities:
     def device_memory_gb(self) -> float:
         """Memory available to models on the target device: VRAM on CUDA, RAM otherwise."""
         gpu = self.gpu
-        return gpu.total_memory_gb if gpu is not None else self.ram_total_gb
+        if gpu is not None:
+            return gpu.total_memory_gb
+        if self.device == "mps" and self.mps.unified_memory_gb:
+            return self.mps.unified_memory_gb
+        return self.ram_total_gb
 
     @property
     def compute_capability(self) -> tuple[int, int] | None:
         gpu = self.gpu
         return gpu.capability if gpu is not None else None
+
+    @property
+    def half_dtype(self) -> str:
+        """The fastest accurate reduced-precision dtype on the target device, or "float32".
+
+        bfloat16 on CUDA >= 8.0 (and XPU), float16 on older CUDA and on MPS; on CPU bfloat16 only
+        where AMX-BF16 / AVX-512-BF16 (or Arm BF16) accelerate it, since elsewhere it is slower
+        than float32.
+        """
+        if self.device == "cuda":
+            gpu = self.gpu
+            if gpu is None:
+                return "float32"
+            return "bfloat16" if gpu.bf16 else "float16" if gpu.fp16 else "float32"
+        if self.device == "mps":
+            return "float16"
+        if self.device == "xpu":
+            return "bfloat16"
+        return "bfloat16" if self.cpu.bf16_accelerated else "float32"
 
     def package_usable(self, name: str) -> bool:
         return bool(self.packages.get(name, {}).get("usable"))
@@ -147,19 +210,22 @@ class Capabilities:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of everything detected, with the fingerprint."""
         return {
-            "versions": dict(self.versions),
+            **self.versions,
             "device": self.device,
             "device_reason": self.device_reason,
+            "half_dtype": self.half_dtype,
             "cpu": {**dataclasses.asdict(self.cpu), "flags": list(self.cpu.flags)},
             "cuda": [gpu.to_dict() for gpu in self.cuda],
-            "mps": {"available": self.mps_available},
+            "mps": dataclasses.asdict(self.mps),
+            "xpu": {"available": self.xpu_available},
             "memory": {
                 "ram_total_gb": round(self.ram_total_gb, 2),
                 "ram_available_gb": round(self.ram_available_gb, 2),
             },
             "packages": {name: dict(info) for name, info in sorted(self.packages.items())},
             "cxx_compiler": self.cxx_compiler,
-            "fake": self.fake,
+            "warnings": list(self.warnings),
+            "profile": self.profile,
             "fingerprint": self.fingerprint,
         }
 
@@ -173,9 +239,10 @@ class Capabilities:
         relevant = {
             "device": self.device,
             "cpu": [self.cpu.bf16_accelerated, self.cpu.int8_accelerated],
-            "gpu": [[gpu.capability, round(gpu.total_memory_gb), gpu.usable] for gpu in self.cuda],
-            "mps": self.mps_available,
+            "gpu": [[list(gpu.capability), round(gpu.total_memory_gb), gpu.usable] for gpu in self.cuda],
+            "mps": self.mps.usable,
             "packages": sorted(name for name in self.packages if self.package_usable(name)),
+            "compiler": self.cxx_compiler is not None,
             "torch": _minor(self.versions.get("torch")),
             "diffusers": _minor(self.versions.get("diffusers")),
         }
@@ -189,50 +256,72 @@ def _minor(version: str | None) -> str | None:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
-# --------------------------------------------------------------------------- probes
+# --------------------------------------------------------------------------- CPU
 
 
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_info() -> CpuInfo:
+def parse_cpuinfo(text: str, machine: str | None = None) -> CpuInfo:
+    """Read model, cores and ISA flags from ``/proc/cpuinfo`` text (x86 ``flags`` or Arm ``Features``)."""
+    machine = machine or platform.machine()
     flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    physical: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            physical_id = core_id = ""
-            for line in handle:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-                elif key == "model name" and value:
-                    model = value
-                elif key == "physical id":
-                    physical_id = value
-                elif key == "core id":
-                    core_id = value
-                    physical.add((physical_id, core_id))
-    except OSError:
-        pass  # not Linux: flags stay unknown, bf16 counts as not accelerated
-    logical = os.cpu_count() or 1
-    relevant = tuple(flag for flag in _CPU_FLAGS_OF_INTEREST if flag in flags)
+    model = ""
+    cores: set[tuple[str, str]] = set()
+    processors = 0
+    physical_id = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            processors += 1
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+        elif key in ("model name", "Model", "Hardware") and value and not model:
+            model = value
+        elif key == "physical id":
+            physical_id = value
+        elif key == "core id":
+            cores.add((physical_id, value))
+    if "asimd" in flags:
+        flags.add("neon")  # Arm's Advanced SIMD is what most people call NEON
+    return _cpu_info(model or machine, flags, len(cores) or processors or (os.cpu_count() or 1), machine)
+
+
+def _cpu_info(model: str, flags: set[str], physical: int, machine: str) -> CpuInfo:
+    arm = machine.lower() in ("arm64", "aarch64")
     x86_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
-    arm_bf16 = platform.machine() in ("arm64", "aarch64") and "bf16" in flags
-    int8 = "amx_int8" in flags or "avx512_vnni" in flags or "avx_vnni" in flags or "i8mm" in flags
+    arm_bf16 = arm and "bf16" in flags
+    int8 = bool({"amx_int8", "avx512_vnni", "avx_vnni"} & flags) or (arm and "i8mm" in flags)
     return CpuInfo(
         model=model,
-        physical_cores=len(physical) or logical,
-        logical_cores=logical,
-        flags=relevant,
+        physical_cores=physical,
+        logical_cores=os.cpu_count() or physical,
+        flags=tuple(flag for flag in _CPU_FLAGS_OF_INTEREST if flag in flags),
         bf16_accelerated=x86_bf16 or arm_bf16,
         int8_accelerated=int8,
     )
+
+
+def _detect_cpu() -> CpuInfo:
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        pass
+    machine = platform.machine()
+    if sys.platform == "darwin":  # no /proc: ask sysctl (Apple Silicon reports FEAT_BF16 / FEAT_I8MM)
+        keys = ["machdep.cpu.brand_string", "hw.physicalcpu", "hw.optional.arm.FEAT_BF16", "hw.optional.arm.FEAT_I8MM"]
+        values = {}
+        for key in keys:
+            try:
+                values[key] = subprocess.run(
+                    ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=False
+                ).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                values[key] = ""
+        flags = {"asimd", "neon"} if machine == "arm64" else set()
+        flags |= {"bf16"} if values["hw.optional.arm.FEAT_BF16"] == "1" else set()
+        flags |= {"i8mm"} if values["hw.optional.arm.FEAT_I8MM"] == "1" else set()
+        physical = int(values["hw.physicalcpu"]) if values["hw.physicalcpu"].isdigit() else os.cpu_count() or 1
+        return _cpu_info(values["machdep.cpu.brand_string"] or machine, flags, physical, machine)
+    return _cpu_info(platform.processor() or machine, set(), os.cpu_count() or 1, machine)
 
 
 def _ram_gb() -> tuple[float, float]:
@@ -248,42 +337,315 @@ def _ram_gb() -> tuple[float, float]:
             return 0.0, 0.0
 
 
+# --------------------------------------------------------------------------- CUDA
+
+
+def arch_in_build(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch build compiled for ``arch_list`` has kernels a device of ``capability`` can run.
+
+    SASS (``sm_XY``) runs on devices of the same major version and an equal or newer minor;
+    PTX (``compute_XY``) is JIT-compiled for any device at least that new.
+
+    Example:
+        >>> from sdopt.capabilities import arch_in_build
+        >>> arch_in_build((12, 0), ["sm_80", "sm_86", "sm_90"])
+        False
+        >>> arch_in_build((8, 9), ["sm_80", "sm_86", "sm_90"]), arch_in_build((12, 0), ["compute_90"])
+        (True, True)
+    """
+    if not arch_list:
+        return True  # an unknown build: let the live probe decide
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        digits = "".join(ch for ch in number if ch.isdigit())
+        if len(digits) < 2:
+            continue
+        built = (int(digits[:-1]), int(digits[-1]))
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if kind == "compute" and built <= tuple(capability):
+            return True
+    return False
+
+
+def _build_range(arch_list: list[str]) -> str:
+    sms = [a for a in arch_list if a.startswith("sm_")]
+    return f"{sms[0]}..{sms[-1]}" if sms else ", ".join(arch_list) or "unknown archs"
+
+
+def no_kernel_fix(capability: tuple[int, int]) -> str:
+    """How to get a torch build with kernels for a device of ``capability``."""
+    arch = f"sm_{capability[0]}{capability[1]}"
+    if capability >= (10, 0):
+        return (
+            f"install a PyTorch build that includes {arch} (CUDA 12.8 or newer): "
+            "pip install --upgrade torch --index-url https://download.pytorch.org/whl/cu128"
+        )
+    return (
+        f"install a PyTorch build that still includes {arch}, e.g. an older CUDA variant: "
+        "pip install torch --index-url https://download.pytorch.org/whl/cu126"
+    )
+
+
+_CUDA_PROBE = r"""
+import json, sys, torch
+results = []
+for index in range(torch.cuda.device_count()):
+    try:
+        device = torch.device("cuda", index)
+        x = torch.randn(64, 64, device=device, dtype=torch.float16)
+        y = x @ x
+        q = torch.randn(1, 2, 16, 32, device=device, dtype=torch.float16)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(index)
+        results.append({"usable": True, "free_gb": free / 2**30})
+    except Exception as error:
+        results.append({"usable": False, "reason": f"{type(error).__name__}: {str(error).splitlines()[0]}"})
+print(json.dumps(results))
+"""
+
+
+def _run_probe(code: str, *args: str) -> tuple[Any, str]:
+    """Run ``code`` in a fresh interpreter; return its JSON output and an error text ('' if fine)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"probe timed out after {_PROBE_TIMEOUT_S:g} s"
+    except OSError as error:
+        return None, f"probe could not start: {error}"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"probe exited with code {done.returncode}: {tail}"
+    try:
+        return json.loads(lines[-1]), ""
+    except json.JSONDecodeError:
+        return None, f"probe printed no result: {lines[-1][:200]}"
+
+
+def probe_cuda_devices() -> list[dict[str, Any]]:
+    """Run a tiny allocation + matmul + SDPA on every CUDA device, in a subprocess."""
+    import torch
+
+    results, error = _run_probe(_CUDA_PROBE)
+    if results is None:
+        return [{"usable": False, "reason": error}] * torch.cuda.device_count()
+    return list(results)
+
+
+def _accelerator_torch() -> Any:
+    """``torch``, when this build could drive an accelerator; ``None`` for a CPU-only build.
+
+    A ``+cpu`` build has no CUDA, MPS or XPU support, so detection skips importing torch (over a
+    second on a small machine) and stays well under a second.
+    """
+    version = _dist_version("torch") or ""
+    if version.endswith("+cpu") and "torch" not in sys.modules:
+        return None
+    import torch
+
+    return torch
+
+
 def _cuda_devices() -> tuple[CudaDevice, ...]:
-    if not torch.cuda.is_available():
+    torch = _accelerator_torch()
+    if torch is None or not torch.cuda.is_available():
         return ()
+    arch_list = list(torch.cuda.get_arch_list())
     devices = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        devices.append(
-            CudaDevice(
-                index=index,
-                name=props.name,
-                capability=(props.major, props.minor),
-                total_memory_gb=props.total_memory / 2**30,
-            )
+        capability = (props.major, props.minor)
+        device = CudaDevice(
+            index=index,
+            name=props.name,
+            capability=capability,
+            total_memory_gb=props.total_memory / 2**30,
+            arch_in_build=arch_in_build(capability, arch_list),
         )
+        if not device.arch_in_build:
+            reason = (
+                f"{device.arch} has no kernels in this torch build (built for {_build_range(arch_list)}); "
+                f"{no_kernel_fix(capability)}"
+            )
+            device = dataclasses.replace(device, usable=False, reason=reason)
+        devices.append(device)
+    if any(device.arch_in_build for device in devices):
+        probed = probe_cuda_devices()
+        for position, (device, result) in enumerate(zip(devices, probed, strict=False)):
+            if not device.arch_in_build:
+                continue
+            if result.get("usable"):
+                devices[position] = dataclasses.replace(device, free_memory_gb=result.get("free_gb"))
+            else:
+                reason = result.get("reason", "probe failed")
+                if "no kernel image" in reason:
+                    reason = f"{reason}; {no_kernel_fix(device.capability)}"
+                devices[position] = dataclasses.replace(device, usable=False, reason=reason)
     return tuple(devices)
 
 
-def _packages() -> dict[str, dict[str, Any]]:
+# --------------------------------------------------------------------------- MPS / XPU
+
+
+def _detect_mps(ram_total_gb: float) -> MpsInfo:
+    torch = _accelerator_torch() if sys.platform == "darwin" else None
+    if torch is None:
+        return MpsInfo()
+    backend = getattr(torch.backends, "mps", None)
+    if backend is None or not backend.is_available():
+        return MpsInfo()
+    try:
+        x = torch.ones(8, 8, device="mps")
+        (x @ x).cpu()
+    except Exception as error:  # MPS raises Python errors, it does not crash the process
+        return MpsInfo(available=True, usable=False, reason=f"{type(error).__name__}: {error}")
+    return MpsInfo(available=True, usable=True, unified_memory_gb=ram_total_gb)
+
+
+def _xpu_available() -> bool:
+    torch = _accelerator_torch()
+    xpu = getattr(torch, "xpu", None)
+    try:
+        return bool(xpu is not None and xpu.is_available())
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- optional packages
+
+_PACKAGE_PROBE = r"""
+import json, sys, torch
+name, device = sys.argv[1], sys.argv[2]
+half = torch.float16 if device == "cuda" else torch.float32
+
+
+def needs_cuda():
+    if device != "cuda":
+        raise RuntimeError(f"{name} kernels need CUDA (target device: {device})")
+
+
+def run():
+    if name == "xformers":
+        import xformers.ops as ops
+        needs_cuda()
+        q = torch.randn(1, 16, 2, 32, device=device, dtype=half)
+        ops.memory_efficient_attention(q, q, q)
+    elif name == "bitsandbytes":
+        import bitsandbytes as bnb
+        layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to(device)
+        layer(torch.randn(2, 64, device=device, dtype=half))
+    elif name == "torchao":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        layer = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(device)
+        quantize_(layer, Int8WeightOnlyConfig())
+        layer(torch.randn(2, 64, device=device))
+    elif name == "triton":
+        import triton  # noqa: F401
+        needs_cuda()
+    elif name == "flash_attn":
+        from flash_attn import flash_attn_func
+        needs_cuda()
+        q = torch.randn(1, 16, 2, 32, device=device, dtype=half)
+        flash_attn_func(q, q, q)
+    elif name == "sageattention":
+        from sageattention import sageattn
+        needs_cuda()
+        q = torch.randn(1, 2, 16, 64, device=device, dtype=half)
+        sageattn(q, q, q)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+try:
+    run()
+    print(json.dumps({"usable": True}))
+except Exception as error:
+    first_line = (str(error).splitlines() or [""])[0]
+    print(json.dumps({"usable": False, "reason": f"{type(error).__name__}: {first_line}"}))
+"""
+
+
+def _probe_cache_path() -> Path:
+    root = os.environ.get("SDOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sdopt")
+    return Path(root) / "package-probes.json"
+
+
+def probe_package(name: str, device: str) -> tuple[bool, str]:
+    """Import ``name`` and run one tiny operation of it on ``device``, in a subprocess."""
+    result, error = _run_probe(_PACKAGE_PROBE, name, device)
+    if result is None:
+        return False, error
+    return bool(result.get("usable")), result.get("reason", "")
+
+
+def _packages(device: str) -> dict[str, dict[str, Any]]:
+    cache_path = _probe_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
     packages = {}
-    for name in _OPTIONAL_PACKAGES:
+    for name in OPTIONAL_PACKAGES:
         version = _dist_version(name.replace("_", "-")) or _dist_version(name)
-        # Installed is not usable: a functional probe per package comes with its optimization.
-        packages[name] = {"installed": version is not None, "version": version, "usable": version is not None}
+        info: dict[str, Any] = {"installed": version is not None, "version": version, "usable": False, "reason": ""}
+        if version is None:
+            info["reason"] = "not installed"
+        else:
+            key = f"{name}=={version}|torch=={_dist_version('torch')}|{device}"
+            if key not in cache:
+                usable, reason = probe_package(name, device)
+                cache[key] = {"usable": usable, "reason": reason}
+                changed = True
+            info.update(cache[key])
+        packages[name] = info
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only home only costs a re-probe next time
     return packages
 
 
-def _choose_device(cuda: tuple[CudaDevice, ...], mps: bool, requested: str | None) -> tuple[str, str]:
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- choosing the device
+
+
+def choose_device(
+    cuda: tuple[CudaDevice, ...], mps: MpsInfo, xpu: bool, requested: str | None = None
+) -> tuple[str, str, tuple[str, ...]]:
+    """The best usable device type, why, and warnings about accelerators that cannot be used."""
+    notes = tuple(f"cuda:{gpu.index} {gpu.name} {gpu.reason}" for gpu in cuda if not gpu.usable)
     if requested is not None:
-        return requested, f"requested by the caller ({requested})"
+        return requested, f"requested by the caller ({requested})", notes
     usable = [gpu for gpu in cuda if gpu.usable]
     if usable:
         gpu = usable[0]
-        return "cuda", f"cuda:{gpu.index} {gpu.name} {gpu.arch}"
-    if mps:
-        return "mps", "Apple MPS"
-    return "cpu", "no usable accelerator found"
+        return "cuda", f"cuda:{gpu.index} {gpu.name} {gpu.arch}, {gpu.total_memory_gb:.0f} GB", notes
+    if xpu:
+        return "xpu", "Intel XPU available", notes
+    if mps.usable:
+        return "mps", "Apple MPS", notes
+    if mps.available:
+        notes += (f"MPS is present but not usable: {mps.reason}",)
+    if notes:
+        return "cpu", "; ".join(notes) + "; using cpu", notes
+    return "cpu", "no accelerator found", notes
 
 
 _cached: Capabilities | None = None
@@ -293,40 +655,48 @@ def detect(device: str | None = None, *, refresh: bool = False) -> Capabilities:
     """Detect this machine's capabilities (cached per process; ``refresh=True`` re-probes).
 
     ``device`` forces the target device type ("cpu", "cuda", "mps") instead of the best usable one.
+    An accelerator that is present but cannot be used (for example a GPU this torch build has no
+    kernels for) is reported in ``device_reason`` and ``warnings`` with the fix.
 
     Example:
         >>> from sdopt import detect
         >>> caps = detect()
-        >>> caps.device in ("cpu", "cuda", "mps")
+        >>> caps.device in ("cpu", "cuda", "mps", "xpu")
         True
     """
     global _cached
     if _cached is None or refresh:
         cuda = _cuda_devices()
-        mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
         total, available = _ram_gb()
-        chosen, reason = _choose_device(cuda, mps, None)
+        mps = _detect_mps(total)
+        xpu = _xpu_available()
+        chosen, reason, notes = choose_device(cuda, mps, xpu)
+        torch = _accelerator_torch()
+        for note in notes:
+            warnings.warn(f"sdopt: {note}", RuntimeWarning, stacklevel=2)
         _cached = Capabilities(
             versions={
                 "sdopt": _dist_version("sdopt"),
-                "torch": torch.__version__,
+                "torch": _dist_version("torch"),
                 "diffusers": _dist_version("diffusers"),
                 "transformers": _dist_version("transformers"),
                 "accelerate": _dist_version("accelerate"),
                 "python": platform.python_version(),
-                "cuda_runtime": torch.version.cuda,
+                "cuda_runtime": torch.version.cuda if torch is not None else None,
             },
             device=chosen,
             device_reason=reason,
-            cpu=_cpu_info(),
+            cpu=_detect_cpu(),
             cuda=cuda,
-            mps_available=mps,
+            mps=mps,
+            xpu_available=xpu,
             ram_total_gb=total,
             ram_available_gb=available,
-            packages=_packages(),
+            packages=_packages(chosen),
             cxx_compiler=shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"),
+            warnings=notes,
         )
     if device is not None and device != _cached.device:
-        chosen, reason = _choose_device(_cached.cuda, _cached.mps_available, device)
-        return dataclasses.replace(_cached, device=chosen, device_reason=reason)
+        chosen, reason, notes = choose_device(_cached.cuda, _cached.mps, _cached.xpu_available, device)
+        return dataclasses.replace(_cached, device=chosen, device_reason=reason, packages=_packages(chosen))
     return _cached

@@ -122,21 +122,46 @@ def _doctor(args: argparse.Namespace) -> int:
     from sdopt.capabilities import detect
 
     caps = detect()
-    data = caps.to_dict()
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(caps.to_dict(), indent=2))
         return 0
-    print(f"device       {caps.device} ({caps.device_reason})")
-    print(f"cpu          {caps.cpu.model}; bf16 accelerated: {caps.cpu.bf16_accelerated}")
-    print(f"cpu flags    {' '.join(caps.cpu.flags) or '(unknown)'}")
+    rows: list[tuple[str, str]] = [
+        ("device", f"{caps.device} ({caps.device_reason})"),
+        ("half precision", caps.half_dtype),
+        ("cpu", f"{caps.cpu.model}, {caps.cpu.physical_cores} cores / {caps.cpu.logical_cores} threads"),
+        ("cpu flags", " ".join(caps.cpu.flags) or "(unknown)"),
+        ("cpu bf16 / int8", f"accelerated: {caps.cpu.bf16_accelerated} / {caps.cpu.int8_accelerated}"),
+    ]
     for gpu in caps.cuda:
-        print(f"cuda:{gpu.index}       {gpu.name} {gpu.arch} {gpu.total_memory_gb:.1f} GB usable={gpu.usable}")
-    print(f"memory       {caps.ram_total_gb:.1f} GB RAM ({caps.ram_available_gb:.1f} GB available)")
-    versions = ", ".join(f"{k} {v}" for k, v in caps.versions.items() if v)
-    print(f"versions     {versions}")
-    installed = [f"{name} {info['version']}" for name, info in caps.packages.items() if info.get("installed")]
-    print(f"packages     {', '.join(installed) or 'none of the optional ones'}")
-    print(f"fingerprint  {caps.fingerprint}")
+        state = "usable" if gpu.usable else f"NOT usable: {gpu.reason}"
+        rows.append((f"cuda:{gpu.index}", f"{gpu.name} {gpu.arch}, {gpu.total_memory_gb:.1f} GB, {state}"))
+    if caps.mps.available:
+        rows.append(("mps", "usable" if caps.mps.usable else f"NOT usable: {caps.mps.reason}"))
+    rows.append(("memory", f"{caps.ram_total_gb:.1f} GB RAM ({caps.ram_available_gb:.1f} GB available)"))
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in caps.versions.items() if v)))
+    for name, info in caps.packages.items():
+        if info.get("installed"):
+            state = "usable" if info.get("usable") else f"not usable: {info.get('reason')}"
+            rows.append((name, f"{info['version']} ({state})"))
+    rows.append(("C++ compiler", caps.cxx_compiler or "none (torch.compile on CPU unavailable)"))
+    rows.append(("fingerprint", caps.fingerprint))
+    _print_table(("capability", "value"), rows)
+    for warning in caps.warnings:
+        print(f"warning: {warning}")
+
+    from sdopt.api import plan
+    from sdopt.testing import tiny_pipeline
+    from sdopt.tiers import list_tiers
+
+    print("\nWhat each tier does here (for a Stable Diffusion 1.x pipeline):")
+    pipe = tiny_pipeline("sd")
+    table = []
+    for row in list_tiers():
+        if row["latest"]:
+            result = plan(pipe, tier=row["label"], caps=caps)
+            applied = ", ".join(step.name for step in result.steps) or "nothing"
+            table.append((row["label"], applied, ", ".join(d.name for d in result.skipped) or "-"))
+    _print_table(("tier", "applies", "skips (see `sdopt plan` for reasons)"), table)
     return 0
 
 

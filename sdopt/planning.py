@@ -73,11 +73,23 @@ class Plan:
     requested: tuple[str, ...] = ()
     """Names the caller asked for explicitly (``extra`` or a preset), as opposed to a tier's choices."""
 
+    @property
+    def device(self) -> str:
+        """The device type this plan targets."""
+        return self.caps.device
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Problems with the machine the user should fix (e.g. a GPU this torch build cannot use)."""
+        return self.caps.warnings
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "pipeline": self.anatomy.to_dict(),
-            "device": self.caps.device,
+            "device": self.device,
+            "device_reason": self.caps.device_reason,
+            "warnings": list(self.warnings),
             "fingerprint": self.caps.fingerprint,
             "steps": [
                 step.decision("planned", step.optimization.describe(step.config)).to_dict() for step in self.steps
@@ -89,9 +101,10 @@ class Plan:
         rows = [step.decision("planned", step.optimization.describe(step.config)) for step in self.steps]
         header = (
             f"sdopt plan: {self.source or 'no tier'} for {self.anatomy.pipeline_class} "
-            f"(family {self.anatomy.family}) on {self.caps.device}"
+            f"(family {self.anatomy.family}) on {self.device}"
         )
-        return header + "\n" + format_table(rows + self.skipped)
+        notes = "".join(f"\nwarning: {warning}" for warning in self.warnings)
+        return header + notes + "\n" + format_table(rows + self.skipped)
 
 
 def make_plan(

@@ -78,6 +78,7 @@ class Report:
     failed: list[Decision] = field(default_factory=list)
     planned: list[Decision] = field(default_factory=list)
     dry_run: bool = False
+    warnings: tuple[str, ...] = ()
     _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
@@ -136,6 +137,7 @@ class Report:
             "fingerprint": self.fingerprint,
             "dry_run": self.dry_run,
             "undoable": self.undoable,
+            "warnings": list(self.warnings),
             "applied": [d.to_dict() for d in self.applied],
             "planned": [d.to_dict() for d in self.planned],
             "skipped": [d.to_dict() for d in self.skipped],
@@ -149,7 +151,8 @@ class Report:
             f"{self.source or 'no tier'}: {len(self.applied)} applied, {len(self.skipped)} skipped, "
             f"{len(self.failed)} failed"
         )
-        return header + "\n" + format_table(self.decisions)
+        notes = "".join(f"\nwarning: {warning}" for warning in self.warnings)
+        return header + notes + "\n" + format_table(self.decisions)
 
 
 def run_undo_stack(stack: list[tuple[str, Undo]]) -> None:

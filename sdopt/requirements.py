@@ -65,10 +65,11 @@ class Requirements:
         for package in self.packages:
             if not caps.package_usable(package):
                 info = caps.packages.get(package, {})
-                state = "installed but not usable here" if info.get("installed") else "not installed"
                 hint = f"; pip install sdopt[{PACKAGE_EXTRAS[package]}]" if package in PACKAGE_EXTRAS else ""
-                reason = f": {info['reason']}" if info.get("reason") else ""
-                return f"needs {package} ({state}{reason}){hint}"
+                if not info.get("installed"):
+                    return f"needs {package} (not installed){hint}"
+                why = f": {info['reason']}" if info.get("reason") else ""
+                return f"needs {package} (installed but not usable here{why}){hint}"
         if self.min_compute_capability is not None:
             have = caps.compute_capability
             need = ".".join(map(str, self.min_compute_capability))

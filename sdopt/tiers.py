@@ -20,6 +20,8 @@ _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
 
 _CONSERVATIVE_1 = (
+    # bf16 on CUDA >= 8.0 and AMX/AVX-512-BF16 CPUs, fp16 on older CUDA and MPS, else skipped.
+    Entry("half_precision"),
     Entry("channels_last"),
     # Fusing adds a fused copy of the attention projections; it pays on GPUs (fewer, larger GEMMs).
     Entry("fuse_qkv", when=_CUDA),

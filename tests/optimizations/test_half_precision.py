@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import optimize, plan
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from tests.helpers import Snapshot
+
+
+def _dtypes(module: torch.nn.Module) -> set[torch.dtype]:
+    return {p.dtype for p in module.parameters()}
+
+
+def test_bf16_on_an_amx_cpu_casts_everything_and_undoes_exactly(pipe, family: str) -> None:
+    snapshot = Snapshot(pipe, family)
+    weight = next(pipe.vae.parameters())
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    assert report.applied[0].config["dtype"] == "bfloat16"
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            assert _dtypes(module) == {torch.bfloat16}, name
+    output = run_pipeline(pipe, family)
+    # Random tiny weights amplify rounding; real SD1.5 measured 47 dB PSNR vs fp32 in bf16.
+    assert np.isfinite(output).all() and np.abs(output - snapshot.output).mean() < 0.02
+    report.undo()
+    assert next(pipe.vae.parameters()) is weight and weight.dtype == torch.float32
+    snapshot.assert_identical()
+
+
+def test_fp16_keeps_the_sdxl_vae_in_float32_and_feeds_it_its_dtype() -> None:
+    pipe = tiny_pipeline("sdxl")
+    snapshot = Snapshot(pipe, "sdxl")
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("t4-16gb"))
+    assert report.applied[0].config == {"dtype": "float16", "vae": "float32", "components": []}
+    assert _dtypes(pipe.unet) == {torch.float16} and _dtypes(pipe.vae) == {torch.float32}
+    assert "decode" in pipe.vae.__dict__
+    output = run_pipeline(pipe, "sdxl")  # would raise a dtype mismatch without the input cast
+    assert np.isfinite(output).all()
+    report.undo()
+    assert "decode" not in pipe.vae.__dict__
+    snapshot.assert_identical()
+
+
+def test_fp16_keeps_modules_marked_keep_in_fp32() -> None:
+    pipe = tiny_pipeline("sd3")
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("t4-16gb"))
+    t5 = pipe.text_encoder_3
+    assert "wo" in t5._keep_in_fp32_modules
+    wo = {p.dtype for n, p in t5.named_parameters() if ".wo." in n}
+    rest = {p.dtype for n, p in t5.named_parameters() if ".wo." not in n}
+    assert wo == {torch.float32} and rest == {torch.float16}
+    assert np.isfinite(run_pipeline(pipe, "sd3")).all()
+    report.undo()
+    assert _dtypes(t5) == {torch.float32}
+
+
+def test_cpu_without_bf16_units_is_skipped_unless_asked() -> None:
+    pipe = tiny_pipeline("sd")
+    result = plan(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-avx2"))
+    assert "no bf16 units" in result.skipped[0].reason
+    forced = plan(
+        pipe, tier=None, extra=[{"name": "half_precision", "dtype": "bfloat16"}], caps=fake_capabilities("cpu-avx2")
+    )
+    assert forced.steps[0].config.dtype == "bfloat16"
+
+
+def test_already_in_the_dtype_is_skipped(sd_pipe) -> None:
+    caps = fake_capabilities("cpu-amx")
+    report = optimize(sd_pipe, tier=None, extra=["half_precision"], caps=caps)
+    assert plan(sd_pipe, tier=None, extra=["half_precision"], caps=caps).skipped[0].reason == "already bfloat16"
+    report.undo()
+
+
+@pytest.mark.parametrize("vae", ["half", "float32"])
+def test_explicit_vae_choice(vae: str) -> None:
+    pipe = tiny_pipeline("sd")
+    report = optimize(
+        pipe, tier=None, extra=[{"name": "half_precision", "vae": vae}], caps=fake_capabilities("cpu-amx")
+    )
+    assert _dtypes(pipe.vae) == {torch.bfloat16 if vae == "half" else torch.float32}
+    assert np.isfinite(run_pipeline(pipe, "sd")).all()
+    report.undo()
