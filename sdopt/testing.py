@@ -130,6 +130,28 @@ def _vae(latent_channels: int, **extra: Any) -> Any:
     )
 
 
+def tiny_autoencoder_tiny(latent_channels: int = 4, *, seed: int = 0) -> Any:
+    """A random-weight ``AutoencoderTiny`` with the real downscale factor 8, for ``tiny_vae`` tests.
+
+    Example:
+        >>> from sdopt.testing import tiny_autoencoder_tiny
+        >>> tiny_autoencoder_tiny(16).config.latent_channels
+        16
+    """
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: Any = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=latent_channels,
+        )
+    return model.eval()
+
+
 def _clip_pair() -> tuple[Any, Any]:
     tokenizer = tiny_clip_tokenizer()
     return tokenizer, _clip_text_encoder(len(tokenizer), with_projection=False)
@@ -400,7 +422,10 @@ def pipeline_state(pipe: Any) -> dict[str, Any]:
         >>> state_differences(before, pipeline_state(pipe))
         []
     """
-    state: dict[str, Any] = {"process": _process_state()}
+    state: dict[str, Any] = {
+        "process": _process_state(),
+        "pipeline_config": json.dumps(dict(pipe.config), sort_keys=True, default=repr),
+    }
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             state[name] = _module_state(component)
@@ -622,6 +647,7 @@ __all__ = [
     "pipeline_state",
     "run_pipeline",
     "state_differences",
+    "tiny_autoencoder_tiny",
     "tiny_clip_tokenizer",
     "tiny_pipeline",
     "tiny_t5_tokenizer",

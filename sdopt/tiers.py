@@ -34,6 +34,11 @@ _BALANCED_1 = (
     Entry("vae_slicing", when=_SHORT_MEMORY),
 )
 
+_FAST_1 = (
+    *_BALANCED_1,
+    Entry("tiny_vae"),  # loads the family's TAESD weights; skipped with the reason when unavailable
+)
+
 _LOW_MEMORY_1 = (
     Entry("attention_slicing"),
     Entry("vae_slicing"),
@@ -50,8 +55,8 @@ _TIERS: dict[str, dict[int, Preset]] = {
         )
     },
     "balanced": {1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware")},
-    "fast": {1: Preset("fast", _BALANCED_1, 1, "small visible cost accepted for more speed")},
-    "ultra": {1: Preset("ultra", _BALANCED_1, 1, "maximum speed, clear quality cost")},
+    "fast": {1: Preset("fast", _FAST_1, 1, "small visible cost accepted for more speed")},
+    "ultra": {1: Preset("ultra", _FAST_1, 1, "maximum speed, clear quality cost")},
     "low-memory": {1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs")},
 }
 

@@ -60,11 +60,10 @@ class HalfPrecision(Optimization):
     effect = "speed+memory"
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
+        # `vae="auto"` is decided when applied, by the VAE then in place (tiny_vae or
+        # vae_fp16_fix may swap it first).
         dtype = caps.half_dtype if config.dtype == "auto" else config.dtype
-        vae = config.vae
-        if vae == "auto":
-            vae = "float32" if dtype == "float16" and anatomy.family == "sdxl" else "half"
-        return HalfPrecisionConfig(dtype=dtype, vae=vae, components=config.components)  # type: ignore[arg-type]
+        return HalfPrecisionConfig(dtype=dtype, vae=config.vae, components=config.components)  # type: ignore[arg-type]
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         resolved = self.resolve(anatomy, caps, config)
@@ -84,8 +83,8 @@ class HalfPrecision(Optimization):
         return None
 
     def describe(self, config: Any) -> str:
-        vae = " (VAE kept in float32)" if config.vae == "float32" else ""
-        return f"weights in {config.dtype}{vae}"
+        vae = {"float32": " (VAE kept in float32)", "auto": " (SDXL's VAE kept in float32 under float16)"}
+        return f"weights in {config.dtype}{vae.get(config.vae, '') if config.dtype == 'float16' else ''}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         saved: list[tuple[torch.Tensor, torch.Tensor, torch.device]] = []
@@ -131,9 +130,18 @@ class HalfPrecision(Optimization):
         for name in names:
             if name not in modules:
                 continue
-            dtype = "float32" if name in anatomy.vae_names and config.vae == "float32" else config.dtype
-            targets.append((modules[name], dtype))
+            keep = name in anatomy.vae_names and _vae_stays_float32(anatomy, modules[name], config)
+            targets.append((modules[name], "float32" if keep else config.dtype))
         return targets
+
+
+def _vae_stays_float32(anatomy: Anatomy, vae: Any, config: Any) -> bool:
+    if config.vae != "auto":
+        return bool(config.vae == "float32")
+    # SDXL's original VAE overflows in float16 (diffusers marks it force_upcast); the fp16-fix
+    # VAE and AutoencoderTiny declare force_upcast=False and are safe.
+    force_upcast = getattr(getattr(vae, "config", None), "force_upcast", True)
+    return bool(config.dtype == "float16" and anatomy.family == "sdxl" and force_upcast)
 
 
 def _keep_in_fp32(module: torch.nn.Module) -> set[str]:

@@ -33,7 +33,8 @@ def test_fp16_keeps_the_sdxl_vae_in_float32_and_feeds_it_its_dtype() -> None:
     pipe = tiny_pipeline("sdxl")
     snapshot = Snapshot(pipe, "sdxl")
     report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("t4-16gb"))
-    assert report.applied[0].config == {"dtype": "float16", "vae": "float32", "components": []}
+    assert report.applied[0].config == {"dtype": "float16", "vae": "auto", "components": []}
+    assert "VAE kept in float32" in report.applied[0].reason
     assert _dtypes(pipe.unet) == {torch.float16} and _dtypes(pipe.vae) == {torch.float32}
     assert "decode" in pipe.vae.__dict__
     output = run_pipeline(pipe, "sdxl")  # would raise a dtype mismatch without the input cast

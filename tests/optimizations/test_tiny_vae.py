@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import optimize, plan
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_autoencoder_tiny, tiny_pipeline
+from tests.helpers import Snapshot
+
+LATENTS = {"sd": 4, "sdxl": 4, "sd3": 4, "flux": 1, "pixart": 4}
+
+
+@pytest.fixture
+def saved_tiny_vae(tmp_path_factory):
+    def save(latent_channels: int) -> str:
+        path = tmp_path_factory.mktemp(f"taesd{latent_channels}")
+        tiny_autoencoder_tiny(latent_channels).save_pretrained(path)
+        return str(path)
+
+    return save
+
+
+def test_swaps_in_a_tiny_vae_loaded_from_disk_and_restores_the_original(pipe, family, saved_tiny_vae, cpu_caps) -> None:
+    snapshot = Snapshot(pipe, family)
+    original = pipe.vae
+    source = saved_tiny_vae(LATENTS[family])
+    report = optimize(pipe, tier=None, extra=[{"name": "tiny_vae", "source": source}], caps=cpu_caps)
+    assert [d.name for d in report.applied] == ["tiny_vae"]
+    assert type(pipe.vae).__name__ == "AutoencoderTiny" and pipe.config.vae[1] == "AutoencoderTiny"
+    calls = []
+    hook = pipe.vae.decoder.register_forward_hook(lambda *args: calls.append(1))
+    image = run_pipeline(pipe, family)
+    hook.remove()
+    assert calls and image.shape == snapshot.output.shape and np.isfinite(image).all()
+    report.undo()
+    assert pipe.vae is original
+    snapshot.assert_identical()
+
+
+def test_runs_before_half_precision_so_the_tiny_vae_is_cast_too(saved_tiny_vae) -> None:
+    pipe = tiny_pipeline("sdxl")
+    source = saved_tiny_vae(4)
+    extra = ["half_precision", {"name": "tiny_vae", "source": source}]
+    report = optimize(pipe, tier=None, extra=extra, caps=fake_capabilities("t4-16gb"))
+    assert [d.name for d in report.applied] == ["tiny_vae", "half_precision"]
+    # AutoencoderTiny is fp16-safe (force_upcast=False), so it is cast along with the UNet.
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float16}
+    assert np.isfinite(run_pipeline(pipe, "sdxl")).all()
+    report.undo()
+    assert type(pipe.vae).__name__ == "AutoencoderKL"
+
+
+def test_unloadable_weights_are_skipped_with_the_reason(sd_pipe, cpu_caps) -> None:
+    result = plan(sd_pipe, tier=None, extra=["tiny_vae"], caps=cpu_caps)
+    reason = result.skipped[0].reason
+    assert result.steps == []
+    assert "cannot load the tiny VAE 'madebyollin/taesd'" in reason and "local directory" in reason
+
+
+def test_wrong_family_weights_and_unknown_families_are_skipped(saved_tiny_vae, cpu_caps) -> None:
+    wrong = plan(
+        tiny_pipeline("flux"), tier=None, extra=[{"name": "tiny_vae", "source": saved_tiny_vae(4)}], caps=cpu_caps
+    )
+    assert "4 latent channels, this pipeline's VAE has 1" in wrong.skipped[0].reason
+    unknown = plan(tiny_pipeline("pixart"), tier=None, extra=["tiny_vae"], caps=cpu_caps)
+    assert "no tiny VAE is known for the pixart family" in unknown.skipped[0].reason
+
+
+def test_already_tiny_is_skipped(sd_pipe, saved_tiny_vae, cpu_caps) -> None:
+    extra = [{"name": "tiny_vae", "source": saved_tiny_vae(4)}]
+    report = optimize(sd_pipe, tier=None, extra=extra, caps=cpu_caps)
+    assert plan(sd_pipe, tier=None, extra=extra, caps=cpu_caps).skipped[0].reason == "already a tiny VAE"
+    report.undo()
