@@ -96,7 +96,7 @@ def optimize(
         warnings=current.warnings,
     )
     if dry_run:
-        report.planned = [step.decision("planned", step.optimization.describe(step.config)) for step in current.steps]
+        report.planned = [step.planned(current.anatomy) for step in current.steps]
         report.skipped = list(current.skipped)
         return report
 
@@ -141,7 +141,8 @@ def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: list[tuple[str
     if not callable(undo):
         raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
     stack.append((step.name, undo))
-    return step.decision("applied", step.optimization.describe(step.config), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return step.decision("applied", step.optimization.describe(step.config, inspect_pipeline(pipe)), seconds)
 
 
 def _as_tuple(items: Iterable[Any], argument: str) -> tuple[Any, ...]:

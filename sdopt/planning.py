@@ -39,6 +39,10 @@ class Step:
     def name(self) -> str:
         return self.optimization.name
 
+    def planned(self, anatomy: Anatomy) -> Decision:
+        """The decision "planned", saying what the step will do to this pipeline."""
+        return self.decision("planned", self.optimization.describe(self.config, anatomy))
+
     def decision(self, status: str, reason: str, seconds: float | None = None) -> Decision:
         opt = self.optimization
         return Decision(
@@ -91,14 +95,12 @@ class Plan:
             "device_reason": self.caps.device_reason,
             "warnings": list(self.warnings),
             "fingerprint": self.caps.fingerprint,
-            "steps": [
-                step.decision("planned", step.optimization.describe(step.config)).to_dict() for step in self.steps
-            ],
+            "steps": [step.planned(self.anatomy).to_dict() for step in self.steps],
             "skipped": [decision.to_dict() for decision in self.skipped],
         }
 
     def __str__(self) -> str:
-        rows = [step.decision("planned", step.optimization.describe(step.config)) for step in self.steps]
+        rows = [step.planned(self.anatomy) for step in self.steps]
         header = (
             f"sdopt plan: {self.source or 'no tier'} for {self.anatomy.pipeline_class} "
             f"(family {self.anatomy.family}) on {self.device}"

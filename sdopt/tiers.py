@@ -22,14 +22,17 @@ _SHORT_MEMORY = Requirements(max_memory_gb=8)
 _CONSERVATIVE_1 = (
     # bf16 on CUDA >= 8.0 and AMX/AVX-512-BF16 CPUs, fp16 on older CUDA and MPS, else skipped.
     Entry("half_precision"),
+    Entry("attention_backend", when=_CUDA),  # transformer denoisers using diffusers' dispatcher
+    Entry("sdpa"),  # only acts where classic (non-SDPA) processors are set
     Entry("channels_last"),
     # Fusing adds a fused copy of the attention projections; it pays on GPUs (fewer, larger GEMMs).
     Entry("fuse_qkv", when=_CUDA),
 )
 
 _BALANCED_1 = (
+    # diffusers' advice for MPS; listed first so it wins the attention group there.
+    Entry("attention_slicing", when=Requirements(devices=("mps",))),
     *_CONSERVATIVE_1,
-    Entry("attention_slicing", when=Requirements(devices=("mps",))),  # diffusers' advice for MPS
     Entry("vae_tiling", when=_SHORT_MEMORY),
     Entry("vae_slicing", when=_SHORT_MEMORY),
 )

@@ -58,7 +58,7 @@ class AttentionSlicing(Optimization):
             return "already active"
         return None
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"attention computed in slices (slice_size={config.slice_size})"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

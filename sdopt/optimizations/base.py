@@ -105,8 +105,8 @@ class Optimization:
         """Change ``pipe`` and return the function that restores it exactly."""
         raise NotImplementedError
 
-    def describe(self, config: Any) -> str:
-        """What applying with ``config`` does, for the report (defaults to :attr:`summary`)."""
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
+        """What applying with ``config`` to this pipeline does, for the report (defaults to :attr:`summary`)."""
         return self.summary
 
     # ---- configuration

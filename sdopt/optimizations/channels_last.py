@@ -58,7 +58,7 @@ class ChannelsLast(Optimization):
             return "already channels-last"
         return None
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return "4-D weights stored channels-last"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

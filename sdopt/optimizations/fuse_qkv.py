@@ -58,7 +58,7 @@ class FuseQKV(Optimization):
         detail = "; ".join(f"{target}: {why}" for target, why in reasons.items()) or "no denoiser or VAE"
         return f"nothing to fuse ({detail})"
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"fused QKV projections in {' and '.join(config.targets)}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

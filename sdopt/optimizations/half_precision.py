@@ -82,9 +82,10 @@ class HalfPrecision(Optimization):
             return f"already {resolved.dtype}"
         return None
 
-    def describe(self, config: Any) -> str:
-        vae = {"float32": " (VAE kept in float32)", "auto": " (SDXL's VAE kept in float32 under float16)"}
-        return f"weights in {config.dtype}{vae.get(config.vae, '') if config.dtype == 'float16' else ''}"
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
+        vae = anatomy.vae
+        kept = vae is not None and _vae_stays_float32(anatomy, vae, config)
+        return f"weights in {config.dtype}" + (" (VAE kept in float32)" if kept else "")
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         saved: list[tuple[torch.Tensor, torch.Tensor, torch.device]] = []

@@ -87,7 +87,7 @@ class TinyVae(Optimization):
             )
         return _incompatibility(anatomy, tiny)
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"VAE replaced by the tiny autoencoder {config.source}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

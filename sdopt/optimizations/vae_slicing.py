@@ -42,7 +42,7 @@ class VaeSlicing(Optimization):
             return "already enabled"
         return None
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return "VAE slicing on (takes effect for batches of 2+ images)"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

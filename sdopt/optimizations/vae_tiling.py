@@ -68,7 +68,7 @@ class VaeTiling(Optimization):
             overlap=config.overlap or float(getattr(vae, "tile_overlap_factor", 0.0) or 0.0),
         )
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"VAE tiling for images larger than {config.tile_size} px (overlap {config.overlap:g})"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:

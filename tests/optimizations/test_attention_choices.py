@@ -1,0 +1,115 @@
+"""sdpa, attention_backend, xformers: one attention strategy per denoiser, each real or skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdopt import optimize, plan
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from tests.helpers import Snapshot
+
+
+def _processor_classes(model) -> set[str]:
+    return {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor") and m.processor}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_sdpa_replaces_classic_processors_and_restores_them(family: str, cpu_caps) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = tiny_pipeline(family)
+    pipe.unet.set_attn_processor(AttnProcessor())
+    snapshot = Snapshot(pipe, family)
+    report = optimize(pipe, tier=None, extra=["sdpa"], caps=cpu_caps)
+    assert _processor_classes(pipe.unet) == {"AttnProcessor2_0"}
+    np.testing.assert_allclose(run_pipeline(pipe, family), snapshot.output, atol=1e-4)
+    report.undo()
+    assert _processor_classes(pipe.unet) == {"AttnProcessor"}
+    snapshot.assert_identical()
+
+
+def test_sdpa_is_already_active_on_fresh_pipelines(family: str, cpu_caps) -> None:
+    result = plan(tiny_pipeline(family), tier=None, extra=["sdpa"], caps=cpu_caps)
+    assert result.steps == [] and result.skipped[0].reason == "already active"
+
+
+def test_attention_backend_sets_processors_and_restores_the_process_wide_backend(cpu_caps) -> None:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    pipe = tiny_pipeline("flux")
+    snapshot = Snapshot(pipe, "flux")
+    before = _AttentionBackendRegistry._active_backend
+    report = optimize(pipe, tier=None, extra=[{"name": "attention_backend", "backend": "_native_math"}], caps=cpu_caps)
+    backends = {str(m.processor._attention_backend) for m in pipe.transformer.modules() if hasattr(m, "processor")}
+    assert backends == {"AttentionBackendName._NATIVE_MATH"}
+    assert _AttentionBackendRegistry._active_backend != before
+    np.testing.assert_allclose(run_pipeline(pipe, "flux"), snapshot.output, atol=1e-4)
+    report.undo()
+    assert _AttentionBackendRegistry._active_backend == before
+    snapshot.assert_identical()
+    # A second, untouched Flux pipeline still runs afterwards (diffusers' reset alone breaks this).
+    assert np.isfinite(run_pipeline(tiny_pipeline("flux"), "flux")).all()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "pixart"])
+def test_attention_backend_is_skipped_where_diffusers_would_ignore_it(family: str) -> None:
+    result = plan(tiny_pipeline(family), tier=None, extra=["attention_backend"], caps=fake_capabilities("h100-80gb"))
+    assert "dispatcher" in result.skipped[0].reason
+
+
+def test_attention_backend_choice_follows_the_device() -> None:
+    pipe = tiny_pipeline("flux")
+    on_h100 = plan(pipe, tier=None, extra=["attention_backend"], caps=fake_capabilities("h100-80gb"))
+    assert on_h100.steps[0].config.backend == "_native_flash"
+    with_fa = fake_capabilities("h100-80gb", packages={"flash_attn": True})
+    assert plan(pipe, tier=None, extra=["attention_backend"], caps=with_fa).steps[0].config.backend == "flash"
+    on_cpu = plan(pipe, tier=None, extra=["attention_backend"], caps=fake_capabilities("cpu-amx"))
+    assert "already the best available on cpu" in on_cpu.skipped[0].reason
+    cudnn_on_cpu = plan(pipe, tier=None, extra=[{"name": "attention_backend", "backend": "_native_cudnn"}])
+    assert "needs CUDA" in cudnn_on_cpu.skipped[0].reason
+    sage = plan(
+        pipe, tier=None, extra=[{"name": "attention_backend", "backend": "sage"}], caps=fake_capabilities("h100-80gb")
+    )
+    assert "needs sageattention" in sage.skipped[0].reason
+
+
+def test_xformers_only_where_installed_and_working_on_cuda(sd_pipe) -> None:
+    missing = plan(sd_pipe, tier=None, extra=["xformers"], caps=fake_capabilities("t4-16gb"))
+    assert missing.skipped[0].reason == "needs xformers (not installed); pip install sdopt[xformers]"
+    on_cpu = plan(sd_pipe, tier=None, extra=["xformers"], caps=fake_capabilities("cpu", packages={"xformers": True}))
+    assert on_cpu.skipped[0].reason.startswith("needs device cuda")
+    broken = plan(
+        sd_pipe, tier=None, extra=["xformers"], caps=fake_capabilities("t4-16gb", packages={"xformers": False})
+    )
+    assert "installed but not usable here" in broken.skipped[0].reason
+    working = plan(
+        sd_pipe, tier=None, extra=["xformers"], caps=fake_capabilities("t4-16gb", packages={"xformers": True})
+    )
+    assert [s.name for s in working.steps] == ["xformers"]
+
+
+def test_xformers_apply_and_undo_through_diffusers(sd_pipe, monkeypatch) -> None:
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    snapshot = Snapshot(sd_pipe, "sd")
+    calls = []
+
+    def enable(self, attention_op=None):  # stands in for the CUDA-only kernels
+        calls.append(self)
+        self.set_attn_processor(XFormersAttnProcessor())
+
+    monkeypatch.setattr(type(sd_pipe.unet), "enable_xformers_memory_efficient_attention", enable)
+    caps = fake_capabilities("t4-16gb", packages={"xformers": True})
+    report = optimize(sd_pipe, tier=None, extra=["xformers"], caps=caps)
+    assert calls == [sd_pipe.unet] and _processor_classes(sd_pipe.unet) == {"XFormersAttnProcessor"}
+    report.undo()
+    monkeypatch.undo()
+    snapshot.assert_identical()
+
+
+def test_one_attention_strategy_per_plan(sd_pipe) -> None:
+    caps = fake_capabilities("t4-16gb", packages={"xformers": True})
+    result = plan(sd_pipe, tier=None, extra=["attention_slicing", "xformers"], caps=caps)
+    assert [s.name for s in result.steps] == ["attention_slicing"]
+    assert "conflicts with attention_slicing" in result.skipped[0].reason
