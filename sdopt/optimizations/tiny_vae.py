@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimizations._pretrained import fresh_copy, load_failure, load_pretrained
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -20,10 +19,6 @@ DEFAULT_SOURCES = {
     "sd3": "madebyollin/taesd3",
     "flux": "madebyollin/taef1",
 }
-
-# Loaded once per process per source; each pipeline gets its own copy.
-_loaded: dict[str, Any] = {}
-_failed: dict[str, Exception] = {}
 
 
 @dataclass(frozen=True)
@@ -78,13 +73,9 @@ class TinyVae(Optimization):
                 "{'name': 'tiny_vae', 'source': REPO_OR_PATH}"
             )
         try:
-            tiny = _load(source)
+            tiny = load_pretrained("AutoencoderTiny", source)
         except Exception as error:
-            first_line = (str(error).strip().splitlines() or [""])[0][:300]
-            return (
-                f"cannot load the tiny VAE {source!r} ({type(error).__name__}: {first_line}); download it "
-                "once with network access, or pass a local directory as 'source'"
-            )
+            return load_failure("the tiny VAE", source, error)
         return _incompatibility(anatomy, tiny)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
@@ -93,31 +84,13 @@ class TinyVae(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         name = anatomy.vae_names[0]
         original = getattr(pipe, name)
-        reference = next(original.parameters(), None)
-        tiny = copy.deepcopy(_load(config.source)).eval()
-        if reference is not None:
-            tiny = tiny.to(device=reference.device, dtype=reference.dtype)
-        setattr(pipe, name, tiny)  # DiffusionPipeline.__setattr__ also updates its config entry
+        # DiffusionPipeline.__setattr__ also updates the pipeline's config entry for the component.
+        setattr(pipe, name, fresh_copy("AutoencoderTiny", config.source, like=original))
 
         def undo() -> None:
             setattr(pipe, name, original)
 
         return undo
-
-
-def _load(source: str) -> Any:
-    key = str(Path(source).resolve()) if Path(source).exists() else source
-    if key in _failed:
-        raise _failed[key]  # do not retry a failed download on every plan of this process
-    if key not in _loaded:
-        from diffusers import AutoencoderTiny
-
-        try:
-            _loaded[key] = AutoencoderTiny.from_pretrained(source).eval()
-        except Exception as error:
-            _failed[key] = error
-            raise
-    return _loaded[key]
 
 
 def _incompatibility(anatomy: Anatomy, tiny: Any) -> str | None:

@@ -1,0 +1,84 @@
+"""Swap SDXL's VAE for the fp16-safe one, so the whole pipeline can run in float16."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdopt.anatomy import Anatomy
+from sdopt.capabilities import Capabilities
+from sdopt.optimizations._pretrained import fresh_copy, load_failure, load_pretrained
+from sdopt.optimizations.base import Optimization, Undo
+from sdopt.registry import register
+from sdopt.requirements import Requirements
+
+DEFAULT_SOURCE = "madebyollin/sdxl-vae-fp16-fix"
+
+
+@dataclass(frozen=True)
+class VaeFp16FixConfig:
+    """``source``: hub id or local directory of an fp16-safe SDXL ``AutoencoderKL``."""
+
+    source: str = DEFAULT_SOURCE
+
+
+@register
+class VaeFp16Fix(Optimization):
+    """SDXL's original VAE overflows in float16 (NaN, black images), so ``half_precision`` keeps it
+    in float32 there. The fp16-fix VAE (same architecture, rescaled internals, ``force_upcast``
+    false) decodes correctly in float16; with it in place ``half_precision`` casts the VAE too.
+    Only relevant where the pipeline runs in float16 (older CUDA, MPS); bfloat16 has float32's range.
+    When the weights cannot be loaded it is skipped with the reason and the VAE stays float32.
+
+    Example:
+        >>> from sdopt import plan
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> result = plan(tiny_pipeline("sdxl"), tier=None, extra=["vae_fp16_fix"], caps=fake_capabilities("a100-80gb"))
+        >>> result.skipped[0].reason
+        'only needed when SDXL runs in float16 (here: bfloat16)'
+    """
+
+    name = "vae_fp16_fix"
+    kind = "vae"
+    summary = "swap SDXL's VAE for the fp16-safe one so it can run in float16"
+    Config = VaeFp16FixConfig
+    requires = Requirements(families=("sdxl",), needs_vae=True)
+    before = ("half_precision", "channels_last", "fuse_qkv", "vae_slicing", "vae_tiling")
+    effect = "speed+memory"
+
+    def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        vae = anatomy.vae
+        denoiser_dtype = getattr(anatomy.denoiser, "dtype", None)
+        if caps.half_dtype != "float16" and denoiser_dtype != torch.float16:
+            return f"only needed when SDXL runs in float16 (here: {caps.half_dtype})"
+        if type(vae).__name__ != "AutoencoderKL":
+            return f"the VAE is a {type(vae).__name__}, not SDXL's AutoencoderKL"
+        if not getattr(vae.config, "force_upcast", True):
+            return "the VAE is already fp16-safe (force_upcast is false)"
+        try:
+            fixed = load_pretrained("AutoencoderKL", config.source)
+        except Exception as error:
+            return load_failure("the fp16-safe VAE", config.source, error) + "; the VAE stays float32"
+        for key in ("latent_channels", "block_out_channels"):
+            if tuple(_as_tuple(fixed.config.get(key))) != tuple(_as_tuple(vae.config.get(key))):
+                return f"{config.source} does not match this VAE ({key} differs): not an SDXL VAE"
+        return None
+
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
+        return f"VAE replaced by the fp16-safe {config.source}"
+
+    def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        name = anatomy.vae_names[0]
+        original = getattr(pipe, name)
+        setattr(pipe, name, fresh_copy("AutoencoderKL", config.source, like=original))
+
+        def undo() -> None:
+            setattr(pipe, name, original)
+
+        return undo
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
