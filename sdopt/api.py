@@ -31,8 +31,8 @@ def plan(
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> p = plan(tiny_pipeline("flux"), tier="low-memory", caps=fake_capabilities("cpu"))
-        >>> [(d.name, d.reason.split(" (")[0]) for d in p.skipped][:1]
-        [('attention_slicing', 'for unet denoisers only')]
+        >>> {d.name: d.reason.split(" (")[0] for d in p.skipped}["attention_slicing"]
+        'for unet denoisers only'
     """
     return _plan(pipe, tier, preset, _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra"), caps, failed={})
 

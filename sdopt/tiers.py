@@ -44,6 +44,10 @@ _FAST_1 = (
 )
 
 _LOW_MEMORY_1 = (
+    # Each offload applies only in its own budget regime (weights vs free device memory).
+    Entry("model_offload"),
+    Entry("group_offload"),
+    Entry("sequential_offload"),
     Entry("attention_slicing"),
     Entry("vae_slicing"),
     Entry("vae_tiling"),
