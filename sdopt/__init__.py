@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sdopt.api import optimize, plan
     from sdopt.capabilities import Capabilities, detect
+    from sdopt.loading import load
     from sdopt.planning import Plan
     from sdopt.presets import Preset
     from sdopt.registry import list_optimizations
@@ -30,6 +31,7 @@ _EXPORTS = {
     "plan": "sdopt.api",
     "Capabilities": "sdopt.capabilities",
     "detect": "sdopt.capabilities",
+    "load": "sdopt.loading",
     "Plan": "sdopt.planning",
     "Preset": "sdopt.presets",
     "list_optimizations": "sdopt.registry",
@@ -47,6 +49,7 @@ __all__ = [
     "detect",
     "list_optimizations",
     "list_tiers",
+    "load",
     "optimize",
     "plan",
 ]

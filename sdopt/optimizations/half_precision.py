@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from sdopt.anatomy import Anatomy
+from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._vae_guard import guard_vae
 from sdopt.optimizations.base import Optimization, Undo
@@ -80,7 +80,8 @@ class HalfPrecision(Optimization):
         unknown = [name for name in config.components if name not in modules]
         if unknown:
             return f"no module component named {', '.join(unknown)} (components: {', '.join(modules)})"
-        if not any(_castable(module, _DTYPES[dtype]) for module, dtype in self._targets(anatomy, resolved)):
+        castable = any(_castable(module, _DTYPES[dtype]) for module, dtype in self._targets(anatomy, resolved))
+        if not castable and not _unguarded_vaes(anatomy):
             return f"already {resolved.dtype}"
         return None
 
@@ -107,10 +108,8 @@ class HalfPrecision(Optimization):
                     original = tensor.data if tensor.device.type == "cpu" else tensor.data.to("cpu")
                     saved.append((tensor, original, tensor.device))
                     tensor.data = tensor.data.to(dtype)
-            for name in anatomy.vae_names:
-                vae = getattr(pipe, name)
-                if _mixed_with(anatomy, vae) or vae.dtype != torch.float32:
-                    unguard.append(guard_vae(vae))
+            for vae in _unguarded_vaes(inspect_pipeline(pipe)):
+                unguard.append(guard_vae(vae))
         except Exception:
             undo()
             raise
@@ -162,6 +161,13 @@ def _castable(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]
     return tensors
 
 
-def _mixed_with(anatomy: Anatomy, vae: torch.nn.Module) -> bool:
-    denoiser = anatomy.denoiser
-    return denoiser is not None and getattr(denoiser, "dtype", None) != getattr(vae, "dtype", None)
+def _unguarded_vaes(anatomy: Anatomy) -> list[Any]:
+    """VAEs running in another dtype than the denoiser, or in reduced precision, without the guard
+    (e.g. a pipeline loaded with torch_dtype=float16, or SDXL with its VAE kept in float32)."""
+    denoiser_dtype = getattr(anatomy.denoiser, "dtype", None)
+    vaes = [getattr(anatomy.pipeline, name) for name in anatomy.vae_names]
+    return [
+        vae
+        for vae in vaes
+        if "decode" not in vae.__dict__ and (vae.dtype != denoiser_dtype or vae.dtype != torch.float32)
+    ]

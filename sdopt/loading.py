@@ -1,0 +1,99 @@
+"""``sdopt.load``: load a pipeline with the options its plan implies, then optimize it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sdopt.capabilities import Capabilities, detect
+from sdopt.planning import ExtraItem
+from sdopt.report import Report
+from sdopt.tiers import DEFAULT_TIER, resolve_tier
+
+
+class Loaded(NamedTuple):
+    """What :func:`load` returns: the optimized pipeline and the report of what was done."""
+
+    pipe: Any
+    report: Report
+
+
+def load(
+    model: str | type,
+    path: str | None = None,
+    *,
+    tier: str | None = DEFAULT_TIER,
+    exclude: Iterable[str] = (),
+    extra: Iterable[ExtraItem] = (),
+    caps: Capabilities | None = None,
+    **from_pretrained_kwargs: Any,
+) -> Loaded:
+    """Load a pipeline in the dtype the tier would give it, with low CPU memory use, then optimize.
+
+    ``model`` is a hub id or local directory (loaded with ``DiffusionPipeline.from_pretrained``),
+    or a pipeline class followed by ``path``. Load-time choices, each overridable through
+    ``from_pretrained_kwargs``: ``torch_dtype`` = the device's half dtype when the tier uses
+    ``half_precision`` (SDXL's VAE stays float32 under float16), ``variant="fp16"`` when a
+    local directory has fp16 weight files, ``low_cpu_mem_usage=True``. Loading in the target
+    dtype means the report cannot undo that cast (the float32 weights were never in memory).
+
+    Example:
+        >>> import tempfile
+        >>> from sdopt import load
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> path = tempfile.mkdtemp()
+        >>> tiny_pipeline("sd").save_pretrained(path)
+        >>> pipe, report = load(path, tier="balanced", caps=fake_capabilities("cpu-amx"))
+        >>> pipe.unet.dtype
+        torch.bfloat16
+    """
+    import torch
+
+    if isinstance(model, type):
+        if path is None:
+            raise TypeError(f"load({model.__name__}, path): a pipeline class needs the path or hub id to load")
+        pipeline_cls: Any = model
+        source = path
+    else:
+        from diffusers import DiffusionPipeline
+
+        if path is not None:
+            raise TypeError("pass either a hub id/path, or a pipeline class and a path")
+        pipeline_cls, source = DiffusionPipeline, model
+    caps = caps if caps is not None else detect()
+    exclude = tuple(exclude)
+    kwargs = dict(from_pretrained_kwargs)
+    kwargs.setdefault("low_cpu_mem_usage", True)
+    wants_half = tier is not None and "half_precision" in resolve_tier(tier).names() and "half_precision" not in exclude
+    if wants_half and caps.half_dtype != "float32" and "torch_dtype" not in kwargs:
+        dtype = getattr(torch, caps.half_dtype)
+        if caps.half_dtype == "float16" and _pipeline_class_name(source).startswith("StableDiffusionXL"):
+            kwargs["torch_dtype"] = {"default": dtype, "vae": torch.float32}
+        else:
+            kwargs["torch_dtype"] = dtype
+        if caps.half_dtype == "float16" and "variant" not in kwargs and _has_fp16_variant(source):
+            kwargs["variant"] = "fp16"
+    pipe = pipeline_cls.from_pretrained(source, **kwargs)
+
+    from sdopt.api import optimize
+
+    return Loaded(pipe, optimize(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps))
+
+
+def _pipeline_class_name(source: str) -> str:
+    index = Path(source) / "model_index.json"
+    try:
+        if index.exists():
+            return str(json.loads(index.read_text()).get("_class_name", ""))
+        from diffusers import DiffusionPipeline
+
+        return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
+    except Exception:  # an unreadable index only costs the SDXL VAE special case
+        return ""
+
+
+def _has_fp16_variant(source: str) -> bool:
+    root = Path(source)
+    return root.is_dir() and any(".fp16." in file.name for file in root.rglob("*") if file.is_file())
