@@ -83,3 +83,16 @@ def test_explicit_vae_choice(vae: str) -> None:
     assert _dtypes(pipe.vae) == {torch.bfloat16 if vae == "half" else torch.float32}
     assert np.isfinite(run_pipeline(pipe, "sd")).all()
     report.undo()
+
+
+def test_on_this_machine_the_detected_capabilities_choose_the_dtype() -> None:
+    from sdopt import detect
+
+    caps = detect()
+    if caps.device != "cpu" or not caps.cpu.bf16_accelerated:
+        pytest.skip("this check is about CPUs with bf16 units (the CI machines have AVX-512-BF16/AMX)")
+    pipe = tiny_pipeline("sd")
+    report = optimize(pipe, tier="balanced")
+    assert {d.name: d.config for d in report.applied}["half_precision"]["dtype"] == "bfloat16"
+    assert np.isfinite(run_pipeline(pipe, "sd")).all()
+    report.undo()
