@@ -6,6 +6,7 @@ import pytest
 
 from sdopt.anatomy import inspect_pipeline
 from sdopt.testing import tiny_pipeline
+from tests.helpers import ddpm_pipeline
 
 EXPECTED = {
     "sd": ("sd1", "unet", "unet", ("text_encoder",)),
@@ -59,18 +60,7 @@ def test_sd2_is_told_apart_by_its_text_width() -> None:
 
 
 def test_unknown_pipeline_gets_family_other_and_still_finds_parts() -> None:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    anatomy = inspect_pipeline(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
+    anatomy = inspect_pipeline(ddpm_pipeline())
     assert anatomy.family == "other"
     assert anatomy.denoiser_name == "unet"
     assert anatomy.vae is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations.base import Undo
 
 GB = 2**30
@@ -71,7 +73,6 @@ def check_regime(wanted: str, anatomy: Anatomy, caps: Capabilities, only_if_need
 # Instance attributes diffusers' HookRegistry and accelerate's hooks leave behind after removal
 # (an instance-level `forward`, an empty registry); they are put back to exactly what was there.
 _HOOK_ATTRIBUTES = ("forward", "_diffusers_hook", "_hf_hook", "_old_forward")
-_MISSING = object()
 
 
 def remember_placement(pipe: Any, attributes: tuple[str, ...]) -> Undo:
@@ -79,30 +80,35 @@ def remember_placement(pipe: Any, attributes: tuple[str, ...]) -> Undo:
     the undo puts them all back (call it after removing the hooks)."""
     modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     devices = {name: p.device for name, m in modules.items() if (p := next(m.parameters(), None)) is not None}
-    hook_state = [
-        (sub, {name: sub.__dict__.get(name, _MISSING) for name in _HOOK_ATTRIBUTES})
-        for module in modules.values()
-        for sub in module.modules()
-    ]
-    saved = {name: pipe.__dict__.get(name, _MISSING) for name in attributes}
+    restore_hooks = [remember_attributes(sub, _HOOK_ATTRIBUTES) for m in modules.values() for sub in m.modules()]
+    restore_pipe = remember_attributes(pipe, attributes)
 
     def undo() -> None:
-        for sub, values in hook_state:
-            for name, value in values.items():
-                if value is _MISSING:
-                    sub.__dict__.pop(name, None)
-                else:
-                    sub.__dict__[name] = value
+        for restore in restore_hooks:
+            restore()
         for name, device in devices.items():
             module = getattr(pipe, name)
             if next(module.parameters()).device != device:
                 module.to(device)
-        for name, value in saved.items():
-            if value is _MISSING:
-                pipe.__dict__.pop(name, None)
-            else:
-                pipe.__dict__[name] = value
+        restore_pipe()
 
+    return undo
+
+
+def accelerate_offload(pipe: Any, enable: Callable[[], None]) -> Undo:
+    """Run one of diffusers' accelerate-based ``enable_*_cpu_offload`` calls; the undo removes its
+    hooks and puts devices and attributes back (also when ``enable`` raises midway)."""
+    restore = remember_placement(pipe, ("_offload_gpu_id", "_offload_device", "_all_hooks"))
+
+    def undo() -> None:
+        pipe.remove_all_hooks()
+        restore()
+
+    try:
+        enable()
+    except Exception:
+        undo()
+        raise
     return undo
 
 

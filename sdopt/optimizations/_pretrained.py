@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from sdopt.optimizations.base import Undo
+
 # (class name, source) -> loaded model or the error it raised; a failed download is not retried
 # on every plan of the same process.
 _cache: dict[tuple[str, str], Any] = {}
@@ -34,6 +36,14 @@ def fresh_copy(class_name: str, source: str, like: Any) -> Any:
     if reference is not None:
         model = model.to(device=reference.device, dtype=reference.dtype)
     return model
+
+
+def swap_vae(pipe: Any, vae_name: str, class_name: str, source: str) -> Undo:
+    """Replace the pipeline's VAE by a private copy of the cached model; the undo puts the original
+    object back (DiffusionPipeline.__setattr__ keeps the pipeline's config entry in step both ways)."""
+    original = getattr(pipe, vae_name)
+    setattr(pipe, vae_name, fresh_copy(class_name, source, like=original))
+    return lambda: setattr(pipe, vae_name, original)
 
 
 def load_failure(what: str, source: str, error: Exception) -> str:

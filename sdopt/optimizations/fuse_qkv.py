@@ -10,6 +10,7 @@ import torch
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
+from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -111,8 +112,8 @@ def _fuse(model: Any) -> Undo:
     # and remove exactly what fusion added.
     modules = attention_modules(model)
     children = {module: set(module._modules) for module in modules}
-    flags = {module: module.__dict__.get("fused_projections", _ABSENT) for module in modules}
-    model_attribute = model.__dict__.get("original_attn_processors", _ABSENT)
+    restore_flags = [remember_attributes(module, ("fused_projections",)) for module in modules]
+    restore_model_attribute = remember_attributes(model, ("original_attn_processors",))
     processors = save_processors(model)
 
     model.fuse_qkv_projections()
@@ -123,17 +124,8 @@ def _fuse(model: Any) -> Undo:
         for module, names in children.items():
             for added in set(module._modules) - names:
                 del module._modules[added]
-            _restore_attribute(module, "fused_projections", flags[module])
-        _restore_attribute(model, "original_attn_processors", model_attribute)
+        for restore in restore_flags:
+            restore()
+        restore_model_attribute()
 
     return undo
-
-
-_ABSENT = object()
-
-
-def _restore_attribute(obj: Any, name: str, value: Any) -> None:
-    if value is _ABSENT:
-        obj.__dict__.pop(name, None)
-    else:
-        obj.__dict__[name] = value

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._offload import check_regime, remember_placement, resolve_device
+from sdopt.optimizations._offload import accelerate_offload, check_regime, resolve_device
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -57,15 +57,4 @@ class ModelOffload(Optimization):
         return ModelOffloadConfig(resolve_device(config.device, caps), config.only_if_needed)
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        restore = remember_placement(pipe, ("_offload_gpu_id", "_offload_device", "_all_hooks"))
-
-        def undo() -> None:
-            pipe.remove_all_hooks()
-            restore()
-
-        try:
-            pipe.enable_model_cpu_offload(device=config.device)
-        except Exception:
-            undo()
-            raise
-        return undo
+        return accelerate_offload(pipe, lambda: pipe.enable_model_cpu_offload(device=config.device))

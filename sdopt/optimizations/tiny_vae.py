@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import fresh_copy, load_failure, load_pretrained
+from sdopt.optimizations._pretrained import load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -82,15 +82,7 @@ class TinyVae(Optimization):
         return f"VAE replaced by the tiny autoencoder {config.source}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        name = anatomy.vae_names[0]
-        original = getattr(pipe, name)
-        # DiffusionPipeline.__setattr__ also updates the pipeline's config entry for the component.
-        setattr(pipe, name, fresh_copy("AutoencoderTiny", config.source, like=original))
-
-        def undo() -> None:
-            setattr(pipe, name, original)
-
-        return undo
+        return swap_vae(pipe, anatomy.vae_names[0], "AutoencoderTiny", config.source)
 
 
 def _incompatibility(anatomy: Anatomy, tiny: Any) -> str | None:

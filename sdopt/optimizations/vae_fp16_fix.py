@@ -9,7 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import fresh_copy, load_failure, load_pretrained
+from sdopt.optimizations._pretrained import load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -70,14 +70,7 @@ class VaeFp16Fix(Optimization):
         return f"VAE replaced by the fp16-safe {config.source}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        name = anatomy.vae_names[0]
-        original = getattr(pipe, name)
-        setattr(pipe, name, fresh_copy("AutoencoderKL", config.source, like=original))
-
-        def undo() -> None:
-            setattr(pipe, name, original)
-
-        return undo
+        return swap_vae(pipe, anatomy.vae_names[0], "AutoencoderKL", config.source)
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:

@@ -6,7 +6,7 @@ import numpy as np
 
 from sdopt import optimize, plan
 from sdopt.testing import run_pipeline
-from tests.helpers import Snapshot
+from tests.helpers import Snapshot, ddpm_pipeline
 
 
 def test_vae_slicing_decodes_one_image_at_a_time(pipe, family: str, cpu_caps) -> None:
@@ -59,18 +59,7 @@ def test_vae_tiling_rejects_sizes_off_the_latent_grid(sd_pipe, cpu_caps) -> None
 
 
 def test_pipelines_without_a_vae_are_skipped(cpu_caps) -> None:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    pipe = ddpm_pipeline()
     result = plan(pipe, tier="low-memory", caps=cpu_caps)
     reasons = {d.name: d.reason for d in result.skipped}
     assert reasons["vae_slicing"] == reasons["vae_tiling"] == "the pipeline has no VAE"

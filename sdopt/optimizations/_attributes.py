@@ -1,4 +1,4 @@
-"""Setting VAE attributes and restoring exactly the previous ones (shared by VAE optimizations)."""
+"""Recording instance attributes and restoring exactly what was there (value, or absence)."""
 
 from __future__ import annotations
 
