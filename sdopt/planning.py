@@ -66,7 +66,7 @@ class Plan:
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu"))
         >>> [step.name for step in p.steps]
-        ['channels_last']
+        ['scheduler', 'channels_last']
     """
 
     source: str | None

