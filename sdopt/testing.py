@@ -425,6 +425,7 @@ def pipeline_state(pipe: Any) -> dict[str, Any]:
     state: dict[str, Any] = {
         "process": _process_state(),
         "pipeline_config": json.dumps(dict(pipe.config), sort_keys=True, default=repr),
+        "pipeline_class": (type(pipe).__qualname__, id(type(pipe))),
     }
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):

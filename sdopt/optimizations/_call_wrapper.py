@@ -1,0 +1,48 @@
+"""Changing what ``pipe(...)`` does, for call-time optimizations (step budget, guidance, resolution).
+
+``pipe(...)`` looks ``__call__`` up on the class, so an instance attribute would be ignored. The
+pipeline instance gets a subclass of its own class (same name and module, so diffusers' saving
+and sdopt's family detection see no difference) whose ``__call__`` adjusts the arguments; the
+undo gives the instance its original class back. Layers stack, and undo runs newest first.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from sdopt.optimizations.base import Undo
+
+Adjust = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def wrap_call(pipe: Any, adjust: Adjust) -> Undo:
+    """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``; positional args pass through."""
+    original_class = type(pipe)
+
+    @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original_class.__call__(self, *args, **adjust(dict(kwargs)))
+
+    wrapped_class = type(
+        original_class.__name__,
+        (original_class,),
+        {"__call__": __call__, "__module__": original_class.__module__, "__qualname__": original_class.__qualname__},
+    )
+    pipe.__class__ = wrapped_class
+
+    def undo() -> None:
+        pipe.__class__ = original_class
+
+    return undo
+
+
+def call_default(pipe: Any, parameter: str) -> Any:
+    """The default value of ``parameter`` in the pipeline's ``__call__`` (``None`` if absent)."""
+    import inspect
+
+    found = inspect.signature(type(pipe).__call__).parameters.get(parameter)
+    if found is None or found.default is inspect.Parameter.empty:
+        return None
+    return found.default
