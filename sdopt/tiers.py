@@ -46,6 +46,7 @@ _FAST_1 = (
     # With DPM-Solver++ 20-25 steps are close to 50; on a CPU every step is seconds.
     Entry("step_budget", {"steps": 20}, when=Requirements(devices=("cpu",))),
     Entry("step_budget", {"steps": 25}),
+    Entry("guidance", {"stop_at": 0.6}),  # CFG truncation: the last 40% of steps run one batch
 )
 
 _LOW_MEMORY_1 = (

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdopt import optimize, plan
+from sdopt.testing import run_pipeline, tiny_pipeline
+from tests.helpers import Snapshot
+
+
+def _unet_batches(pipe, family, **overrides) -> list[int]:
+    batches: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    image = run_pipeline(pipe, family, **overrides)
+    hook.remove()
+    assert np.isfinite(image).all()
+    return batches
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_guidance_stops_halfway_and_the_denoiser_runs_single_batches(family, cpu_caps) -> None:
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = tiny_pipeline(family)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    snapshot = Snapshot(pipe, family)
+    assert _unet_batches(pipe, family, num_inference_steps=4) == [2, 2, 2, 2]
+    report = optimize(pipe, tier=None, extra=["guidance"], caps=cpu_caps)
+    assert _unet_batches(pipe, family, num_inference_steps=4) == [2, 2, 1, 1]
+    assert _unet_batches(pipe, family, num_inference_steps=4, guidance_scale=1.0) == [1, 1, 1, 1]
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_the_callers_callback_still_runs(sd_pipe, cpu_caps) -> None:
+    seen = []
+
+    def callback(pipe, step, timestep, tensors):
+        seen.append((step, tensors["prompt_embeds"].shape[0]))
+        return tensors
+
+    report = optimize(sd_pipe, tier=None, extra=[{"name": "guidance", "stop_at": 0.5}], caps=cpu_caps)
+    run_pipeline(
+        sd_pipe,
+        "sd",
+        num_inference_steps=4,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+    )
+    assert [step for step, _ in seen] == list(range(len(seen))) and len(seen) >= 4  # PNDM adds a warm-up step
+    assert seen[0][1] == 2 and seen[-1][1] == 1
+    report.undo()
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "pixart"])
+def test_unverified_pipelines_are_skipped(family, cpu_caps) -> None:
+    result = plan(tiny_pipeline(family), tier=None, extra=["guidance"], caps=cpu_caps)
+    assert "verified for" in result.skipped[0].reason
+
+
+def test_bad_fraction_is_skipped(sd_pipe, cpu_caps) -> None:
+    result = plan(sd_pipe, tier=None, extra=[{"name": "guidance", "stop_at": 1.5}], caps=cpu_caps)
+    assert "between 0 and 1" in result.skipped[0].reason
