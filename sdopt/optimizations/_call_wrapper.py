@@ -15,15 +15,18 @@ from typing import Any
 from sdopt.optimizations.base import Undo
 
 Adjust = Callable[[dict[str, Any]], dict[str, Any]]
+Finish = Callable[[Any, dict[str, Any]], Any]
 
 
-def wrap_call(pipe: Any, adjust: Adjust) -> Undo:
-    """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``; positional args pass through."""
+def wrap_call(pipe: Any, adjust: Adjust, finish: Finish | None = None) -> Undo:
+    """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``, then pass its output
+    through ``finish(output, original_kwargs)`` if given; positional args pass through."""
     original_class = type(pipe)
 
     @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return original_class.__call__(self, *args, **adjust(dict(kwargs)))
+        output = original_class.__call__(self, *args, **adjust(dict(kwargs)))
+        return finish(output, kwargs) if finish is not None else output
 
     wrapped_class = type(
         original_class.__name__,
