@@ -47,6 +47,7 @@ _FAST_1 = (
     Entry("step_budget", {"steps": 20}, when=Requirements(devices=("cpu",))),
     Entry("step_budget", {"steps": 25}),
     Entry("guidance", {"stop_at": 0.6}),  # CFG truncation: the last 40% of steps run one batch
+    Entry("feature_cache"),  # DeepCache every 3rd step on UNets, first-block cache on DiTs
 )
 
 _ULTRA_1 = (
