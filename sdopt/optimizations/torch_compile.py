@@ -1,0 +1,124 @@
+"""Compile the denoiser with torch.compile (inductor), whole or block by block."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sdopt.anatomy import Anatomy
+from sdopt.capabilities import Capabilities
+from sdopt.optimizations._attributes import remember_attributes
+from sdopt.optimizations.base import Optimization, Undo
+from sdopt.registry import register
+
+CPU_FIRST_CALL_NOTE = "first call ~90 s for an SD1.5-size UNet on 2 CPU cores (then ~1.35x per step, frozen weights)"
+
+
+@dataclass(frozen=True)
+class TorchCompileConfig:
+    """``mode``: torch.compile mode; ``regional``: "auto" compiles the model's repeated blocks where it
+    declares them (much shorter first call), "yes"/"no" force it; ``fullgraph``; ``accept_cpu_first_call``:
+    on CPU, compile only when the caller accepts the long first call; ``cache_dir``: inductor's on-disk
+    cache (default ``~/.cache/sdopt/inductor``), so a second process starts fast."""
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    regional: Literal["auto", "yes", "no"] = "auto"
+    fullgraph: bool = False
+    accept_cpu_first_call: bool = False
+    cache_dir: str = ""
+
+
+@register
+class TorchCompile(Optimization):
+    """``torch.compile`` on the denoiser. On CPU inductor runs with weight freezing: measured here
+    on the SD1.5 UNet in bf16, 1.63 s/step vs 2.2 s eager (1.35x) after a ~91 s first call, so it
+    is gated behind ``accept_cpu_first_call``. Regional compilation (diffusers'
+    ``compile_repeated_blocks``) where the model declares repeated blocks. The report states the
+    first-call cost. Undo restores the eager module (the compiled callables are dropped).
+
+    Example:
+        >>> from sdopt import plan
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["torch_compile"], caps=fake_capabilities("cpu-amx"))
+        >>> result.skipped[0].reason.startswith("on CPU torch.compile pays only")
+        True
+    """
+
+    name = "torch_compile"
+    kind = "compile"
+    summary = "torch.compile (inductor) on the denoiser; long first call"
+    Config = TorchCompileConfig
+    after = ("half_precision", "channels_last", "fuse_qkv", "quantize_int8")
+
+    def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
+        regional = config.regional
+        if regional == "auto":
+            regional = "yes" if getattr(anatomy.denoiser, "_repeated_blocks", None) else "no"
+        cache_dir = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "sdopt", "inductor")
+        return TorchCompileConfig(config.mode, regional, config.fullgraph, config.accept_cpu_first_call, cache_dir)
+
+    def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        denoiser = anatomy.denoiser
+        if denoiser is None:
+            return "the pipeline has no denoiser"
+        if caps.device == "cpu":
+            if not config.accept_cpu_first_call:
+                return (
+                    f"on CPU torch.compile pays only in long-running processes ({CPU_FIRST_CALL_NOTE}); "
+                    "pass accept_cpu_first_call=True to compile anyway"
+                )
+            if caps.cxx_compiler is None:
+                return "inductor on CPU needs a C++ compiler (g++ or clang++), none found"
+        elif caps.device == "cuda" and not caps.package_usable("triton"):
+            return "inductor on CUDA needs triton, which is not installed or not working here"
+        if config.regional == "yes" and not getattr(denoiser, "_repeated_blocks", None):
+            return f"{type(denoiser).__name__} declares no repeated blocks for regional compilation"
+        if any(getattr(m, "_compiled_call_impl", None) is not None for m in denoiser.modules()):
+            return "already compiled"
+        return None
+
+    def describe(self, config: Any, anatomy: Anatomy) -> str:
+        how = "repeated blocks" if config.regional == "yes" else "whole denoiser"
+        return f"torch.compile ({how}, mode {config.mode}); the first call compiles (CPU: {CPU_FIRST_CALL_NOTE})"
+
+    def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        denoiser = anatomy.denoiser
+        restore = [remember_attributes(m, ("_compiled_call_impl",)) for m in denoiser.modules()]
+        previous_cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+        def undo() -> None:
+            for put_back in restore:
+                put_back()
+            if previous_cache_dir is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous_cache_dir
+
+        options: dict[str, Any] = {"mode": config.mode, "fullgraph": config.fullgraph}
+        if caps.device == "cpu":
+            # Weight freezing folds the (inference-only) weights into the graph: the 1.35x on CPU.
+            # mode and options are exclusive in torch.compile, so the mode goes in as its default.
+            options = {"fullgraph": config.fullgraph, "options": {"freezing": True}}
+        try:
+            if _cache_dir_is_ours_to_set():
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.cache_dir
+            if config.regional == "yes":
+                denoiser.compile_repeated_blocks(**options)
+            else:
+                denoiser.compile(**options)
+        except Exception:
+            undo()
+            raise
+        return undo
+
+
+def _cache_dir_is_ours_to_set() -> bool:
+    """True unless the user chose an inductor cache dir (inductor writes its default into the
+    environment on first use, so that value does not count as a choice)."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None:
+        return True
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(current) == os.path.abspath(default_cache_dir())

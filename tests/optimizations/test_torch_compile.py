@@ -1,0 +1,63 @@
+"""torch_compile: gated on CPU, really compiled when asked (one real compile runs in CI), exact undo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import optimize, plan
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from tests.helpers import Snapshot
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_cpu_needs_the_first_call_cost_accepted(sd_pipe) -> None:
+    result = plan(sd_pipe, tier=None, extra=["torch_compile"], caps=fake_capabilities("cpu-amx"))
+    assert "accept_cpu_first_call=True" in result.skipped[0].reason
+    no_compiler = fake_capabilities("cpu-amx", cxx_compiler=None)
+    forced = plan(
+        sd_pipe, tier=None, extra=[{"name": "torch_compile", "accept_cpu_first_call": True}], caps=no_compiler
+    )
+    assert "needs a C++ compiler" in forced.skipped[0].reason
+
+
+def test_cuda_needs_triton_and_regional_follows_the_model() -> None:
+    without = plan(tiny_pipeline("flux"), tier=None, extra=["torch_compile"], caps=fake_capabilities("h100-80gb"))
+    assert "needs triton" in without.skipped[0].reason
+    caps = fake_capabilities("h100-80gb", packages={"triton": True})
+    flux = plan(tiny_pipeline("flux"), tier=None, extra=["torch_compile"], caps=caps)
+    assert flux.steps[0].config.regional == "yes"
+    sd3 = plan(tiny_pipeline("sd3"), tier=None, extra=["torch_compile"], caps=caps)
+    assert sd3.steps[0].config.regional == "no"
+    forced = plan(tiny_pipeline("sd3"), tier=None, extra=[{"name": "torch_compile", "regional": "yes"}], caps=caps)
+    assert "declares no repeated blocks" in forced.skipped[0].reason
+
+
+def test_compile_conflicts_with_offload_and_caches(sd_pipe) -> None:
+    caps = fake_capabilities("t4-16gb", packages={"triton": True})
+    extra = ["feature_cache", "torch_compile"]
+    result = plan(sd_pipe, tier=None, extra=extra, caps=caps)
+    assert [s.name for s in result.steps] == ["feature_cache"]
+    assert "conflicts with feature_cache" in result.skipped[0].reason
+
+
+def test_a_real_regional_compile_on_cpu(sd_pipe, tmp_path, fresh_dynamo) -> None:
+    snapshot = Snapshot(sd_pipe, "sd")
+    extra = [{"name": "torch_compile", "accept_cpu_first_call": True, "cache_dir": str(tmp_path)}]
+    report = optimize(sd_pipe, tier=None, extra=extra, caps=fake_capabilities("cpu-amx"))
+    assert [d.name for d in report.applied] == ["torch_compile"]
+    compiled = [m for m in sd_pipe.unet.modules() if m._compiled_call_impl is not None]
+    assert compiled and all(type(m).__name__ == "BasicTransformerBlock" for m in compiled)
+    output = run_pipeline(sd_pipe, "sd")
+    np.testing.assert_allclose(output, snapshot.output, atol=1e-3)
+    assert any(tmp_path.iterdir())  # inductor wrote its cache where we pointed it
+    report.undo()
+    assert all(m._compiled_call_impl is None for m in sd_pipe.unet.modules())
+    snapshot.assert_identical()
