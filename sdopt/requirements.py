@@ -83,7 +83,7 @@ class Requirements:
             return f"only when {caps.device} memory is at most {self.max_memory_gb:g} GB (have {memory:.1f} GB)"
         if self.bf16_accelerated is not None and caps.cpu.bf16_accelerated != self.bf16_accelerated:
             wanted = "with" if self.bf16_accelerated else "without"
-            return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16 / AVX-512-BF16)"
+            return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16, or a measured bf16 speedup)"
         for package, minimum in (("torch", self.min_torch), ("diffusers", self.min_diffusers)):
             installed = caps.versions.get(package)
             if minimum and installed and Version(installed.split("+")[0]) < Version(minimum):

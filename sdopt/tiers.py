@@ -20,7 +20,7 @@ _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
 
 _CONSERVATIVE_1 = (
-    # bf16 on CUDA >= 8.0 and AMX/AVX-512-BF16 CPUs, fp16 on older CUDA and MPS, else skipped.
+    # bf16 on CUDA >= 8.0 and CPUs where bf16 is faster (AMX), fp16 on older CUDA and MPS, else skipped.
     Entry("vae_fp16_fix"),  # SDXL in float16 only; lets half_precision cast its VAE too
     Entry("half_precision"),
     Entry("attention_backend", when=_CUDA),  # transformer denoisers using diffusers' dispatcher

@@ -75,7 +75,10 @@ def test_real_detection_is_cached_json_safe_and_fast() -> None:
 def test_this_cpu_reports_its_bf16_units_truthfully() -> None:
     caps = detect()
     flags = set(caps.cpu.flags)
-    expected = bool({"amx_bf16", "avx512_bf16"} & flags) or ("bf16" in flags and "neon" in flags)
+    if "avx512_bf16" in flags and "amx_bf16" not in flags:
+        expected = caps.cpu.bf16_speedup is not None and caps.cpu.bf16_speedup >= 1.1  # decided by measurement
+    else:
+        expected = "amx_bf16" in flags or ("bf16" in flags and "neon" in flags)
     assert caps.cpu.bf16_accelerated == expected
     assert caps.half_dtype == ("bfloat16" if expected else "float32") or caps.device != "cpu"
 
@@ -119,6 +122,24 @@ def test_arm_features_from_cpuinfo_text() -> None:
 def test_avx2_only_cpu_stays_float32() -> None:
     cpu = parse_cpuinfo("processor: 0\nflags: fpu sse avx2 fma\n", "x86_64")
     assert not cpu.bf16_accelerated
+
+
+def test_avx512_bf16_without_amx_is_decided_by_measurement(monkeypatch) -> None:
+    text = "processor: 0\nflags: fpu avx2 avx512f avx512_bf16 avx512_fp16\n"
+    assert not parse_cpuinfo(text, "x86_64").bf16_accelerated  # the flags alone do not prove it
+    monkeypatch.setattr(capabilities, "Path", lambda path: type("P", (), {"read_text": lambda *a, **k: text})())
+    for measured, accelerated in ((0.66, False), (1.8, True)):
+        monkeypatch.setattr(capabilities, "_bf16_speedup", lambda model, m=measured: m)
+        cpu = capabilities._detect_cpu()
+        assert (cpu.bf16_accelerated, cpu.bf16_speedup) == (accelerated, measured)
+
+
+def test_the_bf16_measurement_runs_and_is_cached(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    runs = []
+    monkeypatch.setattr(capabilities, "_time_bf16_against_fp32", lambda: runs.append(1) or 0.5)
+    assert capabilities._bf16_speedup("cpu x") == capabilities._bf16_speedup("cpu x") == 0.5
+    assert runs == [1]
 
 
 # --------------------------------------------------------------------------- CUDA, simulated

@@ -35,7 +35,8 @@ class HalfPrecision(Optimization):
     """Casts weights to bfloat16 or float16, choosing by hardware, and keeps the pipeline callable.
 
     bf16 is ~3.9x faster than fp32 for an SD1.5 image on a 2-core AMX CPU (PSNR 47 dB vs fp32),
-    and slower than fp32 on CPUs without AMX-BF16 / AVX-512-BF16: there it is skipped. Modules a
+    and slower than fp32 on CPUs without AMX-BF16 (measured 1.5x slower with AVX-512-BF16 alone on a
+    VM hiding AMX): there it is skipped. Modules a
     model marks ``_keep_in_fp32_modules`` (e.g. T5's ``wo``) stay float32 under float16. The VAE's
     ``decode``/``encode`` are guarded (see ``_vae_guard``): inputs follow the VAE's dtype (diffusers
     pipelines do not cast, and fail when the VAE keeps float32), and a NaN or all-black image from a
@@ -72,8 +73,8 @@ class HalfPrecision(Optimization):
         if resolved.dtype == "float32":
             if caps.device == "cpu":
                 return (
-                    "float32 is fastest on this CPU: it has no bf16 units (AMX-BF16 / AVX-512-BF16), "
-                    "where bfloat16 runs slower than float32"
+                    "float32 is fastest on this CPU: it has no bf16 units that beat float32 (AMX-BF16, "
+                    "or a measured speedup); bfloat16 would run slower"
                 )
             return f"no reduced-precision dtype is faster than float32 on {caps.device}"
         modules = anatomy.modules()
