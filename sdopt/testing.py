@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sdopt.capabilities import Capabilities, CudaDevice, detect
+from sdopt.capabilities import OPTIONAL_PACKAGES, Capabilities, CudaDevice, detect
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "pixart")
 """Names accepted by :func:`tiny_pipeline` and :func:`call_kwargs`."""
@@ -619,7 +619,7 @@ def fake_capabilities(
     chosen, reason, notes = choose_device(cuda, mps, False)
     package_map = {
         name: {"installed": False, "version": None, "usable": False, "reason": "not installed"}
-        for name in ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention")
+        for name in OPTIONAL_PACKAGES
     }
     for name, usable in (packages or {}).items():
         package_map[name] = {"installed": True, "version": "0.0", "usable": usable, "reason": "" if usable else "fake"}

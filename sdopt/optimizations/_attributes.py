@@ -9,6 +9,10 @@ from sdopt.optimizations.base import Undo
 
 _ABSENT = object()
 
+# Instance attributes diffusers' HookRegistry and accelerate's hooks leave behind after their
+# removal (an instance-level `forward`, an empty registry, accelerate's bookkeeping).
+HOOK_ATTRIBUTES = ("forward", "_diffusers_hook", "_hf_hook", "_old_forward")
+
 
 def remember_attributes(obj: Any, names: Iterable[str]) -> Undo:
     """Record ``names`` on ``obj`` now; the returned undo puts them back (or deletes them if absent)."""

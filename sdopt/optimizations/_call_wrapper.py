@@ -9,7 +9,8 @@ undo gives the instance its original class back. Layers stack, and undo runs new
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sdopt.optimizations.base import Undo
@@ -41,11 +42,14 @@ def wrap_call(pipe: Any, adjust: Adjust, finish: Finish | None = None) -> Undo:
     return undo
 
 
+def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the pipeline's ``__call__``."""
+    return inspect.signature(type(pipe).__call__).parameters
+
+
 def call_default(pipe: Any, parameter: str) -> Any:
     """The default value of ``parameter`` in the pipeline's ``__call__`` (``None`` if absent)."""
-    import inspect
-
-    found = inspect.signature(type(pipe).__call__).parameters.get(parameter)
+    found = call_parameters(pipe).get(parameter)
     if found is None or found.default is inspect.Parameter.empty:
         return None
     return found.default

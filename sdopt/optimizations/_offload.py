@@ -10,7 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._attributes import remember_attributes
+from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations.base import Undo
 
 GB = 2**30
@@ -70,17 +70,12 @@ def check_regime(wanted: str, anatomy: Anatomy, caps: Capabilities, only_if_need
     return f"not needed at this budget: {found.describe()} calls for {needs} offload (only_if_needed=False forces it)"
 
 
-# Instance attributes diffusers' HookRegistry and accelerate's hooks leave behind after removal
-# (an instance-level `forward`, an empty registry); they are put back to exactly what was there.
-_HOOK_ATTRIBUTES = ("forward", "_diffusers_hook", "_hf_hook", "_old_forward")
-
-
 def remember_placement(pipe: Any, attributes: tuple[str, ...]) -> Undo:
     """Record every component's device, its modules' hook attributes and some pipeline attributes;
     the undo puts them all back (call it after removing the hooks)."""
     modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     devices = {name: p.device for name, m in modules.items() if (p := next(m.parameters(), None)) is not None}
-    restore_hooks = [remember_attributes(sub, _HOOK_ATTRIBUTES) for m in modules.values() for sub in m.modules()]
+    restore_hooks = [remember_attributes(sub, HOOK_ATTRIBUTES) for m in modules.values() for sub in m.modules()]
     restore_pipe = remember_attributes(pipe, attributes)
 
     def undo() -> None:

@@ -9,13 +9,12 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._attributes import remember_attributes
+from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations._call_wrapper import wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
 _HOOK = "sdopt_deep_cache"
-_HOOK_ATTRIBUTES = ("forward", "_diffusers_hook")
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class FeatureCache(Optimization):
         if not deep:
             from diffusers import FirstBlockCacheConfig
 
-            restore = [remember_attributes(m, _HOOK_ATTRIBUTES) for m in denoiser.modules()]
+            restore = [remember_attributes(m, HOOK_ATTRIBUTES) for m in denoiser.modules()]
             denoiser.enable_cache(FirstBlockCacheConfig(threshold=config.threshold))
 
             def undo_diffusers_cache() -> None:
@@ -136,7 +135,7 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
                 self.cached = forward(*args, **kwargs)
             return self.cached
 
-    restore = [remember_attributes(m, _HOOK_ATTRIBUTES) for m in [denoiser, *deep]]
+    restore = [remember_attributes(m, HOOK_ATTRIBUTES) for m in [denoiser, *deep]]
     HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(StepCounter(), _HOOK)
     for module in deep:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(ReuseOutput(), _HOOK)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import wrap_call
+from sdopt.optimizations._call_wrapper import call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -45,9 +45,7 @@ class Resolution(Optimization):
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if not 0.25 <= config.scale < 1.0:
             return f"scale must be in [0.25, 1), got {config.scale}"
-        import inspect
-
-        parameters = inspect.signature(type(anatomy.pipeline).__call__).parameters
+        parameters = call_parameters(anatomy.pipeline)
         if "height" not in parameters or "width" not in parameters:
             return f"{anatomy.pipeline_class} takes no height/width (e.g. img2img follows its input image)"
         return None

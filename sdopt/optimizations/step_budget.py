@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import call_default, wrap_call
+from sdopt.optimizations._call_wrapper import call_default, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -49,7 +48,7 @@ class StepBudget(Optimization):
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         pipe = anatomy.pipeline
-        if "num_inference_steps" not in inspect.signature(type(pipe).__call__).parameters:
+        if "num_inference_steps" not in call_parameters(pipe):
             return f"{anatomy.pipeline_class} takes no num_inference_steps"
         steps = self.resolve(anatomy, caps, config).steps
         if steps < 1:
