@@ -37,6 +37,10 @@ _DENOISER_CLASSES = {
 }
 
 
+# Names of models distilled to sample in 1-8 steps without classifier-free guidance.
+_ADVERSARIAL_MARKERS = ("turbo", "lightning", "hyper-sd", "hypersd", "schnell", "lcm")
+
+
 @dataclass(frozen=True)
 class Anatomy:
     """The parts of one pipeline, by component name, plus its family.
@@ -73,6 +77,23 @@ class Anatomy:
     def scheduler(self) -> Any:
         return getattr(self.pipeline, self.scheduler_name) if self.scheduler_name else None
 
+    @property
+    def distillation(self) -> str | None:
+        """How the model was distilled to run without classifier-free guidance, if it was:
+        "lcm" (a UNet with a guidance embedding, ``time_cond_proj_dim``), "guidance-embedded"
+        (a transformer taking the guidance scale as input, e.g. FLUX.1-dev) or "adversarial"
+        (SD-Turbo, SDXL-Turbo/Lightning, Hyper-SD, FLUX.1-schnell: recognised by the model's name)."""
+        denoiser_config = getattr(self.denoiser, "config", None)
+        if getattr(denoiser_config, "time_cond_proj_dim", None) is not None:
+            return "lcm"
+        if getattr(denoiser_config, "guidance_embeds", False):
+            return "guidance-embedded"
+        names = [getattr(self.pipeline, "name_or_path", None), getattr(denoiser_config, "_name_or_path", None)]
+        text = " ".join(str(name).lower() for name in names if name)
+        if any(marker in text for marker in _ADVERSARIAL_MARKERS):
+            return "adversarial"
+        return None
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every ``torch.nn.Module`` component of the pipeline, by component name."""
         return {
@@ -92,6 +113,7 @@ class Anatomy:
             "text_encoders": list(self.text_encoder_names),
             "controlnets": list(self.controlnet_names),
             "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "distillation": self.distillation,
         }
 
 

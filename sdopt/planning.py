@@ -4,6 +4,7 @@ candidates (``extra`` first, then the preset's entries)
   -> the caller's exclusions, the entries' ``when`` conditions
   -> each optimization's ``requires`` and ``check``
   -> conflicts (the earlier candidate wins; the loser is skipped naming the winner)
+  -> companions (a step that only pays together with another is dropped without it)
   -> order (kind order, refined by declared ``after``/``before``).
 Every candidate ends as a step or a skipped decision with its reason.
 """
@@ -64,9 +65,9 @@ class Plan:
     Example:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
-        >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu"))
+        >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
         >>> [step.name for step in p.steps]
-        ['scheduler', 'channels_last']
+        ['scheduler', 'half_precision', 'channels_last']
     """
 
     source: str | None
@@ -179,8 +180,27 @@ def make_plan(
                 step.config,
             )
         )
-    result.steps = _ordered(winners)
+    result.steps = _ordered(_with_companions(winners, anatomy, caps, result.skipped))
     return result
+
+
+def _with_companions(steps: list[Step], anatomy: Anatomy, caps: Capabilities, skipped: list[Decision]) -> list[Step]:
+    """Drop steps whose required companions are not planned, until none is left wanting."""
+    while True:
+        names = {step.name for step in steps}
+        for step in steps:
+            missing = {
+                name: why
+                for name, why in step.optimization.companions(anatomy, caps, step.config).items()
+                if name not in names
+            }
+            if missing:
+                needs = "; ".join(f"{name} is not planned ({why})" for name, why in missing.items())
+                skipped.append(step.decision("skipped", f"needs {', '.join(missing)} in the same plan: {needs}"))
+                steps = [other for other in steps if other is not step]
+                break
+        else:
+            return steps
 
 
 def _validated_names(names: Iterable[str]) -> set[str]:

@@ -62,9 +62,9 @@ class Report:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> pipe = tiny_pipeline("sd")
-        >>> report = optimize(pipe, tier="balanced", caps=fake_capabilities("cpu"))
+        >>> report = optimize(pipe, tier="balanced", caps=fake_capabilities("cpu-amx"))
         >>> [d.name for d in report.applied]
-        ['scheduler', 'channels_last']
+        ['scheduler', 'half_precision', 'channels_last']
         >>> report.undo()
     """
 

@@ -50,6 +50,7 @@ class Requirements:
     min_torch: str | None = None
     min_diffusers: str | None = None
     needs_vae: bool = False
+    distillations: tuple[str, ...] = ()
 
     def unmet(self, anatomy: Anatomy, caps: Capabilities) -> str | None:
         """The first condition that does not hold, as a reason; ``None`` when all hold."""
@@ -60,6 +61,9 @@ class Requirements:
         if self.denoiser_kinds and anatomy.denoiser_kind not in self.denoiser_kinds:
             denoiser = type(anatomy.denoiser).__name__ if anatomy.denoiser is not None else "none"
             return f"for {' or '.join(self.denoiser_kinds)} denoisers only (this pipeline: {denoiser})"
+        if self.distillations and anatomy.distillation not in self.distillations:
+            found = f"{anatomy.distillation}-distilled" if anatomy.distillation else "not distilled"
+            return f"for {' or '.join(self.distillations)}-distilled models only (this model: {found})"
         if self.needs_vae and anatomy.vae is None:
             return "the pipeline has no VAE"
         for package in self.packages:

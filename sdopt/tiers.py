@@ -18,6 +18,7 @@ DEFAULT_TIER = "balanced"
 
 _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
+_DISTILLED = Requirements(distillations=("lcm", "adversarial"))
 
 _CONSERVATIVE_1 = (
     # bf16 on CUDA >= 8.0 and CPUs where bf16 is faster (AMX), fp16 on older CUDA and MPS, else skipped.
@@ -25,7 +26,10 @@ _CONSERVATIVE_1 = (
     Entry("half_precision"),
     Entry("attention_backend", when=_CUDA),  # transformer denoisers using diffusers' dispatcher
     Entry("sdpa"),  # only acts where classic (non-SDPA) processors are set
-    Entry("channels_last"),
+    # Channels-last feeds tensor cores and oneDNN's bf16 kernels; in float32 on a CPU it made the
+    # SD1.5 UNet 1.3x slower here (8.3 s -> 10.8 s per step), so not there.
+    Entry("channels_last", when=Requirements(devices=("cuda", "mps"))),
+    Entry("channels_last", when=Requirements(devices=("cpu",), bf16_accelerated=True)),
     # Fusing adds a fused copy of the attention projections; it pays on GPUs (fewer, larger GEMMs).
     Entry("fuse_qkv", when=_CUDA),
 )
@@ -36,6 +40,14 @@ _BALANCED_1 = (
     *_CONSERVATIVE_1,
     # DPM-Solver++ reaches the quality of the usual step counts in fewer steps (flow models keep theirs).
     Entry("scheduler"),
+    # Turbo/Lightning/LCM models are distilled for ~4 steps without guidance; their pipelines default
+    # to 50 steps with guidance, which is 25x the work for a worse image.
+    Entry("step_budget", when=_DISTILLED),
+    Entry("guidance", {"mode": "off"}, when=Requirements(distillations=("adversarial",))),
+    # Dynamic int8 Linear layers: 1.8x per SD1.5 UNet step over float32 on a CPU without bf16 units
+    # (measured here); on CUDA through torchao, planned only together with torch.compile.
+    Entry("quantize_int8", when=Requirements(devices=("cpu",), bf16_accelerated=False)),
+    Entry("quantize_int8", when=_CUDA),
     Entry("torch_compile", when=_CUDA),  # regional where the model declares repeated blocks
     Entry("vae_tiling", when=_SHORT_MEMORY),
     Entry("vae_slicing", when=_SHORT_MEMORY),
@@ -44,10 +56,9 @@ _BALANCED_1 = (
 _FAST_1 = (
     *_BALANCED_1,
     Entry("tiny_vae"),  # loads the family's TAESD weights; skipped with the reason when unavailable
-    # With DPM-Solver++ 20-25 steps are close to 50; on a CPU every step is seconds.
-    Entry("step_budget", {"steps": 20}, when=Requirements(devices=("cpu",))),
-    Entry("step_budget", {"steps": 25}),
-    Entry("guidance", {"stop_at": 0.6}),  # CFG truncation: the last 40% of steps run one batch
+    # With DPM-Solver++ 20 (CPU) or 25 steps are close to 50; distilled models get 4.
+    Entry("step_budget"),
+    Entry("guidance", {"stop_at": 0.6}),  # off for Turbo-like models; else the last 40% of steps run one batch
     Entry("feature_cache"),  # DeepCache every 3rd step on UNets, first-block cache on DiTs
 )
 
@@ -63,6 +74,7 @@ _LOW_MEMORY_1 = (
     Entry("model_offload"),
     Entry("group_offload"),
     Entry("sequential_offload"),
+    Entry("quantize_4bit", when=_CUDA),  # NF4 denoiser weights; on CPU RAM is rarely the limit and it is slow
     Entry("attention_slicing"),
     Entry("vae_slicing"),
     Entry("vae_tiling"),

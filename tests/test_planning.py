@@ -176,9 +176,9 @@ def test_plan_prints_a_table_and_serializes(sd_pipe, cpu_caps) -> None:
 
     result = plan(sd_pipe, tier="balanced", caps=cpu_caps)
     text = str(result)
-    assert "balanced@1" in text and "channels_last" in text and "skipped" in text
+    assert "balanced@1" in text and "scheduler" in text and "skipped" in text
     data = json.loads(json.dumps(result.to_dict()))
-    assert "channels_last" in [step["name"] for step in data["steps"]]
+    assert "scheduler" in [step["name"] for step in data["steps"]]
 
 
 def test_every_published_tier_names_registered_optimizations_with_valid_options() -> None:

@@ -97,6 +97,14 @@ class Optimization:
         """Why this optimization would do nothing or cannot work here; ``None`` if it can. Pure."""
         return None
 
+    def companions(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Mapping[str, str]:
+        """Optimizations that must be planned together with this one for it to pay, each with why.
+
+        Planning skips this one, with that reason, when a companion is not in the final plan
+        (e.g. torchao's int8 kernels on CUDA are slow unless the denoiser is compiled). Pure.
+        """
+        return {}
+
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         """Turn automatic settings of ``config`` into concrete ones for this pipeline. Pure."""
         return config

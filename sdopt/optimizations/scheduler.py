@@ -68,6 +68,9 @@ class Scheduler(Optimization):
         scheduler = anatomy.scheduler
         if scheduler is None or not hasattr(scheduler, "config"):
             return "the pipeline has no scheduler"
+        if anatomy.distillation == "adversarial" and config.solver == "auto":
+            kept = type(scheduler).__name__
+            return f"adversarially distilled model: it keeps the scheduler it was distilled with ({kept})"
         if anatomy.family == "other" and config.solver == "auto":
             return "unknown model family: no safe solver choice (pass an explicit solver)"
         solver = self.resolve(anatomy, caps, config).solver

@@ -14,7 +14,8 @@ from sdopt.registry import register
 
 @dataclass(frozen=True)
 class StepBudgetConfig:
-    """``steps``: the budget (0: 20 on CPU, 25 elsewhere); ``cap``: also lower explicit larger values."""
+    """``steps``: the budget (0: 4 for LCM- and adversarially distilled models such as SDXL-Turbo,
+    else 20 on CPU, 25 elsewhere); ``cap``: also lower explicit larger values."""
 
     steps: int = 0
     cap: bool = False
@@ -44,7 +45,11 @@ class StepBudget(Optimization):
     after = ("scheduler",)
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
-        return StepBudgetConfig(config.steps or (20 if caps.device == "cpu" else 25), config.cap)
+        if config.steps:
+            return config
+        if anatomy.distillation in ("lcm", "adversarial"):
+            return StepBudgetConfig(4, config.cap)  # what these models are distilled for
+        return StepBudgetConfig(20 if caps.device == "cpu" else 25, config.cap)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         pipe = anatomy.pipeline

@@ -61,3 +61,36 @@ def test_unverified_pipelines_are_skipped(family, cpu_caps) -> None:
 def test_bad_fraction_is_skipped(sd_pipe, cpu_caps) -> None:
     result = plan(sd_pipe, tier=None, extra=[{"name": "guidance", "stop_at": 1.5}], caps=cpu_caps)
     assert "between 0 and 1" in result.skipped[0].reason
+
+
+def _as_turbo(pipe):
+    pipe.register_to_config(_name_or_path="stabilityai/sdxl-turbo")
+    return pipe
+
+
+def test_adversarially_distilled_models_run_without_guidance_unless_asked(cpu_caps) -> None:
+    pipe = _as_turbo(tiny_pipeline("sdxl"))
+    snapshot = Snapshot(pipe, "sdxl")
+    report = optimize(pipe, tier=None, extra=["guidance"], caps=cpu_caps)
+    assert report.applied[0].config["mode"] == "off"
+    assert _unet_batches(pipe, "sdxl", num_inference_steps=3) == [1, 1, 1]
+    assert _unet_batches(pipe, "sdxl", num_inference_steps=3, guidance_scale=5.0) == [2, 2, 2]
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_distilled_models_get_four_steps_and_keep_their_scheduler_in_balanced(cpu_caps) -> None:
+    pipe = _as_turbo(tiny_pipeline("sd"))
+    result = plan(pipe, tier="balanced", caps=cpu_caps)
+    names = [step.name for step in result.steps]
+    assert "guidance" in names and "step_budget" in names and "scheduler" not in names
+    assert next(s for s in result.steps if s.name == "step_budget").config.steps == 4
+    reasons = {d.name: d.reason for d in result.skipped}
+    assert "distilled" in reasons["scheduler"]
+
+
+def test_lcm_and_guidance_embedded_models_are_skipped_with_the_reason(cpu_caps) -> None:
+    flux = tiny_pipeline("flux")
+    flux.transformer.register_to_config(guidance_embeds=True)
+    reason = plan(flux, tier=None, extra=["guidance"], caps=cpu_caps).skipped[0].reason
+    assert reason.startswith("guidance-embedded-distilled model")
