@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from sdopt.capabilities import Capabilities, detect
 from sdopt.planning import ExtraItem
@@ -28,6 +28,7 @@ def load(
     exclude: Iterable[str] = (),
     extra: Iterable[ExtraItem] = (),
     caps: Capabilities | None = None,
+    quantize: Literal["4bit"] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Loaded:
     """Load a pipeline in the dtype the tier would give it, with low CPU memory use, then optimize.
@@ -38,6 +39,11 @@ def load(
     ``half_precision`` (SDXL's VAE stays float32 under float16), ``variant="fp16"`` when a
     local directory has fp16 weight files, ``low_cpu_mem_usage=True``. Loading in the target
     dtype means the report cannot undo that cast (the float32 weights were never in memory).
+
+    ``quantize="4bit"`` loads the denoiser's weights as bitsandbytes NF4: on CUDA straight from
+    the files through diffusers' ``PipelineQuantizationConfig`` (the full-precision weights never
+    reach the GPU; not undoable), elsewhere (diffusers' bitsandbytes loader needs a GPU) by the
+    ``quantize_4bit`` step after loading. Needs ``pip install sdopt[bnb]``.
 
     Example:
         >>> import tempfile
@@ -75,6 +81,16 @@ def load(
             kwargs["torch_dtype"] = dtype
         if caps.half_dtype == "float16" and "variant" not in kwargs and _has_fp16_variant(source):
             kwargs["variant"] = "fp16"
+    extra = list(extra)
+    if quantize is not None:
+        if quantize != "4bit":
+            raise ValueError(f"quantize must be '4bit' or None, got {quantize!r}")
+        if not caps.package_usable("bitsandbytes"):
+            raise ImportError("quantize='4bit' needs bitsandbytes: pip install sdopt[bnb]")
+        if caps.device == "cuda" and "quantization_config" not in kwargs:
+            kwargs["quantization_config"] = _four_bit_config(source, kwargs.get("torch_dtype"))
+        else:
+            extra.append("quantize_4bit")
     pipe = pipeline_cls.from_pretrained(source, **kwargs)
 
     from sdopt.api import optimize
@@ -82,16 +98,39 @@ def load(
     return Loaded(pipe, optimize(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps))
 
 
-def _pipeline_class_name(source: str) -> str:
+def _four_bit_config(source: str, torch_dtype: Any) -> Any:
+    """diffusers' load-time NF4 config for the pipeline's denoiser."""
+    import torch
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    compute = torch_dtype.get("default") if isinstance(torch_dtype, dict) else torch_dtype
+    components: list[str] = [name for name in ("unet", "transformer", "prior") if name in _model_index(source)]
+    quant_kwargs: dict[str, Any] = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": compute or torch.bfloat16,
+    }
+    return PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs=quant_kwargs,
+        components_to_quantize=components,
+    )
+
+
+def _model_index(source: str) -> dict[str, Any]:
     index = Path(source) / "model_index.json"
     try:
         if index.exists():
-            return str(json.loads(index.read_text()).get("_class_name", ""))
+            return dict(json.loads(index.read_text()))
         from diffusers import DiffusionPipeline
 
-        return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
-    except Exception:  # an unreadable index only costs the SDXL VAE special case
-        return ""
+        return dict(DiffusionPipeline.load_config(source))
+    except Exception:  # an unreadable index costs only load-time special cases; loading will say more
+        return {}
+
+
+def _pipeline_class_name(source: str) -> str:
+    return str(_model_index(source).get("_class_name", ""))
 
 
 def _has_fp16_variant(source: str) -> bool:

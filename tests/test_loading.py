@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,30 @@ def test_a_class_needs_a_path() -> None:
 
     with pytest.raises(TypeError, match="needs the path"):
         load(StableDiffusionPipeline)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_quantize_4bit_off_cuda_swaps_the_denoisers_layers_after_loading(saved) -> None:
+    caps = fake_capabilities("cpu", packages={"bitsandbytes": True})
+    pipe, report = load(saved("sd"), tier=None, caps=caps, quantize="4bit")
+    assert [d.name for d in report.applied] == ["quantize_4bit"]
+    assert any(type(m).__name__ == "Linear4bit" for m in pipe.unet.modules())
+    assert np.isfinite(run_pipeline(pipe, "sd")).all()
+
+
+def test_quantize_4bit_on_cuda_loads_through_diffusers_quantization_config(saved) -> None:
+    from sdopt.loading import _four_bit_config
+
+    config = _four_bit_config(saved("flux"), torch.bfloat16)
+    assert config.quant_backend == "bitsandbytes_4bit"
+    assert config.components_to_quantize == ["transformer"]
+    assert config.quant_kwargs["bnb_4bit_quant_type"] == "nf4"
+    assert config.quant_kwargs["bnb_4bit_compute_dtype"] == torch.bfloat16
+
+
+def test_quantize_needs_bitsandbytes_and_a_known_mode(saved) -> None:
+    path = saved("sd")
+    with pytest.raises(ImportError, match=r"pip install sdopt\[bnb\]"):
+        load(path, tier=None, caps=fake_capabilities("cpu"), quantize="4bit")
+    with pytest.raises(ValueError, match="quantize must be '4bit'"):
+        load(path, tier=None, caps=fake_capabilities("cpu"), quantize="3bit")  # type: ignore[arg-type]

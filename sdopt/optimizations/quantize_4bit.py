@@ -25,7 +25,7 @@ class Quantize4bitConfig:
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    min_features: int = 128
+    min_features: int = 0
 
 
 @register
