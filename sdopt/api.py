@@ -8,7 +8,7 @@ from typing import Any
 
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
-from sdopt.errors import OptimizationFailed, StrictModeError
+from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
 from sdopt.optimizations.base import Undo
 from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
@@ -61,7 +61,8 @@ def optimize(
             instances. They win conflicts against the tier's choices.
         caps: the machine's capabilities (default: :func:`sdopt.detect`).
         strict: raise instead of recording failures, and raise (changing nothing) when an
-            explicitly requested optimization (``extra`` or a preset's) cannot apply here.
+            explicitly requested optimization (``extra`` or a preset's) cannot apply here, or
+            when a frozen preset was made on a machine with other capabilities.
         dry_run: plan only; the report lists the steps as "planned".
         undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
             kept while ``optimize`` runs (so a failure rolls back), then released.
@@ -84,6 +85,8 @@ def optimize(
     current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
     if strict:
         refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
+        if current.preset_differences:
+            raise PresetMismatchError(current.source or "preset", current.preset_differences, refused)
         if refused:
             raise StrictModeError(refused)
     report = Report(
@@ -92,6 +95,7 @@ def optimize(
         family=current.anatomy.family,
         device=current.device,
         fingerprint=current.caps.fingerprint,
+        made_on=current.caps.fingerprint_facts(),
         dry_run=dry_run,
         warnings=current.warnings,
     )

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,25 +232,40 @@ class Capabilities:
             "fingerprint": self.fingerprint,
         }
 
-    @property
-    def fingerprint(self) -> str:
-        """A short hash of the facts that change which optimizations apply.
+    def fingerprint_facts(self) -> dict[str, Any]:
+        """The facts that change which optimizations apply, readable (what :attr:`fingerprint` hashes).
 
-        Free memory and patch versions are left out, so the fingerprint is stable across runs
-        on the same machine and setup.
+        Free memory and patch versions are left out, so they are stable across runs on the same
+        machine and setup.
         """
-        relevant = {
+        return {
             "device": self.device,
-            "cpu": [self.cpu.bf16_accelerated, self.cpu.int8_accelerated],
-            "gpu": [[list(gpu.capability), round(gpu.total_memory_gb), gpu.usable] for gpu in self.cuda],
+            "cpu_bf16_accelerated": self.cpu.bf16_accelerated,
+            "cpu_int8_accelerated": self.cpu.int8_accelerated,
+            "gpus": [
+                f"{gpu.arch} {round(gpu.total_memory_gb)} GB{'' if gpu.usable else ' (unusable)'}" for gpu in self.cuda
+            ],
             "mps": self.mps.usable,
             "packages": sorted(name for name in self.packages if self.package_usable(name)),
-            "compiler": self.cxx_compiler is not None,
+            "cxx_compiler": self.cxx_compiler is not None,
             "torch": _minor(self.versions.get("torch")),
             "diffusers": _minor(self.versions.get("diffusers")),
         }
-        digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`fingerprint_facts`."""
+        digest = hashlib.sha256(json.dumps(self.fingerprint_facts(), sort_keys=True).encode()).hexdigest()
         return digest[:12]
+
+
+def fact_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Readable differences between two :meth:`Capabilities.fingerprint_facts`, e.g. ``device: cuda -> cpu``."""
+    return [
+        f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    ]
 
 
 def _minor(version: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""The ``sdopt`` command line: tiers, optimizations, doctor, plan."""
+"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tiers = commands.add_parser("tiers", help="list the tiers and what each contains")
     tiers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tiers.add_argument("--markdown", action="store_true", help="print the Markdown tables of docs/tiers.md")
     tiers.set_defaults(handler=_tiers)
 
     optimizations = commands.add_parser("optimizations", help="list the registered optimizations")
@@ -60,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", help="plan for this device type instead of the detected one")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(handler=_plan)
+
+    freeze = commands.add_parser(
+        "freeze", help="plan a tier on this machine and write the pinned preset (what exactly it would apply)"
+    )
+    source = freeze.add_mutually_exclusive_group(required=True)
+    source.add_argument("--arch", choices=sorted(TINY_ARCHES), help="a built-in architecture (no download)")
+    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    freeze.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@1)")
+    freeze.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
+    freeze.add_argument("--extra", default="", help="comma-separated optimization names to add")
+    freeze.add_argument("--device", help="plan for this device type instead of the detected one")
+    freeze.add_argument("--name", help="the preset's name (default: the output file's stem)")
+    freeze.add_argument("-o", "--output", required=True, help="the preset file to write (.toml or .json)")
+    freeze.set_defaults(handler=_freeze)
     return parser
 
 
@@ -92,6 +107,11 @@ def _tiers(args: argparse.Namespace) -> int:
     rows = list_tiers()
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if args.markdown:
+        from sdopt.tiers import tiers_markdown
+
+        print(tiers_markdown(), end="")
         return 0
     table = []
     for row in rows:
@@ -177,6 +197,32 @@ def _plan(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args.arch, args.model)
     result = plan(pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sdopt.api import optimize
+    from sdopt.capabilities import detect
+    from sdopt.tiers import resolve_tier
+
+    output = Path(args.output)
+    if output.suffix not in (".toml", ".json"):
+        raise ValueError(f"--output {output}: the preset file must end in .toml or .json")
+    resolve_tier(args.tier)
+    for name in _names(args.exclude) + _names(args.extra):
+        registry.get(name)
+    caps = detect(device=args.device) if args.device else None
+    pipe = _load_pipeline(args.arch, args.model)
+    report = optimize(
+        pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps, dry_run=True
+    )
+    preset = report.to_preset(args.name or output.stem)
+    preset.save(output)
+    print(report)
+    print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
+    print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}))")
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class SdoptError(Exception):
@@ -76,3 +76,21 @@ class RollbackError(SdoptError, RuntimeError):
 
 class UndoError(SdoptError, RuntimeError):
     """``Report.undo()`` cannot run (already undone, not undoable, or out of order)."""
+
+
+class PresetMismatchError(StrictModeError):
+    """``strict=True`` replay of a frozen preset on a machine whose capabilities differ; nothing was changed."""
+
+    def __init__(self, preset: str, differences: Sequence[str], refused: Mapping[str, str]) -> None:
+        self.differences = list(differences)
+        self.reasons = dict(refused)
+        lines = "\n".join(f"  - {difference}" for difference in differences)
+        steps = "".join(f"\n  - {name}: {reason}" for name, reason in refused.items())
+        RuntimeError.__init__(
+            self,
+            f"preset {preset} was frozen on a machine with other capabilities; nothing was applied.\n"
+            f"Differences (frozen -> here):\n{lines}"
+            + (f"\nSteps that cannot apply here:{steps}" if steps else "")
+            + "\nFreeze the preset again on this machine (sdopt freeze), or replay without strict=True "
+            "to apply what still can.",
+        )

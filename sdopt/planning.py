@@ -17,7 +17,7 @@ from typing import Any
 
 from sdopt import registry
 from sdopt.anatomy import Anatomy, inspect_pipeline
-from sdopt.capabilities import Capabilities, detect
+from sdopt.capabilities import Capabilities, detect, fact_differences
 from sdopt.errors import PlanningError
 from sdopt.optimizations.base import KINDS, Optimization
 from sdopt.presets import Entry, Preset
@@ -77,6 +77,8 @@ class Plan:
     skipped: list[Decision] = field(default_factory=list)
     requested: tuple[str, ...] = ()
     """Names the caller asked for explicitly (``extra`` or a preset), as opposed to a tier's choices."""
+    preset_differences: tuple[str, ...] = ()
+    """How this machine differs from the one a frozen preset was made on (empty when the same)."""
 
     @property
     def device(self) -> str:
@@ -85,8 +87,15 @@ class Plan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """Problems with the machine the user should fix (e.g. a GPU this torch build cannot use)."""
-        return self.caps.warnings
+        """Problems the user should know of: the machine's (e.g. a GPU this torch build cannot use),
+        and a frozen preset replayed on a machine with other capabilities."""
+        if not self.preset_differences:
+            return self.caps.warnings
+        mismatch = (
+            f"preset {self.source} was frozen on a machine with other capabilities "
+            f"({'; '.join(self.preset_differences)}); steps that cannot apply here are skipped"
+        )
+        return (*self.caps.warnings, mismatch)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +105,7 @@ class Plan:
             "device_reason": self.caps.device_reason,
             "warnings": list(self.warnings),
             "fingerprint": self.caps.fingerprint,
+            "preset_differences": list(self.preset_differences),
             "steps": [step.planned(self.anatomy).to_dict() for step in self.steps],
             "skipped": [decision.to_dict() for decision in self.skipped],
         }
@@ -142,6 +152,9 @@ def make_plan(
                 candidates.setdefault(entry.name, []).append((entry, base.label))
 
     result = Plan(source=source, anatomy=anatomy, caps=caps)
+    if preset is not None and preset.fingerprint and preset.fingerprint != caps.fingerprint:
+        differences = fact_differences(preset.made_on or {}, caps.fingerprint_facts())
+        result.preset_differences = tuple(differences) or (f"fingerprint {preset.fingerprint} -> {caps.fingerprint}",)
     result.requested = tuple(
         name for name, options in candidates.items() if preset is not None or options[0][1] == "extra"
     )

@@ -8,6 +8,7 @@ a file can import or run code.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Entry:
     name: str
     config: Mapping[str, Any] = field(default_factory=dict)
     when: Requirements = Requirements()
+    why: str = ""
+    """The rationale (a measurement or a source), shown in the tier table; not part of the behaviour."""
 
     def __post_init__(self) -> None:
         # One canonical form (lists as tuples), so an entry read back from a file equals the original.
@@ -55,6 +58,8 @@ class Entry:
             data["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}
         if self.when != Requirements():
             data["when"] = self.when.to_dict()
+        if self.why:
+            data["why"] = self.why
         return data
 
 
@@ -76,6 +81,8 @@ class Preset:
     sdopt_version: str | None = None
     based_on: str | None = None
     fingerprint: str | None = None
+    made_on: Mapping[str, Any] | None = None
+    """The capabilities facts (:meth:`Capabilities.fingerprint_facts`) a frozen preset was made with."""
 
     def __post_init__(self) -> None:
         entries = tuple(Entry(e) if isinstance(e, str) else e for e in self.entries)
@@ -95,6 +102,8 @@ class Preset:
         for key in ("description", "sdopt_version", "based_on", "fingerprint"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
+        if self.made_on:
+            data["made_on"] = dict(self.made_on)
         data["steps"] = [entry.to_dict() for entry in self.entries]
         return data
 
@@ -111,6 +120,7 @@ class Preset:
             "sdopt_version",
             "based_on",
             "fingerprint",
+            "made_on",
             "steps",
         }
         _reject_unknown(source, "preset", data, allowed)
@@ -129,7 +139,7 @@ class Preset:
             if not isinstance(step, Mapping) or not isinstance(step.get("name"), str):
                 raise PresetError(f"{where}: each step needs a string 'name'")
             where = f"{where} ({step['name']})"
-            _reject_unknown(where, "step", step, {"name", "config", "when"})
+            _reject_unknown(where, "step", step, {"name", "config", "when", "why"})
             try:
                 optimization = registry.get(step["name"])
                 config = dict(step.get("config", {}))
@@ -137,9 +147,18 @@ class Preset:
                 when = Requirements.from_dict(step.get("when", {}))
             except (SdoptError, ValueError, TypeError) as error:
                 raise PresetError(f"{where}: {error}") from error
-            entries.append(Entry(step["name"], config, when))
+            why = step.get("why", "")
+            if not isinstance(why, str):
+                raise PresetError(f"{where}: key 'why' must be a string")
+            entries.append(Entry(step["name"], config, when, why))
+        for key in ("description", "sdopt_version", "based_on", "fingerprint"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise PresetError(f"{source}: key {key!r} must be a string, got {data[key]!r}")
+        made_on = data.get("made_on")
+        if made_on is not None and not isinstance(made_on, Mapping):
+            raise PresetError(f"{source}: key 'made_on' must be a table of capability facts")
         version = data.get("version", 1)
-        if not isinstance(version, int) or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise PresetError(f"{source}: key 'version' must be a positive integer, got {version!r}")
         return cls(
             name=data["name"],
@@ -149,6 +168,7 @@ class Preset:
             sdopt_version=data.get("sdopt_version"),
             based_on=data.get("based_on"),
             fingerprint=data.get("fingerprint"),
+            made_on=dict(made_on) if made_on is not None else None,
         )
 
     @classmethod
@@ -164,12 +184,24 @@ class Preset:
             ['channels_last']
         """
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        kind = "JSON" if path.suffix == ".json" else "TOML"
         try:
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PresetError(
+                f"{path}: not a {kind} text file (binary content at byte {error.start}); presets are "
+                "plain TOML or JSON, sdopt never unpickles or imports anything from them"
+            ) from error
+        try:
+            data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-            raise PresetError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from error
-        return cls.from_dict(data, source=str(path))
+            raise PresetError(f"{path}: not valid {kind}: {error}") from error
+        if not isinstance(data, Mapping):
+            raise PresetError(f"{path}: the top level must be a table of preset keys, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data, source=str(path))
+        except PresetError as error:
+            raise PresetError(_with_line(str(error), str(path), text, kind)) from None
 
     def save(self, path: str | Path) -> None:
         """Write this preset as TOML (or JSON if ``path`` ends in ``.json``)."""
@@ -177,6 +209,18 @@ class Preset:
         data = self.to_dict()
         text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else _to_toml(data)
         path.write_text(text, encoding="utf-8")
+
+
+def _with_line(message: str, source: str, text: str, kind: str) -> str:
+    """Add the line of the step at fault (``steps[N]``) to an error about a TOML file."""
+    match = re.match(re.escape(source) + r": steps\[(\d+)\]", message)
+    if kind != "TOML" or match is None:
+        return message
+    headers = [number for number, line in enumerate(text.splitlines(), 1) if line.strip() == "[[steps]]"]
+    index = int(match.group(1))
+    if index >= len(headers):
+        return message
+    return f"{source}:{headers[index]}: {message[len(source) + 2 :]}"
 
 
 def _reject_unknown(where: str, what: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:

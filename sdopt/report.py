@@ -5,10 +5,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdopt.errors import UndoError
 from sdopt.optimizations.base import Undo
+
+if TYPE_CHECKING:
+    from sdopt.presets import Preset
 
 STATUSES = ("applied", "skipped", "failed", "planned")
 
@@ -79,6 +82,8 @@ class Report:
     planned: list[Decision] = field(default_factory=list)
     dry_run: bool = False
     warnings: tuple[str, ...] = ()
+    made_on: dict[str, Any] = field(default_factory=dict)
+    """The capabilities facts the decisions were made with (see :meth:`to_preset`)."""
     _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
@@ -127,6 +132,36 @@ class Report:
         if keep and stack:
             _live_reports.setdefault(pipe, []).append(self)
 
+    def to_preset(self, name: str, *, version: int = 1, description: str = "") -> Preset:
+        """Freeze exactly what was applied (or planned, in a dry run) into a preset to pin.
+
+        Configs are the fully resolved ones (``dtype = "bfloat16"``, not "auto"); the preset
+        records the sdopt version, the tier it came from and the machine's fingerprint, so a
+        replay on another machine says what differs.
+
+        Example:
+            >>> from sdopt import optimize
+            >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+            >>> report = optimize(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
+            >>> preset = report.to_preset("my-app")
+            >>> preset.entries[1].name, preset.entries[1].config["dtype"], preset.based_on
+            ('half_precision', 'bfloat16', 'balanced@1')
+        """
+        from sdopt import __version__
+        from sdopt.presets import Entry, Preset
+
+        decisions = self.planned if self.dry_run else self.applied
+        return Preset(
+            name,
+            tuple(Entry(d.name, d.config) for d in decisions),
+            version=version,
+            description=description or f"frozen from {self.source or 'explicit optimizations'} on {self.device}",
+            sdopt_version=__version__,
+            based_on=self.source,
+            fingerprint=self.fingerprint,
+            made_on=dict(self.made_on),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Everything in the report, JSON-safe."""
         return {
@@ -135,6 +170,7 @@ class Report:
             "family": self.family,
             "device": self.device,
             "fingerprint": self.fingerprint,
+            "made_on": dict(self.made_on),
             "dry_run": self.dry_run,
             "undoable": self.undoable,
             "warnings": list(self.warnings),

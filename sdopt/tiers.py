@@ -21,63 +21,125 @@ _SHORT_MEMORY = Requirements(max_memory_gb=8)
 _DISTILLED = Requirements(distillations=("lcm", "adversarial"))
 
 _CONSERVATIVE_1 = (
-    # bf16 on CUDA >= 8.0 and CPUs where bf16 is faster (AMX), fp16 on older CUDA and MPS, else skipped.
-    Entry("vae_fp16_fix"),  # SDXL in float16 only; lets half_precision cast its VAE too
-    Entry("half_precision"),
-    Entry("attention_backend", when=_CUDA),  # transformer denoisers using diffusers' dispatcher
-    Entry("sdpa"),  # only acts where classic (non-SDPA) processors are set
-    # Channels-last feeds tensor cores and oneDNN's bf16 kernels; in float32 on a CPU it made the
-    # SD1.5 UNet 1.3x slower here (8.3 s -> 10.8 s per step), so not there.
-    Entry("channels_last", when=Requirements(devices=("cuda", "mps"))),
-    Entry("channels_last", when=Requirements(devices=("cpu",), bf16_accelerated=True)),
-    # Fusing adds a fused copy of the attention projections; it pays on GPUs (fewer, larger GEMMs).
-    Entry("fuse_qkv", when=_CUDA),
+    Entry(
+        "vae_fp16_fix",
+        why="SDXL's VAE overflows in float16 (black images); diffusers' docs recommend the fp16-fix VAE",
+    ),
+    Entry(
+        "half_precision",
+        why="bf16 + channels-last: 43.0 s -> 11.1 s per 4-step SD1.5 image (PSNR 47 dB) on a 2-core AMX CPU "
+        "(diffusers-notes.md); bf16 measured 1.5x slower than fp32 on a CPU without AMX (this VM), so the "
+        "dtype follows the hardware",
+    ),
+    Entry(
+        "attention_backend",
+        when=_CUDA,
+        why="diffusers' attention dispatcher: flash attention where it works (diffusers docs, attention backends)",
+    ),
+    Entry("sdpa", why="PyTorch SDPA is diffusers' default since 0.20; acts only where classic processors are set"),
+    Entry(
+        "channels_last",
+        when=Requirements(devices=("cuda", "mps")),
+        why="tensor-core convolutions want NHWC (PyTorch memory-format tutorial, diffusers speed docs)",
+    ),
+    Entry(
+        "channels_last",
+        when=Requirements(devices=("cpu",), bf16_accelerated=True),
+        why="oneDNN's bf16 convolutions prefer NHWC; in float32 on this VM it measured slower per UNet step",
+    ),
+    Entry(
+        "fuse_qkv",
+        when=_CUDA,
+        why="fewer, larger GEMMs on GPUs (diffusers' SDXL speed-up recipe); no gain on CPU",
+    ),
+    Entry("vae_tiling", when=_SHORT_MEMORY, why="decoding 1024 px in one piece needs several GB"),
 )
 
 _BALANCED_1 = (
-    # diffusers' advice for MPS; listed first so it wins the attention group there.
-    Entry("attention_slicing", when=Requirements(devices=("mps",))),
+    Entry(
+        "attention_slicing",
+        when=Requirements(devices=("mps",)),
+        why="diffusers' advice for Apple GPUs; listed first so it wins the attention group there",
+    ),
     *_CONSERVATIVE_1,
-    # DPM-Solver++ reaches the quality of the usual step counts in fewer steps (flow models keep theirs).
-    Entry("scheduler"),
-    # Turbo/Lightning/LCM models are distilled for ~4 steps without guidance; their pipelines default
-    # to 50 steps with guidance, which is 25x the work for a worse image.
-    Entry("step_budget", when=_DISTILLED),
-    Entry("guidance", {"mode": "off"}, when=Requirements(distillations=("adversarial",))),
-    # Dynamic int8 Linear layers: 1.8x per SD1.5 UNet step over float32 on a CPU without bf16 units
-    # (measured here); on CUDA through torchao, planned only together with torch.compile.
-    Entry("quantize_int8", when=Requirements(devices=("cpu",), bf16_accelerated=False)),
-    Entry("quantize_int8", when=_CUDA),
-    Entry("torch_compile", when=_CUDA),  # regional where the model declares repeated blocks
-    Entry("vae_tiling", when=_SHORT_MEMORY),
-    Entry("vae_slicing", when=_SHORT_MEMORY),
+    Entry(
+        "scheduler",
+        why="DPM-Solver++ 2M matches 50 DDIM/PNDM steps in 20-25 (Lu et al. 2022; diffusers' scheduler docs); "
+        "the caller's step count is kept",
+    ),
+    Entry(
+        "step_budget",
+        when=_DISTILLED,
+        why="Turbo/Lightning/LCM models are distilled for ~4 steps; their pipelines default to 50",
+    ),
+    Entry(
+        "guidance",
+        {"mode": "off"},
+        when=Requirements(distillations=("adversarial",)),
+        why="SD/SDXL-Turbo are trained without CFG (their model cards pass guidance_scale=0.0); halves the work",
+    ),
+    Entry(
+        "quantize_int8",
+        when=Requirements(devices=("cpu",), bf16_accelerated=False),
+        why="dynamic int8 Linear layers: 1.13-1.2x per SD1.5 UNet step over float32 on this CPU without bf16 "
+        "units; see benchmarks/RESULTS.md for the image-level figures",
+    ),
+    Entry(
+        "quantize_int8",
+        when=_CUDA,
+        why="torchao int8 + compile: part of the published SDXL recipe (7.36 s -> 2.43 s on an A100)",
+    ),
+    Entry(
+        "torch_compile",
+        when=_CUDA,
+        why="regional compile: the same speed as full compile with a fraction of the first-call cost (diffusers docs)",
+    ),
+    Entry("vae_slicing", when=_SHORT_MEMORY, why="batches decode one image at a time"),
+    Entry("model_offload", why="only when the components do not all fit in free device memory (by budget)"),
 )
 
 _FAST_1 = (
     *_BALANCED_1,
-    Entry("tiny_vae"),  # loads the family's TAESD weights; skipped with the reason when unavailable
-    # With DPM-Solver++ 20 (CPU) or 25 steps are close to 50; distilled models get 4.
-    Entry("step_budget"),
-    Entry("guidance", {"stop_at": 0.6}),  # off for Turbo-like models; else the last 40% of steps run one batch
-    Entry("feature_cache"),  # DeepCache every 3rd step on UNets, first-block cache on DiTs
+    Entry(
+        "tiny_vae",
+        why="TAESD decode 20.0 s -> 3.1 s for an fp32 SD1.5-size probe here; slightly softer images",
+    ),
+    Entry("step_budget", why="20 steps on CPU, 25 elsewhere, 4 for distilled models: close to 50 with DPM-Solver++"),
+    Entry(
+        "guidance",
+        {"stop_at": 0.6},
+        why="CFG truncation: the last 40% of steps run one batch instead of two (diffusers' dynamic-CFG recipe)",
+    ),
+    Entry(
+        "feature_cache",
+        why="DeepCache (Ma et al. 2023) on UNets, diffusers' first-block cache on DiTs: deep blocks skipped on "
+        "2 of 3 steps",
+    ),
 )
 
 _ULTRA_1 = (
     *_FAST_1,
-    Entry("resolution", {"scale": 0.75}),  # ~56% of the denoising work, upscaled back; clearly lossy
-    # Throughput tier: on CPU too, accepting the long first call (1.35x per step afterwards, measured).
-    Entry("torch_compile", {"accept_cpu_first_call": True}),
+    Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy"),
+    Entry(
+        "torch_compile",
+        {"accept_cpu_first_call": True},
+        why="on CPU too: 1.35x per step with frozen weights after a ~90 s first call (SD1.5 UNet, measured)",
+    ),
 )
 
 _LOW_MEMORY_1 = (
-    # Each offload applies only in its own budget regime (weights vs free device memory).
-    Entry("model_offload"),
-    Entry("group_offload"),
-    Entry("sequential_offload"),
-    Entry("quantize_4bit", when=_CUDA),  # NF4 denoiser weights; on CPU RAM is rarely the limit and it is slow
-    Entry("attention_slicing"),
-    Entry("vae_slicing"),
-    Entry("vae_tiling"),
+    Entry("model_offload", why="by budget: the largest component fits, the whole pipeline does not"),
+    Entry("group_offload", why="by budget: at least 2 GB free; overlaps transfers with compute (CUDA streams)"),
+    Entry("sequential_offload", why="by budget: less than that; the slowest and smallest"),
+    Entry(
+        "quantize_4bit",
+        when=_CUDA,
+        why="NF4 weights: about a quarter of the bf16 size (QLoRA, Dettmers et al. 2023); slow on CPU, "
+        "where RAM is rarely the limit",
+    ),
+    Entry("attention_slicing", why="attention scores computed one head group at a time"),
+    Entry("vae_slicing", why="one image decoded at a time"),
+    Entry("vae_tiling", why="the VAE decodes tiles instead of the whole latent"),
 )
 
 _TIERS: dict[str, dict[int, Preset]] = {
@@ -146,3 +208,36 @@ def list_tiers() -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def tiers_markdown() -> str:
+    """The latest version of every tier as Markdown tables: optimization, options, condition,
+    quality, effect and the rationale. ``docs/tiers.md`` embeds this (a test keeps it current).
+
+    Example:
+        >>> from sdopt.tiers import tiers_markdown
+        >>> tiers_markdown().splitlines()[0]
+        '### `conservative@1`: output visually identical to the original (numerical drift only)'
+    """
+    from sdopt import registry
+
+    sections = []
+    for row in list_tiers():
+        if not row["latest"]:
+            continue
+        default = " (the default)" if row["default"] else ""
+        lines = [
+            f"### `{row['label']}`{default}: {row['description']}",
+            "",
+            "| optimization | options | wanted when | quality | effect | why |",
+            "|---|---|---|---|---|---|",
+        ]
+        for step in row["steps"]:
+            optimization = registry.get(step["name"])
+            options = ", ".join(f"{k}={v}" for k, v in step.get("config", {}).items()) or "defaults"
+            when = Requirements.from_dict(step.get("when", {})).describe().replace("|", " or ")
+            quality = "lossy" if optimization.lossy else "lossless"
+            why = step.get("why", "").replace("|", "/")
+            lines.append(f"| `{step['name']}` | {options} | {when} | {quality} | {optimization.effect} | {why} |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"

@@ -46,3 +46,21 @@ def test_doctor_and_optimizations(capsys) -> None:
     assert "fingerprint" in json.loads(capsys.readouterr().out)
     assert main(["optimizations"]) == 0
     assert "channels_last" in capsys.readouterr().out
+
+
+def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
+    from sdopt import Preset
+
+    output = tmp_path / "pinned.toml"
+    assert main(["freeze", "--tier", "fast", "--arch", "tiny-sd", "--device", "cpu", "-o", str(output)]) == 0
+    assert f"wrote {output}" in capsys.readouterr().out
+    preset = Preset.load(output)
+    assert preset.name == "pinned" and preset.based_on == "fast@1" and preset.fingerprint
+    assert "scheduler" in preset.names()
+    assert main(["freeze", "--arch", "tiny-sd", "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "must end in .toml or .json" in capsys.readouterr().err
+
+
+def test_tiers_markdown(capsys) -> None:
+    assert main(["tiers", "--markdown"]) == 0
+    assert "### `balanced@1` (the default)" in capsys.readouterr().out

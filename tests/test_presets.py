@@ -60,3 +60,124 @@ def test_malformed_files_name_the_file_entry_and_field(tmp_path, text: str, matc
     with pytest.raises(PresetError, match=match) as error:
         Preset.load(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('name = "x"\n[[steps]]\nname = "vae_tiling"\nconfig = { tile_size = "big" }\n', r"tile_size expects int"),
+        ('format = 2\nname = "x"\n', r"format 2 is not supported \(this sdopt reads 1\)"),
+        ('name = "x"\nversion = "one"\n', r"'version' must be a positive integer"),
+        ('name = "x"\nversion = true\n', r"'version' must be a positive integer"),
+        ('name = !!python/object/apply:os.system ["echo"]\n', "not valid TOML"),
+        ('name = "x"\nmade_on = "elsewhere"\n', r"'made_on' must be a table"),
+    ],
+)
+def test_wrong_types_versions_and_code_injection_are_refused(tmp_path, text: str, match: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(PresetError, match=match):
+        Preset.load(path)
+
+
+def test_errors_in_a_step_give_its_line(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        'name = "x"\n\n[[steps]]\nname = "scheduler"\n\n[[steps]]\nname = "vae_tiling"\nconfig = { x = 1 }\n'
+    )
+    with pytest.raises(PresetError, match=rf"{path}:6: steps\[1\] \(vae_tiling\): .*unknown option\(s\) x"):
+        Preset.load(path)
+
+
+def test_pickled_and_json_object_payloads_are_refused(tmp_path) -> None:
+    import pickle
+
+    pickled = tmp_path / "evil.toml"
+    pickled.write_bytes(pickle.dumps(Preset("x")))
+    with pytest.raises(PresetError, match="never unpickles"):
+        Preset.load(pickled)
+    hooked = tmp_path / "evil.json"
+    hooked.write_text('{"name": "x", "__class__": "os.system"}')
+    with pytest.raises(PresetError, match=r"unknown preset key\(s\) '__class__'"):
+        Preset.load(hooked)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(PresetError, match="top level must be a table"):
+        Preset.load(listed)
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_every_optimization_config_round_trips(tmp_path, suffix: str) -> None:
+    from sdopt import registry
+
+    entries = tuple(
+        Entry(name, registry.get(name).config_to_dict(registry.get(name).make_config({}))) for name in registry.names()
+    )
+    preset = Preset("all", entries)
+    path = tmp_path / f"all{suffix}"
+    preset.save(path)
+    loaded = Preset.load(path)
+    assert loaded == preset
+    for entry in loaded.entries:
+        optimization = registry.get(entry.name)
+        assert optimization.make_config(entry.config) == optimization.make_config({})
+
+
+def test_a_frozen_preset_replays_identically_on_a_fresh_pipeline(tmp_path) -> None:
+    from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+
+    caps = fake_capabilities("cpu-amx")
+    first = tiny_pipeline("sd")
+    report = optimize(first, tier="balanced", caps=caps)
+    preset = report.to_preset("app")
+    assert preset.based_on == "balanced@1" and preset.fingerprint == caps.fingerprint
+    assert {e.name: e.config for e in preset.entries}["half_precision"]["dtype"] == "bfloat16"  # resolved
+    path = tmp_path / "app.toml"
+    preset.save(path)
+
+    second = tiny_pipeline("sd")
+    replay = optimize(second, preset=Preset.load(path), caps=caps, strict=True)
+    assert [d.name for d in replay.applied] == [d.name for d in report.applied]
+    assert [d.config for d in replay.applied] == [d.config for d in report.applied]
+    assert replay.warnings == ()
+    assert (run_pipeline(first, "sd") == run_pipeline(second, "sd")).all()
+
+
+def test_strict_replay_on_another_machine_refuses_with_the_differences(sd_pipe) -> None:
+    from sdopt.errors import PresetMismatchError
+    from sdopt.testing import fake_capabilities, tiny_pipeline
+    from tests.helpers import Snapshot
+
+    gpu = fake_capabilities("h100-80gb", packages={"triton": True})
+    preset = optimize(tiny_pipeline("sd"), tier="balanced", caps=gpu, dry_run=True).to_preset("gpu")
+    assert "torch_compile" in preset.names()
+    snapshot = Snapshot(sd_pipe, "sd")
+    with pytest.raises(PresetMismatchError) as error:
+        optimize(sd_pipe, preset=preset, caps=fake_capabilities("cpu"), strict=True)
+    message = str(error.value)
+    assert "device: 'cuda' -> 'cpu'" in message and "gpus: ['sm_90 80 GB'] -> []" in message
+    assert "torch_compile: on CPU torch.compile pays only" in message  # a step that cannot apply here
+    snapshot.assert_identical()
+
+    lenient = optimize(sd_pipe, preset=preset, caps=fake_capabilities("cpu"))
+    assert any("frozen on a machine with other capabilities" in warning for warning in lenient.warnings)
+    assert "fuse_qkv" in [d.name for d in lenient.applied]
+    assert "torch_compile" in [d.name for d in lenient.skipped]
+    lenient.undo()
+
+
+def test_pinned_and_unknown_tier_versions(sd_pipe, cpu_caps) -> None:
+    from sdopt.errors import UnknownTierError
+
+    assert optimize(sd_pipe, tier="balanced@1", caps=cpu_caps, dry_run=True).source == "balanced@1"
+    with pytest.raises(UnknownTierError, match=r"versions that exist: balanced@1"):
+        optimize(sd_pipe, tier="balanced@999", caps=cpu_caps)
+
+
+def test_the_docs_hold_the_current_tier_tables() -> None:
+    from pathlib import Path
+
+    from sdopt.tiers import tiers_markdown
+
+    docs = (Path(__file__).parent.parent / "docs" / "tiers.md").read_text()
+    assert tiers_markdown() in docs, "docs/tiers.md is stale: paste the output of `sdopt tiers --markdown`"
