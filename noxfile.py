@@ -1,4 +1,4 @@
-"""Developer sessions: nox -s tests | lint | typecheck | docs."""
+"""Developer sessions: nox -s tests | lint | typecheck | docs | openvino_peer."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "sdopt", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "sdopt", "tests", "examples", "noxfile.py")
+    session.run("ruff", "check", "sdopt", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "sdopt", "tests", "examples", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -43,3 +43,19 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site (strict: broken links fail)."""
     _install(session, "docs")
     session.run("mkdocs", "build", "--strict")
+
+
+@nox.session
+def openvino_peer(session: nox.Session) -> None:
+    """Time the OpenVINO peer on the random-weight SD1.5 architecture (benchmarks/README.md).
+
+    The pipeline is written by sdopt's own environment (same weights as `sdopt bench --arch sd15`);
+    optimum-intel, which pins its own diffusers/transformers, runs in this session's virtualenv.
+    """
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="sdopt-sd15-")
+    session.run("python", "benchmarks/openvino_peer.py", "save", directory, external=True)
+    session.install(TORCH)
+    session.install("optimum-intel[openvino,diffusers]")
+    session.run("python", "benchmarks/openvino_peer.py", "run", directory, *session.posargs)

@@ -1,4 +1,4 @@
-"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze."""
+"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze, bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdopt import registry
+from sdopt.architectures import REAL_ARCHES
 from sdopt.errors import SdoptError
 
 TINY_ARCHES = {
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (SdoptError, TypeError, ValueError, OSError) as error:
+    except (SdoptError, TypeError, ValueError, OSError, ImportError) as error:
         print(f"sdopt: error: {error}", file=sys.stderr)
         return 2
 
@@ -75,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     freeze.add_argument("--name", help="the preset's name (default: the output file's stem)")
     freeze.add_argument("-o", "--output", required=True, help="the preset file to write (.toml or .json)")
     freeze.set_defaults(handler=_freeze)
+
+    bench = commands.add_parser("bench", help="measure tiers side by side on this machine")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
+    )
+    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    bench.add_argument("--tiers", default="baseline,balanced", help="comma-separated; 'baseline' = as loaded")
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--height", type=int)
+    bench.add_argument("--width", type=int)
+    bench.add_argument("--guidance", type=float, default=7.5)
+    bench.add_argument("--runs", type=int, default=3, help="timed images per tier")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed first images per tier")
+    bench.add_argument("--prompts", help="a text file, one prompt per line")
+    bench.add_argument("--device", help="measure on this device type instead of the detected one")
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--json", dest="json_out", help="write the results as JSON")
+    bench.add_argument("--markdown", help="write the table as Markdown")
+    bench.add_argument("--plot", help="write a PNG bar chart (needs sdopt[bench])")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -223,6 +245,42 @@ def _freeze(args: argparse.Namespace) -> int:
     print(report)
     print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
     print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}))")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from sdopt.bench import DEFAULT_PROMPTS, bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts: Sequence[str] = DEFAULT_PROMPTS
+    if args.prompts:
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    result = bench(
+        args.arch or args.model,
+        _names(args.tiers),
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        runs=args.runs,
+        warmup=args.warmup,
+        device=args.device,
+        prompts=prompts,
+        progress=lambda message: print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True),
+    )
+    print("", file=sys.stderr)
+    print(result.table())
+    if args.json_out:
+        result.save_json(args.json_out)
+    if args.markdown:
+        Path(args.markdown).write_text(result.to_markdown())
+    if args.plot:
+        result.plot(args.plot)
     return 0
 
 

@@ -81,7 +81,7 @@ _BALANCED_1 = (
     Entry(
         "quantize_int8",
         when=Requirements(devices=("cpu",), bf16_accelerated=False),
-        why="dynamic int8 Linear layers: 1.13-1.2x per SD1.5 UNet step over float32 on this CPU without bf16 "
+        why="dynamic int8 Linear layers: 1.06-1.2x per SD1.5 UNet step over float32 on this CPU without bf16 "
         "units; see benchmarks/RESULTS.md for the image-level figures",
     ),
     Entry(

@@ -1,0 +1,464 @@
+"""``sdopt.bench``: what each tier buys on this machine, measured side by side in one run.
+
+Every tier gets its own fresh copy of the pipeline; runs are interleaved (baseline, tier A,
+tier B, baseline, ...) so machine drift hits all tiers alike; every tier renders the same prompts
+with the same seeds, so fidelity is measured against the baseline image by image.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BASELINE = "baseline"
+DEFAULT_PROMPTS = (
+    "a lighthouse on a cliff at dawn, oil painting",
+    "a red fox in fresh snow, photograph",
+    "an isometric city block at night, neon signs",
+)
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: images are noise, so fidelity measures numerical drift between tiers, not image quality"
+)
+
+
+@dataclass
+class TierResult:
+    """One tier's measurements. Times in seconds, memory in GB, fidelity vs the baseline's images."""
+
+    tier: str
+    optimize_s: float = 0.0
+    first_call_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    median_s: float = 0.0
+    min_s: float = 0.0
+    max_s: float = 0.0
+    denoiser_step_s: float | None = None
+    decode_s: float | None = None
+    peak_memory_gb: float = 0.0
+    speedup: float | None = None
+    psnr_db: float | None = None
+    max_abs_diff: int | None = None
+    applied: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """Every tier's :class:`TierResult` and the settings they were measured with."""
+
+    source: str
+    pipeline: str
+    device: str
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    tiers: list[TierResult]
+    memory_kind: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> None:
+        """Strict JSON: an infinite PSNR (identical images) is written as the string "inf"."""
+        Path(path).write_text(json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n")
+
+    def rows(self) -> list[tuple[str, ...]]:
+        def seconds(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        rows: list[tuple[str, ...]] = []
+        for t in self.tiers:
+            rows.append(
+                (
+                    t.tier,
+                    f"{t.median_s:.3f} ({t.min_s:.3f}-{t.max_s:.3f})",
+                    "-" if t.speedup is None else f"{t.speedup:.2f}x",
+                    seconds(t.first_call_s),
+                    seconds(t.denoiser_step_s),
+                    seconds(t.decode_s),
+                    f"{t.peak_memory_gb:.2f}",
+                    "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
+                    "-" if t.max_abs_diff is None else str(t.max_abs_diff),
+                    seconds(t.optimize_s),
+                    ", ".join(t.applied) or "-",
+                )
+            )
+        return rows
+
+    HEADERS = (
+        "tier",
+        "s/image median (min-max)",
+        "speedup",
+        "first call s",
+        "denoiser s/step",
+        "decode s",
+        "peak GB",
+        "PSNR dB",
+        "max diff",
+        "optimize s",
+        "applied",
+    )
+
+    def table(self) -> str:
+        """A plain-text table for the terminal."""
+        rows = [self.HEADERS, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADERS) - 1)]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1] for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 7)
+        return "\n".join([self._title(), *lines, *(f"note: {note}" for note in self.notes)])
+
+    def to_markdown(self) -> str:
+        """The same table in Markdown, with the settings."""
+        lines = [
+            f"**{self._title()}**",
+            "",
+            "| " + " | ".join(self.HEADERS) + " |",
+            "|" + "---|" * len(self.HEADERS),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        lines += ["", *(f"- {note}" for note in self.notes)]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> None:
+        """A PNG bar chart of latency and peak memory per tier (needs ``pip install sdopt[bench]``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise ImportError("the plot needs matplotlib: pip install sdopt[bench]") from error
+        names = [t.tier for t in self.tiers]
+        figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
+        latency.bar(names, [t.median_s for t in self.tiers], color="tab:blue")
+        latency.set_ylabel("seconds per image (median)")
+        memory.bar(names, [t.peak_memory_gb for t in self.tiers], color="tab:orange")
+        memory.set_ylabel(f"peak memory, GB ({self.memory_kind})")
+        figure.suptitle(self._title(), fontsize=9)
+        figure.tight_layout()
+        figure.savefig(path)
+        plt.close(figure)
+
+    def _title(self) -> str:
+        s = self.settings
+        return (
+            f"sdopt bench: {self.source} ({self.pipeline}) on {self.device}, {s['height']}x{s['width']}, "
+            f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} runs"
+        )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def summarize(results: Sequence[TierResult]) -> None:
+    """Fill median/min/max from the latencies, and speedup as the ratio of medians to the baseline's."""
+    for result in results:
+        if result.latencies_s:
+            result.median_s = statistics.median(result.latencies_s)
+            result.min_s = min(result.latencies_s)
+            result.max_s = max(result.latencies_s)
+    baseline = next((r for r in results if r.tier == BASELINE), None)
+    for result in results:
+        if baseline is not None and result.median_s > 0:
+            result.speedup = baseline.median_s / result.median_s
+
+
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images, in dB (``inf`` when identical)."""
+    error = np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def bench(
+    source: str,
+    tiers: Sequence[str] = (BASELINE, "balanced"),
+    *,
+    steps: int = 20,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float = 7.5,
+    runs: int = 3,
+    warmup: int = 1,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    device: str | None = None,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
+    ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
+    path / hub id loaded with ``from_pretrained``. ``"baseline"`` is the pipeline as loaded.
+
+    Example:
+        >>> from sdopt.bench import bench
+        >>> result = bench("tiny-sd", ["baseline", "balanced"], steps=2, runs=1, warmup=0)
+        >>> [t.tier for t in result.tiers], result.tiers[0].speedup
+        (['baseline', 'balanced'], 1.0)
+    """
+    from sdopt.api import optimize
+    from sdopt.capabilities import detect
+    from sdopt.tiers import resolve_tier
+
+    for tier in tiers:
+        if tier != BASELINE:
+            resolve_tier(tier)  # a bad tier fails before minutes of loading
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
+    if not prompts:
+        raise ValueError("no prompts to render")
+    caps = detect(device=device) if device else detect()
+    target = caps.device
+    say = progress or (lambda message: None)
+
+    say(f"building {source} on {target}")
+    base = _load(source, target)
+    height = height or _default_size(base)
+    width = width or _default_size(base)
+    results = [TierResult(tier) for tier in tiers]
+    pipes: list[Any] = []
+    for result in results:
+        pipe = copy.deepcopy(base)
+        pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
+        if result.tier != BASELINE:
+            started = clock()
+            report = optimize(pipe, tier=result.tier, caps=caps, undoable=False)
+            result.optimize_s = clock() - started
+            result.applied = [d.name for d in report.applied]
+            result.report = report.to_dict()
+        pipes.append(pipe)
+    del base
+
+    def call(pipe: Any, index: int) -> tuple[np.ndarray, float, list[float], list[float], float]:
+        kwargs = {
+            "prompt": prompts[index % len(prompts)],
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "height": height,
+            "width": width,
+            "output_type": "np",
+            "generator": torch.Generator("cpu").manual_seed(seed + index),
+        }
+        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(target) as peak:
+            started = clock()
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+            elapsed = clock() - started
+        image = (np.clip(np.asarray(images[0], dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+        return image, elapsed, denoiser_calls, decode_calls, peak()
+
+    total = (warmup + runs) * len(results)
+    done = 0
+    for round_index in range(warmup):
+        for result, pipe in zip(results, pipes, strict=True):
+            done += 1
+            say(f"[{done}/{total}] warmup {round_index + 1}: {result.tier}")
+            _, elapsed, _, _, memory = call(pipe, round_index)
+            if round_index == 0:
+                result.first_call_s = elapsed
+            result.peak_memory_gb = max(result.peak_memory_gb, memory)
+    references: dict[int, np.ndarray] = {}
+    steps_seen: dict[str, list[float]] = {r.tier: [] for r in results}
+    decodes_seen: dict[str, list[float]] = {r.tier: [] for r in results}
+    for run in range(runs):
+        index = warmup + run
+        for result, pipe in zip(results, pipes, strict=True):
+            done += 1
+            say(f"[{done}/{total}] run {run + 1}/{runs}: {result.tier}")
+            image, elapsed, denoiser_calls, decode_calls, memory = call(pipe, index)
+            if warmup == 0 and run == 0:
+                result.first_call_s = elapsed
+            result.latencies_s.append(elapsed)
+            result.peak_memory_gb = max(result.peak_memory_gb, memory)
+            steps_seen[result.tier] += denoiser_calls
+            decodes_seen[result.tier] += decode_calls
+            if result.tier == BASELINE:
+                references[index] = image
+            elif index in references:
+                score = psnr(references[index], image)
+                result.psnr_db = score if result.psnr_db is None else min(result.psnr_db, score)
+                diff = int(np.abs(references[index].astype(int) - image.astype(int)).max())
+                result.max_abs_diff = diff if result.max_abs_diff is None else max(result.max_abs_diff, diff)
+    for result in results:
+        if steps_seen[result.tier]:
+            result.denoiser_step_s = statistics.median(steps_seen[result.tier])
+        if decodes_seen[result.tier]:
+            result.decode_s = statistics.median(decodes_seen[result.tier])
+        if result.tier == BASELINE:
+            result.psnr_db, result.max_abs_diff = float("inf"), 0
+    summarize(results)
+
+    notes = []
+    if _random_weights(source):
+        notes.append(RANDOM_WEIGHTS_NOTE)
+    notes.append(
+        "peak memory: CUDA max allocated during the calls"
+        if target == "cuda"
+        else "peak memory: process RSS high-water during the tier's calls minus the RSS before them, plus the "
+        "tier's own weights (all tiers' pipelines are resident at once)"
+    )
+    notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
+    return BenchResult(
+        source=source,
+        pipeline=type(pipes[0]).__name__,
+        device=caps.device if target != "cuda" or not caps.cuda else f"cuda ({caps.cuda[0].name})",
+        settings={
+            "steps": steps,
+            "height": height,
+            "width": width,
+            "guidance": guidance,
+            "runs": runs,
+            "warmup": warmup,
+            "prompts": list(prompts),
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+        },
+        machine={"cpu": caps.cpu.model, "fingerprint": caps.fingerprint, **caps.versions},
+        tiers=[_with_weights(result, pipe, target) for result, pipe in zip(results, pipes, strict=True)],
+        memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
+        notes=notes,
+    )
+
+
+def _random_weights(source: str) -> bool:
+    from sdopt.architectures import REAL_ARCHES
+    from sdopt.cli import TINY_ARCHES
+
+    return source in REAL_ARCHES or source in TINY_ARCHES
+
+
+def _load(source: str, device: str) -> Any:
+    from sdopt.architectures import REAL_ARCHES, real_pipeline
+    from sdopt.cli import TINY_ARCHES
+    from sdopt.testing import tiny_pipeline
+
+    if source in TINY_ARCHES:
+        pipe = tiny_pipeline(TINY_ARCHES[source])
+        return pipe.to(device) if device != "cpu" else pipe
+    if source in REAL_ARCHES:
+        return real_pipeline(source, device=device if device in ("cpu", "cuda") else "cpu")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(source)
+    return pipe.to(device) if device != "cpu" else pipe
+
+
+def _default_size(pipe: Any) -> int:
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    sample = getattr(getattr(denoiser, "config", None), "sample_size", None) or 64
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    if type(pipe).__name__.startswith("Flux") and sample == 1:
+        return 1024
+    return int(sample * scale) if isinstance(sample, int) else 512
+
+
+@contextmanager
+def _timed_parts(pipe: Any, clock: Callable[[], float]) -> Iterator[tuple[list[float], list[float]]]:
+    """Time each denoiser call (forward hooks) and each VAE decode (a temporary wrapper)."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    vae = getattr(pipe, "vae", None)
+    denoiser_calls: list[float] = []
+    decode_calls: list[float] = []
+    started: list[float] = []
+    handles = []
+    if denoiser is not None:
+        handles.append(denoiser.register_forward_pre_hook(lambda *args: started.append(clock())))
+        handles.append(denoiser.register_forward_hook(lambda *args: denoiser_calls.append(clock() - started.pop())))
+    previous = vae.__dict__.get("decode") if vae is not None else None
+    if vae is not None:
+        inner = vae.decode
+
+        def timed_decode(*args: Any, **kwargs: Any) -> Any:
+            begin = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                decode_calls.append(clock() - begin)
+
+        vae.decode = timed_decode
+    try:
+        yield denoiser_calls, decode_calls
+    finally:
+        for handle in handles:
+            handle.remove()
+        if vae is not None:
+            if previous is None:
+                del vae.decode
+            else:
+                vae.decode = previous
+
+
+def _rss_gb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError):  # not Linux: the high-water mark of the whole process
+        import resource
+
+        scale = 1e9 if sys.platform == "darwin" else 1e6
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+@contextmanager
+def _peak_memory(device: str) -> Iterator[Callable[[], float]]:
+    """Peak memory of the enclosed call: CUDA max allocated, or the RSS increase sampled every 5 ms."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        yield lambda: torch.cuda.max_memory_allocated() / 1e9
+        return
+    before = _rss_gb()
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.005):
+            peak[0] = max(peak[0], _rss_gb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: max(0.0, peak[0] - before)
+    finally:
+        stop.set()
+        sampler.join()
+        peak[0] = max(peak[0], _rss_gb())
+
+
+def _tensor_gb(pipe: Any) -> float:
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for value in component.state_dict().values():
+                tensors = value if isinstance(value, tuple) else (value,)
+                total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total / 1e9
+
+
+def _with_weights(result: TierResult, pipe: Any, device: str) -> TierResult:
+    if device != "cuda":
+        result.peak_memory_gb += _tensor_gb(pipe)
+    return result

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdopt.bench import BASELINE, TierResult, bench, psnr, summarize
+from sdopt.cli import main
+from sdopt.errors import UnknownTierError
+
+
+@pytest.mark.parametrize("arch", ["tiny-sd", "tiny-flux"])
+def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
+    messages: list[str] = []
+    result = bench(arch, [BASELINE, "balanced", "fast"], steps=3, runs=2, warmup=1, progress=messages.append)
+    assert [t.tier for t in result.tiers] == [BASELINE, "balanced", "fast"]
+    assert messages[-1] == "[9/9] run 2/2: fast"  # warmup + runs, interleaved
+    for tier in result.tiers:
+        assert len(tier.latencies_s) == 2 and tier.min_s <= tier.median_s <= tier.max_s
+        assert tier.first_call_s > 0 and tier.denoiser_step_s and tier.decode_s and tier.peak_memory_gb > 0
+        assert tier.psnr_db is not None and tier.max_abs_diff is not None
+    baseline = result.tiers[0]
+    assert baseline.speedup == 1.0 and baseline.psnr_db == float("inf") and baseline.applied == []
+    assert "scheduler" in result.tiers[1].applied or arch == "tiny-flux"
+    assert result.tiers[2].report["applied"], "each tier carries its report"
+
+    result.save_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["tiers"][0]["psnr_db"] == "inf"
+    assert set(data) == {"source", "pipeline", "device", "settings", "machine", "tiers", "memory_kind", "notes"}
+    assert set(data["tiers"][0]) == set(TierResult.__dataclass_fields__)
+    assert any("random weights" in note for note in data["notes"])
+    markdown = result.to_markdown()
+    assert markdown.count("\n| ") == 4 and "PSNR dB" in markdown
+    result.plot(tmp_path / "r.png")
+    with Image.open(tmp_path / "r.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_timing_uses_the_given_clock() -> None:
+    ticks = itertools.count()  # every reading is one "second" later: deterministic, no real timing
+    result = bench("tiny-sd", [BASELINE, "conservative"], steps=2, runs=3, warmup=0, clock=lambda: float(next(ticks)))
+    for tier in result.tiers:
+        assert all(value == int(value) and value > 0 for value in tier.latencies_s)
+        assert tier.denoiser_step_s == 1.0  # pre-hook reading, then the post-hook reading
+    assert result.tiers[0].speedup == 1.0
+
+
+def test_summary_statistics_and_speedup_are_ratios_of_medians() -> None:
+    results = [TierResult(BASELINE, latencies_s=[10.0, 12.0, 11.0]), TierResult("fast", latencies_s=[4.0, 5.0, 6.0])]
+    summarize(results)
+    assert (results[0].median_s, results[0].min_s, results[0].max_s) == (11.0, 10.0, 12.0)
+    assert results[1].speedup == pytest.approx(11.0 / 5.0)
+    alone = [TierResult("fast", latencies_s=[1.0])]
+    summarize(alone)
+    assert alone[0].speedup is None  # no baseline, no ratio
+
+
+def test_psnr() -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    assert psnr(image, image) == float("inf")
+    other = image.copy()
+    other[0, 0, 0] = 255
+    assert psnr(image, other) == pytest.approx(10 * np.log10(48))
+
+
+def test_bad_input_fails_before_loading() -> None:
+    with pytest.raises(UnknownTierError, match="valid tiers"):
+        bench("sd15", [BASELINE, "turbo"])
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        bench("tiny-sd", [BASELINE], runs=0)
+
+
+def test_cli_bench_writes_json_markdown_and_plot(tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n\na dog\n")
+    argv = ["bench", "--arch", "tiny-sd", "--tiers", "baseline,balanced", "--steps", "2", "--runs", "1"]
+    argv += ["--prompts", str(prompts), "--json", f"{out}.json", "--markdown", f"{out}.md", "--plot", f"{out}.png"]
+    assert main(argv) == 0
+    assert "s/image median" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["prompts"] == ["a cat", "a dog"]
+    assert out.with_suffix(".md").read_text().startswith("**sdopt bench: tiny-sd")
+    assert out.with_suffix(".png").stat().st_size > 1000
