@@ -53,26 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=_doctor)
 
     plan = commands.add_parser("plan", help="show what a tier would do to a pipeline (changes nothing)")
-    source = plan.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", choices=sorted(TINY_ARCHES), help="a built-in architecture (no download)")
-    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
-    plan.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@1)")
-    plan.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
-    plan.add_argument("--extra", default="", help="comma-separated optimization names to add")
-    plan.add_argument("--device", help="plan for this device type instead of the detected one")
+    _add_planning_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(handler=_plan)
 
     freeze = commands.add_parser(
         "freeze", help="plan a tier on this machine and write the pinned preset (what exactly it would apply)"
     )
-    source = freeze.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", choices=sorted(TINY_ARCHES), help="a built-in architecture (no download)")
-    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
-    freeze.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@1)")
-    freeze.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
-    freeze.add_argument("--extra", default="", help="comma-separated optimization names to add")
-    freeze.add_argument("--device", help="plan for this device type instead of the detected one")
+    _add_planning_arguments(freeze)
     freeze.add_argument("--name", help="the preset's name (default: the output file's stem)")
     freeze.add_argument("-o", "--output", required=True, help="the preset file to write (.toml or .json)")
     freeze.set_defaults(handler=_freeze)
@@ -98,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", help="write a PNG bar chart (needs sdopt[bench])")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
+    """The pipeline source, tier, exclusions, extras and device shared by ``plan`` and ``freeze``."""
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--arch", choices=sorted(TINY_ARCHES), help="a built-in architecture (no download)")
+    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    command.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@1)")
+    command.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
+    command.add_argument("--extra", default="", help="comma-separated optimization names to add")
+    command.add_argument("--device", help="plan for this device type instead of the detected one")
 
 
 def _names(text: str) -> list[str]:
