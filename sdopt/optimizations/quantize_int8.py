@@ -113,10 +113,11 @@ class DynamicInt8Linear(torch.nn.Module):
         from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        source = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        source.weight.data = linear.weight.detach().float()
+        # A float32 view of the layer for from_float; built on meta so no throwaway weights are initialised.
+        source = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        source.weight = torch.nn.Parameter(linear.weight.detach().float(), requires_grad=False)
         if linear.bias is not None:
-            source.bias.data = linear.bias.detach().float()
+            source.bias = torch.nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         source.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
         with warnings.catch_warnings():
             # torch announces the removal of its quantized dtypes in favour of torchao; until then
