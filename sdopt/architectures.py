@@ -10,14 +10,34 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from sdopt.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
+if TYPE_CHECKING:  # torch is imported when a pipeline is built, not when the CLI starts
+    import torch
 
 REAL_ARCHES: tuple[str, ...] = ("sd15", "sdxl", "sd3", "flux", "pixart")
 """Names accepted by :func:`real_pipeline`."""
+
+TINY_ARCHES: dict[str, str] = {
+    "tiny-sd": "sd",
+    "tiny-sdxl": "sdxl",
+    "tiny-sd3": "sd3",
+    "tiny-flux": "flux",
+    "tiny-pixart": "pixart",
+}
+"""The test-size architectures (``--arch tiny-sd``), by the :func:`sdopt.testing.tiny_pipeline` family they build."""
+
+
+def _clip_tokenizer() -> Any:
+    from sdopt.testing import tiny_clip_tokenizer as make
+
+    return make()
+
+
+def _t5_tokenizer(model_max_length: int) -> Any:
+    from sdopt.testing import tiny_t5_tokenizer as make
+
+    return make(model_max_length)
 
 
 def _clip(hidden: int, layers: int, heads: int, intermediate: int, *, projection: int | None = None) -> Any:
@@ -87,7 +107,7 @@ def _sd15() -> Any:
         unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),  # the defaults are SD1.x's
         vae=_vae(sample_size=512),
         text_encoder=_clip_l(),
-        tokenizer=tiny_clip_tokenizer(),
+        tokenizer=_clip_tokenizer(),
         scheduler=_on_host(
             lambda: PNDMScheduler(
                 beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
@@ -121,8 +141,8 @@ def _sdxl() -> Any:
         vae=_vae(sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         text_encoder=_clip_l(),
         text_encoder_2=_clip_g(),
-        tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_clip_tokenizer(),
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_clip_tokenizer(),
         scheduler=_on_host(
             lambda: EulerDiscreteScheduler(
                 beta_start=0.00085,
@@ -163,9 +183,9 @@ def _sd3() -> Any:
         text_encoder=_clip_l(projection=True),
         text_encoder_2=_clip_g(),
         text_encoder_3=_t5_xxl(),
-        tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_clip_tokenizer(),
-        tokenizer_3=tiny_t5_tokenizer(256),
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_clip_tokenizer(),
+        tokenizer_3=_t5_tokenizer(256),
         scheduler=_on_host(lambda: FlowMatchEulerDiscreteScheduler(shift=3.0)),
     )
 
@@ -190,8 +210,8 @@ def _flux() -> Any:
         vae=_vae(16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
         text_encoder=_clip_l(),
         text_encoder_2=_t5_xxl(),
-        tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_t5_tokenizer(512),
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_t5_tokenizer(512),
         scheduler=_on_host(lambda: FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)),
     )
 
@@ -220,7 +240,7 @@ def _pixart() -> Any:
         transformer=transformer,
         vae=_vae(sample_size=1024),
         text_encoder=_t5_xxl(),
-        tokenizer=tiny_t5_tokenizer(120),
+        tokenizer=_t5_tokenizer(120),
         scheduler=_on_host(lambda: DPMSolverMultistepScheduler()),
     )
 
@@ -236,12 +256,16 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
 
 def _on_host(make: Callable[[], Any]) -> Any:
     """Schedulers hold CPU tensors in float32 whatever the models' device and dtype."""
+    import torch
+
     with torch.device("cpu"), _default_dtype(torch.float32):
         return make()
 
 
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -251,9 +275,10 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def real_pipeline(
-    arch: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    arch: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, seed: int = 0
 ) -> Any:
-    """A real-size pipeline of ``arch`` with random weights, built directly on ``device`` in ``dtype``.
+    """A real-size pipeline of ``arch`` with random weights, built directly on ``device`` in ``dtype``
+    (default float32).
 
     Example (the meta device builds the structure without allocating weights):
         >>> from sdopt.architectures import real_pipeline
@@ -261,12 +286,38 @@ def real_pipeline(
         >>> round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6)
         860
     """
+    import torch
+
     if arch not in _BUILDERS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(REAL_ARCHES)}")
-    with torch.random.fork_rng(devices=[]), torch.device(device), _default_dtype(dtype):
+    with torch.random.fork_rng(devices=[]), torch.device(device), _default_dtype(dtype or torch.float32):
         torch.manual_seed(seed)
         pipe = _BUILDERS[arch]()
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     return pipe
+
+
+def load_pipeline(source: str, device: str = "cpu") -> Any:
+    """The pipeline ``source`` names on ``device``: a tiny test architecture (``tiny-sd``...), a real-size
+    one (``sd15``...), both with random weights, or a local path / hub id loaded with ``from_pretrained``.
+
+    Example:
+        >>> from sdopt.architectures import load_pipeline
+        >>> type(load_pipeline("tiny-sd")).__name__
+        'StableDiffusionPipeline'
+    """
+    if source in TINY_ARCHES:
+        from sdopt.testing import tiny_pipeline
+
+        pipe = tiny_pipeline(TINY_ARCHES[source])
+    elif source in REAL_ARCHES:
+        if device in ("cpu", "cuda"):
+            return real_pipeline(source, device=device)  # built in place, no host copy
+        pipe = real_pipeline(source)
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(source)
+    return pipe.to(device) if device != "cpu" else pipe

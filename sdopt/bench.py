@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+
 BASELINE = "baseline"
 DEFAULT_PROMPTS = (
     "a lighthouse on a cliff at dawn, oil painting",
@@ -232,7 +234,7 @@ def bench(
     say = progress or (lambda message: None)
 
     say(f"building {source} on {target}")
-    base = _load(source, target)
+    base = load_pipeline(source, target)
     height = height or _default_size(base)
     width = width or _default_size(base)
     results = [TierResult(tier) for tier in tiers]
@@ -309,7 +311,7 @@ def bench(
     summarize(results)
 
     notes = []
-    if _random_weights(source):
+    if source in REAL_ARCHES or source in TINY_ARCHES:
         notes.append(RANDOM_WEIGHTS_NOTE)
     notes.append(
         "peak memory: CUDA max allocated during the calls"
@@ -338,29 +340,6 @@ def bench(
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
     )
-
-
-def _random_weights(source: str) -> bool:
-    from sdopt.architectures import REAL_ARCHES
-    from sdopt.cli import TINY_ARCHES
-
-    return source in REAL_ARCHES or source in TINY_ARCHES
-
-
-def _load(source: str, device: str) -> Any:
-    from sdopt.architectures import REAL_ARCHES, real_pipeline
-    from sdopt.cli import TINY_ARCHES
-    from sdopt.testing import tiny_pipeline
-
-    if source in TINY_ARCHES:
-        pipe = tiny_pipeline(TINY_ARCHES[source])
-        return pipe.to(device) if device != "cpu" else pipe
-    if source in REAL_ARCHES:
-        return real_pipeline(source, device=device if device in ("cpu", "cuda") else "cpu")
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(source)
-    return pipe.to(device) if device != "cpu" else pipe
 
 
 def _default_size(pipe: Any) -> int:

@@ -10,16 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdopt import registry
-from sdopt.architectures import REAL_ARCHES
+from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.errors import SdoptError
-
-TINY_ARCHES = {
-    "tiny-sd": "sd",
-    "tiny-sdxl": "sdxl",
-    "tiny-sd3": "sd3",
-    "tiny-flux": "flux",
-    "tiny-pixart": "pixart",
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,17 +93,6 @@ def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
 
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _load_pipeline(arch: str | None, model: str | None) -> Any:
-    if arch is not None:
-        from sdopt.testing import tiny_pipeline
-
-        return tiny_pipeline(TINY_ARCHES[arch])
-    from diffusers import DiffusionPipeline
-
-    assert model is not None
-    return DiffusionPipeline.from_pretrained(model)
 
 
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -215,7 +196,7 @@ def _plan(args: argparse.Namespace) -> int:
     for name in _names(args.exclude) + _names(args.extra):
         registry.get(name)
     caps = detect(device=args.device) if args.device else None
-    pipe = _load_pipeline(args.arch, args.model)
+    pipe = load_pipeline(args.arch or args.model)
     result = plan(pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0
@@ -235,7 +216,7 @@ def _freeze(args: argparse.Namespace) -> int:
     for name in _names(args.exclude) + _names(args.extra):
         registry.get(name)
     caps = detect(device=args.device) if args.device else None
-    pipe = _load_pipeline(args.arch, args.model)
+    pipe = load_pipeline(args.arch or args.model)
     report = optimize(
         pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps, dry_run=True
     )
