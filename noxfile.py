@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -47,15 +49,17 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def openvino_peer(session: nox.Session) -> None:
-    """Time the OpenVINO peer on the random-weight SD1.5 architecture (benchmarks/README.md).
+    """sdopt's tiers and the OpenVINO peer on the random-weight SD1.5 architecture, interleaved in
+    one bench run (benchmarks/README.md).
 
-    The pipeline is written by sdopt's own environment (same weights as `sdopt bench --arch sd15`);
-    optimum-intel, which pins its own diffusers/transformers, runs in this session's virtualenv.
+    optimum-intel pins its own diffusers/transformers, so it lives in this session's virtualenv,
+    where `benchmarks/openvino_peer.py` runs its workers; the bench itself runs in the environment
+    nox runs in, which must have sdopt installed (`pip install -e ".[bench]"`).
     """
-    import tempfile
+    import sys
 
-    directory = tempfile.mkdtemp(prefix="sdopt-sd15-")
-    session.run("python", "benchmarks/openvino_peer.py", "save", directory, external=True)
-    session.install(TORCH)
-    session.install("optimum-intel[openvino,diffusers]")
-    session.run("python", "benchmarks/openvino_peer.py", "run", directory, *session.posargs)
+    # torchvision pinned to torch 2.13's: left free, it pulls the newest (CUDA) torch into this env.
+    session.install(TORCH, "torchvision==0.28.0", "optimum-intel[openvino,diffusers]")
+    peer_python = str(Path(session.virtualenv.location) / "bin" / "python")
+    script = "benchmarks/openvino_peer.py"
+    session.run(sys.executable, script, "compare", "--peer-python", peer_python, *session.posargs, external=True)

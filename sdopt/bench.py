@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,36 @@ DEFAULT_PROMPTS = (
 RANDOM_WEIGHTS_NOTE = (
     "random weights: images are noise, so fidelity measures numerical drift between tiers, not image quality"
 )
+
+
+@dataclass
+class PeerImage:
+    """What a :class:`Peer` returns per image: the uint8 HxWx3 image and what it could time itself."""
+
+    image: np.ndarray
+    denoiser_calls_s: list[float] = field(default_factory=list)
+    decode_calls_s: list[float] = field(default_factory=list)
+    peak_memory_gb: float = 0.0
+
+
+class Peer(Protocol):
+    """Another runtime timed in the same interleaved loop as the tiers (OpenVINO, say, which lives in
+    its own environment; see ``benchmarks/openvino_peer.py``). It renders the same prompts with the
+    same seeds; its result row is named ``name`` and its load time shows as the optimize time."""
+
+    name: str
+
+    def load(self) -> dict[str, Any]:
+        """Get ready to render; return a description of what runs (shown as the row's report)."""
+        ...
+
+    def render(self, prompt: str, *, seed: int, steps: int, guidance: float, height: int, width: int) -> PeerImage:
+        """Render one image."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``load`` took."""
+        ...
 
 
 @dataclass
@@ -207,10 +237,12 @@ def bench(
     seed: int = 0,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
+    peers: Sequence[Peer] = (),
 ) -> BenchResult:
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
     path / hub id loaded with ``from_pretrained``. ``"baseline"`` is the pipeline as loaded.
+    ``peers`` are other runtimes rendering the same prompts and seeds in the same interleaved loop.
 
     Example:
         >>> from sdopt.bench import bench
@@ -233,81 +265,49 @@ def bench(
     target = caps.device
     say = progress or (lambda message: None)
 
-    say(f"building {source} on {target}")
-    base = load_pipeline(source, target)
-    height = height or _default_size(base)
-    width = width or _default_size(base)
-    results = [TierResult(tier) for tier in tiers]
-    pipes: list[Any] = []
-    for result in results:
-        pipe = copy.deepcopy(base)
-        pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
-        if result.tier != BASELINE:
+    names = [*tiers, *(peer.name for peer in peers)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"every tier and peer needs its own name (got {', '.join(names)})")
+
+    peer_results: list[TierResult] = []
+    loaded: list[Peer] = []
+    try:
+        # Peers first: their set-up (an export, say) may need memory the tiers' copies would hold.
+        for peer in peers:
+            say(f"loading peer {peer.name}")
+            result = TierResult(peer.name)
             started = clock()
-            report = optimize(pipe, tier=result.tier, caps=caps, undoable=False)
+            description = peer.load()
+            loaded.append(peer)
             result.optimize_s = clock() - started
-            result.applied = [d.name for d in report.applied]
-            result.report = report.to_dict()
-        pipes.append(pipe)
-    del base
+            result.report = {"peer": description}
+            peer_results.append(result)
 
-    def call(pipe: Any, index: int) -> tuple[np.ndarray, float, list[float], list[float], float]:
-        kwargs = {
-            "prompt": prompts[index % len(prompts)],
-            "num_inference_steps": steps,
-            "guidance_scale": guidance,
-            "height": height,
-            "width": width,
-            "output_type": "np",
-            "generator": torch.Generator("cpu").manual_seed(seed + index),
-        }
-        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(target) as peak:
-            started = clock()
-            with torch.inference_mode():
-                images = pipe(**kwargs).images
-            elapsed = clock() - started
-        image = (np.clip(np.asarray(images[0], dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
-        return image, elapsed, denoiser_calls, decode_calls, peak()
-
-    total = (warmup + runs) * len(results)
-    done = 0
-    for round_index in range(warmup):
-        for result, pipe in zip(results, pipes, strict=True):
-            done += 1
-            say(f"[{done}/{total}] warmup {round_index + 1}: {result.tier}")
-            _, elapsed, _, _, memory = call(pipe, round_index)
-            if round_index == 0:
-                result.first_call_s = elapsed
-            result.peak_memory_gb = max(result.peak_memory_gb, memory)
-    references: dict[int, np.ndarray] = {}
-    steps_seen: dict[str, list[float]] = {r.tier: [] for r in results}
-    decodes_seen: dict[str, list[float]] = {r.tier: [] for r in results}
-    for run in range(runs):
-        index = warmup + run
-        for result, pipe in zip(results, pipes, strict=True):
-            done += 1
-            say(f"[{done}/{total}] run {run + 1}/{runs}: {result.tier}")
-            image, elapsed, denoiser_calls, decode_calls, memory = call(pipe, index)
-            if warmup == 0 and run == 0:
-                result.first_call_s = elapsed
-            result.latencies_s.append(elapsed)
-            result.peak_memory_gb = max(result.peak_memory_gb, memory)
-            steps_seen[result.tier] += denoiser_calls
-            decodes_seen[result.tier] += decode_calls
-            if result.tier == BASELINE:
-                references[index] = image
-            elif index in references:
-                score = psnr(references[index], image)
-                result.psnr_db = score if result.psnr_db is None else min(result.psnr_db, score)
-                diff = int(np.abs(references[index].astype(int) - image.astype(int)).max())
-                result.max_abs_diff = diff if result.max_abs_diff is None else max(result.max_abs_diff, diff)
-    for result in results:
-        if steps_seen[result.tier]:
-            result.denoiser_step_s = statistics.median(steps_seen[result.tier])
-        if decodes_seen[result.tier]:
-            result.decode_s = statistics.median(decodes_seen[result.tier])
-        if result.tier == BASELINE:
-            result.psnr_db, result.max_abs_diff = float("inf"), 0
+        say(f"building {source} on {target}")
+        base = load_pipeline(source, target)
+        height = height or _default_size(base)
+        width = width or _default_size(base)
+        results = [TierResult(tier) for tier in tiers]
+        renderers: list[Callable[[int], _Rendered]] = []
+        for result in results:
+            pipe = copy.deepcopy(base)
+            pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
+            if result.tier != BASELINE:
+                started = clock()
+                report = optimize(pipe, tier=result.tier, caps=caps, undoable=False)
+                result.optimize_s = clock() - started
+                result.applied = [d.name for d in report.applied]
+                result.report = report.to_dict()
+            renderers.append(_pipeline_renderer(pipe, target, prompts, steps, guidance, height, width, seed, clock))
+        pipeline_name = type(base).__name__
+        del base
+        for peer in peers:
+            renderers.append(_peer_renderer(peer, prompts, steps, guidance, height, width, seed, clock))
+        results += peer_results
+        _run_interleaved(results, renderers, warmup, runs, say)
+    finally:
+        for peer in loaded:
+            peer.close()
     summarize(results)
 
     notes = []
@@ -320,9 +320,14 @@ def bench(
         "tier's own weights (all tiers' pipelines are resident at once)"
     )
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
+    if peers:
+        notes.append(
+            f"peers ({', '.join(p.name for p in peers)}): 'optimize s' is their load time, peak memory and "
+            "per-step/decode times are what they report of themselves"
+        )
     return BenchResult(
         source=source,
-        pipeline=type(pipes[0]).__name__,
+        pipeline=pipeline_name,
         device=caps.device if target != "cuda" or not caps.cuda else f"cuda ({caps.cuda[0].name})",
         settings={
             "steps": steps,
@@ -336,10 +341,126 @@ def bench(
             "threads": torch.get_num_threads(),
         },
         machine={"cpu": caps.cpu.model, "fingerprint": caps.fingerprint, **caps.versions},
-        tiers=[_with_weights(result, pipe, target) for result, pipe in zip(results, pipes, strict=True)],
+        tiers=results,
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
     )
+
+
+@dataclass
+class _Rendered:
+    image: np.ndarray
+    elapsed: float
+    denoiser_calls: list[float]
+    decode_calls: list[float]
+    memory_gb: float
+
+
+def _pipeline_renderer(
+    pipe: Any,
+    device: str,
+    prompts: Sequence[str],
+    steps: int,
+    guidance: float,
+    height: int,
+    width: int,
+    seed: int,
+    clock: Callable[[], float],
+) -> Callable[[int], _Rendered]:
+    weights_gb = 0.0 if device == "cuda" else _tensor_gb(pipe)  # on CPU the RSS delta misses resident weights
+
+    def render(index: int) -> _Rendered:
+        kwargs = {
+            "prompt": prompts[index % len(prompts)],
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "height": height,
+            "width": width,
+            "output_type": "np",
+            "generator": torch.Generator("cpu").manual_seed(seed + index),
+        }
+        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peak:
+            started = clock()
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+            elapsed = clock() - started
+        return _Rendered(_to_uint8(images[0]), elapsed, denoiser_calls, decode_calls, peak() + weights_gb)
+
+    return render
+
+
+def _peer_renderer(
+    peer: Peer,
+    prompts: Sequence[str],
+    steps: int,
+    guidance: float,
+    height: int,
+    width: int,
+    seed: int,
+    clock: Callable[[], float],
+) -> Callable[[int], _Rendered]:
+    def render(index: int) -> _Rendered:
+        started = clock()
+        out = peer.render(
+            prompts[index % len(prompts)], seed=seed + index, steps=steps, guidance=guidance, height=height, width=width
+        )
+        elapsed = clock() - started
+        return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb)
+
+    return render
+
+
+def _to_uint8(image: Any) -> np.ndarray:
+    return (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _run_interleaved(
+    results: Sequence[TierResult],
+    renderers: Sequence[Callable[[int], _Rendered]],
+    warmup: int,
+    runs: int,
+    say: Callable[[str], None],
+) -> None:
+    """Warm-up rounds, then timed rounds, each round rendering image ``index`` on every lane in turn."""
+    total = (warmup + runs) * len(results)
+    done = 0
+    for round_index in range(warmup):
+        for result, render in zip(results, renderers, strict=True):
+            done += 1
+            say(f"[{done}/{total}] warmup {round_index + 1}: {result.tier}")
+            out = render(round_index)
+            if round_index == 0:
+                result.first_call_s = out.elapsed
+            result.peak_memory_gb = max(result.peak_memory_gb, out.memory_gb)
+    references: dict[int, np.ndarray] = {}
+    steps_seen: dict[str, list[float]] = {r.tier: [] for r in results}
+    decodes_seen: dict[str, list[float]] = {r.tier: [] for r in results}
+    for run in range(runs):
+        index = warmup + run
+        for result, render in zip(results, renderers, strict=True):
+            done += 1
+            say(f"[{done}/{total}] run {run + 1}/{runs}: {result.tier}")
+            out = render(index)
+            if warmup == 0 and run == 0:
+                result.first_call_s = out.elapsed
+            result.latencies_s.append(out.elapsed)
+            result.peak_memory_gb = max(result.peak_memory_gb, out.memory_gb)
+            steps_seen[result.tier] += out.denoiser_calls
+            decodes_seen[result.tier] += out.decode_calls
+            if result.tier == BASELINE:
+                references[index] = out.image
+            elif index in references:
+                score = psnr(references[index], out.image)
+                result.psnr_db = score if result.psnr_db is None else min(result.psnr_db, score)
+                diff = int(np.abs(references[index].astype(int) - out.image.astype(int)).max())
+                result.max_abs_diff = diff if result.max_abs_diff is None else max(result.max_abs_diff, diff)
+    for result in results:
+        if steps_seen[result.tier]:
+            result.denoiser_step_s = statistics.median(steps_seen[result.tier])
+        if decodes_seen[result.tier]:
+            result.decode_s = statistics.median(decodes_seen[result.tier])
+        if result.tier == BASELINE:
+            result.psnr_db, result.max_abs_diff = float("inf"), 0
 
 
 def _default_size(pipe: Any) -> int:
@@ -435,9 +556,3 @@ def _tensor_gb(pipe: Any) -> float:
                 tensors = value if isinstance(value, tuple) else (value,)
                 total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     return total / 1e9
-
-
-def _with_weights(result: TierResult, pipe: Any, device: str) -> TierResult:
-    if device != "cuda":
-        result.peak_memory_gb += _tensor_gb(pipe)
-    return result

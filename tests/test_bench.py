@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdopt.bench import BASELINE, TierResult, bench, psnr, summarize
+from sdopt.bench import BASELINE, DEFAULT_PROMPTS, PeerImage, TierResult, bench, psnr, summarize
 from sdopt.cli import main
 from sdopt.errors import UnknownTierError
+from sdopt.testing import tiny_pipeline
 
 
 @pytest.mark.parametrize("arch", ["tiny-sd", "tiny-flux"])
@@ -85,3 +86,67 @@ def test_cli_bench_writes_json_markdown_and_plot(tmp_path, capsys) -> None:
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["prompts"] == ["a cat", "a dog"]
     assert out.with_suffix(".md").read_text().startswith("**sdopt bench: tiny-sd")
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+class _SamePipelinePeer:
+    """A peer rendering with its own copy of the tiny SD pipeline: same prompts and seeds must give
+    the baseline's images exactly, which checks the plumbing end to end."""
+
+    def __init__(self, name: str = "peer", fail_on_load: bool = False) -> None:
+        self.name = name
+        self.fail_on_load = fail_on_load
+        self.calls: list[tuple[str, int]] = []
+        self.closed = False
+        self.pipe = None
+
+    def load(self) -> dict:
+        if self.fail_on_load:
+            raise RuntimeError("peer could not load")
+        self.pipe = tiny_pipeline("sd")
+        return {"runtime": "same pipeline"}
+
+    def render(self, prompt: str, *, seed: int, steps: int, guidance: float, height: int, width: int) -> PeerImage:
+        import torch
+
+        self.calls.append((prompt, seed))
+        images = self.pipe(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images
+        image = (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+        return PeerImage(image, decode_calls_s=[0.5], peak_memory_gb=1.25)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_peers_render_the_same_prompts_and_seeds_in_the_interleaved_loop() -> None:
+    peer = _SamePipelinePeer()
+    messages: list[str] = []
+    result = bench("tiny-sd", [BASELINE, "balanced"], steps=2, runs=2, warmup=1, peers=[peer], progress=messages.append)
+    assert [t.tier for t in result.tiers] == [BASELINE, "balanced", "peer"]
+    assert [m.split(": ")[-1] for m in messages if m.startswith("[")] == [BASELINE, "balanced", "peer"] * 3
+    assert peer.calls == [(DEFAULT_PROMPTS[i], i) for i in range(3)]  # warmup image 0, then 1 and 2
+    row = result.tiers[2]
+    assert row.psnr_db == float("inf") and row.max_abs_diff == 0  # same pipeline, same latents
+    assert row.report == {"peer": {"runtime": "same pipeline"}} and row.applied == []
+    assert row.decode_s == 0.5 and row.peak_memory_gb == 1.25 and row.denoiser_step_s is None
+    assert len(row.latencies_s) == 2 and row.speedup is not None
+    assert peer.closed and any("peers (peer)" in note for note in result.notes)
+
+
+def test_a_peer_that_fails_to_load_releases_the_peers_loaded_before_it() -> None:
+    first, second = _SamePipelinePeer("first"), _SamePipelinePeer("second", fail_on_load=True)
+    with pytest.raises(RuntimeError, match="peer could not load"):
+        bench("tiny-sd", [BASELINE], steps=2, runs=1, warmup=0, peers=[first, second])
+    assert first.closed and not second.closed
+
+
+def test_peer_names_must_not_collide_with_tiers() -> None:
+    with pytest.raises(ValueError, match="its own name"):
+        bench("tiny-sd", [BASELINE], runs=1, peers=[_SamePipelinePeer(BASELINE)])
