@@ -58,8 +58,12 @@ def openvino_peer(session: nox.Session) -> None:
     """
     import sys
 
-    # torchvision pinned to torch 2.13's: left free, it pulls the newest (CUDA) torch into this env.
+    # optimum-intel requires torchvision; left free it pulls the newest (CUDA) torch into this env,
+    # and PyPI's build for torch 2.13 is a CUDA one that breaks on the CPU torch ("torchvision::nms
+    # does not exist"). Pin it so the resolver keeps torch, then remove it: transformers' image
+    # processors fall back to PIL, and an SD pipeline does not use them.
     session.install(TORCH, "torchvision==0.28.0", "optimum-intel[openvino,diffusers]")
+    session.run("python", "-m", "pip", "uninstall", "--yes", "torchvision")
     peer_python = str(Path(session.virtualenv.location) / "bin" / "python")
     script = "benchmarks/openvino_peer.py"
     session.run(sys.executable, script, "compare", "--peer-python", peer_python, *session.posargs, external=True)

@@ -50,13 +50,15 @@ def _rss_gb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
-def serve(ir_dir: str, shape: str, height: int, width: int, threads: int) -> None:
+def serve(ir_dir: str, shape: str, precision: str, height: int, width: int, threads: int) -> None:
     import numpy as np
     import openvino as ov
     import torch
     from optimum.intel import OVStableDiffusionPipeline
 
-    ov_config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    ov_config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    if precision != "default":  # default: OpenVINO picks bf16 wherever the CPU has bf16 instructions
+        ov_config["INFERENCE_PRECISION_HINT"] = precision
     pipe = OVStableDiffusionPipeline.from_pretrained(ir_dir, compile=False, ov_config=ov_config)
     if shape == "static":
         pipe.reshape(batch_size=1, height=height, width=width, num_images_per_prompt=1)
@@ -69,7 +71,7 @@ def serve(ir_dir: str, shape: str, height: int, width: int, threads: int) -> Non
     _time_calls(pipe.vae, "decode", decode_calls)
     _reply(
         {
-            "runtime": f"OpenVINO {ov.__version__} via optimum-intel ({shape} shape)",
+            "runtime": f"OpenVINO {ov.__version__} via optimum-intel ({shape} shape, {precision} precision)",
             "inference_precision": str(unet_precision),
             "threads": pipe.unet.request.get_property("INFERENCE_NUM_THREADS"),
         }
@@ -132,10 +134,13 @@ def _reply(message: dict[str, Any]) -> None:
 class OpenVINOPeer:
     """A `sdopt.bench.Peer` backed by a `serve` worker in the OpenVINO virtualenv."""
 
-    def __init__(self, python: str, ir_dir: str, shape: str, height: int, width: int, threads: int | None) -> None:
-        self.name = f"openvino-{shape}"
-        self.command = [python, __file__, "serve", ir_dir, "--shape", shape, "--height", str(height)]
-        self.command += ["--width", str(width), "--threads", str(threads or 0)]
+    def __init__(self, python: str, ir_dir: str, spec: str, height: int, width: int, threads: int | None) -> None:
+        shape, _, precision = spec.partition("-")
+        if shape not in ("static", "dynamic") or precision not in ("", "f32", "bf16"):
+            raise ValueError(f"unknown OpenVINO peer {spec!r}: static or dynamic, optionally -f32 or -bf16")
+        self.name = f"openvino-{spec}"
+        self.command = [python, __file__, "serve", ir_dir, "--shape", shape, "--precision", precision or "default"]
+        self.command += ["--height", str(height), "--width", str(width), "--threads", str(threads or 0)]
         self.process: subprocess.Popen[str] | None = None
         self.images = tempfile.mkdtemp(prefix="sdopt-peer-")
 
@@ -191,8 +196,8 @@ def compare(args: argparse.Namespace) -> None:
         print(f"exporting it with optimum-intel to {ir_dir}", file=sys.stderr)
         subprocess.run([args.peer_python, __file__, "export", str(torch_dir), str(ir_dir)], check=True)
     peers = [
-        OpenVINOPeer(args.peer_python, str(ir_dir), shape, args.size, args.size, args.threads)
-        for shape in args.shapes.split(",")
+        OpenVINOPeer(args.peer_python, str(ir_dir), spec, args.size, args.size, args.threads)
+        for spec in args.peers.split(",")
     ]
     result = bench(
         "sd15",
@@ -220,7 +225,11 @@ def main() -> None:
     run = phases.add_parser("compare", help="sdopt's tiers and the OpenVINO peers, interleaved")
     run.add_argument("--peer-python", required=True, help="python of the OpenVINO virtualenv")
     run.add_argument("--tiers", default="baseline,balanced,fast")
-    run.add_argument("--shapes", default="static,dynamic", help="OpenVINO peers: static and/or dynamic")
+    run.add_argument(
+        "--peers",
+        default="static,dynamic",
+        help="OpenVINO peers: static or dynamic shape, optionally -f32/-bf16 (default: OpenVINO's own precision)",
+    )
     run.add_argument("--steps", type=int, default=4)
     run.add_argument("--runs", type=int, default=2)
     run.add_argument("--warmup", type=int, default=1)
@@ -234,6 +243,7 @@ def main() -> None:
     server = phases.add_parser("serve")
     server.add_argument("ir_dir")
     server.add_argument("--shape", choices=["static", "dynamic"], required=True)
+    server.add_argument("--precision", choices=["default", "f32", "bf16"], default="default")
     server.add_argument("--height", type=int, required=True)
     server.add_argument("--width", type=int, required=True)
     server.add_argument("--threads", type=int, default=0, help="0: OpenVINO's default")
@@ -243,7 +253,7 @@ def main() -> None:
     elif args.phase == "export":
         export(args.torch_dir, args.ir_dir)
     else:
-        serve(args.ir_dir, args.shape, args.height, args.width, args.threads)
+        serve(args.ir_dir, args.shape, args.precision, args.height, args.width, args.threads)
 
 
 if __name__ == "__main__":
