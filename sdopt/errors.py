@@ -61,13 +61,14 @@ class OptimizationFailed(SdoptError, RuntimeError):
 class StrictModeError(SdoptError, RuntimeError):
     """``strict=True`` and a requested optimization could not be applied; nothing was changed."""
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    def __init__(self, reasons: Mapping[str, str], message: str | None = None) -> None:
         lines = "\n".join(f"  - {name}: {reason}" for name, reason in reasons.items())
         super().__init__(
-            f"strict=True and {len(reasons)} requested optimization(s) cannot be applied here; "
+            message
+            or f"strict=True and {len(reasons)} requested optimization(s) cannot be applied here; "
             f"nothing was changed:\n{lines}"
         )
-        self.reasons = reasons
+        self.reasons = dict(reasons)
 
 
 class RollbackError(SdoptError, RuntimeError):
@@ -82,15 +83,14 @@ class PresetMismatchError(StrictModeError):
     """``strict=True`` replay of a frozen preset on a machine whose capabilities differ; nothing was changed."""
 
     def __init__(self, preset: str, differences: Sequence[str], refused: Mapping[str, str]) -> None:
-        self.differences = list(differences)
-        self.reasons = dict(refused)
         lines = "\n".join(f"  - {difference}" for difference in differences)
         steps = "".join(f"\n  - {name}: {reason}" for name, reason in refused.items())
-        RuntimeError.__init__(
-            self,
+        super().__init__(
+            refused,
             f"preset {preset} was frozen on a machine with other capabilities; nothing was applied.\n"
             f"Differences (frozen -> here):\n{lines}"
             + (f"\nSteps that cannot apply here:{steps}" if steps else "")
             + "\nFreeze the preset again on this machine (sdopt freeze), or replay without strict=True "
             "to apply what still can.",
         )
+        self.differences = list(differences)
