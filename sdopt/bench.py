@@ -242,7 +242,9 @@ def bench(
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
     path / hub id loaded with ``from_pretrained``. ``"baseline"`` is the pipeline as loaded.
-    ``peers`` are other runtimes rendering the same prompts and seeds in the same interleaved loop.
+    A tier may also be a preset file (``.toml``/``.json``, from ``sdopt freeze``), shown by its
+    file name. ``peers`` are other runtimes rendering the same prompts and seeds in the same
+    interleaved loop.
 
     Example:
         >>> from sdopt.bench import bench
@@ -254,9 +256,8 @@ def bench(
     from sdopt.capabilities import detect
     from sdopt.tiers import resolve_tier
 
-    for tier in tiers:
-        if tier != BASELINE:
-            resolve_tier(tier)  # a bad tier fails before minutes of loading
+    # Bad tiers and presets fail here, before minutes of loading.
+    how = {tier: _how_to_optimize(tier, resolve_tier) for tier in tiers if tier != BASELINE}
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
     if not prompts:
@@ -265,7 +266,7 @@ def bench(
     target = caps.device
     say = progress or (lambda message: None)
 
-    names = [*tiers, *(peer.name for peer in peers)]
+    names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
     if len(set(names)) != len(names):
         raise ValueError(f"every tier and peer needs its own name (got {', '.join(names)})")
 
@@ -287,14 +288,14 @@ def bench(
         base = load_pipeline(source, target)
         height = height or _default_size(base)
         width = width or _default_size(base)
-        results = [TierResult(tier) for tier in tiers]
+        results = [TierResult(_row_name(tier)) for tier in tiers]
         renderers: list[Callable[[int], _Rendered]] = []
-        for result in results:
+        for tier, result in zip(tiers, results, strict=True):
             pipe = copy.deepcopy(base)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
-            if result.tier != BASELINE:
+            if tier != BASELINE:
                 started = clock()
-                report = optimize(pipe, tier=result.tier, caps=caps, undoable=False)
+                report = optimize(pipe, **how[tier], caps=caps, undoable=False)
                 result.optimize_s = clock() - started
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
@@ -345,6 +346,19 @@ def bench(
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
     )
+
+
+def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str, Any]:
+    if Path(tier).suffix in (".toml", ".json"):
+        from sdopt.presets import Preset
+
+        return {"tier": None, "preset": Preset.load(tier)}
+    resolve_tier(tier)
+    return {"tier": tier}
+
+
+def _row_name(tier: str) -> str:
+    return Path(tier).name if Path(tier).suffix in (".toml", ".json") else tier
 
 
 @dataclass

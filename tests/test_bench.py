@@ -10,6 +10,7 @@ from PIL import Image
 from sdopt.bench import BASELINE, DEFAULT_PROMPTS, PeerImage, TierResult, bench, psnr, summarize
 from sdopt.cli import main
 from sdopt.errors import UnknownTierError
+from sdopt.presets import Entry, Preset
 from sdopt.testing import tiny_pipeline
 
 
@@ -150,3 +151,13 @@ def test_a_peer_that_fails_to_load_releases_the_peers_loaded_before_it() -> None
 def test_peer_names_must_not_collide_with_tiers() -> None:
     with pytest.raises(ValueError, match="its own name"):
         bench("tiny-sd", [BASELINE], runs=1, peers=[_SamePipelinePeer(BASELINE)])
+
+
+def test_a_preset_file_is_benchmarked_as_a_tier(tmp_path) -> None:
+    path = tmp_path / "int8-only.toml"
+    Preset("int8-only", (Entry("quantize_int8"),)).save(path)
+    result = bench("tiny-sd", [BASELINE, str(path)], steps=2, runs=1, warmup=0)
+    assert [t.tier for t in result.tiers] == [BASELINE, "int8-only.toml"]
+    assert result.tiers[1].applied == ["quantize_int8"]
+    with pytest.raises(FileNotFoundError):
+        bench("tiny-sd", [BASELINE, str(tmp_path / "missing.toml")], runs=1)
