@@ -123,7 +123,27 @@ _ULTRA_1 = (
     Entry(
         "torch_compile",
         {"accept_cpu_first_call": True},
-        why="on CPU too: 1.35x per step with frozen weights after a ~90 s first call (SD1.5 UNet, measured)",
+        why="on CPU too: 1.35x per step in bf16 with frozen weights on an AMX host (SD1.5 UNet); ~1.0x in "
+        "float32 without AMX, first call +40 s cold / +11 s warm (benchmarks/RESULTS.md)",
+    ),
+)
+# ultra@2: on a CPU without bf16 units torch_compile gains nothing per step (float32, measured) but
+# conflicts with feature_cache, which halves the average UNet call: @1 traded the cache for it.
+_ULTRA_2 = (
+    *_FAST_1,
+    Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy"),
+    Entry(
+        "torch_compile",
+        {"accept_cpu_first_call": True},
+        when=Requirements(devices=("mps", "xpu")),
+        why="as in ultra@1 on these devices (CUDA gets it from balanced); chosen over feature caching",
+    ),
+    Entry(
+        "torch_compile",
+        {"accept_cpu_first_call": True},
+        when=Requirements(devices=("cpu",), bf16_accelerated=True),
+        why="1.35x per step in bf16 with frozen weights on an AMX host (SD1.5 UNet); in float32 without AMX "
+        "~1.0x (benchmarks/RESULTS.md), so there feature caching is kept instead",
     ),
 )
 
@@ -153,7 +173,10 @@ _TIERS: dict[str, dict[int, Preset]] = {
     },
     "balanced": {1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware")},
     "fast": {1: Preset("fast", _FAST_1, 1, "small visible cost accepted for more speed")},
-    "ultra": {1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost")},
+    "ultra": {
+        1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost"),
+        2: Preset("ultra", _ULTRA_2, 2, "maximum speed, clear quality cost"),
+    },
     "low-memory": {1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs")},
 }
 

@@ -154,10 +154,10 @@ def test_peer_names_must_not_collide_with_tiers() -> None:
 
 
 def test_a_preset_file_is_benchmarked_as_a_tier(tmp_path) -> None:
-    path = tmp_path / "int8-only.toml"
-    Preset("int8-only", (Entry("quantize_int8"),)).save(path)
+    path = tmp_path / "solver-only.toml"
+    Preset("solver-only", (Entry("scheduler"),)).save(path)
     result = bench("tiny-sd", [BASELINE, str(path)], steps=2, runs=1, warmup=0)
-    assert [t.tier for t in result.tiers] == [BASELINE, "int8-only.toml"]
-    assert result.tiers[1].applied == ["quantize_int8"]
+    assert [t.tier for t in result.tiers] == [BASELINE, "solver-only.toml"]
+    assert result.tiers[1].applied == ["scheduler"]
     with pytest.raises(FileNotFoundError):
         bench("tiny-sd", [BASELINE, str(tmp_path / "missing.toml")], runs=1)

@@ -26,7 +26,7 @@ def test_plan_and_freeze_a_real_size_arch_built_on_meta(tmp_path, capsys) -> Non
 
     assert main(["plan", "--arch", "sdxl", "--tier", "balanced", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["pipeline"] == "StableDiffusionXLPipeline"
+    assert data["pipeline"]["pipeline"] == "StableDiffusionXLPipeline"
     assert "scheduler" in {s["name"] for s in data["steps"]}
     output = tmp_path / "sd15.toml"
     assert main(["freeze", "--arch", "sd15", "--tier", "balanced", "-o", str(output)]) == 0

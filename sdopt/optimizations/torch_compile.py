@@ -12,7 +12,10 @@ from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
-CPU_FIRST_CALL_NOTE = "first call ~90 s for an SD1.5-size UNet on 2 CPU cores (then ~1.35x per step, frozen weights)"
+CPU_FIRST_CALL_NOTE = (
+    "SD1.5-size UNet on 2 cores: first call +40 s cold, +11 s with a warm cache; then ~1.35x per step "
+    "in bf16 on AMX, ~1.0x in float32"
+)
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,12 @@ class TorchCompileConfig:
 
 @register
 class TorchCompile(Optimization):
-    """``torch.compile`` on the denoiser. On CPU inductor runs with weight freezing: measured here
-    on the SD1.5 UNet in bf16, 1.63 s/step vs 2.2 s eager (1.35x) after a ~91 s first call, so it
-    is gated behind ``accept_cpu_first_call``. Regional compilation (diffusers'
-    ``compile_repeated_blocks``) where the model declares repeated blocks. The report states the
-    first-call cost. Undo restores the eager module (the compiled callables are dropped).
+    """``torch.compile`` on the denoiser. On CPU inductor runs with weight freezing: on the SD1.5
+    UNet in bf16 on an AMX host 1.63 s/step vs 2.2 s eager (1.35x) after a ~91 s first call; in
+    float32 on a 2-core CPU without AMX no gain per step, first call +40 s cold / +11 s with a warm
+    cache (benchmarks/RESULTS.md). So on CPU it is gated behind ``accept_cpu_first_call``.
+    Regional compilation (diffusers' ``compile_repeated_blocks``) where the model declares repeated
+    blocks. The report states the first-call cost. Undo restores the eager module (the compiled callables are dropped).
 
     Example:
         >>> from sdopt import plan
