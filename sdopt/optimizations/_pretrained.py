@@ -15,18 +15,51 @@ _cache: dict[tuple[str, str], Any] = {}
 
 def load_pretrained(class_name: str, source: str) -> Any:
     """``diffusers.<class_name>.from_pretrained(source)``, cached; raises what loading raised."""
-    key = (class_name, str(Path(source).resolve()) if Path(source).exists() else source)
+    local = Path(source).exists()
+    key = (class_name, str(Path(source).resolve()) if local else source)
     if key not in _cache:
         import diffusers
 
+        cls = getattr(diffusers, class_name)
         try:
-            _cache[key] = getattr(diffusers, class_name).from_pretrained(source).eval()
+            _cache[key] = (cls.from_pretrained(source) if local else _from_hub(cls, source)).eval()
         except Exception as error:
             _cache[key] = error
     cached = _cache[key]
     if isinstance(cached, Exception):
         raise cached
     return cached
+
+
+def _from_hub(cls: Any, repo_id: str) -> Any:
+    # huggingface_hub retries an unreachable Hub five times with backoff (~25 s per process, seen
+    # offline), so the local cache is tried first and the network only when the Hub answers at all.
+    try:
+        return cls.from_pretrained(repo_id, local_files_only=True)
+    except Exception as not_cached:
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise OSError(f"{repo_id} is not in the local Hugging Face cache and {unreachable}") from not_cached
+    return cls.from_pretrained(repo_id)
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached (offline mode, or no TCP connection), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"{host} cannot be reached ({error})"
+    return None
 
 
 def fresh_copy(class_name: str, source: str, like: Any) -> Any:

@@ -72,3 +72,71 @@ def test_already_tiny_is_skipped(sd_pipe, saved_tiny_vae, cpu_caps) -> None:
     report = optimize(sd_pipe, tier=None, extra=extra, caps=cpu_caps)
     assert plan(sd_pipe, tier=None, extra=extra, caps=cpu_caps).skipped[0].reason == "already a tiny VAE"
     report.undo()
+
+
+class _FakeModel:
+    def __init__(self, repo_id: str) -> None:
+        self.repo_id = repo_id
+
+    def eval(self) -> _FakeModel:
+        return self
+
+
+def _fake_hub(monkeypatch, cached: set[str], reachable: bool) -> list[tuple[str, bool]]:
+    """A fake model class whose from_pretrained only finds ``cached`` repos locally, and a Hub that
+    answers TCP connects or not; returns the from_pretrained calls as (repo, local_files_only)."""
+    import socket
+
+    import diffusers
+    from huggingface_hub import constants
+
+    from sdopt.optimizations import _pretrained
+
+    calls: list[tuple[str, bool]] = []
+
+    class FakeTinyVae:
+        @classmethod
+        def from_pretrained(cls, repo_id: str, local_files_only: bool = False) -> _FakeModel:
+            calls.append((repo_id, local_files_only))
+            if local_files_only and repo_id not in cached:
+                raise OSError(f"{repo_id} not in the cache")
+            return _FakeModel(repo_id)
+
+    def connect(address, timeout=None):
+        if not reachable:
+            raise OSError("[Errno -2] Name or service not known")
+        return socket.socket()
+
+    monkeypatch.setattr(diffusers, "FakeTinyVae", FakeTinyVae, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(_pretrained, "_cache", {})
+    return calls
+
+
+def test_a_hub_model_in_the_local_cache_loads_without_touching_the_network(monkeypatch) -> None:
+    from sdopt.optimizations._pretrained import load_pretrained
+
+    calls = _fake_hub(monkeypatch, cached={"someone/taesd"}, reachable=False)
+    assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"
+    assert calls == [("someone/taesd", True)]
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_reason(monkeypatch) -> None:
+    from sdopt.optimizations._pretrained import load_pretrained
+
+    calls = _fake_hub(monkeypatch, cached=set(), reachable=False)
+    with pytest.raises(OSError, match="not in the local Hugging Face cache and .* cannot be reached"):
+        load_pretrained("FakeTinyVae", "someone/taesd")
+    assert calls == [("someone/taesd", True)]  # no online attempt: no minute of retries
+    with pytest.raises(OSError):  # the failure is remembered for the process
+        load_pretrained("FakeTinyVae", "someone/taesd")
+    assert len(calls) == 1
+
+
+def test_a_reachable_hub_is_used_for_a_model_not_cached_yet(monkeypatch) -> None:
+    from sdopt.optimizations._pretrained import load_pretrained
+
+    calls = _fake_hub(monkeypatch, cached=set(), reachable=True)
+    assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"
+    assert calls == [("someone/taesd", True), ("someone/taesd", False)]
