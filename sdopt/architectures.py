@@ -313,7 +313,7 @@ def load_pipeline(source: str, device: str = "cpu") -> Any:
 
         pipe = tiny_pipeline(TINY_ARCHES[source])
     elif source in REAL_ARCHES:
-        if device in ("cpu", "cuda", "meta"):
+        if device in ("cpu", "cuda"):
             return real_pipeline(source, device=device)  # built in place, no host copy
         pipe = real_pipeline(source)
     else:

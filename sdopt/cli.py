@@ -87,21 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
     """The pipeline source, tier, exclusions, extras and device shared by ``plan`` and ``freeze``."""
     source = command.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--arch",
-        choices=sorted([*TINY_ARCHES, *REAL_ARCHES]),
-        help="a built-in architecture (no download; real-size ones are built on the meta device, taking no memory)",
-    )
+    source.add_argument("--arch", choices=sorted(TINY_ARCHES), help="a built-in architecture (no download)")
     source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
     command.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@1)")
     command.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
     command.add_argument("--extra", default="", help="comma-separated optimization names to add")
     command.add_argument("--device", help="plan for this device type instead of the detected one")
-
-
-def _planning_pipeline(args: argparse.Namespace) -> Any:
-    # Planning is pure, so a real-size architecture needs only its structure: built on meta.
-    return load_pipeline(args.arch or args.model, "meta" if args.arch in REAL_ARCHES else "cpu")
 
 
 def _names(text: str) -> list[str]:
@@ -209,7 +200,7 @@ def _plan(args: argparse.Namespace) -> int:
     for name in _names(args.exclude) + _names(args.extra):
         registry.get(name)
     caps = detect(device=args.device) if args.device else None
-    pipe = _planning_pipeline(args)
+    pipe = load_pipeline(args.arch or args.model)
     result = plan(pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0
@@ -229,7 +220,7 @@ def _freeze(args: argparse.Namespace) -> int:
     for name in _names(args.exclude) + _names(args.extra):
         registry.get(name)
     caps = detect(device=args.device) if args.device else None
-    pipe = _planning_pipeline(args)
+    pipe = load_pipeline(args.arch or args.model)
     report = optimize(
         pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps, dry_run=True
     )

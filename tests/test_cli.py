@@ -21,18 +21,6 @@ def test_plan_on_a_tiny_arch_as_json(capsys) -> None:
     assert {s["name"] for s in data["steps"]} == {"attention_slicing", "vae_slicing", "vae_tiling"}
 
 
-def test_plan_and_freeze_a_real_size_arch_built_on_meta(tmp_path, capsys) -> None:
-    from sdopt import Preset
-
-    assert main(["plan", "--arch", "sdxl", "--tier", "balanced", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["pipeline"]["pipeline"] == "StableDiffusionXLPipeline"
-    assert "scheduler" in {s["name"] for s in data["steps"]}
-    output = tmp_path / "sd15.toml"
-    assert main(["freeze", "--arch", "sd15", "--tier", "balanced", "-o", str(output)]) == 0
-    assert "scheduler" in Preset.load(output).names()
-
-
 def test_plan_a_saved_model_directory(tmp_path, capsys) -> None:
     from sdopt.testing import tiny_pipeline
 
