@@ -45,6 +45,7 @@ def _from_hub(cls: Any, repo_id: str) -> Any:
 
 def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """Why the Hub cannot be reached (offline mode, or no TCP connection), or None."""
+    import os
     import socket
     from urllib.parse import urlparse
 
@@ -52,6 +53,8 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy a direct connection says nothing; let huggingface_hub try
     endpoint = urlparse(constants.ENDPOINT)
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)

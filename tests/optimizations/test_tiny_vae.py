@@ -134,6 +134,15 @@ def test_an_unreachable_hub_fails_at_once_with_the_reason(monkeypatch) -> None:
     assert len(calls) == 1
 
 
+def test_behind_a_proxy_the_download_is_left_to_huggingface_hub(monkeypatch) -> None:
+    from sdopt.optimizations._pretrained import load_pretrained
+
+    calls = _fake_hub(monkeypatch, cached=set(), reachable=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"
+    assert calls == [("someone/taesd", True), ("someone/taesd", False)]
+
+
 def test_a_reachable_hub_is_used_for_a_model_not_cached_yet(monkeypatch) -> None:
     from sdopt.optimizations._pretrained import load_pretrained
 
