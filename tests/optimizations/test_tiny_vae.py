@@ -107,6 +107,8 @@ def _fake_hub(monkeypatch, cached: set[str], reachable: bool) -> list[tuple[str,
             raise OSError("[Errno -2] Name or service not known")
         return socket.socket()
 
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setattr(diffusers, "FakeTinyVae", FakeTinyVae, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "create_connection", connect)
