@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,9 +143,10 @@ class OpenVINOPeer:
         self.command = [python, __file__, "serve", ir_dir, "--shape", shape, "--precision", precision or "default"]
         self.command += ["--height", str(height), "--width", str(width), "--threads", str(threads or 0)]
         self.process: subprocess.Popen[str] | None = None
-        self.images = tempfile.mkdtemp(prefix="sdopt-peer-")
+        self.images = ""
 
     def load(self) -> dict[str, Any]:
+        self.images = tempfile.mkdtemp(prefix="sdopt-peer-")  # the worker's images, one at a time
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         return self._read()
 
@@ -167,9 +169,13 @@ class OpenVINOPeer:
     def close(self) -> None:
         if self.process is not None:
             if self.process.stdin is not None:
-                self.process.stdin.close()
-            self.process.wait(timeout=120)
+                self.process.stdin.close()  # the worker's request loop ends
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
             self.process = None
+        shutil.rmtree(self.images, ignore_errors=True)
 
     def _read(self) -> dict[str, Any]:
         assert self.process is not None and self.process.stdout is not None
