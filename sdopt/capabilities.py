@@ -703,6 +703,12 @@ def choose_device(
     """The best usable device type, why, and warnings about accelerators that cannot be used."""
     notes = tuple(f"cuda:{gpu.index} {gpu.name} {gpu.reason}" for gpu in cuda if not gpu.usable)
     if requested is not None:
+        present = {"cuda": any(gpu.usable for gpu in cuda), "mps": mps.usable, "xpu": xpu}.get(requested, True)
+        if not present:
+            notes += (
+                f"no usable {requested} device here: planning for {requested} without its facts (memory, "
+                "dtype support), so the choices that depend on them are skipped",
+            )
         return requested, f"requested by the caller ({requested})", notes
     usable = [gpu for gpu in cuda if gpu.usable]
     if usable:
@@ -769,5 +775,7 @@ def detect(device: str | None = None, *, refresh: bool = False) -> Capabilities:
         )
     if device is not None and device != _cached.device:
         chosen, reason, notes = choose_device(_cached.cuda, _cached.mps, _cached.xpu_available, device)
-        return dataclasses.replace(_cached, device=chosen, device_reason=reason, packages=_packages(chosen))
+        return dataclasses.replace(
+            _cached, device=chosen, device_reason=reason, packages=_packages(chosen), warnings=notes
+        )
     return _cached

@@ -99,6 +99,16 @@ def test_forcing_a_device_keeps_the_rest() -> None:
     assert caps.device == "cpu" and caps.cpu == detect().cpu
 
 
+def test_forcing_a_device_that_is_not_here_says_so() -> None:
+    from sdopt.capabilities import MpsInfo, choose_device
+
+    device, reason, notes = choose_device((), MpsInfo(), False, "cuda")
+    assert device == "cuda" and reason == "requested by the caller (cuda)"
+    assert any("no usable cuda device here" in note for note in notes)
+    assert choose_device((), MpsInfo(), False, "cpu")[2] == ()
+    assert choose_device((), MpsInfo(), True, "xpu")[2] == ()
+
+
 # --------------------------------------------------------------------------- CPU flags
 
 
