@@ -288,6 +288,7 @@ def bench(
         base = load_pipeline(source, target)
         height = height or _default_size(base)
         width = width or _default_size(base)
+        images = _Images(prompts, steps, guidance, height, width, seed)
         results = [TierResult(_row_name(tier)) for tier in tiers]
         renderers: list[Callable[[int], _Rendered]] = []
         for tier, result in zip(tiers, results, strict=True):
@@ -299,11 +300,11 @@ def bench(
                 result.optimize_s = clock() - started
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
-            renderers.append(_pipeline_renderer(pipe, target, prompts, steps, guidance, height, width, seed, clock))
+            renderers.append(_pipeline_renderer(pipe, target, images, clock))
         pipeline_name = type(base).__name__
         del base
         for peer in peers:
-            renderers.append(_peer_renderer(peer, prompts, steps, guidance, height, width, seed, clock))
+            renderers.append(_peer_renderer(peer, images, clock))
         results += peer_results
         _run_interleaved(results, renderers, warmup, runs, say)
     finally:
@@ -370,53 +371,56 @@ class _Rendered:
     memory_gb: float
 
 
+@dataclass(frozen=True)
+class _Images:
+    """What every row renders: image ``index`` is the same prompt and seed on every row."""
+
+    prompts: Sequence[str]
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    seed: int
+
+    def prompt(self, index: int) -> str:
+        return self.prompts[index % len(self.prompts)]
+
+
 def _pipeline_renderer(
-    pipe: Any,
-    device: str,
-    prompts: Sequence[str],
-    steps: int,
-    guidance: float,
-    height: int,
-    width: int,
-    seed: int,
-    clock: Callable[[], float],
+    pipe: Any, device: str, images: _Images, clock: Callable[[], float]
 ) -> Callable[[int], _Rendered]:
     weights_gb = 0.0 if device == "cuda" else _tensor_gb(pipe)  # on CPU the RSS delta misses resident weights
 
     def render(index: int) -> _Rendered:
         kwargs = {
-            "prompt": prompts[index % len(prompts)],
-            "num_inference_steps": steps,
-            "guidance_scale": guidance,
-            "height": height,
-            "width": width,
+            "prompt": images.prompt(index),
+            "num_inference_steps": images.steps,
+            "guidance_scale": images.guidance,
+            "height": images.height,
+            "width": images.width,
             "output_type": "np",
-            "generator": torch.Generator("cpu").manual_seed(seed + index),
+            "generator": torch.Generator("cpu").manual_seed(images.seed + index),
         }
         with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peak:
             started = clock()
             with torch.inference_mode():
-                images = pipe(**kwargs).images
+                output = pipe(**kwargs).images
             elapsed = clock() - started
-        return _Rendered(_to_uint8(images[0]), elapsed, denoiser_calls, decode_calls, peak() + weights_gb)
+        return _Rendered(_to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, peak() + weights_gb)
 
     return render
 
 
-def _peer_renderer(
-    peer: Peer,
-    prompts: Sequence[str],
-    steps: int,
-    guidance: float,
-    height: int,
-    width: int,
-    seed: int,
-    clock: Callable[[], float],
-) -> Callable[[int], _Rendered]:
+def _peer_renderer(peer: Peer, images: _Images, clock: Callable[[], float]) -> Callable[[int], _Rendered]:
     def render(index: int) -> _Rendered:
         started = clock()
         out = peer.render(
-            prompts[index % len(prompts)], seed=seed + index, steps=steps, guidance=guidance, height=height, width=width
+            images.prompt(index),
+            seed=images.seed + index,
+            steps=images.steps,
+            guidance=images.guidance,
+            height=images.height,
+            width=images.width,
         )
         elapsed = clock() - started
         return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb)

@@ -117,9 +117,11 @@ _FAST_1 = (
     ),
 )
 
+_RESOLUTION = Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy")
+
 _ULTRA_1 = (
     *_FAST_1,
-    Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy"),
+    _RESOLUTION,
     Entry(
         "torch_compile",
         {"accept_cpu_first_call": True},
@@ -131,7 +133,7 @@ _ULTRA_1 = (
 # conflicts with feature_cache, which halves the average UNet call: @1 traded the cache for it.
 _ULTRA_2 = (
     *_FAST_1,
-    Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy"),
+    _RESOLUTION,
     Entry(
         "torch_compile",
         {"accept_cpu_first_call": True},
