@@ -349,8 +349,12 @@ def bench(
     )
 
 
+def _is_preset_file(tier: str) -> bool:
+    return Path(tier).suffix in (".toml", ".json")
+
+
 def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str, Any]:
-    if Path(tier).suffix in (".toml", ".json"):
+    if _is_preset_file(tier):
         from sdopt.presets import Preset
 
         return {"tier": None, "preset": Preset.load(tier)}
@@ -359,7 +363,7 @@ def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str,
 
 
 def _row_name(tier: str) -> str:
-    return Path(tier).name if Path(tier).suffix in (".toml", ".json") else tier
+    return Path(tier).name if _is_preset_file(tier) else tier
 
 
 @dataclass
