@@ -42,7 +42,14 @@ def test_save_and_from_pretrained_round_trip_offline(family: str, tmp_path) -> N
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(pipe)
-    assert np.array_equal(run_pipeline(loaded, family), expected)
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            original, reloaded = module.state_dict(), getattr(loaded, name).state_dict()
+            assert original.keys() == reloaded.keys()
+            assert all(torch.equal(original[key], reloaded[key]) for key in original), name
+    # The weights are bit-identical; the tiny Flux's output was seen to differ by ~3e-6 after loading
+    # (memory-mapped tensors can take other kernel paths), so the output is compared within float rounding.
+    np.testing.assert_allclose(run_pipeline(loaded, family), expected, rtol=0, atol=1e-5)
 
 
 def test_call_kwargs_are_fresh_each_time() -> None:

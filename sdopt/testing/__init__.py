@@ -1,0 +1,42 @@
+"""Tiny offline pipelines and fake capabilities, for testing code that uses sdopt.
+
+Everything here builds without a download: random weights, in-memory tokenizers, real
+diffusers classes. The pipelines are small enough that a 2-step 64x64 call takes well under
+a second on one CPU core, yet they keep the structure of the real models (VAEs with four
+resolution levels so ``vae_scale_factor`` is 8, CLIP and T5 text encoders, the real
+schedulers), so code that works on them works on the real ones.
+
+- :func:`tiny_pipeline` / :func:`call_kwargs`: the five text-to-image families sdopt is tuned for;
+- :func:`zoo_pipeline` / :func:`zoo_call_kwargs`: many more pipeline classes (img2img, inpaint,
+  ControlNet, adapters, video, audio, other families), for "works on any pipeline" tests;
+- :func:`fake_capabilities`: imaginary machines; :func:`pipeline_state` / :func:`state_differences`:
+  exact before/after comparisons.
+
+Example:
+    >>> import torch
+    >>> from sdopt.testing import tiny_pipeline, call_kwargs
+    >>> pipe = tiny_pipeline("sd")
+    >>> image = pipe(**call_kwargs("sd")).images[0]
+    >>> image.shape
+    (64, 64, 3)
+"""
+
+from sdopt.testing.capabilities import PROFILES, fake_capabilities
+from sdopt.testing.families import FAMILIES, call_kwargs, run_pipeline, tiny_pipeline
+from sdopt.testing.parts import tiny_autoencoder_tiny
+from sdopt.testing.state import pipeline_state, state_differences
+from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+__all__ = [
+    "FAMILIES",
+    "PROFILES",
+    "call_kwargs",
+    "fake_capabilities",
+    "pipeline_state",
+    "run_pipeline",
+    "state_differences",
+    "tiny_autoencoder_tiny",
+    "tiny_clip_tokenizer",
+    "tiny_pipeline",
+    "tiny_t5_tokenizer",
+]
