@@ -1,8 +1,10 @@
 """What a pipeline is made of: its denoiser, VAE(s), text encoders, scheduler and model family.
 
 Works on any ``DiffusionPipeline`` by looking at its registered components, so variants
-(img2img, inpaint, ControlNet) and pipelines sdopt has never heard of are understood too;
-those of unknown family get ``family == "other"`` and only generic optimizations.
+(img2img, inpaint, ControlNet, adapters, AnimateDiff) and pipelines sdopt has never heard of are
+understood too; the family comes from the denoiser's class and configuration (a ``torch.compile``d
+denoiser is looked through). Those of unknown family get ``family == "other"`` and only generic
+optimizations.
 """
 
 from __future__ import annotations
@@ -12,29 +14,75 @@ from typing import Any
 
 import torch
 
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "flux", "pixart", "sana", "other")
+FAMILIES: tuple[str, ...] = (
+    "sd1",
+    "sd2",
+    "sdxl",
+    "sd3",
+    "flux",
+    "pixart",
+    "sana",
+    "kandinsky",
+    "if",
+    "svd",
+    "stable_cascade",
+    "wan",
+    "cogvideox",
+    "ltx",
+    "latte",
+    "hunyuandit",
+    "hunyuanvideo",
+    "auraflow",
+    "lumina",
+    "chroma",
+    "allegro",
+    "mochi",
+    "qwenimage",
+    "other",
+)
+"""Model families sdopt tells apart, by the denoiser's class and configuration; "other" for the rest."""
 
 # Component names diffusers pipelines use for the denoising network, most common first.
 _DENOISER_NAMES = ("unet", "transformer", "prior", "decoder")
-_VAE_NAMES = ("vae", "vqvae", "movq", "audio_vae")
+_VAE_NAMES = ("vae", "vqvae", "movq", "audio_vae", "vqgan")
 
-# (pipeline class name prefix, family); the first match wins, so longer prefixes come first.
-_PIPELINE_PREFIXES = (
-    ("StableDiffusion3", "sd3"),
-    ("StableDiffusionXL", "sdxl"),
-    ("StableDiffusionControlNetXS", "sd1"),
-    ("StableDiffusion", "sd1"),
-    ("Flux", "flux"),
-    ("PixArt", "pixart"),
-    ("Sana", "sana"),
-)
-# Denoiser classes that identify a family whatever the pipeline is called.
+# Denoiser classes that identify a family on their own (UNet2DConditionModel and AnimateDiff's
+# UNetMotionModel serve several families and are told apart by their configuration instead).
 _DENOISER_CLASSES = {
     "SD3Transformer2DModel": "sd3",
     "FluxTransformer2DModel": "flux",
     "PixArtTransformer2DModel": "pixart",
     "SanaTransformer2DModel": "sana",
+    "Kandinsky3UNet": "kandinsky",
+    "UNetSpatioTemporalConditionModel": "svd",
+    "StableCascadeUNet": "stable_cascade",
+    "WanTransformer3DModel": "wan",
+    "CogVideoXTransformer3DModel": "cogvideox",
+    "LTXVideoTransformer3DModel": "ltx",
+    "LatteTransformer3DModel": "latte",
+    "HunyuanDiT2DModel": "hunyuandit",
+    "HunyuanVideoTransformer3DModel": "hunyuanvideo",
+    "AuraFlowTransformer2DModel": "auraflow",
+    "LuminaNextDiT2DModel": "lumina",
+    "Lumina2Transformer2DModel": "lumina",
+    "ChromaTransformer2DModel": "chroma",
+    "AllegroTransformer3DModel": "allegro",
+    "MochiTransformer3DModel": "mochi",
+    "QwenImageTransformer2DModel": "qwenimage",
 }
+# The block types of the Stable Diffusion UNet lineage (2-D, and with AnimateDiff's motion modules).
+_SD_BLOCKS = {
+    "DownBlock2D",
+    "CrossAttnDownBlock2D",
+    "UpBlock2D",
+    "CrossAttnUpBlock2D",
+    "DownBlockMotion",
+    "CrossAttnDownBlockMotion",
+    "UpBlockMotion",
+    "CrossAttnUpBlockMotion",
+}
+# Latent channels in, as SD-lineage UNets take them: plain, depth (5), instruct-pix2pix (8), inpainting (9).
+_SD_IN_CHANNELS = (4, 5, 8, 9)
 
 
 # Names of models distilled to sample in 1-8 steps without classifier-free guidance.
@@ -149,7 +197,7 @@ def inspect_pipeline(pipe: Any) -> Anatomy:
     return Anatomy(
         pipeline=pipe,
         pipeline_class=type(pipe).__name__,
-        family=_family(type(pipe).__name__, denoiser),
+        family=_family(denoiser),
         denoiser_name=denoiser_name,
         denoiser_kind=_denoiser_kind(denoiser),
         vae_names=vae_names,
@@ -180,7 +228,7 @@ def _find_denoiser(modules: dict[str, torch.nn.Module], taken: set[str]) -> str 
 def _denoiser_kind(denoiser: torch.nn.Module | None) -> str:
     if denoiser is None:
         return "none"
-    name = type(denoiser).__name__
+    name = type(unwrap(denoiser)).__name__
     if "UNet" in name:
         return "unet"
     if "Transformer" in name or "DiT" in name:
@@ -188,18 +236,31 @@ def _denoiser_kind(denoiser: torch.nn.Module | None) -> str:
     return "other"
 
 
-def _family(pipeline_class: str, denoiser: torch.nn.Module | None) -> str:
-    family = next((fam for prefix, fam in _PIPELINE_PREFIXES if pipeline_class.startswith(prefix)), None)
-    if family is None and denoiser is not None:
-        family = _DENOISER_CLASSES.get(type(denoiser).__name__)
-    if family is None:
+def unwrap(module: Any) -> Any:
+    """The module behind a ``torch.compile`` wrapper (``OptimizedModule``), or ``module`` itself."""
+    return getattr(module, "_orig_mod", module) if isinstance(module, torch.nn.Module) else module
+
+
+def _family(denoiser: torch.nn.Module | None) -> str:
+    """The model family, from the denoiser's class and configuration (not the pipeline's name, so
+    img2img, inpainting, ControlNet, adapter and user-built variants are recognised alike)."""
+    if denoiser is None:
         return "other"
-    if family == "sd1" and denoiser is not None:
-        config = getattr(denoiser, "config", {})
-        if type(denoiser).__name__ != "UNet2DConditionModel":
-            return "other"
-        if config.get("addition_embed_type") == "text_time":
-            return "sdxl"  # e.g. an SDXL UNet inside a generic StableDiffusion* wrapper
-        if config.get("cross_attention_dim") == 1024:
-            return "sd2"
-    return family
+    denoiser = unwrap(denoiser)
+    name = type(denoiser).__name__
+    if name in _DENOISER_CLASSES:
+        return _DENOISER_CLASSES[name]
+    if name not in ("UNet2DConditionModel", "UNetMotionModel"):
+        return "other"
+    config = getattr(denoiser, "config", {})
+    addition = config.get("addition_embed_type")
+    if addition == "text_time":
+        return "sdxl"
+    if addition in ("image", "image_hint") or config.get("encoder_hid_dim_type") == "image_proj":
+        return "kandinsky"  # Kandinsky 2.2's decoder UNet, conditioned on image embeddings
+    if addition == "text":
+        return "if"  # DeepFloyd IF: pixel-space UNet conditioned on T5 through an added text embedding
+    blocks = {*config.get("down_block_types", ()), *config.get("up_block_types", ())}
+    if blocks <= _SD_BLOCKS and config.get("in_channels") in _SD_IN_CHANNELS and config.get("out_channels") == 4:
+        return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
+    return "other"  # e.g. the SD latent upscaler (K-diffusion blocks), AudioLDM (8 channels)

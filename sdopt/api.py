@@ -14,6 +14,7 @@ from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
 from sdopt.report import Decision, Report, run_undo_stack
 from sdopt.tiers import DEFAULT_TIER
+from sdopt.transaction import Restore, record
 
 
 def plan(
@@ -67,9 +68,10 @@ def optimize(
         undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
             kept while ``optimize`` runs (so a failure rolls back), then released.
 
-    If a step raises, every step applied before it is undone in reverse order, leaving the
-    pipeline exactly as it was; with ``strict`` the error is raised, otherwise the failure is
-    recorded and the plan is applied again without it.
+    If a step raises, whatever it changed before raising is put back (the core records the
+    pipeline's state by reference before each step), and every step applied before it is undone
+    in reverse order, leaving the pipeline exactly as it was; with ``strict`` the error is raised,
+    otherwise the failure is recorded and the plan is applied again without it.
 
     Example:
         >>> from sdopt import optimize
@@ -108,12 +110,13 @@ def optimize(
     while True:
         stack: list[tuple[str, Undo]] = []
         applied: list[Decision] = []
+        before = record(pipe)  # by reference, only while this attempt runs
         try:
             for step in current.steps:
                 applied.append(_apply_step(pipe, step, current.caps, stack))
             break
         except _StepFailed as failure:
-            run_undo_stack(stack)
+            _roll_back(stack, before)
             if strict:
                 raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
             reason = f"{type(failure.cause).__name__}: {failure.cause} (rolled back; the other steps were re-planned)"
@@ -134,15 +137,27 @@ class _StepFailed(Exception):
         self.cause = cause
 
 
+def _roll_back(stack: list[tuple[str, Undo]], before: Restore) -> None:
+    """Undo the steps applied so far, newest first, then put back the recorded state: it also covers
+    what an undo missed."""
+    try:
+        run_undo_stack(stack)
+    finally:
+        before()
+
+
 def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: list[tuple[str, Undo]]) -> Decision:
     # Re-read the anatomy: an earlier step may have swapped a component.
     anatomy = inspect_pipeline(pipe)
     started = time.perf_counter()
+    restore = record(pipe)
     try:
         undo = step.optimization.apply(pipe, anatomy, caps, step.config)
     except Exception as error:
+        restore()  # whatever the apply touched before raising (the core guarantees it, not the apply)
         raise _StepFailed(step, error) from error
     if not callable(undo):
+        restore()
         raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
     stack.append((step.name, undo))
     seconds = time.perf_counter() - started

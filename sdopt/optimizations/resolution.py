@@ -10,6 +10,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.optimizations._call_wrapper import call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
+from sdopt.requirements import Requirements
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,30 @@ class ResolutionConfig:
     scale: float = 0.75
 
 
+# Families whose pipelines were run at the rounded sizes below (tests/test_zoo.py). Elsewhere the
+# accepted sizes are not known: Lumina wants multiples of 16, SanaVideo of 32, HunyuanDiT and
+# AuraFlow index position embeddings by size.
+_VERIFIED_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "pixart", "kandinsky", "chroma")
+# Families whose pipelines pack 2x2 latent patches into tokens (sizes must be multiples of twice the VAE factor).
+_PACKED_FAMILIES = ("flux", "chroma")
+# Call arguments holding images the latents are derived from or aligned with: pipelines taking one
+# are skipped (those inputs would have to be resized with the latents, and diffusers declares them
+# all optional, required or not); a call passing its own latents runs at the requested size.
+_SPATIAL_INPUTS = ("image", "mask_image", "control_image", "masked_image_latents", "video", "control_video")
+# Where pipelines put their results: images, or video frames.
+_RESULTS = ("images", "frames")
+
+
 @register
 class Resolution(Optimization):
     """Denoising cost grows with the pixel count: at ``scale=0.75`` each step does ~56% of the work.
-    The pipeline runs at the scaled size (rounded to its latent grid) and the images are upscaled
-    to the size asked for: Lanczos for PIL images, antialiased bicubic for arrays and tensors.
-    Clearly lossy (softer detail); for the ``ultra`` tier and explicit use.
+    The pipeline runs at the scaled size (rounded to its latent grid: VAE factor x patch size, at
+    least 16 px) and the images (or video frames) are upscaled to the size asked for: Lanczos for
+    PIL images, antialiased bicubic for arrays and tensors. Without height/width the pipeline's own
+    default size is the one upscaled to. Pipelines taking an image, mask or control input are
+    skipped (those inputs would need resizing with the latents), and a call passing its own
+    ``latents`` runs at their size. Clearly lossy (softer detail); for the ``ultra`` tier and
+    explicit use, on the families it was verified on.
 
     Example:
         >>> from sdopt import optimize
@@ -40,6 +59,7 @@ class Resolution(Optimization):
     kind = "sampling"
     summary = "denoise at a lower resolution, then upscale to the requested size"
     Config = ResolutionConfig
+    requires = Requirements(families=_VERIFIED_FAMILIES)
     lossy = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
@@ -48,35 +68,78 @@ class Resolution(Optimization):
         parameters = call_parameters(anatomy.pipeline)
         if "height" not in parameters or "width" not in parameters:
             return f"{anatomy.pipeline_class} takes no height/width (e.g. img2img follows its input image)"
+        spatial = [name for name in _SPATIAL_INPUTS if name in parameters]
+        if spatial:
+            inputs = ", ".join(spatial)
+            return f"{anatomy.pipeline_class} takes {inputs}, which would need resizing with the latents"
+        if _default_size(anatomy) is None:
+            return f"the default output size of {anatomy.pipeline_class} cannot be read from its components"
         return None
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"denoised at {config.scale:.0%} of the requested size per side, then upscaled"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        # Flux packs 2x2 latent patches: its sizes must be multiples of twice the VAE factor.
-        grid = pipe.vae_scale_factor * (2 if anatomy.family == "flux" else 1)
+        grid = max(16, _pixels_per_latent(anatomy) * _patch(anatomy))
+        default = _default_size(anatomy)
+        assert default is not None  # check() made sure
 
         def requested(kwargs: dict[str, Any]) -> tuple[int, int]:
-            default = getattr(pipe, "default_sample_size", 64) * pipe.vae_scale_factor
             return kwargs.get("height") or default, kwargs.get("width") or default
 
+        def conditioned(kwargs: dict[str, Any]) -> bool:
+            return kwargs.get("latents") is not None  # the caller's latents fix the size
+
         def adjust(kwargs: dict[str, Any]) -> dict[str, Any]:
+            if conditioned(kwargs):
+                return kwargs
             height, width = requested(kwargs)
             kwargs["height"] = max(grid, round(height * config.scale / grid) * grid)
             kwargs["width"] = max(grid, round(width * config.scale / grid) * grid)
             return kwargs
 
         def finish(output: Any, kwargs: dict[str, Any]) -> Any:
-            if kwargs.get("output_type") == "latent":
+            if kwargs.get("output_type") == "latent" or conditioned(kwargs):
                 return output
             size = requested(kwargs)
             if isinstance(output, tuple):
                 return (_upscale(output[0], size), *output[1:])
-            output.images = _upscale(output.images, size)
+            for attribute in _RESULTS:
+                if hasattr(output, attribute):
+                    setattr(output, attribute, _upscale(getattr(output, attribute), size))
+                    break
             return output
 
         return wrap_call(pipe, adjust, finish)
+
+
+def _pixels_per_latent(anatomy: Anatomy) -> int:
+    """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
+    pipe = anatomy.pipeline
+    for attribute in ("vae_scale_factor", "vae_scale_factor_spatial", "movq_scale_factor"):
+        factor = getattr(pipe, attribute, None)
+        if isinstance(factor, int) and factor > 0:
+            return factor
+    blocks = getattr(getattr(anatomy.vae, "config", None), "block_out_channels", None)
+    return int(2 ** (len(blocks) - 1)) if blocks else 1
+
+
+def _patch(anatomy: Anatomy) -> int:
+    """Latents per token along a side: the denoiser's patch size, times 2 where the pipeline packs 2x2."""
+    patch = getattr(getattr(anatomy.denoiser, "config", None), "patch_size", None) or 1
+    if isinstance(patch, (list, tuple)):
+        patch = patch[-1]
+    return int(patch) * (2 if anatomy.family in _PACKED_FAMILIES else 1)
+
+
+def _default_size(anatomy: Anatomy) -> int | None:
+    """The size the pipeline generates when the caller gives none (its own rule, read from its parts)."""
+    sample = getattr(anatomy.pipeline, "default_sample_size", None)
+    if not isinstance(sample, int):
+        sample = getattr(getattr(anatomy.denoiser, "config", None), "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample) * _pixels_per_latent(anatomy) if isinstance(sample, int) else None
 
 
 def _upscale(images: Any, size: tuple[int, int]) -> Any:
@@ -84,15 +147,20 @@ def _upscale(images: Any, size: tuple[int, int]) -> Any:
     import torch
 
     height, width = size
-    if isinstance(images, list):  # PIL images
+    if isinstance(images, list):
+        if images and isinstance(images[0], list):  # video frames: a list of PIL frames per video
+            return [_upscale(frames, size) for frames in images]
         from PIL import Image
 
         return [image.resize((width, height), Image.Resampling.LANCZOS) for image in images]
-    if isinstance(images, np.ndarray):  # (batch, height, width, channels) in [0, 1]
-        tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
-        resized = torch.nn.functional.interpolate(tensor, size=size, mode="bicubic", antialias=True)
-        return resized.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    if isinstance(images, torch.Tensor):  # (batch, channels, height, width)
-        resized = torch.nn.functional.interpolate(images.float(), size=size, mode="bicubic", antialias=True)
-        return resized.clamp(0, 1).to(images.dtype)
+    if isinstance(images, np.ndarray):  # (..., height, width, channels) in [0, 1]
+        lead = images.shape[:-3]
+        flat = torch.from_numpy(images.reshape(-1, *images.shape[-3:])).permute(0, 3, 1, 2)
+        resized = torch.nn.functional.interpolate(flat, size=size, mode="bicubic", antialias=True)
+        return resized.clamp(0, 1).permute(0, 2, 3, 1).numpy().reshape(*lead, height, width, images.shape[-1])
+    if isinstance(images, torch.Tensor):  # (..., channels, height, width)
+        lead = images.shape[:-2]
+        flat = images.float().reshape(-1, 1, *images.shape[-2:])
+        resized = torch.nn.functional.interpolate(flat, size=size, mode="bicubic", antialias=True)
+        return resized.clamp(0, 1).reshape(*lead, height, width).to(images.dtype)
     return images

@@ -26,6 +26,7 @@ from sdopt.testing.families import FAMILIES, call_kwargs, run_pipeline, tiny_pip
 from sdopt.testing.parts import tiny_autoencoder_tiny
 from sdopt.testing.state import pipeline_state, state_differences
 from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+from sdopt.testing.zoo import run_zoo_pipeline, zoo_call_kwargs, zoo_entry, zoo_names, zoo_pipeline
 
 __all__ = [
     "FAMILIES",
@@ -34,9 +35,14 @@ __all__ = [
     "fake_capabilities",
     "pipeline_state",
     "run_pipeline",
+    "run_zoo_pipeline",
     "state_differences",
     "tiny_autoencoder_tiny",
     "tiny_clip_tokenizer",
     "tiny_pipeline",
     "tiny_t5_tokenizer",
+    "zoo_call_kwargs",
+    "zoo_entry",
+    "zoo_names",
+    "zoo_pipeline",
 ]

@@ -1,0 +1,94 @@
+"""Every tier on every pipeline of the zoo, on several machines: optimize never raises, the call after it
+succeeds with the same output type and shape, and undo restores the pipeline bit-exactly.
+
+Plans for GPU profiles are made and checked without running (no GPU here); the CPU profiles (this
+machine and an AMX CPU, whose bf16 path runs here too, only slower) are applied and called for real.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import detect, optimize, plan
+from sdopt.anatomy import inspect_pipeline
+from sdopt.testing import (
+    fake_capabilities,
+    pipeline_state,
+    run_zoo_pipeline,
+    state_differences,
+    zoo_entry,
+    zoo_names,
+    zoo_pipeline,
+)
+from sdopt.tiers import tier_names
+
+RUN_PROFILES = ("here", "cpu-amx")
+PLAN_PROFILES = ("t4-16gb", "rtx3060ti-8gb")
+
+
+def _caps(profile: str) -> Any:
+    return detect() if profile == "here" else fake_capabilities(profile)
+
+
+def _shape(result: Any) -> Any:
+    """Type and shape of a pipeline's result: arrays, tensors, lists of PIL images or of arrays."""
+    if isinstance(result, (np.ndarray, torch.Tensor)):
+        return type(result).__name__, tuple(result.shape), str(result.dtype)
+    if isinstance(result, (list, tuple)):
+        return type(result).__name__, len(result), [_shape(item) for item in result]
+    size = getattr(result, "size", None)
+    return type(result).__name__, size
+
+
+def _as_array(result: Any) -> np.ndarray:
+    if isinstance(result, torch.Tensor):
+        return result.float().numpy()
+    return np.asarray(result)
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_every_tier_runs_keeps_output_shape_and_undoes_exactly(name: str) -> None:
+    pipe = zoo_pipeline(name)
+    expected = run_zoo_pipeline(pipe, name)
+    state = pipeline_state(pipe)
+    problems: list[str] = []
+    for profile in RUN_PROFILES:
+        caps = _caps(profile)
+        for tier in tier_names():
+            where = f"{tier} on {profile}"
+            report = optimize(pipe, tier=tier, caps=caps)
+            try:
+                result = run_zoo_pipeline(pipe, name)
+                if _shape(result) != _shape(expected):
+                    problems.append(f"{where}: output {_shape(result)} instead of {_shape(expected)}")
+            except Exception as error:
+                applied = ", ".join(d.name for d in report.applied)
+                problems.append(f"{where}: the call after optimize raised {type(error).__name__}: {error} ({applied})")
+            report.undo()
+            differences = state_differences(state, pipeline_state(pipe))
+            if differences:
+                problems.append(f"{where}: undo left {differences[:3]}")
+                pipe = zoo_pipeline(name)  # go on from a clean copy
+                state = pipeline_state(pipe)
+    after = run_zoo_pipeline(pipe, name)
+    if not np.array_equal(_as_array(after), _as_array(expected)):
+        problems.append("the output after all the undos differs from the original's")
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_gpu_plans_are_made_without_raising(name: str) -> None:
+    pipe = zoo_pipeline(name)
+    for profile in PLAN_PROFILES:
+        for tier in tier_names():
+            result = plan(pipe, tier=tier, caps=fake_capabilities(profile))
+            assert {step.name for step in result.steps}.isdisjoint({d.name for d in result.skipped})
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_family_is_recognised_from_components(name: str) -> None:
+    assert inspect_pipeline(zoo_pipeline(name)).family == zoo_entry(name).family
