@@ -3,8 +3,9 @@
 diffusers pipelines hand the denoiser's latents to ``vae.decode`` unconverted (a dtype mismatch
 when the VAE keeps float32), and a float16 VAE can overflow into NaN or an all-black image
 (SDXL's original VAE). diffusers has no hook for either, so the VAE's ``decode``/``encode`` get an
-instance-level wrapper: inputs follow the VAE's dtype, and a decoded image that is not finite or
-entirely black under reduced precision is decoded again in float32, with a warning.
+instance-level wrapper: inputs follow the VAE's dtype, decoded images leave in float32, and a
+decoded image that is not finite or entirely black under reduced precision is decoded again in
+float32, with a warning.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def guard_vae(vae: Any) -> Undo:
         output = original_decode(latents.to(vae.dtype), *args, **kwargs)
         if vae.dtype not in _REDUCED:
             return output
-        image = output[0] if isinstance(output, tuple) else output.sample
+        image = (output[0] if isinstance(output, tuple) else output.sample).float()
         bad = _bad_images(image)
         if bad.any():
             warnings.warn(
@@ -37,7 +38,11 @@ def guard_vae(vae: Any) -> Undo:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            image[bad] = _decode_in_float32(vae, original_decode, latents[bad], args, kwargs).to(image.dtype)
+            image[bad] = _decode_in_float32(vae, original_decode, latents[bad], args, kwargs).float()
+        # Images leave in float32: some pipelines call .numpy() on them, which refuses bfloat16.
+        if isinstance(output, tuple):
+            return (image, *output[1:])
+        output.sample = image
         return output
 
     def encode(pixels: torch.Tensor, *args: Any, **kwargs: Any) -> Any:

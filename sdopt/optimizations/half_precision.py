@@ -9,6 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.capabilities import Capabilities
+from sdopt.optimizations._dtype_boundary import add_dtype_boundary, has_dtype_boundary
 from sdopt.optimizations._vae_guard import guard_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
@@ -41,6 +42,10 @@ class HalfPrecision(Optimization):
     ``decode``/``encode`` are guarded (see ``_vae_guard``): inputs follow the VAE's dtype (diffusers
     pipelines do not cast, and fail when the VAE keeps float32), and a NaN or all-black image from a
     reduced-precision VAE is decoded again in float32 with a warning, so no black SDXL images.
+    The denoiser and the other diffusers models cast get a dtype boundary (see ``_dtype_boundary``):
+    float32 inputs from components left in float32 are cast to their dtype, and their outputs come
+    back in float32, so no bfloat16 reaches code that expects float32 (``.numpy()`` in pixel-space
+    pipelines, float32 image encoders).
     Undo puts the original float32 tensors back (kept in CPU memory), so it is exact.
 
     Example:
@@ -96,7 +101,7 @@ class HalfPrecision(Optimization):
         unguard: list[Undo] = []
 
         def undo() -> None:
-            for remove in unguard:
+            for remove in reversed(unguard):
                 remove()
             for tensor, original, device in saved:
                 tensor.data = original if original.device == device else original.to(device)
@@ -109,6 +114,8 @@ class HalfPrecision(Optimization):
                     original = tensor.data if tensor.device.type == "cpu" else tensor.data.to("cpu")
                     saved.append((tensor, original, tensor.device))
                     tensor.data = tensor.data.to(dtype)
+                if _needs_boundary(anatomy, module, dtype):
+                    unguard.append(add_dtype_boundary(module))
             for vae in _unguarded_vaes(inspect_pipeline(pipe)):
                 unguard.append(guard_vae(vae))
         except Exception:
@@ -143,6 +150,17 @@ def _vae_stays_float32(anatomy: Anatomy, vae: Any, config: Any) -> bool:
     # VAE and AutoencoderTiny declare force_upcast=False and are safe.
     force_upcast = getattr(getattr(vae, "config", None), "force_upcast", True)
     return bool(config.dtype == "float16" and anatomy.family == "sdxl" and force_upcast)
+
+
+def _needs_boundary(anatomy: Anatomy, module: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """diffusers models (denoiser, ControlNets, adapters) in reduced precision get a dtype boundary;
+    VAEs have their own guard, and transformers' text encoders are cast by the pipelines themselves."""
+    return (
+        dtype in (torch.float16, torch.bfloat16)
+        and type(module).__module__.startswith("diffusers.")
+        and module not in [getattr(anatomy.pipeline, name) for name in anatomy.vae_names]
+        and not has_dtype_boundary(module)
+    )
 
 
 def _keep_in_fp32(module: torch.nn.Module) -> set[str]:
