@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,10 @@ class FeatureCache(Optimization):
         denoiser = anatomy.denoiser
         if config.interval < 2 or config.threshold <= 0:
             return f"interval must be >= 2 and threshold > 0, got {config.interval}, {config.threshold}"
+        if denoiser is None:
+            return "the pipeline has no denoiser"
+        if _is_compiled(denoiser):
+            return "the denoiser is compiled: cache hooks would force a recompile (or break a fullgraph one)"
         if _deep_modules(denoiser):
             if _HOOK in getattr(getattr(denoiser, "_diffusers_hook", None), "hooks", {}):
                 return "already active"
@@ -65,7 +70,7 @@ class FeatureCache(Optimization):
         if hasattr(denoiser, "enable_cache"):
             if getattr(denoiser, "is_cache_enabled", False):
                 return "already active"
-            return None
+            return _why_no_first_block_cache(anatomy)
         return f"{type(denoiser).__name__} has neither UNet blocks to cache nor diffusers' enable_cache"
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
@@ -91,6 +96,49 @@ class FeatureCache(Optimization):
         return _deep_cache(pipe, denoiser, deep, config.interval)
 
 
+def _is_compiled(denoiser: Any) -> bool:
+    return hasattr(denoiser, "_orig_mod") or any(
+        getattr(module, "_compiled_call_impl", None) is not None for module in denoiser.modules()
+    )
+
+
+def _why_no_first_block_cache(anatomy: Anatomy) -> str | None:
+    """Why diffusers' first-block cache cannot run on this pipeline, if it cannot: it needs the
+    pipeline to open ``transformer.cache_context(...)`` around each call (else "No cache context is
+    set" on every call) and at least two transformer blocks of classes its registry knows."""
+    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    if not _calls_cache_context(type(anatomy.pipeline)):
+        return f"{anatomy.pipeline_class} does not open the transformer's cache_context, which diffusers' cache needs"
+    blocks = [
+        block
+        for name, child in anatomy.denoiser.named_children()
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList)
+        for block in child
+    ]
+    if len(blocks) < 2:
+        return f"{type(anatomy.denoiser).__name__} has {len(blocks)} transformer block(s): nothing to skip"
+    for cls in dict.fromkeys(type(block) for block in blocks):
+        try:
+            TransformerBlockRegistry.get(cls)
+        except ValueError:
+            return f"diffusers' first-block cache does not know {cls.__name__} (not in its block registry)"
+    return None
+
+
+def _calls_cache_context(pipeline_class: type) -> bool:
+    for cls in pipeline_class.__mro__:
+        call = cls.__dict__.get("__call__")
+        if call is None:
+            continue
+        try:
+            return "cache_context(" in inspect.getsource(inspect.unwrap(call))
+        except (OSError, TypeError):
+            return False
+    return False
+
+
 def _ordinal(n: int) -> str:
     return f"{n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
@@ -103,11 +151,41 @@ def _deep_modules(denoiser: Any) -> list[torch.nn.Module]:
 
 
 class _State:
+    """Where the generation is: denoising steps are told apart by their timestep, so a pipeline that
+    calls the denoiser twice per step (unbatched guidance, ControlNet-style extra passes) still
+    counts steps, and each call position within a step keeps its own cached features."""
+
     def __init__(self, interval: int) -> None:
         self.interval = interval
-        self.calls = 0
+        self.steps = 0
+        self.position = 0
         self.full = True
+        self.timestep: Any = None
         self.batch: tuple[int, ...] | None = None
+
+    def reset(self) -> None:
+        self.steps, self.position, self.full, self.timestep, self.batch = 0, 0, True, None, None
+
+    def enter_call(self, sample: torch.Tensor, timestep: Any) -> None:
+        shape = tuple(sample.shape)
+        key = _timestep_key(timestep)
+        if self.timestep is None or key != self.timestep:
+            # A new step; the first one of a generation, and any after a change of shape, run in full.
+            self.full = self.steps % self.interval == 0 or shape != self.batch
+            self.steps += 1
+            self.position = 0
+            self.timestep = key
+        else:
+            self.position += 1
+        if shape != self.batch:
+            self.full = True
+        self.batch = shape
+
+
+def _timestep_key(timestep: Any) -> Any:
+    if isinstance(timestep, torch.Tensor):
+        return tuple(timestep.detach().flatten()[:1].tolist())
+    return timestep
 
 
 def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval: int) -> Undo:
@@ -118,22 +196,20 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
     class StepCounter(ModelHook):
         def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
             sample = args[0] if args else kwargs["sample"]
-            shape = tuple(sample.shape)
-            state.full = state.calls % state.interval == 0 or shape != state.batch
-            state.batch = shape
-            state.calls += 1
+            timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+            state.enter_call(sample, timestep)
             return args, kwargs
 
     class ReuseOutput(ModelHook):
         def __init__(self) -> None:
             super().__init__()
-            self.cached: Any = None
+            self.cached: dict[int, Any] = {}
 
         def new_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
-            if state.full or self.cached is None:
+            if state.full or state.position not in self.cached:
                 forward: Any = self.fn_ref.original_forward
-                self.cached = forward(*args, **kwargs)
-            return self.cached
+                self.cached[state.position] = forward(*args, **kwargs)
+            return self.cached[state.position]
 
     restore = [remember_attributes(m, HOOK_ATTRIBUTES) for m in [denoiser, *deep]]
     HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(StepCounter(), _HOOK)
@@ -141,7 +217,7 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(ReuseOutput(), _HOOK)
 
     def new_generation(kwargs: dict[str, Any]) -> dict[str, Any]:
-        state.calls, state.batch = 0, None  # every image starts with a full step
+        state.reset()  # every generation starts with a full step
         return kwargs
 
     unwrap = wrap_call(pipe, new_generation)
