@@ -20,7 +20,13 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "flow_unipc": ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
 }
 _FLOW_SOLVERS = ("flow_euler", "flow_unipc")
-_FLOW_FAMILIES = ("sd3", "flux", "sana")
+# Families trained on flow matching: only flow solvers apply, and "auto" keeps the one the pipeline
+# ships with (SanaSprint's SCM scheduler takes set_timesteps(max_timesteps=...), which others refuse).
+_FLOW_FAMILIES = ("sd3", "flux", "sana", "chroma", "auraflow", "wan", "ltx", "lumina", "hunyuanvideo", "qwenimage")
+# Families DPM-Solver++ was verified on (epsilon or v-prediction UNets, PixArt). Elsewhere the swap
+# can break the pipeline: Kandinsky 2.2's UNet predicts a learned variance that DPM-Solver slices to
+# IF's 3 pixel channels, and the SD latent upscaler is tied to its Euler "sample" scheduler.
+_DPM_FAMILIES = ("sd1", "sd2", "sdxl", "pixart")
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class Scheduler(Optimization):
             return config
         if anatomy.family in _FLOW_FAMILIES:
             return SchedulerConfig("flow_euler")
-        if getattr(getattr(anatomy.denoiser, "config", None), "time_cond_proj_dim", None) is not None:
+        if anatomy.distillation == "lcm" and anatomy.family in _DPM_FAMILIES:
             return SchedulerConfig("lcm")  # LCM-distilled UNet
         return SchedulerConfig("dpmpp_2m")
 
@@ -71,8 +77,15 @@ class Scheduler(Optimization):
         if anatomy.distillation == "adversarial" and config.solver == "auto":
             kept = type(scheduler).__name__
             return f"adversarially distilled model: it keeps the scheduler it was distilled with ({kept})"
-        if anatomy.family == "other" and config.solver == "auto":
-            return "unknown model family: no safe solver choice (pass an explicit solver)"
+        if config.solver == "auto":
+            if anatomy.family in _FLOW_FAMILIES:
+                kept = type(scheduler).__name__
+                return f"flow-matching model: it keeps the scheduler it ships with ({kept})"
+            if anatomy.family not in _DPM_FAMILIES:
+                return (
+                    f"no solver verified for the {anatomy.family} family, so no safe automatic choice "
+                    "(pass an explicit solver)"
+                )
         solver = self.resolve(anatomy, caps, config).solver
         flow_model = anatomy.family in _FLOW_FAMILIES or "FlowMatch" in type(scheduler).__name__
         if flow_model and solver not in _FLOW_SOLVERS:

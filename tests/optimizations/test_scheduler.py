@@ -5,7 +5,7 @@ import pytest
 
 from sdopt import optimize, plan
 from sdopt.optimizations.scheduler import SOLVERS
-from sdopt.testing import run_pipeline, tiny_pipeline
+from sdopt.testing import run_pipeline, tiny_pipeline, zoo_pipeline
 from tests.helpers import Snapshot
 
 
@@ -55,7 +55,10 @@ def test_a_same_class_rebuild_keeps_the_output_identical() -> None:
 def test_flow_models_only_take_flow_solvers(family, cpu_caps) -> None:
     pipe = tiny_pipeline(family)
     auto = plan(pipe, tier=None, extra=["scheduler"], caps=cpu_caps)
-    assert auto.skipped[0].reason == "already FlowMatchEulerDiscreteScheduler"
+    assert (
+        auto.skipped[0].reason
+        == "flow-matching model: it keeps the scheduler it ships with (FlowMatchEulerDiscreteScheduler)"
+    )
     wrong = plan(pipe, tier=None, extra=[{"name": "scheduler", "solver": "dpmpp_2m"}], caps=cpu_caps)
     assert "flow-matching model" in wrong.skipped[0].reason
     snapshot = Snapshot(pipe, family)
@@ -81,5 +84,29 @@ def test_unknown_families_need_an_explicit_solver(cpu_caps) -> None:
     from tests.helpers import ddpm_pipeline
 
     result = plan(ddpm_pipeline(), tier=None, extra=["scheduler"], caps=cpu_caps)
-    assert "no safe solver choice" in result.skipped[0].reason
+    assert "no solver verified for the other family" in result.skipped[0].reason
     assert set(SOLVERS) >= {"dpmpp_2m", "unipc", "euler", "lcm", "flow_euler", "flow_unipc"}
+
+
+@pytest.mark.parametrize("name", ["KandinskyV22Pipeline", "IFPipeline", "StableVideoDiffusionPipeline"])
+def test_families_dpm_solver_was_not_verified_on_keep_their_scheduler(name, cpu_caps) -> None:
+    # DPM-Solver++ on Kandinsky 2.2 (learned variance) sliced its 4 latent channels to 3 and failed.
+    result = plan(zoo_pipeline(name), tier=None, extra=["scheduler"], caps=cpu_caps)
+    assert "no solver verified" in result.skipped[0].reason
+
+
+def test_a_flow_model_with_another_scheduler_keeps_it(cpu_caps) -> None:
+    # e.g. SanaSprint's SCM scheduler, whose pipeline calls set_timesteps(max_timesteps=...).
+    from diffusers import UniPCMultistepScheduler
+
+    pipe = tiny_pipeline("flux")
+    pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")
+    result = plan(pipe, tier=None, extra=["scheduler"], caps=cpu_caps)
+    assert "keeps the scheduler it ships with (UniPCMultistepScheduler)" in result.skipped[0].reason
+
+
+def test_lcm_and_animatediff_pipelines_get_their_solvers(cpu_caps) -> None:
+    lcm = plan(zoo_pipeline("LatentConsistencyModelPipeline"), tier=None, extra=["scheduler"], caps=cpu_caps)
+    assert lcm.skipped[0].reason == "already LCMScheduler"
+    animatediff = plan(zoo_pipeline("AnimateDiffPipeline"), tier=None, extra=["scheduler"], caps=cpu_caps)
+    assert animatediff.steps[0].config.solver == "dpmpp_2m"
