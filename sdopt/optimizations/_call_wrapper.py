@@ -8,9 +8,11 @@ undo gives the instance its original class back. Layers stack, and undo runs new
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sdopt.optimizations.base import Undo
@@ -19,14 +21,22 @@ Adjust = Callable[[dict[str, Any]], dict[str, Any]]
 Finish = Callable[[Any, dict[str, Any]], Any]
 
 
-def wrap_call(pipe: Any, adjust: Adjust, finish: Finish | None = None) -> Undo:
+def wrap_call(
+    pipe: Any,
+    adjust: Adjust,
+    finish: Finish | None = None,
+    around: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> Undo:
     """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``, then pass its output
-    through ``finish(output, original_kwargs)`` if given; positional args pass through."""
+    through ``finish(output, original_kwargs)`` if given; positional args pass through. With
+    ``around``, each call runs inside the context it returns (process-wide settings that must hold
+    during the call only)."""
     original_class = type(pipe)
 
     @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        output = original_class.__call__(self, *args, **adjust(dict(kwargs)))
+        with around() if around is not None else contextlib.nullcontext():
+            output = original_class.__call__(self, *args, **adjust(dict(kwargs)))
         return finish(output, kwargs) if finish is not None else output
 
     wrapped_class = type(

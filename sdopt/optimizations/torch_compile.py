@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
+from sdopt.optimizations._call_wrapper import wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -58,7 +61,7 @@ class TorchCompile(Optimization):
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         regional = config.regional
         if regional == "auto":
-            regional = "yes" if getattr(anatomy.denoiser, "_repeated_blocks", None) else "no"
+            regional = "yes" if _repeated_blocks(anatomy.denoiser) else "no"
         cache_dir = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "sdopt", "inductor")
         return TorchCompileConfig(config.mode, regional, config.fullgraph, config.accept_cpu_first_call, cache_dir)
 
@@ -76,7 +79,12 @@ class TorchCompile(Optimization):
                 return "inductor on CPU needs a C++ compiler (g++ or clang++), none found"
         elif caps.device == "cuda" and not caps.package_usable("triton"):
             return "inductor on CUDA needs triton, which is not installed or not working here"
-        if config.regional == "yes" and not getattr(denoiser, "_repeated_blocks", None):
+        if config.regional == "yes" and not _repeated_blocks(denoiser):
+            declared = getattr(denoiser, "_repeated_blocks", None)
+            if (
+                declared
+            ):  # e.g. UNet2DConditionModel declares BasicTransformerBlock; IF's and Kandinsky's UNets have none
+                return f"{type(denoiser).__name__} has none of the repeated blocks it declares ({', '.join(declared)})"
             return f"{type(denoiser).__name__} declares no repeated blocks for regional compilation"
         if any(getattr(m, "_compiled_call_impl", None) is not None for m in denoiser.modules()):
             return "already compiled"
@@ -89,32 +97,53 @@ class TorchCompile(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         denoiser = anatomy.denoiser
         restore = [remember_attributes(m, ("_compiled_call_impl",)) for m in denoiser.modules()]
-        previous_cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-
-        def undo() -> None:
-            for put_back in restore:
-                put_back()
-            if previous_cache_dir is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous_cache_dir
-
         options: dict[str, Any] = {"mode": config.mode, "fullgraph": config.fullgraph}
         if caps.device == "cpu":
             # Weight freezing folds the (inference-only) weights into the graph: the 1.35x on CPU.
             # mode and options are exclusive in torch.compile, so the mode goes in as its default.
             options = {"fullgraph": config.fullgraph, "options": {"freezing": True}}
         try:
-            if _cache_dir_is_ours_to_set():
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.cache_dir
             if config.regional == "yes":
                 denoiser.compile_repeated_blocks(**options)
             else:
                 denoiser.compile(**options)
+            # Inductor compiles at the first call, reading its cache dir then: the variable is set for
+            # the duration of each pipeline call only, never left in the process's environment.
+            unwrap = wrap_call(pipe, lambda kwargs: kwargs, around=lambda: _inductor_cache_dir(config.cache_dir))
         except Exception:
-            undo()
+            for put_back in restore:
+                put_back()
             raise
+
+        def undo() -> None:
+            unwrap()
+            for put_back in restore:
+                put_back()
+
         return undo
+
+
+def _repeated_blocks(denoiser: Any) -> list[str]:
+    """The repeated block classes the model declares and really contains."""
+    declared = set(getattr(denoiser, "_repeated_blocks", None) or ())
+    present = {type(module).__name__ for module in denoiser.modules()} if declared else set()
+    return sorted(declared & present)
+
+
+@contextlib.contextmanager
+def _inductor_cache_dir(path: str) -> Iterator[None]:
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not _cache_dir_is_ours_to_set():
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 def _cache_dir_is_ours_to_set() -> bool:

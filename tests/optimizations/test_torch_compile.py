@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from sdopt import optimize, plan
-from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline, zoo_pipeline
 from tests.helpers import Snapshot
 
 
@@ -58,6 +60,26 @@ def test_a_real_regional_compile_on_cpu(sd_pipe, tmp_path, fresh_dynamo) -> None
     output = run_pipeline(sd_pipe, "sd")
     np.testing.assert_allclose(output, snapshot.output, atol=1e-3)
     assert any(tmp_path.iterdir())  # inductor wrote its cache where we pointed it
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path)  # ...during the call only
     report.undo()
     assert all(m._compiled_call_impl is None for m in sd_pipe.unet.modules())
     snapshot.assert_identical()
+
+
+@pytest.mark.parametrize("name", ["IFPipeline", "KandinskyV22Pipeline"])
+def test_unets_without_their_declared_repeated_blocks_compile_whole(name) -> None:
+    caps = fake_capabilities("t4-16gb", packages={"triton": True})
+    pipe = zoo_pipeline(name)
+    auto = plan(pipe, tier=None, extra=["torch_compile"], caps=caps)
+    assert auto.steps[0].config.regional == "no"
+    forced = plan(pipe, tier=None, extra=[{"name": "torch_compile", "regional": "yes"}], caps=caps)
+    assert "has none of the repeated blocks it declares (BasicTransformerBlock)" in forced.skipped[0].reason
+
+
+def test_the_inductor_cache_dir_is_not_left_in_the_environment(sd_pipe, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    extra = [{"name": "torch_compile", "accept_cpu_first_call": True, "cache_dir": str(tmp_path)}]
+    report = optimize(sd_pipe, tier=None, extra=extra, caps=fake_capabilities("cpu-amx"), undoable=False)
+    assert [d.name for d in report.applied] == ["torch_compile"]
+    # Inductor may write its own default there when torch.compile is called; sdopt's choice is not left.
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path)
