@@ -91,7 +91,14 @@ def _fusable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
         if hasattr(module, "fuse_projections")
         and getattr(module, "_supports_qkv_fusion", True)
         and not getattr(module, "fused_projections", False)
+        and _has_separate_projections(module)
     ]
+
+
+def _has_separate_projections(module: torch.nn.Module) -> bool:
+    """diffusers' fusion concatenates to_q/to_k/to_v Linear weights; attention classes built otherwise
+    (PRX's) still inherit fuse_projections and fail in it."""
+    return all(isinstance(getattr(module, name, None), torch.nn.Linear) for name in ("to_q", "to_k", "to_v"))
 
 
 def _why_not_fusable(model: Any) -> str | None:
@@ -101,7 +108,7 @@ def _why_not_fusable(model: Any) -> str | None:
     if any("Added" in type(module.processor).__name__ for module in attention_modules(model)):
         return f"{name} has added KV projections, which diffusers cannot fuse"
     if not _fusable_modules(model):
-        return f"{name} has no unfused attention projections"
+        return f"{name} has no unfused attention layers with separate to_q/to_k/to_v Linear projections"
     return None
 
 

@@ -127,10 +127,10 @@ class DynamicInt8Linear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.dtype == torch.float32:
-            return self.quantized(hidden)
-        return self.quantized(hidden.float()).to(hidden.dtype)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  # nn.Linear's name: callers pass input=...
+        if input.dtype == torch.float32:
+            return self.quantized(input)
+        return self.quantized(input.float()).to(input.dtype)
 
 
 def _count(denoiser: torch.nn.Module | None, min_features: int) -> int:

@@ -30,7 +30,7 @@ def test_already_fused_is_skipped(sd_pipe, cpu_caps) -> None:
     report = optimize(sd_pipe, tier=None, extra=["fuse_qkv"], caps=cpu_caps)
     again = plan(sd_pipe, tier=None, extra=["fuse_qkv"], caps=cpu_caps)
     assert again.steps == []
-    assert "no unfused attention projections" in again.skipped[0].reason
+    assert "no unfused attention layers" in again.skipped[0].reason
     report.undo()
 
 
@@ -66,3 +66,14 @@ def test_a_failure_on_the_second_model_unfuses_the_first(sd_pipe, cpu_caps, monk
     assert _fused(sd_pipe.unet) == 0
     monkeypatch.undo()
     snapshot.assert_identical()
+
+
+def test_attention_without_separate_projections_is_skipped(cpu_caps) -> None:
+    from sdopt.optimizations._attention import attention_modules
+    from sdopt.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("flux")
+    for module in attention_modules(pipe.transformer):
+        del module.to_q  # an attention class built without to_q (PRX's) still has fuse_projections
+    result = plan(pipe, tier=None, extra=[{"name": "fuse_qkv", "targets": ["denoiser"]}], caps=cpu_caps)
+    assert "with separate to_q/to_k/to_v Linear projections" in result.skipped[0].reason

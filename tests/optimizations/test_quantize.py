@@ -132,3 +132,32 @@ def test_4bit_swaps_linears_for_nf4_layers_on_cpu_and_undo_is_exact(sd_pipe) -> 
     assert np.isfinite(image).all() and image.shape == snapshot.output.shape
     report.undo()
     snapshot.assert_identical()
+
+
+def test_the_int8_layer_takes_the_input_keyword_like_nn_linear() -> None:
+    import torch
+
+    from sdopt.optimizations.quantize_int8 import DynamicInt8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    layer = DynamicInt8Linear(linear)
+    x = torch.randn(2, 16)
+    assert torch.equal(layer(input=x), layer(x))  # AnimateDiff's motion modules call proj_in(input=...)
+
+
+def test_lora_base_layers_are_left_to_their_wrapper(cpu_caps) -> None:
+    import torch
+
+    from sdopt.optimizations._linear_layers import plain_linears
+
+    class LoraLinear(torch.nn.Module):  # the shape of peft's lora.Linear
+        def __init__(self, base: torch.nn.Linear) -> None:
+            super().__init__()
+            self.base_layer = base
+            self.lora_A = torch.nn.ModuleDict({"default": torch.nn.Linear(base.in_features, 4, bias=False)})
+            self.lora_B = torch.nn.ModuleDict({"default": torch.nn.Linear(4, base.out_features, bias=False)})
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), LoraLinear(torch.nn.Linear(256, 256)))
+    found = [(type(parent).__name__, attribute) for parent, attribute, _ in plain_linears(model, 128)]
+    assert found == [("Sequential", "0")]
