@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
@@ -15,6 +18,10 @@ from sdopt.registry import register
 _RUNS_ON_CPU = {"native", "_native_math"}
 # Backends that need an optional package, and which one.
 _NEEDS_PACKAGE = {"flash": "flash_attn", "flash_varlen": "flash_attn", "sage": "sageattention", "xformers": "xformers"}
+# Flash kernels take no attention mask and compute in float16/bfloat16 only: "auto" picks them only
+# for families whose transformers pass no mask (Flux, Wan), and only with reduced-precision weights.
+_MASK_FREE_FAMILIES = ("flux", "wan")
+_FLASH = ("flash", "_native_flash", "flash_varlen")
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,9 @@ class AttentionBackend(Optimization):
     """``denoiser.set_attention_backend(...)`` on transformer denoisers whose processors go through
     diffusers' dispatcher (Flux, Wan, QwenImage...; not UNets, SD3 or PixArt, where it is a no-op
     and therefore skipped). "auto" picks flash-attn if installed and working, else PyTorch's flash
-    SDPA kernel on sm_80+. diffusers also switches a process-wide active backend, which its
+    SDPA kernel on sm_80+, for families whose transformers pass no attention mask (Flux, Wan: flash
+    kernels take none), and only together with ``half_precision`` when the weights are float32
+    (flash kernels compute in float16/bfloat16 only). diffusers also switches a process-wide active backend, which its
     ``reset_attention_backend`` does not restore: the undo puts both back.
 
     Example:
@@ -52,11 +61,19 @@ class AttentionBackend(Optimization):
         if config.backend != "auto":
             return config
         gpu = caps.gpu
-        if gpu is not None and caps.package_usable("flash_attn"):
+        if gpu is None or anatomy.family not in _MASK_FREE_FAMILIES:
+            return AttentionBackendConfig("native")
+        if caps.package_usable("flash_attn"):
             return AttentionBackendConfig("flash")
-        if gpu is not None and gpu.flash_sdpa:
+        if gpu.flash_sdpa:
             return AttentionBackendConfig("_native_flash")
         return AttentionBackendConfig("native")
+
+    def companions(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Mapping[str, str]:
+        denoiser_dtype = getattr(anatomy.denoiser, "dtype", None)
+        if config.backend in _FLASH and denoiser_dtype not in (torch.float16, torch.bfloat16):
+            return {"half_precision": f"the {config.backend} kernels compute in float16/bfloat16 only"}
+        return {}
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         denoiser = anatomy.denoiser
@@ -74,6 +91,12 @@ class AttentionBackend(Optimization):
         if backend not in known:
             return f"unknown backend {backend!r}; diffusers knows: {', '.join(sorted(known))}"
         if config.backend == "auto" and backend == "native":
+            if caps.gpu is not None and anatomy.family not in _MASK_FREE_FAMILIES:
+                return (
+                    f"the native SDPA backend (the default) is kept: flash kernels take no attention mask and "
+                    f"are chosen automatically only for {', '.join(_MASK_FREE_FAMILIES)} (this pipeline: "
+                    f"{anatomy.family})"
+                )
             return f"the native SDPA backend (the default) is already the best available on {caps.device}"
         if caps.device != "cuda" and backend not in _RUNS_ON_CPU:
             return f"backend {backend!r} needs CUDA (device: {caps.device}); use 'native' or '_native_math' there"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sdopt import optimize, plan
-from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline, zoo_pipeline
 from tests.helpers import Snapshot
 
 
@@ -60,10 +60,11 @@ def test_attention_backend_is_skipped_where_diffusers_would_ignore_it(family: st
 
 def test_attention_backend_choice_follows_the_device() -> None:
     pipe = tiny_pipeline("flux")
-    on_h100 = plan(pipe, tier=None, extra=["attention_backend"], caps=fake_capabilities("h100-80gb"))
-    assert on_h100.steps[0].config.backend == "_native_flash"
+    both = ["half_precision", "attention_backend"]
+    on_h100 = plan(pipe, tier=None, extra=both, caps=fake_capabilities("h100-80gb"))
+    assert on_h100.steps[1].config.backend == "_native_flash"
     with_fa = fake_capabilities("h100-80gb", packages={"flash_attn": True})
-    assert plan(pipe, tier=None, extra=["attention_backend"], caps=with_fa).steps[0].config.backend == "flash"
+    assert plan(pipe, tier=None, extra=both, caps=with_fa).steps[1].config.backend == "flash"
     on_cpu = plan(pipe, tier=None, extra=["attention_backend"], caps=fake_capabilities("cpu-amx"))
     assert "already the best available on cpu" in on_cpu.skipped[0].reason
     cudnn_on_cpu = plan(pipe, tier=None, extra=[{"name": "attention_backend", "backend": "_native_cudnn"}])
@@ -72,6 +73,18 @@ def test_attention_backend_choice_follows_the_device() -> None:
         pipe, tier=None, extra=[{"name": "attention_backend", "backend": "sage"}], caps=fake_capabilities("h100-80gb")
     )
     assert "needs sageattention" in sage.skipped[0].reason
+
+
+def test_flash_is_chosen_only_with_half_precision_and_for_mask_free_families() -> None:
+    h100 = fake_capabilities("h100-80gb")
+    # A float32 Flux (half_precision excluded): flash kernels would fail at the first call.
+    float32 = plan(tiny_pipeline("flux"), tier="balanced", exclude=["half_precision"], caps=h100)
+    skipped = {d.name: d.reason for d in float32.skipped}
+    assert "needs half_precision in the same plan" in skipped["attention_backend"]
+    assert "attention_backend" in {s.name for s in plan(tiny_pipeline("flux"), tier="balanced", caps=h100).steps}
+    # Chroma passes an attention mask for its T5 padding: flash kernels take none.
+    chroma = plan(zoo_pipeline("ChromaPipeline"), tier=None, extra=["attention_backend"], caps=h100)
+    assert "take no attention mask" in chroma.skipped[0].reason
 
 
 def test_xformers_only_where_installed_and_working_on_cuda(sd_pipe) -> None:
