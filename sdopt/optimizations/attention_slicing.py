@@ -56,6 +56,9 @@ class AttentionSlicing(Optimization):
             return f"{name} has no attention layers"
         if all(type(m.processor).__name__.startswith("Sliced") for m in modules):
             return "already active"
+        if any("IPAdapter" in type(m.processor).__name__ for m in modules):
+            # set_attention_slice would replace the IP-Adapter processors, dropping the image prompt.
+            return f"{name} has IP-Adapter attention processors, which sliced attention would replace"
         return None
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:

@@ -35,3 +35,11 @@ def test_bad_slice_size_and_already_active(sd_pipe, cpu_caps) -> None:
     report = optimize(sd_pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps)
     assert plan(sd_pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps).skipped[0].reason == "already active"
     report.undo()
+
+
+def test_ip_adapter_processors_are_not_replaced(cpu_caps) -> None:
+    from sdopt.testing import zoo_pipeline
+
+    pipe = zoo_pipeline("StableDiffusionPipeline+IPAdapter")
+    result = plan(pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps)
+    assert "IP-Adapter attention processors" in result.skipped[0].reason
