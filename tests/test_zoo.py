@@ -28,6 +28,7 @@ from sdopt.tiers import tier_names
 
 RUN_PROFILES = ("here", "cpu-amx")
 PLAN_PROFILES = ("t4-16gb", "rtx3060ti-8gb")
+EXCLUDED: list[str] = ["torch_compile"]
 
 
 def _caps(profile: str) -> Any:
@@ -60,7 +61,7 @@ def test_every_tier_runs_keeps_output_shape_and_undoes_exactly(name: str) -> Non
         caps = _caps(profile)
         for tier in tier_names():
             where = f"{tier} on {profile}"
-            report = optimize(pipe, tier=tier, caps=caps)
+            report = optimize(pipe, tier=tier, caps=caps, exclude=EXCLUDED)
             try:
                 result = run_zoo_pipeline(pipe, name)
                 if _shape(result) != _shape(expected):

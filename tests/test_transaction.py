@@ -1,0 +1,139 @@
+"""A fault at any point of any apply leaves the pipeline exactly as it was.
+
+Faults are injected with a trace function: the apply of one optimization is run once to count the
+lines it executes (in sdopt, diffusers and accelerate code), then again and again with an exception
+raised at one of those lines, from the first to the last. Whatever the apply had done by then,
+``optimize`` must report the step failed and leave every module, tensor, processor, hook and
+attribute as it was (``state_differences``), and the pipeline must still produce its image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sdopt import detect, optimize, registry
+from sdopt.testing import (
+    fake_capabilities,
+    pipeline_state,
+    run_pipeline,
+    state_differences,
+    tiny_autoencoder_tiny,
+    tiny_pipeline,
+)
+
+_TRACED = ("/sdopt/", "/diffusers/", "/accelerate/")
+_POINTS = 16  # faults per optimization, spread over its executed lines
+
+
+class InjectedFault(Exception):
+    pass
+
+
+def _traced_apply(apply: Callable[..., Any], fault_at: int | None, counter: list[int]) -> Callable[..., Any]:
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            counter[0] += 1
+            if fault_at is not None and counter[0] == fault_at:
+                raise InjectedFault(f"fault at line event {fault_at}")
+        return local
+
+    def global_(frame: Any, event: str, arg: Any) -> Any:
+        return local if any(part in frame.f_code.co_filename for part in _TRACED) else None
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        sys.settrace(global_)
+        try:
+            return apply(*args, **kwargs)
+        finally:
+            sys.settrace(None)
+
+    return run
+
+
+_OFFLOAD = {"device": "cpu", "only_if_needed": False}
+# (optimization, tiny family, capabilities profile ("here": this machine), options); "<taesd>" and
+# "<fp16-fix>" stand for local replacement VAEs saved by the fixture below.
+CASES = [
+    ("half_precision", "sd", "cpu-amx", {}),
+    ("half_precision", "sdxl", "cpu-amx", {"dtype": "float16"}),
+    ("channels_last", "sd", "cpu", {}),
+    ("attention_slicing", "sd", "cpu", {}),
+    ("attention_backend", "flux", "cpu", {"backend": "_native_math"}),
+    ("fuse_qkv", "flux", "cpu", {}),
+    ("fuse_qkv", "sd", "cpu", {}),
+    ("tiny_vae", "sd", "cpu", {"source": "<taesd>"}),
+    ("vae_fp16_fix", "sdxl", "t4-16gb", {"source": "<fp16-fix>"}),
+    ("vae_slicing", "sd", "cpu", {}),
+    ("vae_tiling", "sd", "cpu", {"tile_size": 32}),
+    ("model_offload", "sd", "t4-16gb", _OFFLOAD),
+    ("group_offload", "sd", "t4-16gb", {**_OFFLOAD, "use_stream": False}),
+    ("torch_compile", "sd", "cpu-amx", {"accept_cpu_first_call": True}),
+    ("quantize_int8", "sd", "cpu", {"min_features": 0}),
+    ("quantize_4bit", "sd", "here", {}),
+    ("scheduler", "sd", "cpu", {}),
+    ("step_budget", "sd", "cpu", {"steps": 4}),
+    ("guidance", "sd", "cpu", {}),
+    ("resolution", "sd", "cpu", {}),
+    ("feature_cache", "sd", "cpu", {}),
+    ("feature_cache", "flux", "cpu", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    taesd = tmp_path_factory.mktemp("taesd")
+    tiny_autoencoder_tiny(latent_channels=4).save_pretrained(taesd)
+    fp16_fix = tmp_path_factory.mktemp("vae-fp16-fix")
+    tiny_pipeline("sdxl").vae.save_pretrained(fp16_fix)
+    return {"<taesd>": str(taesd), "<fp16-fix>": str(fp16_fix)}
+
+
+def test_every_optimization_has_a_fault_injection_case() -> None:
+    assert {name for name, *_ in CASES} >= set(registry.names()) - {"sequential_offload", "sdpa", "xformers"}
+
+
+def _apply_of(optimization: Any) -> Callable[..., Any]:
+    return type(optimization).apply.__get__(optimization)
+
+
+@pytest.mark.parametrize(("name", "family", "profile", "options"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, options, local_models, monkeypatch):
+    caps = detect() if profile == "here" else fake_capabilities(profile)
+    options = {
+        key: local_models.get(value, value) if isinstance(value, str) else value for key, value in options.items()
+    }
+    optimization = registry.get(name)
+    pipe = tiny_pipeline(family)
+    expected = run_pipeline(pipe, family)
+    before = pipeline_state(pipe)
+    extra = [{"name": name, **options}]
+
+    optimize(pipe, tier=None, extra=extra, caps=caps).undo()  # lazy imports and set-up happen once, untraced
+    counter = [0]
+    monkeypatch.setattr(optimization, "apply", _traced_apply(_apply_of(optimization), None, counter))
+    report = optimize(pipe, tier=None, extra=extra, caps=caps)
+    assert [d.name for d in report.applied] == [name], report
+    report.undo()
+    lines = counter[0]
+    assert lines > 0
+
+    points = sorted({1, lines, *np.linspace(1, lines, _POINTS).round().astype(int).tolist()})
+    faults = 0
+    for point in points:
+        counter[0] = 0
+        monkeypatch.setattr(optimization, "apply", _traced_apply(_apply_of(optimization), point, counter))
+        report = optimize(pipe, tier=None, extra=extra, caps=caps)
+        if report.failed:  # a later run may execute fewer lines (lazy set-up done): then it applies
+            assert [d.name for d in report.failed] == [name] and "InjectedFault" in report.failed[0].reason
+            faults += 1
+        else:
+            report.undo()
+        differences = state_differences(before, pipeline_state(pipe))
+        assert differences == [], f"{name}: fault at line {point} of {lines} left {differences[:5]}"
+    assert faults >= len(points) - 2
+    assert np.array_equal(run_pipeline(pipe, family), expected)
