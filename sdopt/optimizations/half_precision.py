@@ -99,16 +99,29 @@ class HalfPrecision(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         saved: list[tuple[torch.Tensor, torch.Tensor, torch.device]] = []
         unguard: list[Undo] = []
+        # Pipelines cast components themselves during a call (SDXL img2img/inpaint move a force_upcast
+        # VAE to float32 to encode, then to the UNet's float16): every tensor of every component is
+        # referenced (not copied), so undo also reverts what the pipeline did while optimized.
+        targets = [(module, _DTYPES[name]) for module, name in self._targets(anatomy, config)]
+        to_cast = {id(tensor) for module, dtype in targets for tensor in _castable(module, dtype)}
+        untouched = [
+            (tensor, tensor.data)
+            for module in anatomy.modules().values()
+            for tensor in [*module.parameters(), *module.buffers()]
+            if id(tensor) not in to_cast
+        ]
 
         def undo() -> None:
             for remove in reversed(unguard):
                 remove()
             for tensor, original, device in saved:
                 tensor.data = original if original.device == device else original.to(device)
+            for tensor, data in untouched:
+                if tensor.data is not data:
+                    tensor.data = data
 
         try:
-            for module, dtype_name in self._targets(anatomy, config):
-                dtype = _DTYPES[dtype_name]
+            for module, dtype in targets:
                 for tensor in _castable(module, dtype):
                     # On an accelerator, keep the original in CPU memory, not in VRAM.
                     original = tensor.data if tensor.device.type == "cpu" else tensor.data.to("cpu")

@@ -96,3 +96,22 @@ def test_on_this_machine_the_detected_capabilities_choose_the_dtype() -> None:
     assert {d.name: d.config for d in report.applied}["half_precision"]["dtype"] == "bfloat16"
     assert np.isfinite(run_pipeline(pipe, "sd")).all()
     report.undo()
+
+
+def test_undo_reverts_the_casts_the_pipeline_made_while_optimized() -> None:
+    # SDXL img2img moves its force_upcast VAE (kept float32 under float16) to float32 to encode and
+    # then to the UNet's float16; undo must bring back the original float32 VAE all the same.
+    from sdopt.testing import pipeline_state, run_zoo_pipeline, state_differences, zoo_pipeline
+
+    name = "StableDiffusionXLImg2ImgPipeline"
+    pipe = zoo_pipeline(name)
+    expected = run_zoo_pipeline(pipe, name)
+    before = pipeline_state(pipe)
+    half = [{"name": "half_precision", "dtype": "float16"}]
+    report = optimize(pipe, tier=None, extra=half, caps=fake_capabilities("t4-16gb"))
+    assert pipe.vae.dtype == torch.float32
+    run_zoo_pipeline(pipe, name)
+    assert pipe.vae.dtype == torch.float16  # the pipeline's own doing
+    report.undo()
+    assert state_differences(before, pipeline_state(pipe)) == []
+    assert np.array_equal(run_zoo_pipeline(pipe, name), expected)
