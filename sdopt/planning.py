@@ -3,7 +3,10 @@
 candidates (``extra`` first, then the preset's entries)
   -> the caller's exclusions, the entries' ``when`` conditions
   -> each optimization's ``requires`` and ``check``
-  -> conflicts (the earlier candidate wins; the loser is skipped naming the winner)
+  -> conflicts among the steps that are not budget-driven (the earlier candidate wins; the loser
+     is skipped naming the winner)
+  -> the memory footprint of those steps (weights in their planned dtypes + activations) decides
+     the budget-driven steps (offloads), which then win conflicts against speed steps
   -> companions (a step that only pays together with another is dropped without it)
   -> order (kind order, refined by declared ``after``/``before``).
 Every candidate ends as a step or a skipped decision with its reason.
@@ -19,6 +22,7 @@ from sdopt import registry
 from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.capabilities import Capabilities, detect, fact_differences
 from sdopt.errors import PlanningError
+from sdopt.footprint import GB, Footprint, component_bytes, estimate
 from sdopt.optimizations.base import KINDS, Optimization
 from sdopt.presets import Entry, Preset
 from sdopt.report import Decision, format_table
@@ -79,6 +83,18 @@ class Plan:
     """Names the caller asked for explicitly (``extra`` or a preset), as opposed to a tier's choices."""
     preset_differences: tuple[str, ...] = ()
     """How this machine differs from the one a frozen preset was made on (empty when the same)."""
+    footprint: Footprint | None = None
+    """The planned memory footprint on the target device (see :mod:`sdopt.footprint`)."""
+    notes: tuple[str, ...] = ()
+    """What planning found the user must know (e.g. that the plan does not fit in memory)."""
+
+    @property
+    def fits(self) -> bool:
+        """Whether the planned peak fits the device: all resident, or with the offload its regime needs."""
+        if self.footprint is None or self.footprint.regime == "none" or self.device == "cpu":
+            return True
+        planned = {step.name for step in self.steps}
+        return any(name in planned for name in _OFFLOADS_FOR[self.footprint.regime])
 
     @property
     def device(self) -> str:
@@ -88,14 +104,14 @@ class Plan:
     @property
     def warnings(self) -> tuple[str, ...]:
         """Problems the user should know of: the machine's (e.g. a GPU this torch build cannot use),
-        and a frozen preset replayed on a machine with other capabilities."""
+        a frozen preset replayed on a machine with other capabilities, a plan that does not fit."""
         if not self.preset_differences:
-            return self.caps.warnings
+            return (*self.caps.warnings, *self.notes)
         mismatch = (
             f"preset {self.source} was frozen on a machine with other capabilities "
             f"({'; '.join(self.preset_differences)}); steps that cannot apply here are skipped"
         )
-        return (*self.caps.warnings, mismatch)
+        return (*self.caps.warnings, mismatch, *self.notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +122,8 @@ class Plan:
             "warnings": list(self.warnings),
             "fingerprint": self.caps.fingerprint,
             "preset_differences": list(self.preset_differences),
+            "footprint": self.footprint.to_dict() if self.footprint is not None else None,
+            "fits": self.fits,
             "steps": [step.planned(self.anatomy).to_dict() for step in self.steps],
             "skipped": [decision.to_dict() for decision in self.skipped],
         }
@@ -117,6 +135,8 @@ class Plan:
             f"(family {self.anatomy.family}) on {self.device}"
         )
         notes = "".join(f"\nwarning: {warning}" for warning in self.warnings)
+        if self.footprint is not None:
+            notes += f"\nmemory: {self.footprint.describe()} on {self.device}"
         return header + notes + "\n" + format_table(rows + self.skipped)
 
 
@@ -178,14 +198,68 @@ def make_plan(
             continue
         eligible.append(Step(optimization, optimization.resolve(anatomy, caps, config), source_label))
 
-    winners: list[Step] = []
+    winners = _without_conflicts([step for step in eligible if not step.optimization.budgeted], result.skipped)
+    result.footprint = estimate(anatomy, caps, _ordered(winners))
+    if result.footprint.regime != "none":
+        # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice) are dropped.
+        stored = component_bytes(anatomy)
+        for step in list(winners):
+            grown = sum(step.optimization.storage(anatomy, step.config, dict(stored)).values()) - sum(stored.values())
+            if grown > 0:
+                winners.remove(step)
+                reason = (
+                    f"adds {grown / GB:.2f} GB of weights the memory budget cannot spare: {result.footprint.describe()}"
+                )
+                result.skipped.append(_skip(step.optimization, step.source, reason, step.config))
+        result.footprint = estimate(anatomy, caps, _ordered(winners))
+    needed = []
     for step in eligible:
+        if step.optimization.budgeted:
+            reason = step.optimization.check_budget(anatomy, caps, step.config, result.footprint)
+            if reason:
+                result.skipped.append(_skip(step.optimization, step.source, reason, step.config))
+            else:
+                needed.append(step)
+    # What the memory budget requires wins over what only buys speed (a plan must not run out of memory).
+    needed = _without_conflicts(needed, result.skipped)
+    kept = list(needed)
+    for step in winners:
+        rival = next((n for n in needed if _conflict(step.optimization, n.optimization)), None)
+        if rival is None:
+            kept.append(step)
+        else:
+            why = f"{rival.name} is required by the memory budget: {result.footprint.describe()}"
+            result.skipped.append(_skip(step.optimization, step.source, f"conflicts with {why}", step.config))
+    result.steps = _ordered(_with_companions(kept, anatomy, caps, result.skipped))
+    if tier not in (None, _LOW_MEMORY) and not result.fits:
+        lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps)
+        instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"
+        result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}; {instead}",)
+    elif not result.fits:
+        result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}",)
+    return result
+
+
+_LOW_MEMORY = "low-memory"
+# Offloads that bring the peak down to what each regime allows (a stronger one also does).
+_OFFLOADS_FOR = {
+    "none": (),
+    "model": ("model_offload", "group_offload", "sequential_offload"),
+    "group": ("group_offload", "sequential_offload"),
+    "sequential": ("sequential_offload",),
+}
+
+
+def _without_conflicts(steps: list[Step], skipped: list[Decision]) -> list[Step]:
+    """The steps that do not conflict with an earlier one; the others are skipped naming the winner."""
+    winners: list[Step] = []
+    for step in steps:
         rival = next((w for w in winners if _conflict(step.optimization, w.optimization)), None)
         if rival is None:
             winners.append(step)
             continue
         why = f"same group {rival.optimization.group!r}" if step.optimization.group else "declared conflict"
-        result.skipped.append(
+        skipped.append(
             _skip(
                 step.optimization,
                 step.source,
@@ -193,8 +267,7 @@ def make_plan(
                 step.config,
             )
         )
-    result.steps = _ordered(_with_companions(winners, anatomy, caps, result.skipped))
-    return result
+    return winners
 
 
 def _with_companions(steps: list[Step], anatomy: Anatomy, caps: Capabilities, skipped: list[Decision]) -> list[Step]:

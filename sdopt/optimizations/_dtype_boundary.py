@@ -37,7 +37,8 @@ def add_dtype_boundary(model: torch.nn.Module) -> Undo:
     HookRegistry.check_if_exists_or_initialize(model).register_hook(DtypeBoundary(), HOOK_NAME)
 
     def undo() -> None:
-        model._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+        registry: Any = model._diffusers_hook
+        registry.remove_hook(HOOK_NAME, recurse=False)
         restore()
 
     return undo

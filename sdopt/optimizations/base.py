@@ -37,6 +37,7 @@ from sdopt.requirements import Requirements
 if TYPE_CHECKING:
     from sdopt.anatomy import Anatomy
     from sdopt.capabilities import Capabilities
+    from sdopt.footprint import Footprint
 
 Undo = Callable[[], None]
 """Restores exactly what one ``apply`` changed. Called at most once."""
@@ -79,6 +80,9 @@ class Optimization:
         after / before: names this one must be applied after / before when both are planned.
         lossy: whether outputs change beyond numerical drift.
         effect: what it buys: "speed", "memory" or "speed+memory".
+        budgeted: whether the memory budget decides it (offloads): planning then asks
+            :meth:`check_budget` with the planned footprint, and it wins conflicts against steps
+            that only buy speed.
     """
 
     name: ClassVar[str]
@@ -92,6 +96,7 @@ class Optimization:
     before: ClassVar[tuple[str, ...]] = ()
     lossy: ClassVar[bool] = False
     effect: ClassVar[str] = "speed"
+    budgeted: ClassVar[bool] = False
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         """Why this optimization would do nothing or cannot work here; ``None`` if it can. Pure."""
@@ -104,6 +109,15 @@ class Optimization:
         (e.g. torchao's int8 kernels on CUDA are slow unless the denoiser is compiled). Pure.
         """
         return {}
+
+    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
+        """The bytes each module component will take after this step, given ``sizes`` before it
+        (planning's memory estimate; steps that cast, quantize or add weights say so). Pure."""
+        return sizes
+
+    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
+        """For :attr:`budgeted` steps: why the planned ``footprint`` does not call for this one. Pure."""
+        return None
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         """Turn automatic settings of ``config`` into concrete ones for this pipeline. Pure."""

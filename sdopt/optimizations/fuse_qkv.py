@@ -59,6 +59,19 @@ class FuseQKV(Optimization):
         detail = "; ".join(f"{target}: {why}" for target, why in reasons.items()) or "no denoiser or VAE"
         return f"nothing to fuse ({detail})"
 
+    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
+        # diffusers keeps the separate projections next to the fused ones: q/k/v weights count twice.
+        names = {id(module): name for name, module in anatomy.modules().items()}
+        for model in self._models(anatomy, config).values():
+            if _why_not_fusable(model) is None and id(model) in names:
+                sizes[names[id(model)]] += sum(
+                    p.numel() * p.element_size()
+                    for module in _fusable_modules(model)
+                    for name in ("to_q", "to_k", "to_v")
+                    for p in getattr(module, name).parameters()
+                )
+        return sizes
+
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"fused QKV projections in {' and '.join(config.targets)}"
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.footprint import Footprint
 from sdopt.optimizations._offload import check_regime, remember_placement, resolve_device
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
@@ -53,6 +54,7 @@ class GroupOffload(Optimization):
     group = "offload"
     conflicts = ("torch_compile",)
     effect = "memory"
+    budgeted = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if not hasattr(anatomy.pipeline, "enable_group_offload"):
@@ -61,12 +63,15 @@ class GroupOffload(Optimization):
             return f"blocks_per_group must be >= 1, got {config.blocks_per_group}"
         if any(_hooks(module) for module in anatomy.modules().values()):
             return "already active"
-        return check_regime("group", anatomy, caps, config.only_if_needed)
+        return None
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         device = resolve_device(config.device, caps)
         use_stream = config.use_stream and device.split(":")[0] in ("cuda", "xpu")
         return GroupOffloadConfig(config.level, config.blocks_per_group, use_stream, device, config.only_if_needed)
+
+    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
+        return check_regime("group", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         stream = ", prefetching on a stream" if config.use_stream else ""

@@ -86,10 +86,22 @@ class HalfPrecision(Optimization):
         unknown = [name for name in config.components if name not in modules]
         if unknown:
             return f"no module component named {', '.join(unknown)} (components: {', '.join(modules)})"
-        castable = any(_castable(module, _DTYPES[dtype]) for module, dtype in self._targets(anatomy, resolved))
+        castable = any(
+            _castable(module, _DTYPES[dtype], planning=True) for module, dtype in self._targets(anatomy, resolved)
+        )
         if not castable and not _unguarded_vaes(anatomy):
             return f"already {resolved.dtype}"
         return None
+
+    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
+        names = {id(module): name for name, module in anatomy.modules().items()}
+        for module, dtype_name in self._targets(anatomy, config):
+            dtype = _DTYPES[dtype_name]
+            saved = sum(
+                t.numel() * (t.element_size() - dtype.itemsize) for t in _castable(module, dtype, planning=True)
+            )
+            sizes[names[id(module)]] -= saved
+        return sizes
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         vae = anatomy.vae
@@ -180,12 +192,21 @@ def _keep_in_fp32(module: torch.nn.Module) -> set[str]:
     return set(getattr(module, "_keep_in_fp32_modules", None) or ())
 
 
-def _castable(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Floating tensors of ``module`` not yet in ``dtype``, minus float32-only ones under float16."""
+def _castable(module: torch.nn.Module, dtype: torch.dtype, *, planning: bool = False) -> list[torch.Tensor]:
+    """Floating tensors of ``module`` not yet in ``dtype``, minus float32-only ones under float16.
+
+    Tensors on the meta device are left out when applying (accelerate keeps offloaded weights
+    there, to be loaded in their own dtype), but count when planning a pipeline built on meta
+    (``sdopt plan --arch sdxl``) that has no accelerate hooks."""
     keep = _keep_in_fp32(module) if dtype == torch.float16 else set()
+    meta_counts = planning and not any(hasattr(sub, "_hf_hook") for sub in module.modules())
     tensors = []
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if not tensor.is_floating_point() or tensor.dtype == dtype or tensor.device.type == "meta":
+        if (
+            not tensor.is_floating_point()
+            or tensor.dtype == dtype
+            or (tensor.device.type == "meta" and not meta_counts)
+        ):
             continue
         if keep and keep & set(name.split(".")):
             continue

@@ -7,6 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.footprint import Footprint
 from sdopt.optimizations._offload import accelerate_offload, check_regime, resolve_device
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
@@ -42,13 +43,17 @@ class ModelOffload(Optimization):
     group = "offload"
     conflicts = ("torch_compile",)
     effect = "memory"
+    budgeted = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if getattr(anatomy.pipeline, "model_cpu_offload_seq", None) is None:
             return f"{anatomy.pipeline_class} declares no model_cpu_offload_seq"
         if getattr(anatomy.pipeline, "_all_hooks", None):
             return "already active"
-        return check_regime("model", anatomy, caps, config.only_if_needed)
+        return None
+
+    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
+        return check_regime("model", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"model CPU offload (onto {config.device})"

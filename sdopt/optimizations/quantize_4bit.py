@@ -64,6 +64,13 @@ class Quantize4bit(Optimization):
             return f"no Linear layer with at least {config.min_features} input and output features"
         return None
 
+    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
+        name = anatomy.denoiser_name
+        if name in sizes:  # 4-bit weights: half a byte per element (plus small per-block scales)
+            layers = plain_linears(anatomy.denoiser, config.min_features)
+            sizes[name] -= sum(layer.weight.numel() * (layer.weight.element_size() - 0.5) for _, _, layer in layers)
+        return sizes
+
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         count = 0
         if anatomy.denoiser is not None:  # described before and after the swap

@@ -92,6 +92,13 @@ class QuantizeInt8(Optimization):
             return {"torch_compile": "torchao's int8 kernels are ~20x slower than bf16 without compilation"}
         return {}
 
+    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
+        name = anatomy.denoiser_name
+        if name in sizes:  # int8 weights: one byte per element of each replaced Linear
+            layers = plain_linears(anatomy.denoiser, config.min_features)
+            sizes[name] -= sum(layer.weight.numel() * (layer.weight.element_size() - 1) for _, _, layer in layers)
+        return sizes
+
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         # Described before and after applying: count the layers still to swap and those swapped.
         count = _count(anatomy.denoiser, config.min_features)

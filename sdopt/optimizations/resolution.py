@@ -7,6 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.footprint import default_size, latents_per_token, pixels_per_latent
 from sdopt.optimizations._call_wrapper import call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
@@ -24,8 +25,6 @@ class ResolutionConfig:
 # accepted sizes are not known: Lumina wants multiples of 16, SanaVideo of 32, HunyuanDiT and
 # AuraFlow index position embeddings by size.
 _VERIFIED_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "pixart", "kandinsky", "chroma")
-# Families whose pipelines pack 2x2 latent patches into tokens (sizes must be multiples of twice the VAE factor).
-_PACKED_FAMILIES = ("flux", "chroma")
 # Call arguments holding images the latents are derived from or aligned with: pipelines taking one
 # are skipped (those inputs would have to be resized with the latents, and diffusers declares them
 # all optional, required or not); a call passing its own latents runs at the requested size.
@@ -72,7 +71,7 @@ class Resolution(Optimization):
         if spatial:
             inputs = ", ".join(spatial)
             return f"{anatomy.pipeline_class} takes {inputs}, which would need resizing with the latents"
-        if _default_size(anatomy) is None:
+        if default_size(anatomy) is None:
             return f"the default output size of {anatomy.pipeline_class} cannot be read from its components"
         return None
 
@@ -80,8 +79,8 @@ class Resolution(Optimization):
         return f"denoised at {config.scale:.0%} of the requested size per side, then upscaled"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        grid = max(16, _pixels_per_latent(anatomy) * _patch(anatomy))
-        default = _default_size(anatomy)
+        grid = max(16, pixels_per_latent(anatomy) * latents_per_token(anatomy))
+        default = default_size(anatomy)
         assert default is not None  # check() made sure
 
         def requested(kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -111,35 +110,6 @@ class Resolution(Optimization):
             return output
 
         return wrap_call(pipe, adjust, finish)
-
-
-def _pixels_per_latent(anatomy: Anatomy) -> int:
-    """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
-    pipe = anatomy.pipeline
-    for attribute in ("vae_scale_factor", "vae_scale_factor_spatial", "movq_scale_factor"):
-        factor = getattr(pipe, attribute, None)
-        if isinstance(factor, int) and factor > 0:
-            return factor
-    blocks = getattr(getattr(anatomy.vae, "config", None), "block_out_channels", None)
-    return int(2 ** (len(blocks) - 1)) if blocks else 1
-
-
-def _patch(anatomy: Anatomy) -> int:
-    """Latents per token along a side: the denoiser's patch size, times 2 where the pipeline packs 2x2."""
-    patch = getattr(getattr(anatomy.denoiser, "config", None), "patch_size", None) or 1
-    if isinstance(patch, (list, tuple)):
-        patch = patch[-1]
-    return int(patch) * (2 if anatomy.family in _PACKED_FAMILIES else 1)
-
-
-def _default_size(anatomy: Anatomy) -> int | None:
-    """The size the pipeline generates when the caller gives none (its own rule, read from its parts)."""
-    sample = getattr(anatomy.pipeline, "default_sample_size", None)
-    if not isinstance(sample, int):
-        sample = getattr(getattr(anatomy.denoiser, "config", None), "sample_size", None)
-    if isinstance(sample, (list, tuple)):
-        sample = sample[0]
-    return int(sample) * _pixels_per_latent(anatomy) if isinstance(sample, int) else None
 
 
 def _upscale(images: Any, size: tuple[int, int]) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.footprint import Footprint
 from sdopt.optimizations._offload import accelerate_offload, check_regime, resolve_device
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
@@ -42,11 +43,15 @@ class SequentialOffload(Optimization):
     group = "offload"
     conflicts = ("torch_compile",)
     effect = "memory"
+    budgeted = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if any(hasattr(module, "_hf_hook") for module in anatomy.modules().values()):
             return "accelerate offload hooks are already installed"
-        return check_regime("sequential", anatomy, caps, config.only_if_needed)
+        return None
+
+    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
+        return check_regime("sequential", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"sequential CPU offload (onto {config.device})"

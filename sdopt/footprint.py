@@ -1,0 +1,190 @@
+"""How much device memory a plan will need, estimated before anything changes.
+
+Planning settles the steps that change what weights weigh (``half_precision``, quantization,
+``fuse_qkv``...: each says so through :meth:`Optimization.storage`), then estimates the footprint:
+every component's weights in their planned storage dtype, plus the peak activations of one call at
+the pipeline's default size, against the device memory free *now* (read again at planning time on a
+real CUDA device, not taken from the first ``detect()``). Steps driven by the budget (offloads) are
+decided from it, and win conflicts against steps that only buy speed.
+
+Example:
+    >>> from sdopt import plan
+    >>> from sdopt.architectures import real_pipeline
+    >>> from sdopt.testing import fake_capabilities
+    >>> p = plan(real_pipeline("sdxl", device="meta"), tier="balanced", caps=fake_capabilities("rtx3060ti-8gb"))
+    >>> p.footprint.regime, round(p.footprint.total_gb, 1)
+    ('model', 6.5)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from sdopt.anatomy import Anatomy
+    from sdopt.capabilities import Capabilities
+    from sdopt.planning import Step
+
+GB = 2**30
+# Families whose pipelines pack 2x2 latent patches into tokens.
+PACKED_FAMILIES = ("flux", "chroma")
+# Room left for the CUDA context, the allocator's fragmentation and kernels' workspaces.
+HEADROOM_SHARE, HEADROOM_MIN_GB = 0.15, 1.0
+# Below this much usable memory even one block of a large denoiser may not fit: offload leaf by leaf.
+SEQUENTIAL_BELOW_GB = 2.0
+# Tensors alive at once at the widest point of a call, in units of its widest activation: the
+# denoiser's (feed-forward expansion, residuals, attention inputs and outputs) and a VAE decoder's
+# full-resolution level (input, GroupNorm output, conv output, residual).
+_DENOISER_LIVE, _DECODER_LIVE = 20, 4
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Planned device memory: weights per component (GB), peak activations, and what is usable."""
+
+    components_gb: dict[str, float]
+    activations_gb: float
+    available_gb: float
+
+    @property
+    def total_gb(self) -> float:
+        return sum(self.components_gb.values())
+
+    @property
+    def largest(self) -> str:
+        return max(self.components_gb, key=lambda name: self.components_gb[name]) if self.components_gb else "-"
+
+    @property
+    def largest_gb(self) -> float:
+        return self.components_gb.get(self.largest, 0.0)
+
+    @property
+    def peak_gb(self) -> float:
+        """Everything resident, plus one call's activations."""
+        return self.total_gb + self.activations_gb
+
+    @property
+    def regime(self) -> str:
+        """ "none" (all fits), "model" (one component at a time fits), "group" or "sequential"."""
+        if self.peak_gb <= self.available_gb:
+            return "none"
+        if self.largest_gb + self.activations_gb <= self.available_gb:
+            return "model"
+        return "group" if self.available_gb >= SEQUENTIAL_BELOW_GB else "sequential"
+
+    def describe(self) -> str:
+        return (
+            f"weights {self.total_gb:.1f} GB (largest: {self.largest} {self.largest_gb:.1f} GB) + "
+            f"activations ~{self.activations_gb:.1f} GB vs {self.available_gb:.1f} GB usable"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "components_gb": {name: round(size, 3) for name, size in self.components_gb.items()},
+            "total_gb": round(self.total_gb, 3),
+            "activations_gb": round(self.activations_gb, 3),
+            "peak_gb": round(self.peak_gb, 3),
+            "available_gb": round(self.available_gb, 3),
+            "regime": self.regime,
+        }
+
+
+def estimate(anatomy: Anatomy, caps: Capabilities, steps: Iterable[Step] = ()) -> Footprint:
+    """The footprint of ``anatomy``'s pipeline once ``steps`` are applied, on ``caps``' device. Pure."""
+    sizes = component_bytes(anatomy)
+    for step in steps:
+        sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
+    tiled = any(step.name == "vae_tiling" for step in steps)
+    activations = _activation_bytes(anatomy, _compute_bytes(anatomy, steps), tiled)
+    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, usable_memory_gb(caps))
+
+
+def usable_memory_gb(caps: Capabilities) -> float:
+    """Device memory free for the pipeline now, less headroom (detected devices are asked again)."""
+    gpu = caps.gpu
+    memory = caps.device_memory_gb
+    if gpu is not None:
+        memory = gpu.free_memory_gb if gpu.free_memory_gb is not None else gpu.total_memory_gb
+        if caps.profile is None and torch.cuda.is_available():
+            # A driver that refuses the query leaves the detected figure standing.
+            with contextlib.suppress(Exception):
+                memory = torch.cuda.mem_get_info(gpu.index)[0] / GB
+    return max(0.0, memory - max(HEADROOM_MIN_GB, HEADROOM_SHARE * memory))
+
+
+def default_size(anatomy: Anatomy) -> int | None:
+    """The image side the pipeline generates when the caller gives none (its own rule, from its parts)."""
+    sample = getattr(anatomy.pipeline, "default_sample_size", None)
+    if not isinstance(sample, int):
+        sample = getattr(getattr(anatomy.denoiser, "config", None), "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample) * pixels_per_latent(anatomy) if isinstance(sample, int) else None
+
+
+def pixels_per_latent(anatomy: Anatomy) -> int:
+    """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
+    pipe = anatomy.pipeline
+    for attribute in ("vae_scale_factor", "vae_scale_factor_spatial", "movq_scale_factor"):
+        factor = getattr(pipe, attribute, None)
+        if isinstance(factor, int) and factor > 0:
+            return factor
+    blocks = getattr(getattr(anatomy.vae, "config", None), "block_out_channels", None)
+    return int(2 ** (len(blocks) - 1)) if blocks else 1
+
+
+def latents_per_token(anatomy: Anatomy) -> int:
+    """Latents per token along a side: the denoiser's patch size, times 2 where the pipeline packs
+    2x2 latent patches itself (Flux, Chroma)."""
+    patch = getattr(getattr(anatomy.denoiser, "config", None), "patch_size", None) or 1
+    if isinstance(patch, (list, tuple)):
+        patch = patch[-1]
+    return int(patch) * (2 if anatomy.family in PACKED_FAMILIES else 1)
+
+
+def component_bytes(anatomy: Anatomy) -> dict[str, float]:
+    """The bytes of weights and buffers of each module component, as stored now."""
+    return {
+        name: float(sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]))
+        for name, module in anatomy.modules().items()
+    }
+
+
+def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:
+    dtype = getattr(anatomy.denoiser, "dtype", torch.float32)
+    for step in steps:
+        planned = getattr(step.config, "dtype", None)
+        if step.name == "half_precision" and planned in ("bfloat16", "float16"):
+            return 2
+    return torch.finfo(dtype).bits // 8 if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 4
+
+
+def _activation_bytes(anatomy: Anatomy, element: int, tiled: bool) -> float:
+    side = default_size(anatomy)
+    if side is None:
+        return 0.0
+    config = getattr(anatomy.denoiser, "config", None)
+    latent = side // pixels_per_latent(anatomy)
+    # The widest point of the denoiser: UNets halve the resolution at each level as channels grow;
+    # transformers keep one token count and one hidden width.
+    levels = getattr(config, "block_out_channels", None)
+    if levels:
+        widest = max((latent // 2**level) ** 2 * channels for level, channels in enumerate(levels))
+    else:
+        heads, head_dim = (getattr(config, key, None) for key in ("num_attention_heads", "attention_head_dim"))
+        width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else 0
+        width = max(width, getattr(config, "hidden_size", 0) or 0)
+        widest = (latent // latents_per_token(anatomy)) ** 2 * width
+    denoiser = 2 * widest * element * _DENOISER_LIVE  # batch 2: classifier-free guidance
+    decoder = 0.0
+    vae_config = getattr(anatomy.vae, "config", None)
+    channels = getattr(vae_config, "block_out_channels", None)
+    if channels:  # a decoder's widest point is its full-resolution level
+        pixels = min(side, int(getattr(vae_config, "sample_size", side) or side)) if tiled else side
+        decoder = channels[0] * pixels * pixels * element * _DECODER_LIVE
+    return float(max(denoiser, decoder))
