@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     tiers = commands.add_parser("tiers", help="list the tiers and what each contains")
     tiers.add_argument("--json", action="store_true", help="print JSON instead of a table")
     tiers.add_argument("--markdown", action="store_true", help="print the Markdown tables of docs/tiers.md")
+    tiers.add_argument(
+        "--fit",
+        action="store_true",
+        help="print docs/fit.md's table: whether each tier fits each GPU, per architecture",
+    )
     tiers.set_defaults(handler=_tiers)
 
     optimizations = commands.add_parser("optimizations", help="list the registered optimizations")
@@ -110,6 +115,11 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def _tiers(args: argparse.Namespace) -> int:
     from sdopt.tiers import list_tiers
 
+    if args.fit:
+        from sdopt.fit import fit_markdown
+
+        print(fit_markdown(), end="")
+        return 0
     rows = list_tiers()
     if args.json:
         print(json.dumps(rows, indent=2))

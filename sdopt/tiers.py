@@ -164,6 +164,22 @@ _LOW_MEMORY_1 = (
     Entry("vae_tiling", why="the VAE decodes tiles instead of the whole latent"),
 )
 
+# low-memory@2: weights in the device's half dtype first (half the bytes of @1's float32 weights on
+# GPUs, which @1 left to the other tiers): the fit table (docs/fit.md) showed @1 planning SDXL at
+# 12.9 GB of float32 weights on a 6 GB GPU, where 6.6 GB of bf16/fp16 weights would have been offloaded.
+_LOW_MEMORY_2 = (
+    Entry(
+        "half_precision",
+        why="bfloat16/float16 weights take half the memory of float32; the dtype follows the hardware, as in "
+        "the other tiers (on CPUs without bf16 units it stays float32)",
+    ),
+    Entry(
+        "vae_fp16_fix",
+        why="with float16 weights, SDXL's VAE would otherwise be kept in float32",
+    ),
+    *_LOW_MEMORY_1,
+)
+
 _TIERS: dict[str, dict[int, Preset]] = {
     "conservative": {
         1: Preset(
@@ -179,7 +195,10 @@ _TIERS: dict[str, dict[int, Preset]] = {
         1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost"),
         2: Preset("ultra", _ULTRA_2, 2, "maximum speed, clear quality cost"),
     },
-    "low-memory": {1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs")},
+    "low-memory": {
+        1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs"),
+        2: Preset("low-memory", _LOW_MEMORY_2, 2, "smallest footprint that still runs"),
+    },
 }
 
 

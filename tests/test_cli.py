@@ -15,7 +15,7 @@ def test_tiers_lists_every_tier(capsys) -> None:
 
 
 def test_plan_on_a_tiny_arch_as_json(capsys) -> None:
-    assert main(["plan", "--arch", "tiny-sd", "--tier", "low-memory", "--json"]) == 0
+    assert main(["plan", "--arch", "tiny-sd", "--tier", "low-memory@1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["source"] == "low-memory@1"
     assert {s["name"] for s in data["steps"]} == {"attention_slicing", "vae_slicing", "vae_tiling"}
