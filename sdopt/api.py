@@ -15,6 +15,7 @@ from sdopt.presets import Preset
 from sdopt.report import Decision, Report, run_undo_stack
 from sdopt.tiers import DEFAULT_TIER
 from sdopt.transaction import Restore, record
+from sdopt.verification import run_verification
 
 
 def plan(
@@ -49,6 +50,7 @@ def optimize(
     strict: bool = False,
     dry_run: bool = False,
     undoable: bool = True,
+    verify: bool = False,
 ) -> Report:
     """Optimize ``pipe`` in place for this machine and return what was done.
 
@@ -67,6 +69,9 @@ def optimize(
         dry_run: plan only; the report lists the steps as "planned".
         undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
             kept while ``optimize`` runs (so a failure rolls back), then released.
+        verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
+            if it fails, the step that breaks it is found, rolled back and reported failed with the
+            error, and the others are kept (see :mod:`sdopt.verification`).
 
     If a step raises, whatever it changed before raising is put back (the core records the
     pipeline's state by reference before each step), and every step applied before it is undone
@@ -114,12 +119,16 @@ def optimize(
         try:
             for step in current.steps:
                 applied.append(_apply_step(pipe, step, current.caps, stack))
+            if verify and current.steps:
+                applied = _verified(pipe, current, stack, before, applied, report)
             break
         except _StepFailed as failure:
             _roll_back(stack, before)
             if strict:
                 raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
-            reason = f"{type(failure.cause).__name__}: {failure.cause} (rolled back; the other steps were re-planned)"
+            when = "in the verification call after it was applied" if failure.verified else "while applied"
+            cause = f"{type(failure.cause).__name__}: {failure.cause}"
+            reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
             current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
 
@@ -131,10 +140,40 @@ def optimize(
 
 
 class _StepFailed(Exception):
-    def __init__(self, step: Step, cause: BaseException) -> None:
+    def __init__(self, step: Step, cause: BaseException, *, verified: bool = False) -> None:
         super().__init__(step.name)
         self.step = step
         self.cause = cause
+        self.verified = verified
+
+
+def _verified(
+    pipe: Any, current: Plan, stack: list[tuple[str, Undo]], before: Restore, applied: list[Decision], report: Report
+) -> list[Decision]:
+    """The decisions of the applied steps once the pipeline is known to run; raises ``_StepFailed``
+    naming the first step after which the verification call fails."""
+    try:
+        run_verification(pipe)
+        return applied
+    except Exception:
+        pass
+    _roll_back(stack, before)
+    try:
+        run_verification(pipe)
+    except Exception as error:  # the call itself cannot be made: nothing to blame on a step
+        report.warnings += (
+            f"verify: inconclusive, the untouched pipeline cannot make the verification call either "
+            f"({type(error).__name__}: {error}); the steps were applied unverified",
+        )
+        return [_apply_step(pipe, step, current.caps, stack) for step in current.steps]
+    applied = []
+    for step in current.steps:
+        applied.append(_apply_step(pipe, step, current.caps, stack))
+        try:
+            run_verification(pipe)
+        except Exception as error:
+            raise _StepFailed(step, error, verified=True) from error
+    return applied
 
 
 def _roll_back(stack: list[tuple[str, Undo]], before: Restore) -> None:

@@ -296,7 +296,7 @@ def bench(
             pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
             if tier != BASELINE:
                 started = clock()
-                report = optimize(pipe, **how[tier], caps=caps, undoable=False)
+                report = optimize(pipe, **how[tier], caps=caps, undoable=False, verify=True)
                 result.optimize_s = clock() - started
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()

@@ -29,6 +29,7 @@ def load(
     extra: Iterable[ExtraItem] = (),
     caps: Capabilities | None = None,
     quantize: Literal["4bit"] | None = None,
+    verify: bool = True,
     **from_pretrained_kwargs: Any,
 ) -> Loaded:
     """Load a pipeline in the dtype the tier would give it, with low CPU memory use, then optimize.
@@ -39,6 +40,11 @@ def load(
     ``half_precision`` (SDXL's VAE stays float32 under float16), ``variant="fp16"`` when a
     local directory has fp16 weight files, ``low_cpu_mem_usage=True``. Loading in the target
     dtype means the report cannot undo that cast (the float32 weights were never in memory).
+    The dtype goes in as ``dtype`` (diffusers >= 0.42 deprecates ``torch_dtype``, which older ones need).
+
+    Unless the plan offloads (the offload places each component itself), the pipeline is moved to
+    the planned device before it is optimized. ``verify`` (default on) makes one minimal real call
+    inside the transaction and rolls back the step that breaks it (see :mod:`sdopt.verification`).
 
     ``quantize="4bit"`` loads the denoiser's weights as bitsandbytes NF4: on CUDA straight from
     the files through diffusers' ``PipelineQuantizationConfig`` (the full-precision weights never
@@ -73,12 +79,13 @@ def load(
     kwargs = dict(from_pretrained_kwargs)
     kwargs.setdefault("low_cpu_mem_usage", True)
     wants_half = tier is not None and "half_precision" in resolve_tier(tier).names() and "half_precision" not in exclude
-    if wants_half and caps.half_dtype != "float32" and "torch_dtype" not in kwargs:
+    dtype_key = _dtype_keyword()
+    if wants_half and caps.half_dtype != "float32" and not {"torch_dtype", "dtype"} & set(kwargs):
         dtype = getattr(torch, caps.half_dtype)
         if caps.half_dtype == "float16" and _pipeline_class_name(source).startswith("StableDiffusionXL"):
-            kwargs["torch_dtype"] = {"default": dtype, "vae": torch.float32}
+            kwargs[dtype_key] = {"default": dtype, "vae": torch.float32}
         else:
-            kwargs["torch_dtype"] = dtype
+            kwargs[dtype_key] = dtype
         if caps.half_dtype == "float16" and "variant" not in kwargs and _has_fp16_variant(source):
             kwargs["variant"] = "fp16"
     extra = list(extra)
@@ -88,14 +95,26 @@ def load(
         if not caps.package_usable("bitsandbytes"):
             raise ImportError("quantize='4bit' needs bitsandbytes: pip install sdopt[bnb]")
         if caps.device == "cuda" and "quantization_config" not in kwargs:
-            kwargs["quantization_config"] = _four_bit_config(source, kwargs.get("torch_dtype"))
+            kwargs["quantization_config"] = _four_bit_config(source, kwargs.get(dtype_key, kwargs.get("torch_dtype")))
         else:
             extra.append("quantize_4bit")
     pipe = pipeline_cls.from_pretrained(source, **kwargs)
 
-    from sdopt.api import optimize
+    from sdopt.api import optimize, plan
 
-    return Loaded(pipe, optimize(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps))
+    if caps.device != "cpu":
+        planned = plan(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps)
+        if not any(step.name.endswith("_offload") for step in planned.steps):
+            pipe.to(caps.device)
+    return Loaded(pipe, optimize(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, verify=verify))
+
+
+def _dtype_keyword() -> str:
+    """``dtype`` where diffusers takes it (0.42 deprecates ``torch_dtype``), else ``torch_dtype``."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__.split("+")[0]) >= Version("0.42") else "torch_dtype"
 
 
 def _four_bit_config(source: str, torch_dtype: Any) -> Any:

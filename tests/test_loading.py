@@ -33,8 +33,10 @@ def test_float32_machines_load_in_float32(saved) -> None:
     assert "no bf16 units" in {d.name: d.reason for d in report.skipped}["half_precision"]
 
 
-def test_sdxl_in_float16_keeps_its_vae_in_float32_and_guarded(saved) -> None:
-    from diffusers import StableDiffusionXLPipeline
+def test_sdxl_in_float16_keeps_its_vae_in_float32_and_guarded(saved, monkeypatch) -> None:
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+
+    monkeypatch.setattr(DiffusionPipeline, "to", lambda self, *args, **kwargs: self)  # a T4 simulated on the CPU
 
     pipe, report = load(
         StableDiffusionXLPipeline, saved("sdxl"), tier="conservative", caps=fake_capabilities("t4-16gb")
@@ -83,3 +85,36 @@ def test_quantize_needs_bitsandbytes_and_a_known_mode(saved) -> None:
         load(path, tier=None, caps=fake_capabilities("cpu"), quantize="4bit")
     with pytest.raises(ValueError, match="quantize must be '4bit'"):
         load(path, tier=None, caps=fake_capabilities("cpu"), quantize="3bit")  # type: ignore[arg-type]
+
+
+def test_load_passes_dtype_not_the_deprecated_torch_dtype(saved, monkeypatch) -> None:
+    from diffusers import DiffusionPipeline
+
+    seen: dict[str, object] = {}
+    original = DiffusionPipeline.from_pretrained.__func__
+
+    def spy(cls, source, **kwargs):
+        seen.update(kwargs)
+        return original(cls, source, **kwargs)
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(spy))
+    pipe, _ = load(saved("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
+    assert seen.get("dtype") == torch.bfloat16 and "torch_dtype" not in seen
+
+
+def test_load_moves_the_pipeline_to_the_planned_device_unless_it_offloads(saved, monkeypatch) -> None:
+    from diffusers import DiffusionPipeline
+
+    moved: list[object] = []
+    monkeypatch.setattr(DiffusionPipeline, "to", lambda self, *args, **kwargs: moved.append(args) or self)
+    load(saved("sd"), tier="balanced", caps=fake_capabilities("t4-16gb"), verify=False)
+    assert moved == [("cuda",)]
+    moved.clear()
+    load(
+        saved("sd"),
+        tier=None,
+        extra=[{"name": "model_offload", "only_if_needed": False, "device": "cpu"}],
+        caps=fake_capabilities("t4-16gb"),
+        verify=False,
+    )
+    assert ("cuda",) not in moved  # diffusers' offload keeps the components on the CPU itself
