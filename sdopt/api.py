@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
 from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
+from sdopt.optimizations._pretrained import offline
 from sdopt.optimizations.base import Undo
 from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
@@ -36,7 +38,8 @@ def plan(
         >>> {d.name: d.reason.split(" (")[0] for d in p.skipped}["attention_slicing"]
         'for unet denoisers only'
     """
-    return _plan(pipe, tier, preset, _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra"), caps, failed={})
+    with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
+        return _plan(pipe, tier, preset, _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra"), caps, failed={})
 
 
 def optimize(
@@ -89,7 +92,8 @@ def optimize(
     """
     exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
     failed: dict[str, Decision] = {}
-    current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
+    with offline() if dry_run else contextlib.nullcontext():
+        current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
     if strict:
         refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
         if current.preset_differences:

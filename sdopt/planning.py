@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt import registry
-from sdopt.anatomy import Anatomy, inspect_pipeline
+from sdopt.anatomy import Anatomy, inspect_pipeline, unwrap
 from sdopt.capabilities import Capabilities, detect, fact_differences
 from sdopt.errors import PlanningError
 from sdopt.footprint import GB, Footprint, component_bytes, estimate
@@ -172,6 +172,12 @@ def make_plan(
                 candidates.setdefault(entry.name, []).append((entry, base.label))
 
     result = Plan(source=source, anatomy=anatomy, caps=caps)
+    if anatomy.family == "other":
+        denoiser = type(unwrap(anatomy.denoiser)).__name__ if anatomy.denoiser is not None else "none"
+        result.notes += (
+            f"family unknown: generic steps only ({anatomy.pipeline_class} with a {denoiser} denoiser is none of "
+            "the families sdopt tells apart, so family-specific steps such as the solver swap are skipped)",
+        )
     if preset is not None and preset.fingerprint and preset.fingerprint != caps.fingerprint:
         differences = fact_differences(preset.made_on or {}, caps.fingerprint_facts())
         result.preset_differences = tuple(differences) or (f"fingerprint {preset.fingerprint} -> {caps.fingerprint}",)

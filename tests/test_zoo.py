@@ -93,3 +93,10 @@ def test_gpu_plans_are_made_without_raising(name: str) -> None:
 @pytest.mark.parametrize("name", zoo_names())
 def test_family_is_recognised_from_components(name: str) -> None:
     assert inspect_pipeline(zoo_pipeline(name)).family == zoo_entry(name).family
+
+
+@pytest.mark.parametrize("name", [name for name in zoo_names() if zoo_entry(name).family == "other"])
+def test_unknown_families_are_told_generic_steps_only(name: str) -> None:
+    report = optimize(zoo_pipeline(name), tier="balanced", caps=fake_capabilities("cpu"), dry_run=True)
+    assert any(warning.startswith("family unknown: generic steps only") for warning in report.warnings)
+    assert "scheduler" in {d.name for d in report.skipped}

@@ -26,11 +26,14 @@ def wrap_call(
     adjust: Adjust,
     finish: Finish | None = None,
     around: Callable[[], AbstractContextManager[Any]] | None = None,
+    *,
+    layer: str,
 ) -> Undo:
     """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``, then pass its output
     through ``finish(output, original_kwargs)`` if given; positional args pass through. With
     ``around``, each call runs inside the context it returns (process-wide settings that must hold
-    during the call only)."""
+    during the call only). ``layer`` names the optimization, so a second ``optimize`` can tell the
+    layer is there (:func:`call_layers`) instead of wrapping the call twice."""
     original_class = type(pipe)
 
     @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
@@ -42,7 +45,12 @@ def wrap_call(
     wrapped_class = type(
         original_class.__name__,
         (original_class,),
-        {"__call__": __call__, "__module__": original_class.__module__, "__qualname__": original_class.__qualname__},
+        {
+            "__call__": __call__,
+            "__module__": original_class.__module__,
+            "__qualname__": original_class.__qualname__,
+            _LAYER: layer,
+        },
     )
     pipe.__class__ = wrapped_class
 
@@ -50,6 +58,14 @@ def wrap_call(
         pipe.__class__ = original_class
 
     return undo
+
+
+_LAYER = "_sdopt_call_layer"
+
+
+def call_layers(pipe: Any) -> list[str]:
+    """The optimizations wrapping ``pipe``'s call, outermost first."""
+    return [cls.__dict__[_LAYER] for cls in type(pipe).__mro__ if _LAYER in cls.__dict__]
 
 
 def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,22 @@ from sdopt.optimizations.base import Undo
 # (class name, source) -> loaded model or the error it raised; a failed download is not retried
 # on every plan of the same process.
 _cache: dict[tuple[str, str], Any] = {}
+_downloads_allowed = contextvars.ContextVar("sdopt_downloads_allowed", default=True)
+
+
+class NotDownloaded(OSError):
+    """The model is not on disk, and this is a plan or a dry run, which never touch the network."""
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Within this context :func:`load_pretrained` uses local files only and raises
+    :class:`NotDownloaded` for the rest (``plan()`` and dry runs are pure and offline)."""
+    token = _downloads_allowed.set(False)
+    try:
+        yield
+    finally:
+        _downloads_allowed.reset(token)
 
 
 def load_pretrained(class_name: str, source: str) -> Any:
@@ -23,6 +42,8 @@ def load_pretrained(class_name: str, source: str) -> Any:
         cls = getattr(diffusers, class_name)
         try:
             _cache[key] = (cls.from_pretrained(source) if local else _from_hub(cls, source)).eval()
+        except NotDownloaded:
+            raise  # not a failure to remember: optimize may download it
         except Exception as error:
             _cache[key] = error
     cached = _cache[key]
@@ -37,6 +58,12 @@ def _from_hub(cls: Any, repo_id: str) -> Any:
     try:
         return cls.from_pretrained(repo_id, local_files_only=True)
     except Exception as not_cached:
+        if not _downloads_allowed.get():
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:  # optimize could not download it either: a final answer
+                raise OSError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
+            raise NotDownloaded(f"{repo_id} is not in the local Hugging Face cache") from not_cached
         unreachable = _hub_unreachable()
         if unreachable:
             raise OSError(f"{repo_id} is not in the local Hugging Face cache and {unreachable}") from not_cached

@@ -220,7 +220,7 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
         state.reset()  # every generation starts with a full step
         return kwargs
 
-    unwrap = wrap_call(pipe, new_generation)
+    unwrap = wrap_call(pipe, new_generation, layer="feature_cache")
 
     def undo() -> None:
         unwrap()

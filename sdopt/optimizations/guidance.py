@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import call_default, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import call_default, call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -64,6 +64,8 @@ class Guidance(Optimization):
         return GuidanceConfig(mode, config.stop_at)  # type: ignore[arg-type]
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        if self.name in call_layers(anatomy.pipeline):
+            return "already active (a previous optimize() wraps the pipeline's call with it)"
         if not 0.0 < config.stop_at < 1.0:
             return f"stop_at must be between 0 and 1, got {config.stop_at}"
         if anatomy.distillation in ("lcm", "guidance-embedded"):
@@ -87,7 +89,7 @@ class Guidance(Optimization):
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         if config.mode == "off":
-            return wrap_call(pipe, _default_to_no_guidance)
+            return wrap_call(pipe, _default_to_no_guidance, layer=self.name)
         doubled = [name for name in type(pipe)._callback_tensor_inputs if name != "latents"]
 
         def adjust(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class Guidance(Optimization):
             kwargs["callback_on_step_end_tensor_inputs"] = sorted({"latents", *doubled, *user_inputs})
             return kwargs
 
-        return wrap_call(pipe, adjust)
+        return wrap_call(pipe, adjust, layer=self.name)
 
 
 def _default_to_no_guidance(kwargs: dict[str, Any]) -> dict[str, Any]:

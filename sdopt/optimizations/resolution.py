@@ -8,7 +8,7 @@ from typing import Any
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import default_size, latents_per_token, pixels_per_latent
-from sdopt.optimizations._call_wrapper import call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -62,6 +62,8 @@ class Resolution(Optimization):
     lossy = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        if self.name in call_layers(anatomy.pipeline):
+            return "already active (a previous optimize() wraps the pipeline's call with it)"
         if not 0.25 <= config.scale < 1.0:
             return f"scale must be in [0.25, 1), got {config.scale}"
         parameters = call_parameters(anatomy.pipeline)
@@ -109,7 +111,7 @@ class Resolution(Optimization):
                     break
             return output
 
-        return wrap_call(pipe, adjust, finish)
+        return wrap_call(pipe, adjust, finish, layer=self.name)
 
 
 def _upscale(images: Any, size: tuple[int, int]) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import call_default, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import call_default, call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -52,6 +52,8 @@ class StepBudget(Optimization):
         return StepBudgetConfig(20 if caps.device == "cpu" else 25, config.cap)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
+        if self.name in call_layers(anatomy.pipeline):
+            return "already active (a previous optimize() wraps the pipeline's call with it)"
         pipe = anatomy.pipeline
         if "num_inference_steps" not in call_parameters(pipe):
             return f"{anatomy.pipeline_class} takes no num_inference_steps"
@@ -78,4 +80,4 @@ class StepBudget(Optimization):
                 kwargs["num_inference_steps"] = min(asked, config.steps)
             return kwargs
 
-        return wrap_call(pipe, adjust)
+        return wrap_call(pipe, adjust, layer=self.name)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import load_failure, load_pretrained, swap_vae
+from sdopt.optimizations._pretrained import NotDownloaded, load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -74,6 +74,8 @@ class TinyVae(Optimization):
             )
         try:
             tiny = load_pretrained("AutoencoderTiny", source)
+        except NotDownloaded:
+            return None  # a plan stays offline: optimize downloads it, then checks it (apply)
         except Exception as error:
             return load_failure("the tiny VAE", source, error)
         return _incompatibility(anatomy, tiny)
@@ -82,6 +84,9 @@ class TinyVae(Optimization):
         return f"VAE replaced by the tiny autoencoder {config.source}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        wrong = _incompatibility(anatomy, load_pretrained("AutoencoderTiny", config.source))
+        if wrong:  # only reachable when the plan was made before the weights were downloaded
+            raise ValueError(wrong)
         return swap_vae(pipe, anatomy.vae_names[0], "AutoencoderTiny", config.source)
 
 

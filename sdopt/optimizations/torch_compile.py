@@ -109,7 +109,9 @@ class TorchCompile(Optimization):
                 denoiser.compile(**options)
             # Inductor compiles at the first call, reading its cache dir then: the variable is set for
             # the duration of each pipeline call only, never left in the process's environment.
-            unwrap = wrap_call(pipe, lambda kwargs: kwargs, around=lambda: _inductor_cache_dir(config.cache_dir))
+            unwrap = wrap_call(
+                pipe, lambda kwargs: kwargs, around=lambda: _inductor_cache_dir(config.cache_dir), layer=self.name
+            )
         except Exception:
             for put_back in restore:
                 put_back()

@@ -9,7 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import load_failure, load_pretrained, swap_vae
+from sdopt.optimizations._pretrained import NotDownloaded, load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -59,18 +59,27 @@ class VaeFp16Fix(Optimization):
             return "the VAE is already fp16-safe (force_upcast is false)"
         try:
             fixed = load_pretrained("AutoencoderKL", config.source)
+        except NotDownloaded:
+            return None  # a plan stays offline: optimize downloads it, then checks it (apply)
         except Exception as error:
             return load_failure("the fp16-safe VAE", config.source, error) + "; the VAE stays float32"
-        for key in ("latent_channels", "block_out_channels"):
-            if tuple(_as_tuple(fixed.config.get(key))) != tuple(_as_tuple(vae.config.get(key))):
-                return f"{config.source} does not match this VAE ({key} differs): not an SDXL VAE"
-        return None
+        return _mismatch(vae, fixed, config.source)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"VAE replaced by the fp16-safe {config.source}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        wrong = _mismatch(anatomy.vae, load_pretrained("AutoencoderKL", config.source), config.source)
+        if wrong:  # only reachable when the plan was made before the weights were downloaded
+            raise ValueError(wrong)
         return swap_vae(pipe, anatomy.vae_names[0], "AutoencoderKL", config.source)
+
+
+def _mismatch(vae: Any, fixed: Any, source: str) -> str | None:
+    for key in ("latent_channels", "block_out_channels"):
+        if tuple(_as_tuple(fixed.config.get(key))) != tuple(_as_tuple(vae.config.get(key))):
+            return f"{source} does not match this VAE ({key} differs): not an SDXL VAE"
+    return None
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:

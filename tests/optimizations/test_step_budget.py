@@ -87,3 +87,18 @@ def test_the_wrapped_pipeline_still_saves_under_its_own_class(sd_pipe, cpu_caps,
 def test_zero_means_by_device(sd_pipe, cpu_caps, steps) -> None:
     result = plan(sd_pipe, tier=None, extra=[{"name": "step_budget", "steps": steps}], caps=cpu_caps)
     assert result.steps[0].config.steps == 20
+
+
+@pytest.mark.parametrize("name", ["step_budget", "guidance", "resolution"])
+def test_a_second_optimize_does_not_wrap_the_call_again(name, cpu_caps) -> None:
+    from sdopt.optimizations._call_wrapper import call_layers
+    from sdopt.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    first = optimize(pipe, tier=None, extra=[name], caps=cpu_caps)
+    second = optimize(pipe, tier=None, extra=[name], caps=cpu_caps)
+    assert [d.name for d in first.applied] == [name] and second.applied == []
+    assert second.skipped[0].reason.startswith("already active")
+    assert call_layers(pipe) == [name]
+    first.undo()
+    assert call_layers(pipe) == []

@@ -151,3 +151,29 @@ def test_a_reachable_hub_is_used_for_a_model_not_cached_yet(monkeypatch) -> None
     calls = _fake_hub(monkeypatch, cached=set(), reachable=True)
     assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"
     assert calls == [("someone/taesd", True), ("someone/taesd", False)]
+
+
+def test_plans_and_dry_runs_never_touch_the_network(monkeypatch, sd_pipe, cpu_caps) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    from sdopt import optimize, plan
+    from sdopt.optimizations import _pretrained
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a plan tried the network")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(_pretrained, "_cache", {})
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    # Not on disk: planned (optimize downloads it and checks it then), nothing fetched now.
+    assert [s.name for s in plan(sd_pipe, tier=None, extra=["tiny_vae"], caps=cpu_caps).steps] == ["tiny_vae"]
+    dry = optimize(sd_pipe, tier=None, extra=["tiny_vae"], caps=cpu_caps, dry_run=True)
+    assert [d.name for d in dry.planned] == ["tiny_vae"]
+    # With HF_HUB_OFFLINE set, optimize could not fetch it either: the plan says so.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = plan(sd_pipe, tier=None, extra=["tiny_vae"], caps=cpu_caps)
+    assert "HF_HUB_OFFLINE is set" in offline.skipped[0].reason
