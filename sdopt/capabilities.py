@@ -327,7 +327,7 @@ def _detect_cpu() -> CpuInfo:
     except OSError:
         return _detect_cpu_without_proc()
     if "avx512_bf16" in cpu.flags and "amx_bf16" not in cpu.flags:
-        speedup = _bf16_speedup(cpu.model)
+        speedup = _bf16_speedup(cpu.model, cpu.flags)
         cpu = dataclasses.replace(cpu, bf16_accelerated=speedup >= _BF16_MIN_SPEEDUP, bf16_speedup=speedup)
     return cpu
 
@@ -335,14 +335,32 @@ def _detect_cpu() -> CpuInfo:
 _BF16_MIN_SPEEDUP = 1.1
 
 
-def _bf16_speedup(model: str) -> float:
-    """fp32 time / bf16 time of a 3x3 convolution on this CPU (cached on disk per CPU and torch)."""
-    key = f"bf16-speedup|{model}|torch=={_dist_version('torch')}|threads={os.cpu_count()}"
+# The bf16 decision is the median of several timings taken in different processes (one per
+# process, so a busy moment does not decide for good): up to _BF16_SAMPLES while the median is
+# within _BF16_MARGIN of the threshold, and taken again after _BF16_MAX_AGE_S.
+_BF16_SAMPLES, _BF16_MARGIN, _BF16_MAX_AGE_S = 5, 0.15, 30 * 24 * 3600
+
+
+def _bf16_speedup(model: str, flags: tuple[str, ...] = ()) -> float:
+    """fp32 time / bf16 time of a 3x3 convolution on this CPU (cached on disk per CPU, its flags,
+    torch and the thread count; see the sampling rule above)."""
+    import time
+
+    flags_digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    key = f"bf16-speedup|{model}|flags={flags_digest}|torch=={_dist_version('torch')}|threads={os.cpu_count()}"
     cache = _read_probe_cache()
-    if key not in cache:
-        cache[key] = round(_time_bf16_against_fp32(), 3)
+    entry = cache.get(key)
+    if not isinstance(entry, dict) or time.time() - entry.get("measured", 0) > _BF16_MAX_AGE_S:
+        entry = {"samples": [], "measured": time.time()}
+    samples = [float(x) for x in entry.get("samples", [])]
+    median = sorted(samples)[len(samples) // 2] if samples else None
+    borderline = median is not None and abs(median - _BF16_MIN_SPEEDUP) <= _BF16_MARGIN * _BF16_MIN_SPEEDUP
+    if median is None or (borderline and len(samples) < _BF16_SAMPLES):
+        samples.append(round(_time_bf16_against_fp32(), 3))
+        cache[key] = {"samples": samples, "measured": entry.get("measured", time.time())}
         _write_probe_cache(cache)
-    return float(cache[key])
+        median = sorted(samples)[len(samples) // 2]
+    return float(median)
 
 
 def _time_bf16_against_fp32() -> float:
@@ -665,7 +683,14 @@ def _write_probe_cache(cache: dict[str, Any]) -> None:
         pass  # a read-only home only costs a re-probe next time
 
 
-def _packages(device: str) -> dict[str, dict[str, Any]]:
+def _packages(device: str, cuda: tuple[CudaDevice, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Optional packages and whether they work here, probed once per package version, torch
+    version and hardware: on CUDA the GPUs (name, compute capability) and the driver are part of
+    the key, so a new card or driver is probed again."""
+    hardware = device
+    if device == "cuda":
+        hardware += "|" + ",".join(f"{gpu.name}:sm_{gpu.capability[0]}{gpu.capability[1]}" for gpu in cuda)
+        hardware += f"|driver={_cuda_driver()}"
     cache = _read_probe_cache()
     changed = False
     packages = {}
@@ -675,7 +700,7 @@ def _packages(device: str) -> dict[str, dict[str, Any]]:
         if version is None:
             info["reason"] = "not installed"
         else:
-            key = f"{name}=={version}|torch=={_dist_version('torch')}|{device}"
+            key = f"{name}=={version}|torch=={_dist_version('torch')}|{hardware}"
             if key not in cache:
                 usable, reason = probe_package(name, device)
                 cache[key] = {"usable": usable, "reason": reason}
@@ -685,6 +710,17 @@ def _packages(device: str) -> dict[str, dict[str, Any]]:
     if changed:
         _write_probe_cache(cache)
     return packages
+
+
+def _cuda_driver() -> str:
+    """The CUDA driver version torch reports, or "unknown"."""
+    try:
+        import torch
+
+        get_driver: Any = getattr(torch._C, "_cuda_getDriverVersion")  # noqa: B009  # private, may be absent
+        return str(get_driver())
+    except Exception:  # CPU builds and old torch: the GPU name and capability still key the cache
+        return "unknown"
 
 
 def _dist_version(name: str) -> str | None:
@@ -769,13 +805,13 @@ def detect(device: str | None = None, *, refresh: bool = False) -> Capabilities:
             xpu_available=xpu,
             ram_total_gb=total,
             ram_available_gb=available,
-            packages=_packages(chosen),
+            packages=_packages(chosen, cuda),
             cxx_compiler=shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"),
             warnings=notes,
         )
     if device is not None and device != _cached.device:
         chosen, reason, notes = choose_device(_cached.cuda, _cached.mps, _cached.xpu_available, device)
         return dataclasses.replace(
-            _cached, device=chosen, device_reason=reason, packages=_packages(chosen), warnings=notes
+            _cached, device=chosen, device_reason=reason, packages=_packages(chosen, _cached.cuda), warnings=notes
         )
     return _cached

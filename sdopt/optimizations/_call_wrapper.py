@@ -1,9 +1,11 @@
-"""Changing what ``pipe(...)`` does, for call-time optimizations (step budget, guidance, resolution).
+"""Changing what ``pipe(...)`` does, for call-time optimizations (step budget, guidance, resolution...).
 
 ``pipe(...)`` looks ``__call__`` up on the class, so an instance attribute would be ignored. The
-pipeline instance gets a subclass of its own class (same name and module, so diffusers' saving
-and sdopt's family detection see no difference) whose ``__call__`` adjusts the arguments; the
-undo gives the instance its original class back. Layers stack, and undo runs newest first.
+pipeline instance gets a subclass of its own class (same ``__name__``, so diffusers saves it under
+its own name) whose ``__call__`` runs the instance's :class:`CallLayer` objects around the original
+call; the undo removes the layer, and the last one gives the instance its original class back.
+Layers keep their settings and state in their own attributes (no closures), so ``copy.deepcopy``
+of an optimized pipeline gets layers of its own, and ``pickle`` finds the subclass by name.
 """
 
 from __future__ import annotations
@@ -11,66 +13,104 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+import re
+import sys
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 from sdopt.optimizations.base import Undo
 
-Adjust = Callable[[dict[str, Any]], dict[str, Any]]
-Finish = Callable[[Any, dict[str, Any]], Any]
+_LAYERS = "_sdopt_call_layers"
+_PREFIX = "Wrapped__"
 
 
-def wrap_call(
-    pipe: Any,
-    adjust: Adjust,
-    finish: Finish | None = None,
-    around: Callable[[], AbstractContextManager[Any]] | None = None,
-    *,
-    layer: str,
-) -> Undo:
-    """Make ``pipe(**kwargs)`` call the original with ``adjust(kwargs)``, then pass its output
-    through ``finish(output, original_kwargs)`` if given; positional args pass through. With
-    ``around``, each call runs inside the context it returns (process-wide settings that must hold
-    during the call only). ``layer`` names the optimization, so a second ``optimize`` can tell the
-    layer is there (:func:`call_layers`) instead of wrapping the call twice."""
-    original_class = type(pipe)
+class CallLayer:
+    """One optimization's change to a call: ``adjust`` the keyword arguments on the way in, ``finish``
+    the output on the way out, hold ``around`` context (settings that must hold during the call only).
+    Subclasses keep what they need as attributes."""
 
-    @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with around() if around is not None else contextlib.nullcontext():
-            output = original_class.__call__(self, *args, **adjust(dict(kwargs)))
-        return finish(output, kwargs) if finish is not None else output
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    wrapped_class = type(
-        original_class.__name__,
-        (original_class,),
-        {
-            "__call__": __call__,
-            "__module__": original_class.__module__,
-            "__qualname__": original_class.__qualname__,
-            _LAYER: layer,
-        },
-    )
-    pipe.__class__ = wrapped_class
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs
+
+    def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
+        """``kwargs`` are the arguments as they reached this layer, before its ``adjust``."""
+        return output
+
+    def around(self, pipe: Any) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+
+def wrap_call(pipe: Any, layer: CallLayer) -> Undo:
+    """Run ``layer`` around every ``pipe(...)`` call (newest layer outermost); the undo removes it."""
+    original_class = _original_class(type(pipe))
+    layers: list[CallLayer] = pipe.__dict__.setdefault(_LAYERS, [])
+    layers.append(layer)
+    pipe.__class__ = _wrapper_class(original_class)
 
     def undo() -> None:
-        pipe.__class__ = original_class
+        current = pipe.__dict__.get(_LAYERS, [])
+        if layer in current:
+            current.remove(layer)
+        if not current:
+            pipe.__dict__.pop(_LAYERS, None)
+            pipe.__class__ = original_class
 
     return undo
 
 
-_LAYER = "_sdopt_call_layer"
-
-
 def call_layers(pipe: Any) -> list[str]:
-    """The optimizations wrapping ``pipe``'s call, outermost first."""
-    return [cls.__dict__[_LAYER] for cls in type(pipe).__mro__ if _LAYER in cls.__dict__]
+    """The names of the optimizations wrapping ``pipe``'s call, oldest first."""
+    return [layer.name for layer in pipe.__dict__.get(_LAYERS, ())]
+
+
+def _original_class(cls: type) -> type:
+    return cls.__dict__.get("_sdopt_original", cls)
+
+
+@functools.cache
+def _wrapper_class(original_class: type) -> type:
+    @functools.wraps(original_class.__call__)  # the signature (and docs) stay the pipeline's
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outermost_first = list(reversed(self.__dict__.get(_LAYERS, ())))
+        seen: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            for layer in outermost_first:
+                stack.enter_context(layer.around(self))
+                seen.append(dict(kwargs))
+                kwargs = layer.adjust(self, dict(kwargs))
+            output = original_class.__call__(self, *args, **kwargs)
+        for layer, arrived in zip(reversed(outermost_first), reversed(seen), strict=True):
+            output = layer.finish(self, output, arrived)
+        return output
+
+    name = _PREFIX + "__".join([*original_class.__module__.split("."), original_class.__qualname__])
+    wrapper = type(
+        original_class.__name__,
+        (original_class,),
+        {"__call__": __call__, "__module__": __name__, "__qualname__": name, "_sdopt_original": original_class},
+    )
+    setattr(sys.modules[__name__], name, wrapper)  # where pickle looks for it
+    return wrapper
+
+
+def __getattr__(name: str) -> Any:
+    """Rebuild a wrapper class by name, for ``pickle`` in a process that has not wrapped that class yet."""
+    if not name.startswith(_PREFIX) or not re.fullmatch(r"[\w]+", name):
+        raise AttributeError(name)
+    *module_parts, qualname = name[len(_PREFIX) :].split("__")
+    import importlib
+
+    original = getattr(importlib.import_module(".".join(module_parts)), qualname)
+    return _wrapper_class(original)
 
 
 def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
     """The parameters of the pipeline's ``__call__``."""
-    return inspect.signature(type(pipe).__call__).parameters
+    return inspect.signature(_original_class(type(pipe)).__call__).parameters
 
 
 def call_default(pipe: Any, parameter: str) -> Any:

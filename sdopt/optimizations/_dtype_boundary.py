@@ -4,8 +4,11 @@ Pipelines assume every component shares one dtype: an image encoder left in floa
 embeddings to a bfloat16 UNet ("mat1 and mat2 must have the same dtype"), and a pixel-space
 pipeline such as DDPM hands the UNet's bfloat16 output straight to ``.numpy()`` ("unsupported
 ScalarType BFloat16"). diffusers has no such boundary (``enable_layerwise_casting`` casts weights,
-not a model's inputs and outputs), so it is a hook in diffusers' own registry: floating inputs are
-cast to the model's dtype, floating outputs to float32. The undo removes the hook.
+not a model's inputs and outputs). It is a pair of PyTorch module hooks rather than a diffusers
+hook: the hook functions are stateless module-level functions that receive the module, so a
+``copy.deepcopy`` or a pickled copy of the pipeline keeps a boundary of its own (diffusers' hook
+registry replaces ``forward`` with a closure over the original module, which a copy would share).
+Floating inputs are cast to the model's dtype, floating outputs to float32. The undo removes both.
 """
 
 from __future__ import annotations
@@ -15,38 +18,34 @@ from typing import Any
 
 import torch
 
-from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations.base import Undo
-
-HOOK_NAME = "sdopt_dtype_boundary"
 
 
 def add_dtype_boundary(model: torch.nn.Module) -> Undo:
     """Cast ``model``'s floating inputs to its dtype and its floating outputs to float32."""
-    from diffusers.hooks import HookRegistry, ModelHook
-
-    class DtypeBoundary(ModelHook):
-        def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            dtype = module.dtype
-            return _cast(args, dtype), {key: _cast(value, dtype) for key, value in kwargs.items()}
-
-        def post_forward(self, module: Any, output: Any) -> Any:
-            return _cast(output, torch.float32)
-
-    restore = remember_attributes(model, HOOK_ATTRIBUTES)
-    HookRegistry.check_if_exists_or_initialize(model).register_hook(DtypeBoundary(), HOOK_NAME)
+    before = model.register_forward_pre_hook(_inputs_to_model_dtype, with_kwargs=True)
+    after = model.register_forward_hook(_outputs_to_float32)
 
     def undo() -> None:
-        registry: Any = model._diffusers_hook
-        registry.remove_hook(HOOK_NAME, recurse=False)
-        restore()
+        after.remove()
+        before.remove()
 
     return undo
 
 
 def has_dtype_boundary(model: Any) -> bool:
-    registry = getattr(model, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(HOOK_NAME) is not None
+    return any(hook is _inputs_to_model_dtype for hook in getattr(model, "_forward_pre_hooks", {}).values())
+
+
+def _inputs_to_model_dtype(
+    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    dtype = module.dtype
+    return _cast(args, dtype), {key: _cast(value, dtype) for key, value in kwargs.items()}
+
+
+def _outputs_to_float32(module: Any, args: Any, output: Any) -> Any:
+    return _cast(output, torch.float32)
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:

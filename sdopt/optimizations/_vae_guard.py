@@ -22,11 +22,36 @@ _BLACK = -0.99  # decoder output is in [-1, 1]; everything at the bottom is a bl
 
 
 def guard_vae(vae: Any) -> Undo:
-    """Install the wrappers on ``vae``; the undo removes them."""
-    original_decode, original_encode = vae.decode, getattr(vae, "encode", None)
+    """Install the wrappers on ``vae``; the undo removes them.
 
-    def decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        output = original_decode(latents.to(vae.dtype), *args, **kwargs)
+    They are objects holding the VAE and its bound methods (not closures), so ``copy.deepcopy``
+    gives a copied pipeline wrappers around its own VAE, and the pipeline can be pickled."""
+    vae.__dict__["decode"] = _GuardedDecode(vae, vae.decode)
+    if getattr(vae, "encode", None) is not None:
+        vae.__dict__["encode"] = _GuardedEncode(vae, vae.encode)
+
+    def undo() -> None:
+        vae.__dict__.pop("decode", None)
+        vae.__dict__.pop("encode", None)
+
+    return undo
+
+
+class _GuardedEncode:
+    def __init__(self, vae: Any, original: Any) -> None:
+        self.vae, self.original = vae, original
+
+    def __call__(self, pixels: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.original(pixels.to(self.vae.dtype), *args, **kwargs)
+
+
+class _GuardedDecode:
+    def __init__(self, vae: Any, original: Any) -> None:
+        self.vae, self.original = vae, original
+
+    def __call__(self, latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        vae = self.vae
+        output = self.original(latents.to(vae.dtype), *args, **kwargs)
         if vae.dtype not in _REDUCED:
             return output
         image = (output[0] if isinstance(output, tuple) else output.sample).float()
@@ -38,26 +63,12 @@ def guard_vae(vae: Any) -> Undo:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            image[bad] = _decode_in_float32(vae, original_decode, latents[bad], args, kwargs).float()
+            image[bad] = _decode_in_float32(vae, self.original, latents[bad], args, kwargs).float()
         # Images leave in float32: some pipelines call .numpy() on them, which refuses bfloat16.
         if isinstance(output, tuple):
             return (image, *output[1:])
         output.sample = image
         return output
-
-    def encode(pixels: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        assert original_encode is not None
-        return original_encode(pixels.to(vae.dtype), *args, **kwargs)
-
-    vae.__dict__["decode"] = decode
-    if original_encode is not None:
-        vae.__dict__["encode"] = encode
-
-    def undo() -> None:
-        vae.__dict__.pop("decode", None)
-        vae.__dict__.pop("encode", None)
-
-    return undo
 
 
 def _bad_images(image: torch.Tensor) -> torch.Tensor:

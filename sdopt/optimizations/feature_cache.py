@@ -11,7 +11,7 @@ import torch
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
-from sdopt.optimizations._call_wrapper import wrap_call
+from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -182,6 +182,18 @@ class _State:
         self.batch = shape
 
 
+class _NewGeneration(CallLayer):
+    """Every generation starts with a full step."""
+
+    def __init__(self, name: str, state: _State) -> None:
+        super().__init__(name)
+        self.state = state
+
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.state.reset()
+        return kwargs
+
+
 def _timestep_key(timestep: Any) -> Any:
     if isinstance(timestep, torch.Tensor):
         return tuple(timestep.detach().flatten()[:1].tolist())
@@ -193,34 +205,36 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
 
     state = _State(interval)
 
+    # The hooks and the call layer hold the state as an attribute, not in a closure.
     class StepCounter(ModelHook):
+        def __init__(self, state: _State) -> None:
+            super().__init__()
+            self.state = state
+
         def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
             sample = args[0] if args else kwargs["sample"]
             timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-            state.enter_call(sample, timestep)
+            self.state.enter_call(sample, timestep)
             return args, kwargs
 
     class ReuseOutput(ModelHook):
-        def __init__(self) -> None:
+        def __init__(self, state: _State) -> None:
             super().__init__()
+            self.state = state
             self.cached: dict[int, Any] = {}
 
         def new_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
+            state = self.state
             if state.full or state.position not in self.cached:
                 forward: Any = self.fn_ref.original_forward
                 self.cached[state.position] = forward(*args, **kwargs)
             return self.cached[state.position]
 
     restore = [remember_attributes(m, HOOK_ATTRIBUTES) for m in [denoiser, *deep]]
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(StepCounter(), _HOOK)
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(StepCounter(state), _HOOK)
     for module in deep:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(ReuseOutput(), _HOOK)
-
-    def new_generation(kwargs: dict[str, Any]) -> dict[str, Any]:
-        state.reset()  # every generation starts with a full step
-        return kwargs
-
-    unwrap = wrap_call(pipe, new_generation, layer="feature_cache")
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(ReuseOutput(state), _HOOK)
+    unwrap = wrap_call(pipe, _NewGeneration("feature_cache", state))
 
     def undo() -> None:
         unwrap()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import call_default, call_layers, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import CallLayer, call_default, call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -89,37 +89,44 @@ class Guidance(Optimization):
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         if config.mode == "off":
-            return wrap_call(pipe, _default_to_no_guidance, layer=self.name)
+            return wrap_call(pipe, _NoGuidance(self.name))
         doubled = [name for name in type(pipe)._callback_tensor_inputs if name != "latents"]
-
-        def adjust(kwargs: dict[str, Any]) -> dict[str, Any]:
-            scale = kwargs.get("guidance_scale", call_default(pipe, "guidance_scale"))
-            if scale is None or scale <= 1:
-                return kwargs  # no guidance to stop
-            user_callback = kwargs.get("callback_on_step_end")
-            user_inputs = getattr(user_callback, "tensor_inputs", None) or kwargs.get(
-                "callback_on_step_end_tensor_inputs", ["latents"]
-            )
-
-            def stop_guidance(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                if step + 1 == max(1, int(p._num_timesteps * config.stop_at)):
-                    p._guidance_scale = 0.0
-                    batch = tensors["latents"].shape[0]
-                    for name in doubled:
-                        value = tensors.get(name)
-                        if value is not None and value.shape[0] == 2 * batch:
-                            tensors[name] = value.chunk(2)[1]  # keep the conditional half
-                if user_callback is not None:
-                    tensors = user_callback(p, step, timestep, tensors) or tensors
-                return tensors
-
-            kwargs["callback_on_step_end"] = stop_guidance
-            kwargs["callback_on_step_end_tensor_inputs"] = sorted({"latents", *doubled, *user_inputs})
-            return kwargs
-
-        return wrap_call(pipe, adjust, layer=self.name)
+        return wrap_call(pipe, _TruncatedGuidance(self.name, config.stop_at, doubled))
 
 
-def _default_to_no_guidance(kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs.setdefault("guidance_scale", 0.0)
-    return kwargs
+class _NoGuidance(CallLayer):
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs.setdefault("guidance_scale", 0.0)
+        return kwargs
+
+
+class _TruncatedGuidance(CallLayer):
+    def __init__(self, name: str, stop_at: float, doubled: list[str]) -> None:
+        super().__init__(name)
+        self.stop_at, self.doubled = stop_at, doubled
+
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        scale = kwargs.get("guidance_scale", call_default(pipe, "guidance_scale"))
+        if scale is None or scale <= 1:
+            return kwargs  # no guidance to stop
+        user_callback = kwargs.get("callback_on_step_end")
+        user_inputs = getattr(user_callback, "tensor_inputs", None) or kwargs.get(
+            "callback_on_step_end_tensor_inputs", ["latents"]
+        )
+        stop_at, doubled = self.stop_at, self.doubled
+
+        def stop_guidance(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if step + 1 == max(1, int(p._num_timesteps * stop_at)):
+                p._guidance_scale = 0.0
+                batch = tensors["latents"].shape[0]
+                for name in doubled:
+                    value = tensors.get(name)
+                    if value is not None and value.shape[0] == 2 * batch:
+                        tensors[name] = value.chunk(2)[1]  # keep the conditional half
+            if user_callback is not None:
+                tensors = user_callback(p, step, timestep, tensors) or tensors
+            return tensors
+
+        kwargs["callback_on_step_end"] = stop_guidance
+        kwargs["callback_on_step_end_tensor_inputs"] = sorted({"latents", *doubled, *user_inputs})
+        return kwargs

@@ -8,7 +8,7 @@ from typing import Any
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import default_size, latents_per_token, pixels_per_latent
-from sdopt.optimizations._call_wrapper import call_layers, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import CallLayer, call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -84,34 +84,36 @@ class Resolution(Optimization):
         grid = max(16, pixels_per_latent(anatomy) * latents_per_token(anatomy))
         default = default_size(anatomy)
         assert default is not None  # check() made sure
+        return wrap_call(pipe, _LowerResolution(self.name, config.scale, grid, default))
 
-        def requested(kwargs: dict[str, Any]) -> tuple[int, int]:
-            return kwargs.get("height") or default, kwargs.get("width") or default
 
-        def conditioned(kwargs: dict[str, Any]) -> bool:
-            return kwargs.get("latents") is not None  # the caller's latents fix the size
+class _LowerResolution(CallLayer):
+    def __init__(self, name: str, scale: float, grid: int, default: int) -> None:
+        super().__init__(name)
+        self.scale, self.grid, self.default = scale, grid, default
 
-        def adjust(kwargs: dict[str, Any]) -> dict[str, Any]:
-            if conditioned(kwargs):
-                return kwargs
-            height, width = requested(kwargs)
-            kwargs["height"] = max(grid, round(height * config.scale / grid) * grid)
-            kwargs["width"] = max(grid, round(width * config.scale / grid) * grid)
-            return kwargs
+    def requested(self, kwargs: dict[str, Any]) -> tuple[int, int]:
+        return kwargs.get("height") or self.default, kwargs.get("width") or self.default
 
-        def finish(output: Any, kwargs: dict[str, Any]) -> Any:
-            if kwargs.get("output_type") == "latent" or conditioned(kwargs):
-                return output
-            size = requested(kwargs)
-            if isinstance(output, tuple):
-                return (_upscale(output[0], size), *output[1:])
-            for attribute in _RESULTS:
-                if hasattr(output, attribute):
-                    setattr(output, attribute, _upscale(getattr(output, attribute), size))
-                    break
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("latents") is not None:
+            return kwargs  # the caller's latents fix the size
+        height, width = self.requested(kwargs)
+        kwargs["height"] = max(self.grid, round(height * self.scale / self.grid) * self.grid)
+        kwargs["width"] = max(self.grid, round(width * self.scale / self.grid) * self.grid)
+        return kwargs
+
+    def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("output_type") == "latent" or kwargs.get("latents") is not None:
             return output
-
-        return wrap_call(pipe, adjust, finish, layer=self.name)
+        size = self.requested(kwargs)
+        if isinstance(output, tuple):
+            return (_upscale(output[0], size), *output[1:])
+        for attribute in _RESULTS:
+            if hasattr(output, attribute):
+                setattr(output, attribute, _upscale(getattr(output, attribute), size))
+                break
+        return output
 
 
 def _upscale(images: Any, size: tuple[int, int]) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import call_default, call_layers, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import CallLayer, call_default, call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -72,12 +72,18 @@ class StepBudget(Optimization):
         return f"num_inference_steps defaults to {config.steps} instead of {default} (an explicit value is respected)"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        def adjust(kwargs: dict[str, Any]) -> dict[str, Any]:
-            asked = kwargs.get("num_inference_steps")
-            if asked is None:
-                kwargs["num_inference_steps"] = config.steps
-            elif config.cap:
-                kwargs["num_inference_steps"] = min(asked, config.steps)
-            return kwargs
+        return wrap_call(pipe, _Steps(self.name, config.steps, config.cap))
 
-        return wrap_call(pipe, adjust, layer=self.name)
+
+class _Steps(CallLayer):
+    def __init__(self, name: str, steps: int, cap: bool) -> None:
+        super().__init__(name)
+        self.steps, self.cap = steps, cap
+
+    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        asked = kwargs.get("num_inference_steps")
+        if asked is None:
+            kwargs["num_inference_steps"] = self.steps
+        elif self.cap:
+            kwargs["num_inference_steps"] = min(asked, self.steps)
+        return kwargs

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations._call_wrapper import wrap_call
+from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -109,9 +110,7 @@ class TorchCompile(Optimization):
                 denoiser.compile(**options)
             # Inductor compiles at the first call, reading its cache dir then: the variable is set for
             # the duration of each pipeline call only, never left in the process's environment.
-            unwrap = wrap_call(
-                pipe, lambda kwargs: kwargs, around=lambda: _inductor_cache_dir(config.cache_dir), layer=self.name
-            )
+            unwrap = wrap_call(pipe, _InductorCacheDir(self.name, config.cache_dir))
         except Exception:
             for put_back in restore:
                 put_back()
@@ -130,6 +129,15 @@ def _repeated_blocks(denoiser: Any) -> list[str]:
     declared = set(getattr(denoiser, "_repeated_blocks", None) or ())
     present = {type(module).__name__ for module in denoiser.modules()} if declared else set()
     return sorted(declared & present)
+
+
+class _InductorCacheDir(CallLayer):
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(name)
+        self.path = path
+
+    def around(self, pipe: Any) -> AbstractContextManager[Any]:
+        return _inductor_cache_dir(self.path)
 
 
 @contextlib.contextmanager
