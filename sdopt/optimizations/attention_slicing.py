@@ -65,7 +65,18 @@ class AttentionSlicing(Optimization):
         return f"attention computed in slices (slice_size={config.slice_size})"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        denoiser = anatomy.denoiser
-        saved = save_processors(denoiser)
-        denoiser.set_attention_slice(config.slice_size)
+        # The denoiser and every other model that slices (ControlNets), as diffusers' pipeline-level
+        # enable_attention_slicing does.
+        models: list[Any] = [
+            model
+            for model in anatomy.modules().values()
+            if hasattr(model, "set_attention_slice") and attention_modules(model)
+        ]
+        saved = [entry for model in models for entry in save_processors(model)]
+        try:
+            for model in models:
+                model.set_attention_slice(config.slice_size)
+        except Exception:
+            restore_processors(saved)
+            raise
         return lambda: restore_processors(saved)

@@ -43,9 +43,7 @@ class Sdpa(Optimization):
     group = "attention"
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
-        if anatomy.denoiser is None:
-            return "the pipeline has no denoiser"
-        if not _replaceable(anatomy.denoiser):
+        if not any(_replaceable(model) for model in anatomy.modules().values()):
             return "already active"
         return None
 
@@ -55,9 +53,12 @@ class Sdpa(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         from diffusers.models import attention_processor
 
-        saved = save_processors(anatomy.denoiser)
+        # Every model of the pipeline (denoiser, VAE, ControlNets, prior), as diffusers' own
+        # pipeline-level attention methods do.
+        models = list(anatomy.modules().values())
+        saved = [entry for model in models for entry in save_processors(model)]
         try:
-            for module in _replaceable(anatomy.denoiser):
+            for module in (module for model in models for module in _replaceable(model)):
                 replacement = getattr(attention_processor, _SDPA_EQUIVALENT[type(module.processor).__name__])
                 module.set_processor(replacement())
         except Exception:

@@ -19,9 +19,10 @@ from sdopt.requirements import Requirements
 
 @register
 class Xformers(Optimization):
-    """``denoiser.enable_xformers_memory_efficient_attention()``, only where xformers is installed
-    AND its kernels ran in the capability probe on this device (never on CPU: its ops do not load
-    there). With PyTorch 2's SDPA the gain is usually small; tiers prefer ``sdpa``/``attention_backend``.
+    """``enable_xformers_memory_efficient_attention()`` on the denoiser and the pipeline's other
+    models with attention (VAE, ControlNets, as diffusers' pipeline-level method does), only where
+    xformers is installed AND its kernels ran in the capability probe on this device (never on CPU:
+    its ops do not load there). With PyTorch 2's SDPA the gain is usually small; tiers prefer ``sdpa``/``attention_backend``.
 
     Example:
         >>> from sdopt import plan
@@ -44,19 +45,23 @@ class Xformers(Optimization):
         return None
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
-        return "xformers memory-efficient attention in the denoiser"
+        return "xformers memory-efficient attention in the denoiser and the other models with attention"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        denoiser = anatomy.denoiser
-        processors = save_processors(denoiser)
-        backends = save_processor_backends(denoiser)
+        # Every model with attention (denoiser, VAE, ControlNets), as the pipeline-level method does.
+        models: list[Any] = [
+            m for m in anatomy.modules().values() if hasattr(m, "enable_xformers_memory_efficient_attention")
+        ]
+        processors = [entry for model in models for entry in save_processors(model)]
+        backends = [entry for model in models for entry in save_processor_backends(model)]
 
         def undo() -> None:
             restore_processors(processors)
             restore_processor_backends(backends)
 
         try:
-            denoiser.enable_xformers_memory_efficient_attention()
+            for model in models:
+                model.enable_xformers_memory_efficient_attention()
         except Exception:
             undo()
             raise

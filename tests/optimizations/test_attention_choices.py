@@ -112,10 +112,13 @@ def test_xformers_apply_and_undo_through_diffusers(sd_pipe, monkeypatch) -> None
         calls.append(self)
         self.set_attn_processor(XFormersAttnProcessor())
 
-    monkeypatch.setattr(type(sd_pipe.unet), "enable_xformers_memory_efficient_attention", enable)
+    from diffusers import ModelMixin
+
+    monkeypatch.setattr(ModelMixin, "enable_xformers_memory_efficient_attention", enable)
     caps = fake_capabilities("t4-16gb", packages={"xformers": True})
     report = optimize(sd_pipe, tier=None, extra=["xformers"], caps=caps)
-    assert calls == [sd_pipe.unet] and _processor_classes(sd_pipe.unet) == {"XFormersAttnProcessor"}
+    assert calls == [sd_pipe.vae, sd_pipe.unet]  # every model with attention, as the pipeline-level method
+    assert _processor_classes(sd_pipe.unet) == {"XFormersAttnProcessor"}
     report.undo()
     monkeypatch.undo()
     snapshot.assert_identical()
@@ -126,3 +129,22 @@ def test_one_attention_strategy_per_plan(sd_pipe) -> None:
     result = plan(sd_pipe, tier=None, extra=["attention_slicing", "xformers"], caps=caps)
     assert [s.name for s in result.steps] == ["attention_slicing"]
     assert "conflicts with attention_slicing" in result.skipped[0].reason
+
+
+def test_sdpa_and_slicing_reach_the_vae_and_controlnet_too(cpu_caps) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from sdopt.optimizations._attention import attention_modules
+
+    pipe = zoo_pipeline("StableDiffusionControlNetPipeline")
+    for model in (pipe.unet, pipe.controlnet, pipe.vae):
+        model.set_attn_processor(AttnProcessor())
+    report = optimize(pipe, tier=None, extra=["sdpa"], caps=cpu_caps)
+    for model in (pipe.unet, pipe.controlnet, pipe.vae):
+        assert {type(m.processor).__name__ for m in attention_modules(model)} == {"AttnProcessor2_0"}
+    report.undo()
+    assert {type(m.processor).__name__ for m in attention_modules(pipe.vae)} == {"AttnProcessor"}
+    sliced = optimize(pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps)
+    for model in (pipe.unet, pipe.controlnet):
+        assert {type(m.processor).__name__ for m in attention_modules(model)} == {"SlicedAttnProcessor"}
+    sliced.undo()
