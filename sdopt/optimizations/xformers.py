@@ -22,7 +22,8 @@ class Xformers(Optimization):
     """``enable_xformers_memory_efficient_attention()`` on the denoiser and the pipeline's other
     models with attention (VAE, ControlNets, as diffusers' pipeline-level method does), only where
     xformers is installed AND its kernels ran in the capability probe on this device (never on CPU:
-    its ops do not load there). With PyTorch 2's SDPA the gain is usually small; tiers prefer ``sdpa``/``attention_backend``.
+    its ops do not load there). With PyTorch 2's SDPA the gain is usually small; tiers prefer
+    ``sdpa``/``attention_backend``.
 
     Example:
         >>> from sdopt import plan
