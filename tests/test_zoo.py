@@ -7,6 +7,7 @@ machine and an AMX CPU, whose bf16 path runs here too, only slower) are applied 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,19 @@ from sdopt.tiers import tier_names
 
 RUN_PROFILES = ("here", "cpu-amx")
 PLAN_PROFILES = ("t4-16gb", "rtx3060ti-8gb")
+# torch.compile's first call takes 5-20 s per pipeline on this CPU: the tier sweep leaves it out and
+# test_compile_on_every_kind_of_denoiser compiles one pipeline per denoiser class for real
+# (SDOPT_ZOO_COMPILE=all compiles every pipeline of the zoo).
 EXCLUDED: list[str] = ["torch_compile"]
+COMPILED = (
+    "StableDiffusionImg2ImgPipeline",  # UNet2DConditionModel, regional (BasicTransformerBlock)
+    "IFPipeline",  # a UNet without the blocks it declares: whole-model compile
+    "FluxFillPipeline",  # a transformer with repeated blocks
+    "WanPipeline",  # a video transformer
+)
+# Measured in a run with SDOPT_ZOO_COMPILE=all: also AnimateDiff (UNetMotionModel), Kandinsky 3,
+# SVD, DDPM and Chroma compile and run; SD3's and PixArt's transformers (no repeated blocks, so
+# whole-model compile) failed on CPU and are skipped there with that reason.
 
 
 def _caps(profile: str) -> Any:
@@ -100,3 +113,25 @@ def test_unknown_families_are_told_generic_steps_only(name: str) -> None:
     report = optimize(zoo_pipeline(name), tier="balanced", caps=fake_capabilities("cpu"), dry_run=True)
     assert any(warning.startswith("family unknown: generic steps only") for warning in report.warnings)
     assert "scheduler" in {d.name for d in report.skipped}
+
+
+@pytest.mark.parametrize("name", zoo_names() if os.environ.get("SDOPT_ZOO_COMPILE") == "all" else COMPILED)
+def test_compile_on_every_kind_of_denoiser(name: str) -> None:
+    pipe = zoo_pipeline(name)
+    expected = run_zoo_pipeline(pipe, name)
+    state = pipeline_state(pipe)
+    compile_ = {"name": "torch_compile", "accept_cpu_first_call": True}
+    torch._dynamo.reset()
+    try:
+        report = optimize(pipe, tier="ultra", extra=[compile_], caps=fake_capabilities("cpu-amx"))
+        skipped = {d.name: d.reason for d in report.skipped}
+        if "whole-model compile" in skipped.get("torch_compile", ""):
+            assert inspect_pipeline(pipe).denoiser_kind == "transformer"
+        else:
+            assert "torch_compile" in [d.name for d in report.applied], report
+        assert _shape(run_zoo_pipeline(pipe, name)) == _shape(expected)
+        report.undo()
+    finally:
+        torch._dynamo.reset()
+    assert state_differences(state, pipeline_state(pipe)) == []
+    assert np.array_equal(_as_array(run_zoo_pipeline(pipe, name)), _as_array(expected))

@@ -83,3 +83,18 @@ def test_the_inductor_cache_dir_is_not_left_in_the_environment(sd_pipe, tmp_path
     assert [d.name for d in report.applied] == ["torch_compile"]
     # Inductor may write its own default there when torch.compile is called; sdopt's choice is not left.
     assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path)
+
+
+def test_whole_transformer_compile_is_not_planned_on_cpu() -> None:
+    # SD3's and PixArt's transformers declare no repeated blocks; compiled whole with frozen weights
+    # on CPU they failed at the first call (tests/test_zoo.py with SDOPT_ZOO_COMPILE=all).
+    extra = [{"name": "torch_compile", "accept_cpu_first_call": True}]
+    result = plan(tiny_pipeline("sd3"), tier=None, extra=extra, caps=fake_capabilities("cpu-amx"))
+    assert "whole-model compile of SD3Transformer2DModel on CPU" in result.skipped[0].reason
+    on_gpu = plan(
+        tiny_pipeline("sd3"),
+        tier=None,
+        extra=["torch_compile"],
+        caps=fake_capabilities("t4-16gb", packages={"triton": True}),
+    )
+    assert on_gpu.steps[0].config.regional == "no"
