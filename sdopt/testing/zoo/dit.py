@@ -41,7 +41,11 @@ def _flux_fill() -> Any:
     return FluxFillPipeline(**flux_components(in_channels=4 + 4 + 256, out_channels=4))
 
 
-@register("FluxKontextPipeline", lambda seed: _t5_call(seed, image=image(), max_area=64 * 64), family="flux")
+@register(
+    "FluxKontextPipeline",
+    lambda seed: _t5_call(seed, image=image(), max_area=64 * 64, _auto_resize=False),
+    family="flux",
+)
 def _flux_kontext() -> Any:
     from diffusers import FluxKontextPipeline
 
