@@ -94,3 +94,22 @@ def tiny_autoencoder_tiny(latent_channels: int = 4, *, seed: int = 0) -> Any:
 def clip_pair() -> tuple[Any, Any]:
     tokenizer = tiny_clip_tokenizer()
     return tokenizer, clip_text_encoder(len(tokenizer), with_projection=False)
+
+
+def gemma2_text_encoder(vocab_size: int) -> Any:
+    """A two-layer Gemma 2 encoder (the text encoder of Sana and Lumina 2)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=64,
+    )
+    return Gemma2Model(config)

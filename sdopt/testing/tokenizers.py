@@ -37,3 +37,22 @@ def tiny_t5_tokenizer(model_max_length: int = 32) -> Any:
     pieces += ["▁" + chr(code) for code in range(ord("a"), ord("z") + 1)]
     vocab = [(piece, 0.0 if index < 3 else -float(index)) for index, piece in enumerate(pieces)]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_gemma_tokenizer(model_max_length: int = 64) -> Any:
+    """A byte-level Gemma (BPE) tokenizer built in memory, for Gemma-encoded pipelines (Sana, Lumina 2)."""
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+    characters = ["▁", *[chr(code) for code in range(ord("!"), ord("~") + 1)]]
+    vocab = {token: index for index, token in enumerate([*specials, *characters])}
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def tiny_bert_tokenizer(model_max_length: int = 77) -> Any:
+    """A character-level BERT (WordPiece) tokenizer built in memory, for HunyuanDiT."""
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[chr(code) for code in range(ord("!"), ord("~") + 1)]]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return BertTokenizer(vocab=vocab, model_max_length=model_max_length)

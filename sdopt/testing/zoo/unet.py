@@ -1,5 +1,6 @@
 """Zoo entries with UNet denoisers: SD1.x/SDXL variants (img2img, inpaint, ControlNet, T2I-Adapter,
-PAG, IP-Adapter), LCM, Kandinsky 2.2 and 3, DeepFloyd IF, pixel-space DDPM and audio."""
+PAG, IP-Adapter), LCM, AnimateDiff, Kandinsky 2.2 and 3, DeepFloyd IF, Stable Cascade's prior,
+pixel-space DDPM and audio."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 import torch
 
 from sdopt.testing.families import NO_SAFETY_CHECKER, sd_components, sdxl_components
-from sdopt.testing.parts import TEXT_DIM, t5_text_encoder
-from sdopt.testing.tokenizers import tiny_t5_tokenizer
+from sdopt.testing.parts import TEXT_DIM, clip_text_encoder, t5_text_encoder
+from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, mask, register, text_call
 
 _SD_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -419,3 +420,38 @@ def _dance_diffusion() -> Any:
         up_block_types=("AttnUpBlock1D", "UpBlock1D", "UpBlock1DNoSkip"),
     )
     return DanceDiffusionPipeline(unet=unet, scheduler=IPNDMScheduler())
+
+
+def _cascade_prior_call(seed: int) -> dict[str, Any]:
+    return text_call(seed, size=128, output_type="pt")  # the prior's output is image embeddings
+
+
+@register("StableCascadePriorPipeline", _cascade_prior_call, output="image_embeddings", family="stable_cascade")
+def _stable_cascade_prior() -> Any:
+    from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline
+    from diffusers.models import StableCascadeUNet
+
+    prior = StableCascadeUNet(
+        in_channels=16,
+        out_channels=16,
+        timestep_ratio_embedding_dim=16,
+        conditioning_dim=TEXT_DIM,
+        block_out_channels=(TEXT_DIM, TEXT_DIM),
+        num_attention_heads=(2, 2),
+        down_num_layers_per_block=(1, 1),
+        up_num_layers_per_block=(1, 1),
+        clip_text_in_channels=TEXT_DIM,
+        clip_text_pooled_in_channels=TEXT_DIM,
+        clip_image_in_channels=TEXT_DIM,
+        clip_seq=4,
+        dropout=(0.0, 0.0),
+        switch_level=(False,),
+    )
+    tokenizer = tiny_clip_tokenizer()
+    return StableCascadePriorPipeline(
+        tokenizer=tokenizer,
+        text_encoder=clip_text_encoder(len(tokenizer), with_projection=True),
+        prior=prior,
+        scheduler=DDPMWuerstchenScheduler(),
+        resolution_multiple=42.67,
+    )
