@@ -38,8 +38,9 @@ class AttentionBackend(Optimization):
     and therefore skipped). "auto" picks flash-attn if installed and working, else PyTorch's flash
     SDPA kernel on sm_80+, for families whose transformers pass no attention mask (Flux, Wan: flash
     kernels take none), and only together with ``half_precision`` when the weights are float32
-    (flash kernels compute in float16/bfloat16 only). diffusers also switches a process-wide active backend, which its
-    ``reset_attention_backend`` does not restore: the undo puts both back.
+    (flash kernels compute in float16/bfloat16 only). diffusers also switches a process-wide active
+    backend, which its ``reset_attention_backend`` does not restore: sdopt puts it back right away
+    (the processors carry the choice), so other pipelines of the process are never affected.
 
     Example:
         >>> from sdopt import optimize
@@ -114,14 +115,14 @@ class AttentionBackend(Optimization):
         denoiser = anatomy.denoiser
         saved = save_processor_backends(denoiser)
         previous_global = _AttentionBackendRegistry._active_backend
-
-        def undo() -> None:
-            restore_processor_backends(saved)
-            _AttentionBackendRegistry.set_active_backend(previous_global)
-
         try:
             denoiser.set_attention_backend(config.backend)
         except Exception:
-            undo()
+            restore_processor_backends(saved)
             raise
-        return undo
+        finally:
+            # set_attention_backend also switches diffusers' process-wide backend, which would change
+            # every other pipeline of the process (an untouched Flux crashed after another one chose
+            # _native_cudnn). The processors carry the choice themselves: the global goes back now.
+            _AttentionBackendRegistry.set_active_backend(previous_global)
+        return lambda: restore_processor_backends(saved)
