@@ -119,7 +119,10 @@ def optimize(
     while True:
         stack: list[tuple[str, Undo]] = []
         applied: list[Decision] = []
-        before = record(pipe)  # by reference, only while this attempt runs
+        # By reference, only while this attempt runs; tensors on an accelerator are left to the steps'
+        # own undos (each step's apply is still recorded whole by _apply_step), so the originals
+        # of a cast or offloaded pipeline do not stay in device memory during the attempt.
+        before = record(pipe, accelerator_data=False)
         try:
             for step in current.steps:
                 applied.append(_apply_step(pipe, step, current.caps, stack))
@@ -136,6 +139,8 @@ def optimize(
             failed[failure.step.name] = failure.step.decision("failed", reason)
             current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
 
+    verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
+    report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
     report.applied = applied
     report.skipped = list(current.skipped)
     report.failed = list(failed.values())

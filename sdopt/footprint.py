@@ -101,11 +101,19 @@ def estimate(anatomy: Anatomy, caps: Capabilities, steps: Iterable[Step] = ()) -
         sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
     tiled = any(step.name == "vae_tiling" for step in steps)
     activations = _activation_bytes(anatomy, _compute_bytes(anatomy, steps), tiled)
-    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, usable_memory_gb(caps))
+    resident = sum(
+        t.numel() * t.element_size()
+        for module in anatomy.modules().values()
+        for t in [*module.parameters(), *module.buffers()]
+        if caps.device != "cpu" and t.device.type == caps.device
+    )
+    available = usable_memory_gb(caps, resident / GB)
+    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, available)
 
 
-def usable_memory_gb(caps: Capabilities) -> float:
-    """Device memory free for the pipeline now, less headroom (detected devices are asked again)."""
+def usable_memory_gb(caps: Capabilities, resident_gb: float = 0.0) -> float:
+    """Device memory free for the pipeline now, less headroom (detected devices are asked again);
+    ``resident_gb`` of the pipeline already on the device counts as available to it."""
     gpu = caps.gpu
     memory = caps.device_memory_gb
     if gpu is not None:
@@ -114,7 +122,15 @@ def usable_memory_gb(caps: Capabilities) -> float:
             # A driver that refuses the query leaves the detected figure standing.
             with contextlib.suppress(Exception):
                 memory = torch.cuda.mem_get_info(gpu.index)[0] / GB
+        memory = min(memory + resident_gb, gpu.total_memory_gb)
     return max(0.0, memory - max(HEADROOM_MIN_GB, HEADROOM_SHARE * memory))
+
+
+def planned_element_size(tensor: torch.Tensor, component_now: float, component_planned: float) -> float:
+    """Bytes per element ``tensor`` will have once the steps planned before are applied, assuming
+    they scaled its component uniformly (``half_precision`` halves every float weight)."""
+    scale = component_planned / component_now if component_now else 1.0
+    return tensor.element_size() * scale
 
 
 def default_size(anatomy: Anatomy) -> int | None:
@@ -125,6 +141,14 @@ def default_size(anatomy: Anatomy) -> int | None:
     if isinstance(sample, (list, tuple)):
         sample = sample[0]
     return int(sample) * pixels_per_latent(anatomy) if isinstance(sample, int) else None
+
+
+def _call_default(anatomy: Anatomy, name: str) -> Any:
+    import inspect
+
+    call = type(anatomy.pipeline).__dict__.get("_sdopt_original", type(anatomy.pipeline)).__call__
+    parameter = inspect.signature(call).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def pixels_per_latent(anatomy: Anatomy) -> int:
@@ -165,9 +189,12 @@ def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:
 
 
 def _activation_bytes(anatomy: Anatomy, element: int, tiled: bool) -> float:
-    side = default_size(anatomy)
-    if side is None:
+    side = default_size(anatomy) or _call_default(anatomy, "height")  # video pipelines default in __call__
+    if not isinstance(side, int):
         return 0.0
+    frames = _call_default(anatomy, "num_frames")
+    temporal = getattr(anatomy.pipeline, "vae_scale_factor_temporal", 1) or 1
+    latent_frames = (frames - 1) // temporal + 1 if isinstance(frames, int) and frames > 1 else 1
     config = getattr(anatomy.denoiser, "config", None)
     latent = side // pixels_per_latent(anatomy)
     # The widest point of the denoiser: UNets halve the resolution at each level as channels grow;
@@ -180,11 +207,11 @@ def _activation_bytes(anatomy: Anatomy, element: int, tiled: bool) -> float:
         width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else 0
         width = max(width, getattr(config, "hidden_size", 0) or 0)
         widest = (latent // latents_per_token(anatomy)) ** 2 * width
-    denoiser = 2 * widest * element * _DENOISER_LIVE  # batch 2: classifier-free guidance
+    denoiser = 2 * widest * latent_frames * element * _DENOISER_LIVE  # batch 2: classifier-free guidance
     decoder = 0.0
     vae_config = getattr(anatomy.vae, "config", None)
     channels = getattr(vae_config, "block_out_channels", None)
     if channels:  # a decoder's widest point is its full-resolution level
         pixels = min(side, int(getattr(vae_config, "sample_size", side) or side)) if tiled else side
-        decoder = channels[0] * pixels * pixels * element * _DECODER_LIVE
+        decoder = channels[0] * pixels * pixels * element * _DECODER_LIVE * (frames if isinstance(frames, int) else 1)
     return float(max(denoiser, decoder))

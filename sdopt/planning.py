@@ -205,38 +205,21 @@ def make_plan(
         eligible.append(Step(optimization, optimization.resolve(anatomy, caps, config), source_label))
 
     winners = _without_conflicts([step for step in eligible if not step.optimization.budgeted], result.skipped)
-    result.footprint = estimate(anatomy, caps, _ordered(winners))
-    if result.footprint.regime != "none":
-        # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice) are dropped.
-        stored = component_bytes(anatomy)
-        for step in list(winners):
-            grown = sum(step.optimization.storage(anatomy, step.config, dict(stored)).values()) - sum(stored.values())
-            if grown > 0:
-                winners.remove(step)
-                reason = (
-                    f"adds {grown / GB:.2f} GB of weights the memory budget cannot spare: {result.footprint.describe()}"
-                )
-                result.skipped.append(_skip(step.optimization, step.source, reason, step.config))
-        result.footprint = estimate(anatomy, caps, _ordered(winners))
-    needed = []
-    for step in eligible:
-        if step.optimization.budgeted:
-            reason = step.optimization.check_budget(anatomy, caps, step.config, result.footprint)
-            if reason:
-                result.skipped.append(_skip(step.optimization, step.source, reason, step.config))
-            else:
-                needed.append(step)
-    # What the memory budget requires wins over what only buys speed (a plan must not run out of memory).
-    needed = _without_conflicts(needed, result.skipped)
-    kept = list(needed)
-    for step in winners:
-        rival = next((n for n in needed if _conflict(step.optimization, n.optimization)), None)
-        if rival is None:
-            kept.append(step)
-        else:
-            why = f"{rival.name} is required by the memory budget: {result.footprint.describe()}"
-            result.skipped.append(_skip(step.optimization, step.source, f"conflicts with {why}", step.config))
-    result.steps = _ordered(_with_companions(kept, anatomy, caps, result.skipped))
+    budgeted = [step for step in eligible if step.optimization.budgeted]
+    # Settling the budget can drop speed steps (conflicts, companions), which changes the footprint:
+    # repeat until the speed steps the estimate assumed are the ones planned.
+    carried: list[Decision] = []  # why speed steps dropped in an earlier round were dropped
+    for _ in range(3):
+        decided: list[Decision] = []
+        footprint, steps = _settle_budget(anatomy, caps, winners, budgeted, decided)
+        speed = [step for step in steps if not step.optimization.budgeted]
+        dropped = {step.name for step in winners} - {step.name for step in speed}
+        if not dropped:
+            break
+        carried += [decision for decision in decided if decision.name in dropped]
+        winners = speed
+    result.footprint, result.steps = footprint, steps
+    result.skipped += carried + decided
     if tier not in (None, _LOW_MEMORY) and not result.fits:
         lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps)
         instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"
@@ -244,6 +227,44 @@ def make_plan(
     elif not result.fits:
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}",)
     return result
+
+
+def _settle_budget(
+    anatomy: Anatomy, caps: Capabilities, winners: list[Step], budgeted: list[Step], skipped: list[Decision]
+) -> tuple[Footprint, list[Step]]:
+    """The footprint of ``winners`` and the final ordered steps once the memory budget has spoken:
+    speed steps that add weights go when memory is short, the budget-driven steps it calls for win
+    conflicts against speed steps, and companions are settled."""
+    winners = list(winners)
+    footprint = estimate(anatomy, caps, _ordered(winners))
+    if footprint.regime != "none":
+        # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice) are dropped.
+        stored = component_bytes(anatomy)
+        for step in list(winners):
+            grown = sum(step.optimization.storage(anatomy, step.config, dict(stored)).values()) - sum(stored.values())
+            if grown > 0:
+                winners.remove(step)
+                reason = f"adds {grown / GB:.2f} GB of weights the memory budget cannot spare: {footprint.describe()}"
+                skipped.append(_skip(step.optimization, step.source, reason, step.config))
+        footprint = estimate(anatomy, caps, _ordered(winners))
+    needed = []
+    for step in budgeted:
+        unneeded = step.optimization.check_budget(anatomy, caps, step.config, footprint)
+        if unneeded:
+            skipped.append(_skip(step.optimization, step.source, unneeded, step.config))
+        else:
+            needed.append(step)
+    # What the memory budget requires wins over what only buys speed (a plan must not run out of memory).
+    needed = _without_conflicts(needed, skipped)
+    kept = list(needed)
+    for step in winners:
+        rival = next((n for n in needed if _conflict(step.optimization, n.optimization)), None)
+        if rival is None:
+            kept.append(step)
+        else:
+            why = f"{rival.name} is required by the memory budget: {footprint.describe()}"
+            skipped.append(_skip(step.optimization, step.source, f"conflicts with {why}", step.config))
+    return footprint, _ordered(_with_companions(kept, anatomy, caps, skipped))
 
 
 _LOW_MEMORY = "low-memory"

@@ -48,8 +48,11 @@ _ENVIRONMENT = ("TORCHINDUCTOR_CACHE_DIR",)
 _SCALARS = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device)
 
 
-def record(pipe: Any) -> Restore:
+def record(pipe: Any, *, accelerator_data: bool = True) -> Restore:
     """Record the state of ``pipe`` (and the process-wide settings); the returned function puts it back.
+
+    With ``accelerator_data=False`` the data of tensors on an accelerator is not referenced (it would
+    stay in device memory as long as the record lives); their Parameter objects are still put back.
 
     Example:
         >>> from diffusers.models.attention_processor import AttnProcessor
@@ -71,7 +74,7 @@ def record(pipe: Any) -> Restore:
             for module in component.modules():
                 if id(module) not in seen:
                     seen.add(id(module))
-                    restores.append(_record_module(module))
+                    restores.append(_record_module(module, accelerator_data))
     restores.append(_record_globals())
 
     def restore() -> None:
@@ -99,14 +102,14 @@ def _record_object(obj: Any) -> Restore:
     return restore
 
 
-def _record_module(module: torch.nn.Module) -> Restore:
+def _record_module(module: torch.nn.Module, accelerator_data: bool) -> Restore:
     cls = module.__class__
     attributes = dict(module.__dict__)
     containers = {key: _copy_container(attributes[key]) for key in _CONTAINERS if key in attributes}
     tensors = [
         (tensor, tensor.data, tensor.requires_grad)
         for tensor in [*module._parameters.values(), *module._buffers.values()]
-        if tensor is not None
+        if tensor is not None and (accelerator_data or tensor.device.type in ("cpu", "meta"))
     ]
     held = [
         _record_object(value) for key, value in attributes.items() if key not in _CONTAINERS and _is_plain_object(value)
@@ -153,7 +156,12 @@ def _copy_container(value: Any) -> Any:
 
 def _refill(container: Any, content: Any) -> None:
     if isinstance(container, dict):
-        if list(container.items()) != list(content.items()):
+        # By identity: values may be tensors, whose == is element-wise.
+        same = len(container) == len(content) and all(
+            key is other_key and value is other_value
+            for (key, value), (other_key, other_value) in zip(container.items(), content.items(), strict=True)
+        )
+        if not same:
             container.clear()
             container.update(content)
     elif isinstance(container, list):

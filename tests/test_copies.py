@@ -50,3 +50,11 @@ def test_pickle_round_trip_even_in_a_process_that_never_wrapped_the_class() -> N
     loaded = pickle.loads(data)
     assert type(loaded).__name__ == "StableDiffusionPipeline" and type(loaded).__qualname__ == name
     assert np.array_equal(run_pipeline(loaded, "sd"), expected)
+
+
+def test_wrapper_names_round_trip_and_unknown_classes_say_so() -> None:
+    import pytest
+
+    assert _call_wrapper._unescape(_call_wrapper._escape("my_pkg.sub__mod")) == "my_pkg.sub__mod"
+    with pytest.raises(AttributeError, match="cannot be imported"):
+        _call_wrapper.__getattr__("Wrapped____umain___SMyPipeline")

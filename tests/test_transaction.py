@@ -137,3 +137,21 @@ def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, opt
         assert differences == [], f"{name}: fault at line {point} of {lines} left {differences[:5]}"
     assert faults >= len(points) - 2
     assert np.array_equal(run_pipeline(pipe, family), expected)
+
+
+def test_a_replaced_tensor_in_an_unchanged_sized_dict_is_put_back() -> None:
+    # Casting a buffer replaces the tensor object under the same name; comparing the dicts with ==
+    # would compare tensors element-wise and raise instead of restoring.
+    import torch
+
+    from sdopt.transaction import record
+
+    pipe = tiny_pipeline("sd")
+    before = pipeline_state(pipe)
+    restore = record(pipe)
+    with_buffers = next(m for m in pipe.text_encoder.modules() if m._buffers)
+    for name, buffer in list(with_buffers._buffers.items()):
+        with_buffers._buffers[name] = buffer.clone()
+    pipe.unet.conv_in.weight = torch.nn.Parameter(pipe.unet.conv_in.weight.detach().half())
+    restore()
+    assert state_differences(before, pipeline_state(pipe)) == []

@@ -87,7 +87,7 @@ def _wrapper_class(original_class: type) -> type:
             output = layer.finish(self, output, arrived)
         return output
 
-    name = _PREFIX + "__".join([*original_class.__module__.split("."), original_class.__qualname__])
+    name = _PREFIX + _escape(original_class.__module__) + "_S" + _escape(original_class.__qualname__)
     wrapper = type(
         original_class.__name__,
         (original_class,),
@@ -97,14 +97,28 @@ def _wrapper_class(original_class: type) -> type:
     return wrapper
 
 
+def _escape(text: str) -> str:
+    """An identifier for ``text``: "_" becomes "_u" and "." becomes "_d", so "_S" can separate parts."""
+    return text.replace("_", "_u").replace(".", "_d")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"_([ud])", lambda match: "_" if match.group(1) == "u" else ".", text)
+
+
 def __getattr__(name: str) -> Any:
     """Rebuild a wrapper class by name, for ``pickle`` in a process that has not wrapped that class yet."""
-    if not name.startswith(_PREFIX) or not re.fullmatch(r"[\w]+", name):
-        raise AttributeError(name)
-    *module_parts, qualname = name[len(_PREFIX) :].split("__")
     import importlib
 
-    original = getattr(importlib.import_module(".".join(module_parts)), qualname)
+    module, separator, qualname = name.removeprefix(_PREFIX).partition("_S")
+    if not name.startswith(_PREFIX) or not separator:
+        raise AttributeError(name)
+    try:
+        original: Any = importlib.import_module(_unescape(module))
+        for part in _unescape(qualname).split("."):
+            original = getattr(original, part)
+    except (ImportError, AttributeError, TypeError, ValueError) as error:
+        raise AttributeError(f"{name}: the pipeline class it wraps cannot be imported ({error})") from error
     return _wrapper_class(original)
 
 

@@ -112,25 +112,30 @@ class HalfPrecision(Optimization):
         saved: list[tuple[torch.Tensor, torch.Tensor, torch.device]] = []
         unguard: list[Undo] = []
         # Pipelines cast components themselves during a call (SDXL img2img/inpaint move a force_upcast
-        # VAE to float32 to encode, then to the UNet's float16): every tensor of every component is
-        # referenced (not copied), so undo also reverts what the pipeline did while optimized.
+        # VAE to float32 to encode, then to the UNet's float16), so undo also reverts what the pipeline
+        # did while optimized: the tensors not cast here are referenced as they are (CPU memory), or
+        # copied to CPU memory where they live on an accelerator (a reference would keep them in
+        # device memory after an offload moved them out).
         targets = [(module, _DTYPES[name]) for module, name in self._targets(anatomy, config)]
         to_cast = {id(tensor) for module, dtype in targets for tensor in _castable(module, dtype)}
         untouched = [
-            (tensor, tensor.data)
+            (tensor, tensor.data if tensor.device.type in ("cpu", "meta") else None, tensor.dtype, tensor.device)
             for module in anatomy.modules().values()
             for tensor in [*module.parameters(), *module.buffers()]
             if id(tensor) not in to_cast
         ]
+        on_accelerator = {id(t): t.data.to("cpu", copy=True) for t, data, _, _ in untouched if data is None}
 
         def undo() -> None:
             for remove in reversed(unguard):
                 remove()
             for tensor, original, device in saved:
                 tensor.data = original if original.device == device else original.to(device)
-            for tensor, data in untouched:
-                if tensor.data is not data:
+            for tensor, data, dtype, device in untouched:
+                if data is not None and tensor.data is not data:
                     tensor.data = data
+                elif data is None and (tensor.dtype != dtype or tensor.device != device):
+                    tensor.data = on_accelerator[id(tensor)].to(device)
 
         try:
             for module, dtype in targets:

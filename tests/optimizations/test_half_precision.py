@@ -115,3 +115,14 @@ def test_undo_reverts_the_casts_the_pipeline_made_while_optimized() -> None:
     report.undo()
     assert state_differences(before, pipeline_state(pipe)) == []
     assert np.array_equal(run_zoo_pipeline(pipe, name), expected)
+
+
+def test_the_dtype_boundary_leaves_timesteps_in_float32() -> None:
+    # diffusers computes time embeddings in float32 on purpose: 961 is 960 in bfloat16.
+    pipe = tiny_pipeline("sd")
+    seen: list[torch.Tensor] = []
+    pipe.unet.time_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    pipe.unet(torch.randn(1, 4, 8, 8), torch.tensor([961.0]), encoder_hidden_states=torch.randn(1, 77, 32))
+    report.undo()
+    assert seen[0].dtype == torch.float32 and seen[0].item() == 961.0

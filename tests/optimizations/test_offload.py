@@ -108,3 +108,18 @@ def test_offloads_exclude_each_other(sd_pipe) -> None:
     result = plan(sd_pipe, tier=None, extra=extra, caps=CUDA)
     assert [s.name for s in result.steps] == ["group_offload"]
     assert all("same group 'offload'" in d.reason for d in result.skipped)
+
+
+def test_video_pipelines_get_an_activation_estimate() -> None:
+    from sdopt.testing import zoo_pipeline
+
+    footprint = plan(zoo_pipeline("WanPipeline"), tier=None, caps=CUDA).footprint
+    assert footprint is not None and footprint.activations_gb > 0
+
+
+def test_weights_already_on_the_device_count_as_available(monkeypatch) -> None:
+    from sdopt import footprint as module
+
+    assert module.usable_memory_gb(CUDA, resident_gb=2.0) > module.usable_memory_gb(CUDA)
+    assert CUDA.gpu is not None
+    assert module.usable_memory_gb(CUDA, resident_gb=100.0) <= CUDA.gpu.total_memory_gb
