@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdopt.optimizations._call_wrapper import call_default
+
 if TYPE_CHECKING:
     from sdopt.anatomy import Anatomy
     from sdopt.capabilities import Capabilities
@@ -143,14 +145,6 @@ def default_size(anatomy: Anatomy) -> int | None:
     return int(sample) * pixels_per_latent(anatomy) if isinstance(sample, int) else None
 
 
-def _call_default(anatomy: Anatomy, name: str) -> Any:
-    import inspect
-
-    call = type(anatomy.pipeline).__dict__.get("_sdopt_original", type(anatomy.pipeline)).__call__
-    parameter = inspect.signature(call).parameters.get(name)
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
-
-
 def pixels_per_latent(anatomy: Anatomy) -> int:
     """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
     pipe = anatomy.pipeline
@@ -189,10 +183,10 @@ def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:
 
 
 def _activation_bytes(anatomy: Anatomy, element: int, tiled: bool) -> float:
-    side = default_size(anatomy) or _call_default(anatomy, "height")  # video pipelines default in __call__
+    side = default_size(anatomy) or call_default(anatomy.pipeline, "height")  # video pipelines default in __call__
     if not isinstance(side, int):
         return 0.0
-    frames = _call_default(anatomy, "num_frames")
+    frames = call_default(anatomy.pipeline, "num_frames")
     temporal = getattr(anatomy.pipeline, "vae_scale_factor_temporal", 1) or 1
     latent_frames = (frames - 1) // temporal + 1 if isinstance(frames, int) and frames > 1 else 1
     config = getattr(anatomy.denoiser, "config", None)

@@ -30,15 +30,6 @@ class Snapshot:
 
 def ddpm_pipeline() -> Any:
     """A pipeline of a family sdopt knows nothing about: an unconditional DDPM UNet, no VAE."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from sdopt.testing import zoo_pipeline
 
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    return zoo_pipeline("DDPMPipeline")

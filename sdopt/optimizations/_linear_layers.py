@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -27,3 +29,19 @@ def plain_linears(module: torch.nn.Module, min_features: int) -> list[tuple[torc
 def _is_lora_wrapper(module: torch.nn.Module) -> bool:
     """peft's LoRA layers (``lora.Linear``...) hold the original layer as ``base_layer``."""
     return hasattr(module, "base_layer") and (hasattr(module, "lora_A") or type(module).__module__.startswith("peft."))
+
+
+def linear_storage(
+    anatomy: Any, sizes: dict[str, float], min_features: int, bytes_per_element: float
+) -> dict[str, float]:
+    """``sizes`` with the denoiser's replaceable Linear weights at ``bytes_per_element`` (a quantizer's
+    ``storage``), whatever dtype the steps planned before give them."""
+    from sdopt.footprint import component_bytes, planned_element_size
+
+    name = anatomy.denoiser_name
+    if name in sizes:
+        now, before = component_bytes(anatomy).get(name, 0.0), sizes[name]
+        for _, _, layer in plain_linears(anatomy.denoiser, min_features):
+            planned = planned_element_size(layer.weight, now, before)
+            sizes[name] -= layer.weight.numel() * max(0.0, planned - bytes_per_element)
+    return sizes

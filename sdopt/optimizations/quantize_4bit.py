@@ -9,8 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import component_bytes, planned_element_size
-from sdopt.optimizations._linear_layers import plain_linears
+from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -66,13 +65,7 @@ class Quantize4bit(Optimization):
         return None
 
     def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
-        name = anatomy.denoiser_name
-        if name in sizes:  # each replaced Linear weight: 0.5 byte(s) per element, whatever steps planned before
-            now, before = component_bytes(anatomy).get(name, 0.0), sizes[name]
-            for _, _, layer in plain_linears(anatomy.denoiser, config.min_features):
-                planned = planned_element_size(layer.weight, now, before)
-                sizes[name] -= layer.weight.numel() * max(0.0, planned - 0.5)
-        return sizes
+        return linear_storage(anatomy, sizes, config.min_features, 0.5)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         count = 0

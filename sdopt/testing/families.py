@@ -208,27 +208,31 @@ def _build_flux() -> Any:
     return FluxPipeline(**flux_components())
 
 
+PIXART_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 8,
+    "num_layers": 2,
+    "patch_size": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 3,
+    "caption_channels": TEXT_DIM,
+    "in_channels": 4,
+    "cross_attention_dim": 24,
+    "out_channels": 8,
+    "attention_bias": True,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000,
+    "norm_type": "ada_norm_single",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+}
+"""The tiny PixArt transformer's config (Latte's transformer shares it)."""
+
+
 def pixart_components() -> dict[str, Any]:
     """Transformer, VAE, T5 text encoder and tokenizer, DDIM scheduler of tiny PixArt."""
     from diffusers import DDIMScheduler, PixArtTransformer2DModel
 
-    transformer = PixArtTransformer2DModel(
-        sample_size=8,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=TEXT_DIM,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
+    transformer = PixArtTransformer2DModel(**PIXART_TRANSFORMER)
     tokenizer = tiny_t5_tokenizer()
     return {
         "transformer": transformer,

@@ -32,10 +32,13 @@ def clip_text_encoder(vocab_size: int, *, with_projection: bool) -> Any:
     return cls(config)
 
 
-def t5_text_encoder(vocab_size: int) -> Any:
-    from transformers import T5Config, T5EncoderModel
+def t5_text_encoder(vocab_size: int, *, umt5: bool = False) -> Any:
+    """A two-layer T5 encoder; ``umt5`` gives the UMT5 variant (Wan, AuraFlow)."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config = T5Config(  # type: ignore[call-arg]  # generic PretrainedConfig kwargs
+    config_class: Any = UMT5Config if umt5 else T5Config
+    model_class: Any = UMT5EncoderModel if umt5 else T5EncoderModel
+    config = config_class(
         vocab_size=vocab_size,
         d_model=TEXT_DIM,
         d_ff=37,
@@ -48,7 +51,23 @@ def t5_text_encoder(vocab_size: int) -> Any:
         pad_token_id=0,
         eos_token_id=1,
     )
-    return T5EncoderModel(config)
+    return model_class(config)
+
+
+def clip_vision_encoder(image_size: int, patch_size: int) -> Any:
+    """A one-layer CLIP image encoder with projection (IP-Adapter, SVD)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=TEXT_DIM,
+        projection_dim=TEXT_DIM,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    return CLIPVisionModelWithProjection(config)
 
 
 def kl_vae(latent_channels: int, **extra: Any) -> Any:

@@ -150,7 +150,6 @@ def _chroma() -> Any:
 @register("AuraFlowPipeline", lambda seed: _t5_call(seed, guidance_scale=3.0), family="auraflow")
 def _auraflow() -> Any:
     from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
-    from transformers import UMT5Config, UMT5EncoderModel
 
     transformer = AuraFlowTransformer2DModel(
         sample_size=8,
@@ -166,20 +165,7 @@ def _auraflow() -> Any:
         pos_embed_max_size=64,
     )
     tokenizer = tiny_t5_tokenizer()
-    encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=TEXT_DIM,
-            d_ff=37,
-            d_kv=8,
-            num_heads=4,
-            num_layers=2,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
+    encoder = t5_text_encoder(len(tokenizer), umt5=True)
     return AuraFlowPipeline(
         transformer=transformer,
         vae=kl_vae(4),

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sdopt.testing.families import NO_SAFETY_CHECKER, sd_components, sdxl_components
-from sdopt.testing.parts import TEXT_DIM, clip_text_encoder, t5_text_encoder
+from sdopt.testing.parts import TEXT_DIM, clip_text_encoder, clip_vision_encoder, t5_text_encoder
 from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, mask, register, text_call
 
@@ -130,19 +130,9 @@ def _sd_ip_adapter() -> Any:
 
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
-    vision = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=TEXT_DIM,
-            projection_dim=TEXT_DIM,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=32,
-            patch_size=8,
-        )
-    )
+    vision = clip_vision_encoder(image_size=32, patch_size=8)
     processor = CLIPImageProcessor(crop_size=32, size=32)
     pipe: Any = StableDiffusionPipeline(**sd_components(), **NO_SAFETY_CHECKER, image_encoder=vision)
     pipe.register_modules(feature_extractor=processor)
@@ -178,20 +168,33 @@ def _lcm() -> Any:
     return LatentConsistencyModelPipeline(**components, **NO_SAFETY_CHECKER, image_encoder=None)
 
 
-@register("AnimateDiffPipeline", lambda seed: text_call(seed, num_frames=2), output="frames", family="sd1")
-def _animatediff() -> Any:
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+def _motion_adapter(**extra: Any) -> Any:
+    from diffusers import MotionAdapter
 
-    adapter = MotionAdapter(
+    return MotionAdapter(
         block_out_channels=(8, 16),
         motion_layers_per_block=1,
         motion_norm_num_groups=4,
         motion_num_attention_heads=2,
         motion_max_seq_length=8,
+        **extra,
     )
-    components = sd_components()
-    components["scheduler"] = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1)
-    return AnimateDiffPipeline(**components, motion_adapter=adapter, feature_extractor=None, image_encoder=None)
+
+
+def _animatediff_scheduler() -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1)
+
+
+@register("AnimateDiffPipeline", lambda seed: text_call(seed, num_frames=2), output="frames", family="sd1")
+def _animatediff() -> Any:
+    from diffusers import AnimateDiffPipeline
+
+    components = {**sd_components(), "scheduler": _animatediff_scheduler()}
+    return AnimateDiffPipeline(
+        **components, motion_adapter=_motion_adapter(), feature_extractor=None, image_encoder=None
+    )
 
 
 # --------------------------------------------------------------------------- SDXL
@@ -231,18 +234,10 @@ def _sdxl_pag() -> Any:
 
 @register("AnimateDiffSDXLPipeline", lambda seed: text_call(seed, num_frames=2), output="frames", family="sdxl")
 def _animatediff_sdxl() -> Any:
-    from diffusers import AnimateDiffSDXLPipeline, DDIMScheduler, MotionAdapter
+    from diffusers import AnimateDiffSDXLPipeline
 
-    adapter = MotionAdapter(
-        block_out_channels=(8, 16),
-        motion_layers_per_block=1,
-        motion_norm_num_groups=4,
-        motion_num_attention_heads=2,
-        motion_max_seq_length=8,
-        use_motion_mid_block=False,
-    )
-    components = sdxl_components()
-    components["scheduler"] = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1)
+    components = {**sdxl_components(), "scheduler": _animatediff_scheduler()}
+    adapter = _motion_adapter(use_motion_mid_block=False)
     return AnimateDiffSDXLPipeline(**components, motion_adapter=adapter, image_encoder=None, feature_extractor=None)
 
 

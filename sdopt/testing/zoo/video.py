@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from sdopt.testing.parts import TEXT_DIM, kl_vae, t5_text_encoder
+from sdopt.testing.families import PIXART_TRANSFORMER
+from sdopt.testing.parts import TEXT_DIM, clip_vision_encoder, kl_vae, t5_text_encoder
 from sdopt.testing.tokenizers import tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, register, text_call, video
 
@@ -16,22 +17,8 @@ def _video_call(seed: int, *, frames: int, size: int, **extra: Any) -> dict[str,
 
 
 def _umt5_pair() -> tuple[Any, Any]:
-    from transformers import UMT5Config, UMT5EncoderModel
-
     tokenizer = tiny_t5_tokenizer()
-    config = UMT5Config(
-        vocab_size=len(tokenizer),
-        d_model=TEXT_DIM,
-        d_ff=37,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return tokenizer, UMT5EncoderModel(config)
+    return tokenizer, t5_text_encoder(len(tokenizer), umt5=True)
 
 
 def _wan_components() -> dict[str, Any]:
@@ -181,24 +168,7 @@ def _ltx() -> Any:
 def _latte() -> Any:
     from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
 
-    transformer = LatteTransformer3DModel(
-        sample_size=8,
-        num_layers=1,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=TEXT_DIM,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-        video_length=2,
-    )
+    transformer = LatteTransformer3DModel(**{**PIXART_TRANSFORMER, "num_layers": 1, "video_length": 2})
     tokenizer = tiny_t5_tokenizer()
     return LattePipeline(
         transformer=transformer,
@@ -230,7 +200,7 @@ def _stable_video_diffusion() -> Any:
         StableVideoDiffusionPipeline,
         UNetSpatioTemporalConditionModel,
     )
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
     unet = UNetSpatioTemporalConditionModel(
         block_out_channels=(32, 64),  # its resnets normalize in 32 groups
@@ -253,17 +223,7 @@ def _stable_video_diffusion() -> Any:
         latent_channels=4,
         layers_per_block=1,
     )
-    vision = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=TEXT_DIM,
-            projection_dim=TEXT_DIM,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=224,  # the pipeline resizes the conditioning image to 224 px itself
-            patch_size=32,
-        )
-    )
+    vision = clip_vision_encoder(image_size=224, patch_size=32)  # the pipeline resizes its input to 224 px
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
