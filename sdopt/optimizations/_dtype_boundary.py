@@ -8,9 +8,12 @@ not a model's inputs and outputs). It is a pair of PyTorch module hooks rather t
 hook: the hook functions are stateless module-level functions that receive the module, so a
 ``copy.deepcopy`` or a pickled copy of the pipeline keeps a boundary of its own (diffusers' hook
 registry replaces ``forward`` with a closure over the original module, which a copy would share).
-Floating inputs of two or more dimensions (latents, embeddings) are cast to the model's dtype,
-floating outputs to float32; timesteps and other 0-d/1-d inputs stay as they are (diffusers computes
-time embeddings in float32 on purpose: 961 would become 960 in bfloat16). The undo removes both.
+Floating inputs of two or more dimensions (latents, embeddings) are cast to the model's dtype;
+timesteps and other 0-d/1-d inputs stay as the pipeline made them (diffusers computes time
+embeddings in float32 on purpose: 961 would become 960 in bfloat16). Floating outputs leave in the
+dtype the latents came in, so the pipeline's own dtype flow is what it would be without the boundary
+(HunyuanDiT derives its time embedding's dtype from the latents'), or in float32 for pixel-space
+pipelines, whose denoiser output is the image. The undo removes both hooks.
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ import torch
 from sdopt.optimizations.base import Undo
 
 
-def add_dtype_boundary(model: torch.nn.Module) -> Undo:
-    """Cast ``model``'s floating inputs to its dtype and its floating outputs to float32."""
+def add_dtype_boundary(model: torch.nn.Module, *, float32_outputs: bool = False) -> Undo:
+    """Cast ``model``'s floating inputs to its dtype, and its floating outputs back to the dtype of its
+    first floating input (``float32_outputs``: to float32)."""
     before = model.register_forward_pre_hook(_inputs_to_model_dtype, with_kwargs=True)
-    after = model.register_forward_hook(_outputs_to_float32)
+    after = model.register_forward_hook(_outputs_to_float32 if float32_outputs else _outputs_to_input_dtype)
 
     def undo() -> None:
         after.remove()
         before.remove()
+        model.__dict__.pop(_INPUT_DTYPE, None)
 
     return undo
+
+
+_INPUT_DTYPE = "_sdopt_input_dtype"
 
 
 def has_dtype_boundary(model: Any) -> bool:
@@ -43,7 +51,13 @@ def _inputs_to_model_dtype(
     module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     dtype = module.dtype
+    first = next((v for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
+    module.__dict__[_INPUT_DTYPE] = first.dtype if first is not None else torch.float32
     return _cast(args, dtype, min_dims=2), {key: _cast(value, dtype, min_dims=2) for key, value in kwargs.items()}
+
+
+def _outputs_to_input_dtype(module: Any, args: Any, output: Any) -> Any:
+    return _cast(output, module.__dict__.get(_INPUT_DTYPE, torch.float32))
 
 
 def _outputs_to_float32(module: Any, args: Any, output: Any) -> Any:

@@ -43,9 +43,8 @@ class HalfPrecision(Optimization):
     pipelines do not cast, and fail when the VAE keeps float32), and a NaN or all-black image from a
     reduced-precision VAE is decoded again in float32 with a warning, so no black SDXL images.
     The denoiser and the other diffusers models cast get a dtype boundary (see ``_dtype_boundary``):
-    float32 inputs from components left in float32 are cast to their dtype, and their outputs come
-    back in float32, so no bfloat16 reaches code that expects float32 (``.numpy()`` in pixel-space
-    pipelines, float32 image encoders).
+    float32 inputs from components left in float32 (image encoders) are cast to their dtype, and in
+    pixel-space pipelines their outputs come back in float32, so no bfloat16 reaches ``.numpy()``.
     Undo puts the original float32 tensors back (kept in CPU memory), so it is exact.
 
     Example:
@@ -145,7 +144,8 @@ class HalfPrecision(Optimization):
                     saved.append((tensor, original, tensor.device))
                     tensor.data = tensor.data.to(dtype)
                 if _needs_boundary(anatomy, module, dtype):
-                    unguard.append(add_dtype_boundary(module))
+                    # Pixel-space pipelines (no VAE) turn the denoiser's output into the image itself.
+                    unguard.append(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
             for vae in _unguarded_vaes(inspect_pipeline(pipe)):
                 unguard.append(guard_vae(vae))
         except Exception:
