@@ -28,8 +28,12 @@ def plan(
     exclude: Iterable[str] = (),
     extra: Iterable[ExtraItem] = (),
     caps: Capabilities | None = None,
+    memory_budget: float | str | None = None,
 ) -> Plan:
     """Decide what :func:`optimize` would do, without changing ``pipe``.
+
+    ``memory_budget`` (GB, or "6GB"/"512MB") caps the device memory the plan may use, for a service
+    that shares its GPU; without it the plan uses what the device has free.
 
     Example:
         >>> from sdopt import plan
@@ -39,7 +43,8 @@ def plan(
         'for unet denoisers only'
     """
     with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
-        return _plan(pipe, tier, preset, _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra"), caps, failed={})
+        exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
+        return _plan(pipe, tier, preset, exclude, extra, caps, failed={}, memory_budget=memory_budget)
 
 
 def optimize(
@@ -54,6 +59,7 @@ def optimize(
     dry_run: bool = False,
     undoable: bool = True,
     verify: bool = False,
+    memory_budget: float | str | None = None,
 ) -> Report:
     """Optimize ``pipe`` in place for this machine and return what was done.
 
@@ -72,6 +78,8 @@ def optimize(
         dry_run: plan only; the report lists the steps as "planned".
         undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
             kept while ``optimize`` runs (so a failure rolls back), then released.
+        memory_budget: the most device memory the plan may use (GB, or "6GB"/"512MB"), e.g. for a
+            service given 6 GB of a 24 GB GPU; offloads, slicing and tiling follow from it.
         verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
             if it fails, the step that breaks it is found, rolled back and reported failed with the
             error, and the others are kept (see :mod:`sdopt.verification`).
@@ -93,7 +101,7 @@ def optimize(
     exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
     failed: dict[str, Decision] = {}
     with offline() if dry_run else contextlib.nullcontext():
-        current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
+        current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)
     if strict:
         refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
         if current.preset_differences:
@@ -137,7 +145,7 @@ def optimize(
             cause = f"{type(failure.cause).__name__}: {failure.cause}"
             reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
-            current = _plan(pipe, tier, preset, exclude, extra, caps, failed)
+            current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)
 
     verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
     report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
@@ -226,8 +234,18 @@ def _plan(
     extra: Iterable[ExtraItem],
     caps: Capabilities | None,
     failed: dict[str, Decision],
+    memory_budget: float | str | None = None,
 ) -> Plan:
     if preset is not None and tier == DEFAULT_TIER:
         tier = None  # a preset replaces the default tier
     failures = {name: decision.reason for name, decision in failed.items()}
-    return make_plan(pipe, tier=tier, preset=preset, exclude=exclude, extra=extra, caps=caps, failed=failures)
+    return make_plan(
+        pipe,
+        tier=tier,
+        preset=preset,
+        exclude=exclude,
+        extra=extra,
+        caps=caps,
+        failed=failures,
+        memory_budget=memory_budget,
+    )

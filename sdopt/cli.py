@@ -98,6 +98,9 @@ def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
     command.add_argument("--extra", default="", help="comma-separated optimization names to add")
     command.add_argument("--device", help="plan for this device type instead of the detected one")
+    command.add_argument(
+        "--memory-budget", help="the most device memory the plan may use, e.g. 6GB (default: what is free)"
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -211,7 +214,14 @@ def _plan(args: argparse.Namespace) -> int:
         registry.get(name)
     caps = detect(device=args.device) if args.device else None
     pipe = load_pipeline(args.arch or args.model)
-    result = plan(pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps)
+    result = plan(
+        pipe,
+        tier=args.tier,
+        exclude=_names(args.exclude),
+        extra=_names(args.extra),
+        caps=caps,
+        memory_budget=args.memory_budget,
+    )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0
 
@@ -232,7 +242,13 @@ def _freeze(args: argparse.Namespace) -> int:
     caps = detect(device=args.device) if args.device else None
     pipe = load_pipeline(args.arch or args.model)
     report = optimize(
-        pipe, tier=args.tier, exclude=_names(args.exclude), extra=_names(args.extra), caps=caps, dry_run=True
+        pipe,
+        tier=args.tier,
+        exclude=_names(args.exclude),
+        extra=_names(args.extra),
+        caps=caps,
+        dry_run=True,
+        memory_budget=args.memory_budget,
     )
     preset = report.to_preset(args.name or output.stem)
     preset.save(output)

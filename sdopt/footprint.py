@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,8 +97,11 @@ class Footprint:
         }
 
 
-def estimate(anatomy: Anatomy, caps: Capabilities, steps: Iterable[Step] = ()) -> Footprint:
-    """The footprint of ``anatomy``'s pipeline once ``steps`` are applied, on ``caps``' device. Pure."""
+def estimate(
+    anatomy: Anatomy, caps: Capabilities, steps: Iterable[Step] = (), budget_gb: float | None = None
+) -> Footprint:
+    """The footprint of ``anatomy``'s pipeline once ``steps`` are applied, on ``caps``' device, with
+    at most ``budget_gb`` usable when the caller sets a budget. Pure."""
     sizes = component_bytes(anatomy)
     for step in steps:
         sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
@@ -110,7 +114,36 @@ def estimate(anatomy: Anatomy, caps: Capabilities, steps: Iterable[Step] = ()) -
         if caps.device != "cpu" and t.device.type == caps.device
     )
     available = usable_memory_gb(caps, resident / GB)
+    if budget_gb is not None:
+        available = min(available, budget_gb)
     return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, available)
+
+
+_UNITS = {"": 1.0, "g": 1.0, "gb": 1.0, "gib": 1.0, "m": 1 / 1024, "mb": 1 / 1024, "mib": 1 / 1024, "t": 1024.0}
+_UNITS.update({"tb": 1024.0, "tib": 1024.0})
+
+
+def parse_memory(value: float | str) -> float:
+    """A memory amount in GB (GiB) from ``6``, ``6.5``, ``"6GB"``, ``"6 GiB"`` or ``"512MB"``.
+
+    Example:
+        >>> from sdopt.footprint import parse_memory
+        >>> parse_memory("6GB"), parse_memory("512 MB"), parse_memory(8)
+        (6.0, 0.5, 8.0)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"memory_budget must be a number of GB or a string such as '6GB', got {value!r}")
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"memory_budget {value!r} is not an amount of memory; write e.g. '6GB', '6GiB' or '512MB'")
+        amount = float(match.group(1)) * _UNITS[unit]
+    else:
+        amount = float(value)
+    if amount <= 0:
+        raise ValueError(f"memory_budget must be positive, got {value!r}")
+    return amount
 
 
 def usable_memory_gb(caps: Capabilities, resident_gb: float = 0.0) -> float:

@@ -30,6 +30,7 @@ def load(
     caps: Capabilities | None = None,
     quantize: Literal["4bit"] | None = None,
     verify: bool = True,
+    memory_budget: float | str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Loaded:
     """Load a pipeline in the dtype the tier would give it, with low CPU memory use, then optimize.
@@ -45,6 +46,7 @@ def load(
     Unless the plan offloads (the offload places each component itself), the pipeline is moved to
     the planned device before it is optimized. ``verify`` (default on) makes one minimal real call
     inside the transaction and rolls back the step that breaks it (see :mod:`sdopt.verification`).
+    ``memory_budget`` ("6GB") caps the device memory the plan may use, as in :func:`sdopt.optimize`.
 
     ``quantize="4bit"`` loads the denoiser's weights as bitsandbytes NF4: on CUDA straight from
     the files through diffusers' ``PipelineQuantizationConfig`` (the full-precision weights never
@@ -103,10 +105,13 @@ def load(
     from sdopt.api import optimize, plan
 
     if caps.device != "cpu":
-        planned = plan(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps)
+        planned = plan(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, memory_budget=memory_budget)
         if not any(step.name.endswith("_offload") for step in planned.steps):
             pipe.to(caps.device)
-    return Loaded(pipe, optimize(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, verify=verify))
+    report = optimize(
+        pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, verify=verify, memory_budget=memory_budget
+    )
+    return Loaded(pipe, report)
 
 
 def _dtype_keyword() -> str:

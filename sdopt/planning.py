@@ -22,7 +22,7 @@ from sdopt import registry
 from sdopt.anatomy import Anatomy, inspect_pipeline, unwrap
 from sdopt.capabilities import Capabilities, detect, fact_differences
 from sdopt.errors import PlanningError
-from sdopt.footprint import GB, Footprint, component_bytes, estimate
+from sdopt.footprint import GB, Footprint, component_bytes, estimate, parse_memory
 from sdopt.optimizations.base import KINDS, Optimization
 from sdopt.presets import Entry, Preset
 from sdopt.report import Decision, format_table
@@ -149,8 +149,11 @@ def make_plan(
     extra: Iterable[ExtraItem] = (),
     caps: Capabilities | None = None,
     failed: Mapping[str, str] | None = None,
+    memory_budget: float | str | None = None,
 ) -> Plan:
-    """Build the plan. ``failed`` names optimizations that already failed on this pipeline (left out)."""
+    """Build the plan. ``failed`` names optimizations that already failed on this pipeline (left out);
+    ``memory_budget`` caps the device memory the plan may use (GB, or a string such as "6GB")."""
+    budget_gb = parse_memory(memory_budget) if memory_budget is not None else None
     anatomy = inspect_pipeline(pipe)
     if tier is not None and preset is not None:
         raise ValueError("pass either tier=... or preset=..., not both")
@@ -211,7 +214,7 @@ def make_plan(
     carried: list[Decision] = []  # why speed steps dropped in an earlier round were dropped
     for _ in range(3):
         decided: list[Decision] = []
-        footprint, steps = _settle_budget(anatomy, caps, winners, budgeted, decided)
+        footprint, steps = _settle_budget(anatomy, caps, winners, budgeted, decided, budget_gb)
         speed = [step for step in steps if not step.optimization.budgeted]
         dropped = {step.name for step in winners} - {step.name for step in speed}
         if not dropped:
@@ -221,7 +224,7 @@ def make_plan(
     result.footprint, result.steps = footprint, steps
     result.skipped += carried + decided
     if tier not in (None, _LOW_MEMORY) and not result.fits:
-        lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps)
+        lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps, memory_budget=memory_budget)
         instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}; {instead}",)
     elif not result.fits:
@@ -230,13 +233,18 @@ def make_plan(
 
 
 def _settle_budget(
-    anatomy: Anatomy, caps: Capabilities, winners: list[Step], budgeted: list[Step], skipped: list[Decision]
+    anatomy: Anatomy,
+    caps: Capabilities,
+    winners: list[Step],
+    budgeted: list[Step],
+    skipped: list[Decision],
+    budget_gb: float | None,
 ) -> tuple[Footprint, list[Step]]:
     """The footprint of ``winners`` and the final ordered steps once the memory budget has spoken:
     speed steps that add weights go when memory is short, the budget-driven steps it calls for win
     conflicts against speed steps, and companions are settled."""
     winners = list(winners)
-    footprint = estimate(anatomy, caps, _ordered(winners))
+    footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
     if footprint.regime != "none":
         # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice) are dropped.
         stored = component_bytes(anatomy)
@@ -246,7 +254,7 @@ def _settle_budget(
                 winners.remove(step)
                 reason = f"adds {grown / GB:.2f} GB of weights the memory budget cannot spare: {footprint.describe()}"
                 skipped.append(_skip(step.optimization, step.source, reason, step.config))
-        footprint = estimate(anatomy, caps, _ordered(winners))
+        footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
     needed = []
     for step in budgeted:
         unneeded = step.optimization.check_budget(anatomy, caps, step.config, footprint)

@@ -44,7 +44,7 @@ def test_fused_projections_count_twice() -> None:
 
 def _pretend(monkeypatch, total: float, largest: float, available: float) -> None:
     fake = Footprint({"unet": largest, "rest": total - largest}, activations_gb=0.0, available_gb=available)
-    monkeypatch.setattr(planning, "estimate", lambda anatomy, caps, steps=(): fake)
+    monkeypatch.setattr(planning, "estimate", lambda anatomy, caps, steps=(), budget_gb=None: fake)
 
 
 @pytest.mark.parametrize("regime", ["model", "group", "sequential"])
@@ -123,3 +123,29 @@ def test_weights_already_on_the_device_count_as_available(monkeypatch) -> None:
     assert module.usable_memory_gb(CUDA, resident_gb=2.0) > module.usable_memory_gb(CUDA)
     assert CUDA.gpu is not None
     assert module.usable_memory_gb(CUDA, resident_gb=100.0) <= CUDA.gpu.total_memory_gb
+
+
+def test_a_memory_budget_the_caller_sets_drives_the_offload() -> None:
+    # A service given a slice of a big GPU: the budget, not the free memory, decides.
+    roomy = plan(tiny_pipeline("sd"), tier="low-memory", caps=CUDA)
+    assert not [s.name for s in roomy.steps if s.name.endswith("_offload")]
+    tight = plan(tiny_pipeline("sd"), tier="low-memory", caps=CUDA, memory_budget="0.01MB")
+    assert tight.footprint is not None and tight.footprint.available_gb == pytest.approx(0.01 / 1024)
+    assert [s.name for s in tight.steps if s.name.endswith("_offload")] == ["sequential_offload"]
+    assert tight.fits
+
+
+@pytest.mark.parametrize("budget", ["six gigabytes", "6 parsecs", -1, "0GB", True])
+def test_a_malformed_memory_budget_says_how_to_write_one(budget) -> None:
+    with pytest.raises((ValueError, TypeError), match="memory_budget"):
+        plan(tiny_pipeline("sd"), tier="low-memory", caps=CUDA, memory_budget=budget)
+
+
+def test_the_cli_takes_a_memory_budget(capsys) -> None:
+    import json
+
+    from sdopt.cli import main
+
+    assert main(["plan", "--arch", "tiny-sd", "--tier", "low-memory", "--memory-budget", "6GB", "--json"]) == 0
+    footprint = json.loads(capsys.readouterr().out)["footprint"]
+    assert footprint["available_gb"] <= 6.0
