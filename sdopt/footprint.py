@@ -178,6 +178,13 @@ def default_size(anatomy: Anatomy) -> int | None:
     return int(sample) * pixels_per_latent(anatomy) if isinstance(sample, int) else None
 
 
+def default_height(anatomy: Anatomy) -> int | None:
+    """The height the pipeline generates when the caller gives none: :func:`default_size`, or the
+    default of its ``__call__``'s ``height`` (video pipelines such as Wan keep it there)."""
+    side = default_size(anatomy) or call_default(anatomy.pipeline, "height")
+    return side if isinstance(side, int) else None
+
+
 def pixels_per_latent(anatomy: Anatomy) -> int:
     """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
     pipe = anatomy.pipeline
@@ -216,8 +223,8 @@ def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:
 
 
 def _activation_bytes(anatomy: Anatomy, element: int, tiled: bool) -> float:
-    side = default_size(anatomy) or call_default(anatomy.pipeline, "height")  # video pipelines default in __call__
-    if not isinstance(side, int):
+    side = default_height(anatomy)
+    if side is None:
         return 0.0
     frames = call_default(anatomy.pipeline, "num_frames")
     temporal = getattr(anatomy.pipeline, "vae_scale_factor_temporal", 1) or 1

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from sdopt.anatomy import Anatomy, inspect_pipeline
-from sdopt.footprint import default_size, latents_per_token, pixels_per_latent
-from sdopt.optimizations._call_wrapper import call_default, call_parameters
+from sdopt.footprint import default_height, latents_per_token, pixels_per_latent
+from sdopt.optimizations._call_wrapper import call_parameters
 
 _IMAGE_INPUTS = ("image", "control_image", "mask_image", "ip_adapter_image")
 
@@ -64,8 +64,8 @@ def run_verification(pipe: Any) -> None:
 
 
 def _small_size(anatomy: Anatomy) -> int | None:
-    default = default_size(anatomy) or call_default(anatomy.pipeline, "height")
-    if not isinstance(default, int):
+    default = default_height(anatomy)
+    if default is None:
         return None
     grid = 8 * pixels_per_latent(anatomy) * latents_per_token(anatomy)  # room for 3 downsamplings
     return max(grid, default // 4 // grid * grid)

@@ -69,17 +69,8 @@ def _build_sd() -> Any:
 
 
 def sdxl_unet(**overrides: Any) -> Any:
-    """The tiny SDXL UNet (``overrides`` change its config)."""
-    from diffusers import UNet2DConditionModel
-
-    config: dict[str, Any] = {
-        "block_out_channels": (8, 16),
-        "layers_per_block": 1,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    """The tiny SDXL UNet: the SD1.x one with SDXL's conditioning (``overrides`` change its config)."""
+    sdxl: dict[str, Any] = {
         "attention_head_dim": (2, 4),
         "use_linear_projection": True,
         "addition_embed_type": "text_time",
@@ -87,9 +78,8 @@ def sdxl_unet(**overrides: Any) -> Any:
         "transformer_layers_per_block": (1, 2),
         "projection_class_embeddings_input_dim": 6 * 8 + TEXT_DIM,
         "cross_attention_dim": 2 * TEXT_DIM,
-        "norm_num_groups": 4,
     }
-    return UNet2DConditionModel(**{**config, **overrides})
+    return sd_unet(**{**sdxl, **overrides})
 
 
 def sdxl_components(**unet_overrides: Any) -> dict[str, Any]:
