@@ -30,20 +30,6 @@ import torch
 
 Restore = Callable[[], None]
 
-# Module attributes that are containers changed in place by torch (setattr, register_*_hook).
-_CONTAINERS = (
-    "_modules",
-    "_parameters",
-    "_buffers",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_state_dict_hooks",
-    "_load_state_dict_pre_hooks",
-    "_non_persistent_buffers_set",
-)
 _ENVIRONMENT = ("TORCHINDUCTOR_CACHE_DIR",)
 _SCALARS = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device)
 
@@ -89,7 +75,7 @@ def _record_object(obj: Any) -> Restore:
     """An object's class and attributes, with its dict/list/set attributes copied one level deep."""
     cls = obj.__class__
     attributes = dict(obj.__dict__)
-    contents = {key: _copy_container(value) for key, value in attributes.items() if _copy_container(value) is not None}
+    contents = {key: copy for key, value in attributes.items() if (copy := _copy_container(value)) is not None}
 
     def restore() -> None:
         if obj.__class__ is not cls:
@@ -103,17 +89,15 @@ def _record_object(obj: Any) -> Restore:
 
 
 def _record_module(module: torch.nn.Module, accelerator_data: bool) -> Restore:
-    cls = module.__class__
-    attributes = dict(module.__dict__)
-    containers = {key: _copy_container(attributes[key]) for key in _CONTAINERS if key in attributes}
+    """A module's tensors' data, the objects it holds, and its class and attributes (children,
+    parameters, buffers and hook dictionaries are container attributes, copied one level deep)."""
     tensors = [
         (tensor, tensor.data, tensor.requires_grad)
         for tensor in [*module._parameters.values(), *module._buffers.values()]
         if tensor is not None and (accelerator_data or tensor.device.type in ("cpu", "meta"))
     ]
-    held = [
-        _record_object(value) for key, value in attributes.items() if key not in _CONTAINERS and _is_plain_object(value)
-    ]
+    held = [_record_object(value) for value in module.__dict__.values() if _is_plain_object(value)]
+    restore_module = _record_object(module)
 
     def restore() -> None:
         for tensor, data, requires_grad in tensors:
@@ -123,12 +107,7 @@ def _record_module(module: torch.nn.Module, accelerator_data: bool) -> Restore:
                 tensor.requires_grad_(requires_grad)
         for put_back in held:
             put_back()
-        if module.__class__ is not cls:
-            module.__class__ = cls
-        module.__dict__.clear()
-        module.__dict__.update(attributes)
-        for key, content in containers.items():
-            _refill(attributes[key], content)
+        restore_module()
 
     return restore
 
