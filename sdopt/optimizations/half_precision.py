@@ -112,36 +112,30 @@ class HalfPrecision(Optimization):
         unguard: list[Undo] = []
         # Pipelines cast components themselves during a call (SDXL img2img/inpaint move a force_upcast
         # VAE to float32 to encode, then to the UNet's float16), so undo also reverts what the pipeline
-        # did while optimized: the tensors not cast here are referenced as they are (CPU memory), or
-        # copied to CPU memory where they live on an accelerator (a reference would keep them in
-        # device memory after an offload moved them out).
-        targets = [(module, _DTYPES[name]) for module, name in self._targets(anatomy, config)]
-        to_cast = {id(tensor) for module, dtype in targets for tensor in _castable(module, dtype)}
+        # did while optimized: the tensors not cast here are kept too, the same way (_original).
+        plan = [(module, _DTYPES[name]) for module, name in self._targets(anatomy, config)]
+        casts = [(module, dtype, _castable(module, dtype)) for module, dtype in plan]
+        cast_ids = {id(tensor) for _, _, tensors in casts for tensor in tensors}
         untouched = [
-            (tensor, tensor.data if tensor.device.type in ("cpu", "meta") else None, tensor.dtype, tensor.device)
+            (tensor, _original(tensor), tensor.device)
             for module in anatomy.modules().values()
             for tensor in [*module.parameters(), *module.buffers()]
-            if id(tensor) not in to_cast
+            if id(tensor) not in cast_ids
         ]
-        on_accelerator = {id(t): t.data.to("cpu", copy=True) for t, data, _, _ in untouched if data is None}
 
         def undo() -> None:
             for remove in reversed(unguard):
                 remove()
             for tensor, original, device in saved:
-                tensor.data = original if original.device == device else original.to(device)
-            for tensor, data, dtype, device in untouched:
-                if data is not None and tensor.data is not data:
-                    tensor.data = data
-                elif data is None and (tensor.dtype != dtype or tensor.device != device):
-                    tensor.data = on_accelerator[id(tensor)].to(device)
+                _put_back(tensor, original, device)
+            for tensor, original, device in untouched:
+                if _replaced(tensor, original, device):
+                    _put_back(tensor, original, device)
 
         try:
-            for module, dtype in targets:
-                for tensor in _castable(module, dtype):
-                    # On an accelerator, keep the original in CPU memory, not in VRAM.
-                    original = tensor.data if tensor.device.type == "cpu" else tensor.data.to("cpu")
-                    saved.append((tensor, original, tensor.device))
+            for module, dtype, tensors in casts:
+                for tensor in tensors:
+                    saved.append((tensor, _original(tensor), tensor.device))
                     tensor.data = tensor.data.to(dtype)
                 if _needs_boundary(anatomy, module, dtype):
                     # Pixel-space pipelines (no VAE) turn the denoiser's output into the image itself.
@@ -180,6 +174,23 @@ def _vae_stays_float32(anatomy: Anatomy, vae: Any, config: Any) -> bool:
     # VAE and AutoencoderTiny declare force_upcast=False and are safe.
     force_upcast = getattr(getattr(vae, "config", None), "force_upcast", True)
     return bool(config.dtype == "float16" and anatomy.family == "sdxl" and force_upcast)
+
+
+def _original(tensor: torch.Tensor) -> torch.Tensor:
+    """What undo puts back: the data itself in CPU memory; a CPU copy of data on an accelerator (a
+    reference would keep it in device memory after a cast or an offload replaced it)."""
+    return tensor.data if tensor.device.type in ("cpu", "meta") else tensor.data.to("cpu", copy=True)
+
+
+def _replaced(tensor: torch.Tensor, original: torch.Tensor, device: torch.device) -> bool:
+    """Whether something replaced ``tensor``'s data since ``original`` was kept."""
+    if original.device == device:  # kept by reference
+        return tensor.data is not original
+    return tensor.dtype != original.dtype or tensor.device != device
+
+
+def _put_back(tensor: torch.Tensor, original: torch.Tensor, device: torch.device) -> None:
+    tensor.data = original if original.device == device else original.to(device)
 
 
 def _needs_boundary(anatomy: Anatomy, module: torch.nn.Module, dtype: torch.dtype) -> bool:
