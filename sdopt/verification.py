@@ -20,7 +20,7 @@ from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.footprint import default_height, latents_per_token, pixels_per_latent
 from sdopt.optimizations._call_wrapper import call_parameters
 
-_IMAGE_INPUTS = ("image", "control_image", "mask_image", "ip_adapter_image")
+_IMAGE_INPUTS = ("image", "control_image", "mask_image")
 
 
 def verification_kwargs(pipe: Any) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def verification_kwargs(pipe: Any) -> dict[str, Any]:
     if "num_frames" in parameters:
         kwargs["num_frames"] = 9  # valid for 4k+1 (Wan, CogVideoX) and 8k+1 (LTX) frame counts
     for name in _IMAGE_INPUTS:
-        if name in parameters and name != "ip_adapter_image":
+        if name in parameters:
             kwargs[name] = _image(size or 64, mask=name == "mask_image")
     if "ip_adapter_image" in parameters and _has_ip_adapter(anatomy):
         kwargs["ip_adapter_image"] = _image(size or 64)
