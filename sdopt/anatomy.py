@@ -241,6 +241,14 @@ def unwrap(module: Any) -> Any:
     return getattr(module, "_orig_mod", module) if isinstance(module, torch.nn.Module) else module
 
 
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module`` or any of its submodules is compiled: wrapped by ``torch.compile`` or
+    compiled in place (``module.compile()``, diffusers' ``compile_repeated_blocks``)."""
+    return hasattr(module, "_orig_mod") or any(
+        getattr(submodule, "_compiled_call_impl", None) is not None for submodule in module.modules()
+    )
+
+
 def _family(denoiser: torch.nn.Module | None) -> str:
     """The model family, from the denoiser's class and configuration (not the pipeline's name, so
     img2img, inpainting, ControlNet, adapter and user-built variants are recognised alike)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sdopt.anatomy import Anatomy
+from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
@@ -61,7 +61,7 @@ class FeatureCache(Optimization):
             return f"interval must be >= 2 and threshold > 0, got {config.interval}, {config.threshold}"
         if denoiser is None:
             return "the pipeline has no denoiser"
-        if _is_compiled(denoiser):
+        if is_compiled(denoiser):
             return "the denoiser is compiled: cache hooks would force a recompile (or break a fullgraph one)"
         if _deep_modules(denoiser):
             if _HOOK in getattr(getattr(denoiser, "_diffusers_hook", None), "hooks", {}):
@@ -94,12 +94,6 @@ class FeatureCache(Optimization):
 
             return undo_diffusers_cache
         return _deep_cache(pipe, denoiser, deep, config.interval)
-
-
-def _is_compiled(denoiser: Any) -> bool:
-    return hasattr(denoiser, "_orig_mod") or any(
-        getattr(module, "_compiled_call_impl", None) is not None for module in denoiser.modules()
-    )
 
 
 def _why_no_first_block_cache(anatomy: Anatomy) -> str | None:
@@ -157,21 +151,19 @@ class _State:
 
     def __init__(self, interval: int) -> None:
         self.interval = interval
-        self.steps = 0
-        self.position = 0
-        self.full = True
-        self.timestep: Any = None
-        self.batch: tuple[int, ...] | None = None
+        self.reset()
 
     def reset(self) -> None:
-        self.steps, self.position, self.full, self.timestep, self.batch = 0, 0, True, None, None
+        self.steps, self.position, self.full = 0, 0, True
+        self.timestep: Any = None
+        self.batch: tuple[int, ...] | None = None
 
     def enter_call(self, sample: torch.Tensor, timestep: Any) -> None:
         shape = tuple(sample.shape)
         key = _timestep_key(timestep)
         if self.timestep is None or key != self.timestep:
-            # A new step; the first one of a generation, and any after a change of shape, run in full.
-            self.full = self.steps % self.interval == 0 or shape != self.batch
+            # A new step; the first one of a generation runs in full (so does any after a change of shape).
+            self.full = self.steps % self.interval == 0
             self.steps += 1
             self.position = 0
             self.timestep = key

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sdopt.anatomy import Anatomy
+from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
@@ -95,7 +95,7 @@ class TorchCompile(Optimization):
             ):  # e.g. UNet2DConditionModel declares BasicTransformerBlock; IF's and Kandinsky's UNets have none
                 return f"{type(denoiser).__name__} has none of the repeated blocks it declares ({', '.join(declared)})"
             return f"{type(denoiser).__name__} declares no repeated blocks for regional compilation"
-        if any(getattr(m, "_compiled_call_impl", None) is not None for m in denoiser.modules()):
+        if is_compiled(denoiser):
             return "already compiled"
         return None
 
