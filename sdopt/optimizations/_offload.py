@@ -17,7 +17,7 @@ def check_regime(wanted: str, footprint: Footprint, only_if_needed: bool) -> str
     """A skip reason unless the planned footprint calls for the ``wanted`` kind of offload."""
     if not only_if_needed or footprint.regime == wanted:
         return None
-    needs = {"none": "no", "model": "model", "group": "group", "sequential": "sequential"}[footprint.regime]
+    needs = "no" if footprint.regime == "none" else footprint.regime
     return (
         f"not needed at this budget: {footprint.describe()} calls for {needs} offload (only_if_needed=False forces it)"
     )
