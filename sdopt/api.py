@@ -12,6 +12,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
 from sdopt.optimizations._pretrained import offline
 from sdopt.optimizations.base import Undo
+from sdopt.originals import Originals, active
 from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
 from sdopt.report import Decision, Report, run_undo_stack
@@ -117,12 +118,16 @@ def optimize(
         made_on=current.caps.fingerprint_facts(),
         dry_run=dry_run,
         warnings=current.warnings,
+        memory_budget_gb=current.memory_budget_gb,
     )
     if dry_run:
         report.planned = [step.planned(current.anatomy) for step in current.steps]
         report.skipped = list(current.skipped)
         return report
 
+    # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
+    # without undo they are kept only while this call runs, for its rollback.
+    store = Originals("spill" if undoable else "transient")
     # Each failure removes one step, so this ends after at most len(steps) + 1 attempts.
     while True:
         stack: list[tuple[str, Undo]] = []
@@ -132,10 +137,11 @@ def optimize(
         # of a cast or offloaded pipeline do not stay in device memory during the attempt.
         before = record(pipe, accelerator_data=False)
         try:
-            for step in current.steps:
-                applied.append(_apply_step(pipe, step, current.caps, stack))
-            if verify and current.steps:
-                applied = _verified(pipe, current, stack, before, applied, report)
+            with active(store):
+                for step in current.steps:
+                    applied.append(_apply_step(pipe, step, current.caps, stack))
+                if verify and current.steps:
+                    applied = _verified(pipe, current, stack, before, applied, report)
             break
         except _StepFailed as failure:
             _roll_back(stack, before)
@@ -146,13 +152,15 @@ def optimize(
             reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
             current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)
+        finally:
+            del before  # the attempt's references to the originals go now, not when optimize returns
 
     verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
     report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
     report.applied = applied
     report.skipped = list(current.skipped)
     report.failed = list(failed.values())
-    report._track(pipe, stack, keep=undoable)
+    report._track(pipe, stack, keep=undoable, originals=store)
     return report
 
 

@@ -45,6 +45,19 @@ class PlanningError(SdoptError, ValueError):
     """Metadata that cannot be planned, e.g. an ordering cycle between optimizations."""
 
 
+class MemoryBudgetError(SdoptError, ValueError):
+    """The caller's memory budget is below what any plan needs; names the smallest that would work."""
+
+    def __init__(self, budget_gb: float, smallest_gb: float, detail: str) -> None:
+        self.budget_gb = budget_gb
+        self.smallest_gb = smallest_gb
+        super().__init__(
+            f"memory_budget {budget_gb:g} GB is below what any plan needs: {detail}. The smallest budget that "
+            f"would work is about {smallest_gb:.1f}GB (memory_budget='{smallest_gb:.1f}GB'); or generate smaller "
+            "images, or use a machine with more memory."
+        )
+
+
 class OptimizationFailed(SdoptError, RuntimeError):
     """An optimization raised while being applied; everything applied before it was rolled back."""
 

@@ -53,6 +53,14 @@ class Footprint:
     components_gb: dict[str, float]
     activations_gb: float
     available_gb: float
+    largest_layer_gb: float = 0.0
+    """The largest single layer's weights: what sequential offload keeps on the device at once."""
+
+    @property
+    def smallest_gb(self) -> float:
+        """The least memory this pipeline can run in with these steps: one layer on the device at a
+        time plus the activations (sequential offload), or everything on a CPU, which cannot offload."""
+        return self.activations_gb + self.largest_layer_gb
 
     @property
     def total_gb(self) -> float:
@@ -102,7 +110,8 @@ def estimate(
 ) -> Footprint:
     """The footprint of ``anatomy``'s pipeline once ``steps`` are applied, on ``caps``' device, with
     at most ``budget_gb`` usable when the caller sets a budget. Pure."""
-    sizes = component_bytes(anatomy)
+    stored = component_bytes(anatomy)
+    sizes = dict(stored)
     for step in steps:
         sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
     tiled = any(step.name == "vae_tiling" for step in steps)
@@ -116,7 +125,20 @@ def estimate(
     available = usable_memory_gb(caps, resident / GB)
     if budget_gb is not None:
         available = min(available, budget_gb)
-    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, available)
+    largest_layer = 0.0
+    for name, module in anatomy.modules().items():
+        scale = sizes.get(name, 0.0) / stored[name] if stored.get(name) else 1.0  # as planned steps store it
+        largest_layer = max(largest_layer, _largest_layer(module) * scale)
+    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, available, largest_layer / GB)
+
+
+def _largest_layer(module: torch.nn.Module) -> float:
+    """Bytes of the largest leaf module's own parameters and buffers."""
+    largest = 0
+    for layer in module.modules():
+        tensors = [t for t in [*layer._parameters.values(), *layer._buffers.values()] if t is not None]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+    return float(largest)
 
 
 _UNITS = {"": 1.0, "g": 1.0, "gb": 1.0, "gib": 1.0, "m": 1 / 1024, "mb": 1 / 1024, "mib": 1 / 1024, "t": 1024.0}

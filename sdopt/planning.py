@@ -14,6 +14,7 @@ Every candidate ends as a step or a skipped decision with its reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from sdopt import registry
 from sdopt.anatomy import Anatomy, inspect_pipeline, unwrap
 from sdopt.capabilities import Capabilities, detect, fact_differences
-from sdopt.errors import PlanningError
+from sdopt.errors import MemoryBudgetError, PlanningError
 from sdopt.footprint import GB, Footprint, component_bytes, estimate, parse_memory
 from sdopt.optimizations.base import KINDS, Optimization
 from sdopt.presets import Entry, Preset
@@ -87,12 +88,19 @@ class Plan:
     """The planned memory footprint on the target device (see :mod:`sdopt.footprint`)."""
     notes: tuple[str, ...] = ()
     """What planning found the user must know (e.g. that the plan does not fit in memory)."""
+    memory_budget_gb: float | None = None
+    """The caller's memory budget (or the replayed preset's), if any."""
 
     @property
     def fits(self) -> bool:
-        """Whether the planned peak fits the device: all resident, or with the offload its regime needs."""
-        if self.footprint is None or self.footprint.regime == "none" or self.device == "cpu":
+        """Whether the planned peak fits the device: all resident, or with the offload its regime needs
+        (a CPU cannot offload: with a budget, its peak must fit in it)."""
+        if self.footprint is None or self.footprint.regime == "none":
             return True
+        if self.device == "cpu":
+            return self.memory_budget_gb is None
+        if self.footprint.smallest_gb > self.footprint.available_gb:
+            return False  # not even one layer at a time with the activations
         planned = {step.name for step in self.steps}
         return any(name in planned for name in _OFFLOADS_FOR[self.footprint.regime])
 
@@ -153,10 +161,12 @@ def make_plan(
 ) -> Plan:
     """Build the plan. ``failed`` names optimizations that already failed on this pipeline (left out);
     ``memory_budget`` caps the device memory the plan may use (GB, or a string such as "6GB")."""
-    budget_gb = parse_memory(memory_budget) if memory_budget is not None else None
-    anatomy = inspect_pipeline(pipe)
     if tier is not None and preset is not None:
         raise ValueError("pass either tier=... or preset=..., not both")
+    if memory_budget is None and preset is not None:
+        memory_budget = preset.memory_budget_gb  # a frozen preset replays under the budget it was made with
+    budget_gb = parse_memory(memory_budget) if memory_budget is not None else None
+    anatomy = inspect_pipeline(pipe)
     base = preset if preset is not None else (resolve_tier(tier) if tier is not None else None)
     if base is not None and not isinstance(base, Preset):
         raise TypeError(f"preset must be an sdopt.Preset (see Preset.load), got {type(base).__name__}")
@@ -174,7 +184,7 @@ def make_plan(
             if not any(src == "extra" for _, src in candidates.get(entry.name, [])):
                 candidates.setdefault(entry.name, []).append((entry, base.label))
 
-    result = Plan(source=source, anatomy=anatomy, caps=caps)
+    result = Plan(source=source, anatomy=anatomy, caps=caps, memory_budget_gb=budget_gb)
     if anatomy.family == "other":
         denoiser = type(unwrap(anatomy.denoiser)).__name__ if anatomy.denoiser is not None else "none"
         result.notes += (
@@ -223,13 +233,33 @@ def make_plan(
         winners = speed
     result.footprint, result.steps = footprint, steps
     result.skipped += carried + decided
-    if tier not in (None, _LOW_MEMORY) and not result.fits:
+    if not result.fits and budget_gb is not None and tier == _LOW_MEMORY:
+        raise _below_any_plan(result, budget_gb)
+    if tier != _LOW_MEMORY and not result.fits:
+        # With a caller's budget, this raises when even the low-memory tier cannot fit it.
         lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps, memory_budget=memory_budget)
         instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}; {instead}",)
     elif not result.fits:
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}",)
     return result
+
+
+def _below_any_plan(lowest: Plan, budget_gb: float) -> MemoryBudgetError:
+    """The error for a budget even the low-memory plan ``lowest`` cannot fit, naming the smallest that would."""
+    footprint = lowest.footprint
+    assert footprint is not None
+    if lowest.device == "cpu":  # nothing to offload to: everything stays resident
+        smallest = footprint.peak_gb
+        detail = f"on CPU the low-memory plan keeps everything resident ({footprint.describe()})"
+    else:
+        smallest = footprint.smallest_gb
+        detail = (
+            f"even with sequential offload (one layer on {lowest.device} at a time) the low-memory plan needs "
+            f"~{footprint.activations_gb:.2f} GB of activations + {footprint.largest_layer_gb:.2f} GB for the "
+            "largest layer"
+        )
+    return MemoryBudgetError(budget_gb, math.ceil(max(smallest, 0.1) * 10) / 10, detail)
 
 
 def _settle_budget(

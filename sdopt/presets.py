@@ -83,6 +83,9 @@ class Preset:
     fingerprint: str | None = None
     made_on: Mapping[str, Any] | None = None
     """The capabilities facts (:meth:`Capabilities.fingerprint_facts`) a frozen preset was made with."""
+    memory_budget_gb: float | None = None
+    """The memory budget (GB) the preset was planned under; a replay plans under it too unless the
+    caller passes another ``memory_budget``."""
 
     def __post_init__(self) -> None:
         entries = tuple(Entry(e) if isinstance(e, str) else e for e in self.entries)
@@ -104,6 +107,8 @@ class Preset:
                 data[key] = getattr(self, key)
         if self.made_on:
             data["made_on"] = dict(self.made_on)
+        if self.memory_budget_gb is not None:
+            data["memory_budget_gb"] = self.memory_budget_gb
         data["steps"] = [entry.to_dict() for entry in self.entries]
         return data
 
@@ -121,6 +126,7 @@ class Preset:
             "based_on",
             "fingerprint",
             "made_on",
+            "memory_budget_gb",
             "steps",
         }
         _reject_unknown(source, "preset", data, allowed)
@@ -157,6 +163,9 @@ class Preset:
         made_on = data.get("made_on")
         if made_on is not None and not isinstance(made_on, Mapping):
             raise PresetError(f"{source}: key 'made_on' must be a table of capability facts")
+        budget = data.get("memory_budget_gb")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+            raise PresetError(f"{source}: key 'memory_budget_gb' must be a positive number of GB, got {budget!r}")
         version = data.get("version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise PresetError(f"{source}: key 'version' must be a positive integer, got {version!r}")
@@ -169,6 +178,7 @@ class Preset:
             based_on=data.get("based_on"),
             fingerprint=data.get("fingerprint"),
             made_on=dict(made_on) if made_on is not None else None,
+            memory_budget_gb=float(budget) if budget is not None else None,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from sdopt.errors import UndoError
 from sdopt.optimizations.base import Undo
 
 if TYPE_CHECKING:
+    from sdopt.originals import Originals
     from sdopt.presets import Preset
 
 STATUSES = ("applied", "skipped", "failed", "planned")
@@ -54,7 +55,12 @@ def format_table(decisions: Sequence[Decision]) -> str:
 
 
 # The reports whose changes are live on each pipeline, oldest first: undo must go newest first.
-_live_reports: weakref.WeakKeyDictionary[Any, list[Report]] = weakref.WeakKeyDictionary()
+# Weak both ways: a report the caller drops takes its originals (spill files) with it.
+_live_reports: weakref.WeakKeyDictionary[Any, list[weakref.ref[Report]]] = weakref.WeakKeyDictionary()
+
+
+def _live(pipe: Any) -> list[Report]:
+    return [report for ref in _live_reports.get(pipe, []) if (report := ref()) is not None]
 
 
 @dataclass
@@ -84,9 +90,12 @@ class Report:
     warnings: tuple[str, ...] = ()
     made_on: dict[str, Any] = field(default_factory=dict)
     """The capabilities facts the decisions were made with (see :meth:`to_preset`)."""
+    memory_budget_gb: float | None = None
+    """The memory budget the plan was made under (recorded by :meth:`to_preset`)."""
     _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
+    _originals: Originals | None = field(default=None, repr=False)
 
     @property
     def decisions(self) -> list[Decision]:
@@ -96,6 +105,14 @@ class Report:
     def undoable(self) -> bool:
         """Whether :meth:`undo` can restore the pipeline now."""
         return self._undo_stack is not None and not self._undone
+
+    @property
+    def originals(self) -> str:
+        """Where what :meth:`undo` puts back is kept: the checkpoint files, a spill file in a temp dir
+        (removed with this report), memory, or nothing (``undoable=False``). See docs/memory.md."""
+        if self._originals is None or self._undone:
+            return "none kept"
+        return self._originals.describe()
 
     def undo(self) -> None:
         """Restore the pipeline exactly as it was before ``optimize``.
@@ -114,7 +131,7 @@ class Report:
                 "this report was made with optimize(..., undoable=False), which keeps no originals; "
                 "reload the pipeline instead, or optimize with undoable=True (the default) to be able to undo"
             )
-        live = _live_reports.get(self._pipeline, [])
+        live = _live(self._pipeline)
         if live and live[-1] is not self:
             raise UndoError(
                 f"a later optimize() on this pipeline ({live[-1].source}) is still applied; undo its report first"
@@ -122,15 +139,18 @@ class Report:
         run_undo_stack(self._undo_stack)
         self._undo_stack = None
         self._undone = True
-        if self in live:
-            live.remove(self)
+        refs = _live_reports.get(self._pipeline, [])
+        refs[:] = [ref for ref in refs if ref() is not None and ref() is not self]
+        if self._originals is not None:
+            self._originals.close()
 
-    def _track(self, pipe: Any, stack: list[tuple[str, Undo]], keep: bool) -> None:
+    def _track(self, pipe: Any, stack: list[tuple[str, Undo]], keep: bool, originals: Originals | None = None) -> None:
         """Attach the undo stack (or drop it when the caller opted out) and record the report as live."""
         self._pipeline = pipe
         self._undo_stack = stack if keep else None
+        self._originals = originals
         if keep and stack:
-            _live_reports.setdefault(pipe, []).append(self)
+            _live_reports.setdefault(pipe, []).append(weakref.ref(self))
 
     def to_preset(self, name: str, *, version: int = 1, description: str = "") -> Preset:
         """Freeze exactly what was applied (or planned, in a dry run) into a preset to pin.
@@ -160,6 +180,7 @@ class Report:
             based_on=self.source,
             fingerprint=self.fingerprint,
             made_on=dict(self.made_on),
+            memory_budget_gb=self.memory_budget_gb,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,8 +192,10 @@ class Report:
             "device": self.device,
             "fingerprint": self.fingerprint,
             "made_on": dict(self.made_on),
+            "memory_budget_gb": self.memory_budget_gb,
             "dry_run": self.dry_run,
             "undoable": self.undoable,
+            "originals": self.originals,
             "warnings": list(self.warnings),
             "applied": [d.to_dict() for d in self.applied],
             "planned": [d.to_dict() for d in self.planned],
@@ -188,6 +211,8 @@ class Report:
             f"{len(self.failed)} failed"
         )
         notes = "".join(f"\nwarning: {warning}" for warning in self.warnings)
+        if self.applied and not self.dry_run:
+            notes += f"\noriginals: {self.originals}"
         return header + notes + "\n" + format_table(self.decisions)
 
 

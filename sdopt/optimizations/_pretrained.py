@@ -103,10 +103,23 @@ def fresh_copy(class_name: str, source: str, like: Any) -> Any:
 
 def swap_vae(pipe: Any, vae_name: str, class_name: str, source: str) -> Undo:
     """Replace the pipeline's VAE by a private copy of the cached model; the undo puts the original
-    object back (DiffusionPipeline.__setattr__ keeps the pipeline's config entry in step both ways)."""
+    object back (DiffusionPipeline.__setattr__ keeps the pipeline's config entry in step both ways).
+
+    The original's weights go where undo's originals are kept (:mod:`sdopt.originals`) and its
+    memory is freed: a reference to the old VAE held elsewhere sees empty weights until undo."""
+    from sdopt.originals import keep
+
     original = getattr(pipe, vae_name)
-    setattr(pipe, vae_name, fresh_copy(class_name, source, like=original))
-    return lambda: setattr(pipe, vae_name, original)
+    replacement = fresh_copy(class_name, source, like=original)
+    kept = keep(list({id(t): t for t in [*original.parameters(), *original.buffers()]}.values()), owner=original)
+    setattr(pipe, vae_name, replacement)
+    kept.release()
+
+    def undo() -> None:
+        kept.restore()
+        setattr(pipe, vae_name, original)
+
+    return undo
 
 
 def load_failure(what: str, source: str, error: Exception) -> str:

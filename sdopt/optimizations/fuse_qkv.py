@@ -28,8 +28,9 @@ class FuseQKV(Optimization):
 
     The pipeline-level ``pipe.fuse_qkv_projections()`` exists only on SD/SDXL pipelines and,
     with a non-KL VAE, raises after fusing the UNet; the model-level method works on UNets, SD3,
-    Flux, PixArt and ``AutoencoderKL``, with identical outputs. It keeps the separate
-    projections too, so attention weights take ~2x memory while fused.
+    Flux, PixArt and ``AutoencoderKL``, with identical outputs. diffusers keeps the separate
+    projections next to the fused ones (attention weights twice); here they become row views of
+    the fused weights, so fusing costs no memory at rest (only while it runs, the concatenation).
 
     Example:
         >>> from sdopt import optimize
@@ -58,19 +59,6 @@ class FuseQKV(Optimization):
             return None
         detail = "; ".join(f"{target}: {why}" for target, why in reasons.items()) or "no denoiser or VAE"
         return f"nothing to fuse ({detail})"
-
-    def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
-        # diffusers keeps the separate projections next to the fused ones: q/k/v weights count twice.
-        names = {id(module): name for name, module in anatomy.modules().items()}
-        for model in self._models(anatomy, config).values():
-            if _why_not_fusable(model) is None and id(model) in names:
-                sizes[names[id(model)]] += sum(
-                    p.numel() * p.element_size()
-                    for module in _fusable_modules(model)
-                    for name in ("to_q", "to_k", "to_v")
-                    for p in getattr(module, name).parameters()
-                )
-        return sizes
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"fused QKV projections in {' and '.join(config.targets)}"
@@ -118,11 +106,49 @@ def _why_not_fusable(model: Any) -> str | None:
     name = type(model).__name__
     if not hasattr(model, "fuse_qkv_projections"):
         return f"{name} has no fuse_qkv_projections"
-    if any("Added" in type(module.processor).__name__ for module in attention_modules(model)):
+    processors = [type(module.processor).__name__ for module in attention_modules(model)]
+    if any("Added" in processor for processor in processors):
         return f"{name} has added KV projections, which diffusers cannot fuse"
+    if any("IPAdapter" in processor for processor in processors):
+        # Fusion sets its fused processor everywhere; it does not take the image embeddings (measured:
+        # AttributeError at call time on SD1.5 with an IP-Adapter loaded).
+        return f"{name} has IP-Adapter attention processors, which fusion would replace"
     if not _fusable_modules(model):
         return f"{name} has no unfused attention layers with separate to_q/to_k/to_v Linear projections"
     return None
+
+
+_FUSED = {
+    "to_qkv": ("to_q", "to_k", "to_v"),
+    "to_kv": ("to_k", "to_v"),
+    "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
+}
+
+
+def _share_fused_memory(modules: list[torch.nn.Module], before: dict[torch.nn.Module, set[str]]) -> list[torch.Tensor]:
+    """Make the separate projections views into the fused layer that replaced them.
+
+    diffusers keeps them next to the fused layers (attention weights held twice), and processors a
+    pipeline sets at call time (PAG's, IP-Adapter's) or that do not support fusion (LTX's) still
+    read them: as row slices of the fused weights they keep their values and cost no memory.
+    Returns the tensors made views."""
+    shared = []
+    for module in modules:
+        for fused_name, names in _FUSED.items():
+            fused = module._modules.get(fused_name)
+            if fused_name in before[module] or not isinstance(fused, torch.nn.Linear):
+                continue  # not added by this fusion
+            layers = [getattr(module, name) for name in names]
+            start = 0
+            for layer in layers:
+                rows = layer.weight.shape[0]
+                for part in ("weight", "bias"):
+                    tensor, whole = getattr(layer, part), getattr(fused, part)
+                    if tensor is not None and whole is not None:
+                        tensor.data = whole.data[start : start + rows]
+                        shared.append(tensor)
+                start += rows
+    return shared
 
 
 def _fuse(model: Any) -> Undo:
@@ -137,8 +163,11 @@ def _fuse(model: Any) -> Undo:
     processors = save_processors(model)
 
     model.fuse_qkv_projections()
+    shared = _share_fused_memory(modules, children)
 
     def undo() -> None:
+        for tensor in shared:
+            tensor.data = tensor.data.clone()  # the separate weights own their memory again
         model.unfuse_qkv_projections()
         restore_processors(processors)
         for module, names in children.items():

@@ -12,6 +12,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.optimizations._dtype_boundary import add_dtype_boundary, has_dtype_boundary
 from sdopt.optimizations._vae_guard import guard_vae
 from sdopt.optimizations.base import Optimization, Undo
+from sdopt.originals import Kept, keep
 from sdopt.registry import register
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -45,7 +46,8 @@ class HalfPrecision(Optimization):
     The denoiser and the other diffusers models cast get a dtype boundary (see ``_dtype_boundary``):
     float32 inputs from components left in float32 (image encoders) are cast to their dtype, and in
     pixel-space pipelines their outputs come back in float32, so no bfloat16 reaches ``.numpy()``.
-    Undo puts the original float32 tensors back (kept in CPU memory), so it is exact.
+    Undo puts the original float32 tensors back from where undo's originals are kept (the checkpoint,
+    a spill file, see docs/memory.md), so it is exact and keeping them costs no memory.
 
     Example:
         >>> import torch
@@ -108,34 +110,35 @@ class HalfPrecision(Optimization):
         return f"weights in {config.dtype}" + (" (VAE kept in float32)" if kept else "")
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        saved: list[tuple[torch.Tensor, torch.Tensor, torch.device]] = []
+        kept: list[Kept] = []
         unguard: list[Undo] = []
         # Pipelines cast components themselves during a call (SDXL img2img/inpaint move a force_upcast
         # VAE to float32 to encode, then to the UNet's float16), so undo also reverts what the pipeline
-        # did while optimized: the tensors not cast here are kept too, the same way (_original).
+        # did while optimized: the tensors not cast here are kept too, in case (free for host memory).
         plan = [(module, _DTYPES[name]) for module, name in self._targets(anatomy, config)]
         casts = [(module, dtype, _castable(module, dtype)) for module, dtype in plan]
         cast_ids = {id(tensor) for _, _, tensors in casts for tensor in tensors}
         untouched = [
-            (tensor, _original(tensor), tensor.device)
+            keep(
+                [t for t in [*module.parameters(), *module.buffers()] if id(t) not in cast_ids],
+                owner=module,
+                in_case=True,
+            )
             for module in anatomy.modules().values()
-            for tensor in [*module.parameters(), *module.buffers()]
-            if id(tensor) not in cast_ids
         ]
 
         def undo() -> None:
             for remove in reversed(unguard):
                 remove()
-            for tensor, original, device in saved:
-                _put_back(tensor, original, device)
-            for tensor, original, device in untouched:
-                if _replaced(tensor, original, device):
-                    _put_back(tensor, original, device)
+            for originals in reversed(kept):
+                originals.restore()
+            for originals in untouched:
+                originals.restore()
 
         try:
             for module, dtype, tensors in casts:
+                kept.append(keep(tensors, owner=module))  # in the checkpoint or a spill file (sdopt.originals)
                 for tensor in tensors:
-                    saved.append((tensor, _original(tensor), tensor.device))
                     tensor.data = tensor.data.to(dtype)
                 if _needs_boundary(anatomy, module, dtype):
                     # Pixel-space pipelines (no VAE) turn the denoiser's output into the image itself.
@@ -174,23 +177,6 @@ def _vae_stays_float32(anatomy: Anatomy, vae: Any, config: Any) -> bool:
     # VAE and AutoencoderTiny declare force_upcast=False and are safe.
     force_upcast = getattr(getattr(vae, "config", None), "force_upcast", True)
     return bool(config.dtype == "float16" and anatomy.family == "sdxl" and force_upcast)
-
-
-def _original(tensor: torch.Tensor) -> torch.Tensor:
-    """What undo puts back: the data itself in CPU memory; a CPU copy of data on an accelerator (a
-    reference would keep it in device memory after a cast or an offload replaced it)."""
-    return tensor.data if tensor.device.type in ("cpu", "meta") else tensor.data.to("cpu", copy=True)
-
-
-def _replaced(tensor: torch.Tensor, original: torch.Tensor, device: torch.device) -> bool:
-    """Whether something replaced ``tensor``'s data since ``original`` was kept."""
-    if original.device == device:  # kept by reference
-        return tensor.data is not original
-    return tensor.dtype != original.dtype or tensor.device != device
-
-
-def _put_back(tensor: torch.Tensor, original: torch.Tensor, device: torch.device) -> None:
-    tensor.data = original if original.device == device else original.to(device)
 
 
 def _needs_boundary(anatomy: Anatomy, module: torch.nn.Module, dtype: torch.dtype) -> bool:

@@ -11,6 +11,7 @@ from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.optimizations.base import Optimization, Undo
+from sdopt.originals import keep, own_tensors
 from sdopt.registry import register
 from sdopt.requirements import Requirements
 
@@ -35,7 +36,8 @@ class Quantize4bit(Optimization):
     not faster: use it when the model does not fit otherwise (the ``low-memory`` tier, on small GPUs).
     Works on loaded pipelines by module swap (bitsandbytes >= 0.48 runs 4-bit on CPU too). To load
     straight into 4-bit without a full-precision copy on the GPU, use ``sdopt.load(..., quantize="4bit")``.
-    Undo puts the original Linear modules back (moved to CPU memory while they are out): exact.
+    Undo puts the original Linear modules back, their weights re-read from where undo's originals are
+    kept (docs/memory.md): exact.
 
     Example:
         >>> from sdopt import plan
@@ -77,14 +79,18 @@ class Quantize4bit(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         import bitsandbytes as bnb
 
-        swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear, torch.device]] = []
+        layers = plain_linears(anatomy.denoiser, config.min_features)
+        # The float layers leave the pipeline: their weights go where undo's originals are kept.
+        kept = keep(own_tensors([linear for _, _, linear in layers], within=anatomy.denoiser), owner=anatomy.denoiser)
+        swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
 
         def undo() -> None:
-            for parent, attribute, original, device in reversed(swapped):
-                setattr(parent, attribute, original.to(device))
+            kept.restore()
+            for parent, attribute, original in reversed(swapped):
+                setattr(parent, attribute, original)
 
         try:
-            for parent, attribute, linear in plain_linears(anatomy.denoiser, config.min_features):
+            for parent, attribute, linear in layers:
                 device = linear.weight.device
                 dtype = linear.weight.dtype
                 compute = dtype if config.compute_dtype == "auto" else _COMPUTE_DTYPES[config.compute_dtype]
@@ -105,7 +111,8 @@ class Quantize4bit(Optimization):
                     layer.bias = torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
                 layer = layer.to(device)  # quantizes the weight on the way
                 setattr(parent, attribute, layer)
-                swapped.append((parent, attribute, linear.to("cpu"), device))
+                swapped.append((parent, attribute, linear))
+            kept.release()
         except Exception:
             undo()
             raise

@@ -14,6 +14,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.optimizations.base import Optimization, Undo
+from sdopt.originals import keep, own_tensors
 from sdopt.registry import register
 
 
@@ -36,7 +37,8 @@ class QuantizeInt8(Optimization):
     which has no AMX). On CUDA through torchao, which is only fast when the denoiser is also
     compiled (reported ~20x slower eager), so it is planned only together with ``torch_compile``.
     Inputs in another dtype (e.g. bf16 after ``half_precision``) are computed in float32 and cast back.
-    Undo puts the original Linear modules (CPU path) or weight tensors (torchao) back: exact.
+    Undo puts the original Linear modules (CPU path) or weight tensors (torchao) back, their weights
+    re-read from where undo's originals are kept (docs/memory.md): exact.
 
     Example:
         >>> from sdopt import optimize
@@ -162,16 +164,22 @@ def _already_quantized(module: torch.nn.Module) -> bool:
 
 
 def _swap_linears(denoiser: torch.nn.Module, min_features: int) -> Undo:
+    layers = plain_linears(denoiser, min_features)
+    replacements = [DynamicInt8Linear(linear) for _, _, linear in layers]
+    # The float layers leave the pipeline: their weights go where undo's originals are kept, and free memory.
+    kept = keep(own_tensors([linear for _, _, linear in layers], within=denoiser), owner=denoiser)
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
 
     def undo() -> None:
+        kept.restore()
         for parent, attribute, original in reversed(swapped):
             setattr(parent, attribute, original)
 
     try:
-        for parent, attribute, linear in plain_linears(denoiser, min_features):
-            setattr(parent, attribute, DynamicInt8Linear(linear))
+        for (parent, attribute, linear), replacement in zip(layers, replacements, strict=True):
+            setattr(parent, attribute, replacement)
             swapped.append((parent, attribute, linear))
+        kept.release()
     except Exception:
         undo()
         raise
@@ -180,20 +188,21 @@ def _swap_linears(denoiser: torch.nn.Module, min_features: int) -> Undo:
 
 def _torchao_int8(denoiser: torch.nn.Module, min_features: int) -> Undo:
     # torchao replaces each weight Parameter by a quantized tensor subclass in place; the original
-    # Parameter objects are kept (their data in CPU memory) and put back on undo.
+    # Parameter objects are kept, their data where undo's originals are kept, and put back on undo.
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     layers = [layer for _, _, layer in plain_linears(denoiser, min_features)]
     targets = {id(layer) for layer in layers}
-    saved = [(layer, layer.weight, layer.weight.data.to("cpu", copy=True), layer.weight.device) for layer in layers]
+    weights = [(layer, layer.weight) for layer in layers]
+    kept = keep([weight for _, weight in weights], owner=denoiser)
     # torchao also gives each layer an instance-level extra_repr.
     restore = [remember_attributes(layer, ("extra_repr",)) for layer in layers]
 
     def undo() -> None:
         for put_back in restore:
             put_back()
-        for layer, weight, original, device in saved:
-            weight.data = original.to(device)
+        kept.restore()
+        for layer, weight in weights:
             layer.weight = weight
 
     try:
@@ -202,6 +211,7 @@ def _torchao_int8(denoiser: torch.nn.Module, min_features: int) -> Undo:
             Int8DynamicActivationInt8WeightConfig(),
             filter_fn=lambda module, _name: id(module) in targets,
         )
+        kept.release()
     except Exception:
         undo()
         raise

@@ -23,12 +23,14 @@ Example:
 
 from sdopt.testing.capabilities import PROFILES, fake_capabilities
 from sdopt.testing.families import FAMILIES, call_kwargs, run_pipeline, tiny_pipeline
+from sdopt.testing.memory import resident_tensor_bytes
 from sdopt.testing.parts import tiny_autoencoder_tiny
 from sdopt.testing.state import pipeline_state, state_differences
 from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo import run_zoo_pipeline, zoo_call_kwargs, zoo_entry, zoo_names, zoo_pipeline
 
 __all__ = [
+    "resident_tensor_bytes",
     "FAMILIES",
     "PROFILES",
     "call_kwargs",
