@@ -8,6 +8,7 @@ with the same seeds, so fidelity is measured against the baseline image by image
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import statistics
 import sys
@@ -78,7 +79,11 @@ class TierResult:
     max_s: float = 0.0
     denoiser_step_s: float | None = None
     decode_s: float | None = None
-    peak_memory_gb: float = 0.0
+    host_peak_gb: float = 0.0
+    """Host memory the tier holds at its peak: the RSS high-water during its calls less the RSS before,
+    plus its host-resident weights and any originals kept in memory (as if it ran alone)."""
+    device_peak_gb: float | None = None
+    """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
     speedup: float | None = None
     psnr_db: float | None = None
     max_abs_diff: int | None = None
@@ -120,7 +125,8 @@ class BenchResult:
                     seconds(t.first_call_s),
                     seconds(t.denoiser_step_s),
                     seconds(t.decode_s),
-                    f"{t.peak_memory_gb:.2f}",
+                    f"{t.host_peak_gb:.2f}",
+                    "-" if t.device_peak_gb is None else f"{t.device_peak_gb:.2f}",
                     "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
                     "-" if t.max_abs_diff is None else str(t.max_abs_diff),
                     seconds(t.optimize_s),
@@ -136,7 +142,8 @@ class BenchResult:
         "first call s",
         "denoiser s/step",
         "decode s",
-        "peak GB",
+        "host peak GB",
+        "device peak GB",
         "PSNR dB",
         "max diff",
         "optimize s",
@@ -178,7 +185,9 @@ class BenchResult:
         figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
         latency.bar(names, [t.median_s for t in self.tiers], color="tab:blue")
         latency.set_ylabel("seconds per image (median)")
-        memory.bar(names, [t.peak_memory_gb for t in self.tiers], color="tab:orange")
+        on_device = any(t.device_peak_gb is not None for t in self.tiers)
+        peaks = [(t.device_peak_gb or 0.0) if on_device else t.host_peak_gb for t in self.tiers]
+        memory.bar(names, peaks, color="tab:orange")
         memory.set_ylabel(f"peak memory, GB ({self.memory_kind})")
         figure.suptitle(self._title(), fontsize=9)
         figure.tight_layout()
@@ -238,6 +247,8 @@ def bench(
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
     peers: Sequence[Peer] = (),
+    undoable: bool = True,
+    memory_budget: float | str | None = None,
 ) -> BenchResult:
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
@@ -245,6 +256,13 @@ def bench(
     A tier may also be a preset file (``.toml``/``.json``, from ``sdopt freeze``), shown by its
     file name. ``peers`` are other runtimes rendering the same prompts and seeds in the same
     interleaved loop.
+
+    Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
+    docs/memory.md; ``undoable=False`` for ``--no-undo``), under ``memory_budget`` if given. On CPU
+    the tiers render interleaved, image by image, from copies that share the loaded pipeline's
+    unchanged weights (one float32 copy in memory, whatever the number of tiers). On CUDA they run
+    one after another, each alone on the device (the loaded pipeline waits on the host), so each
+    tier's device peak is its own.
 
     Example:
         >>> from sdopt.bench import bench
@@ -285,28 +303,44 @@ def bench(
             peer_results.append(result)
 
         say(f"building {source} on {target}")
-        base = load_pipeline(source, target)
+        # On CUDA the loaded pipeline waits on the host: only the tier being measured is on the device.
+        base = load_pipeline(source, "cpu" if target == "cuda" else target)
         height = height or _default_size(base)
         width = width or _default_size(base)
         images = _Images(prompts, steps, guidance, height, width, seed)
         results = [TierResult(_row_name(tier)) for tier in tiers]
-        renderers: list[Callable[[int], _Rendered]] = []
-        for tier, result in zip(tiers, results, strict=True):
-            pipe = copy.deepcopy(base)
+        pipeline_name = type(base).__name__
+        options = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
+        references: dict[int, np.ndarray] = {}
+
+        def lane(tier: str, result: TierResult) -> Callable[[int], _Rendered]:
+            pipe = base if tier == BASELINE and target != "cuda" else _light_copy(base)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
+            if target == "cuda" and not _plans_offload(pipe, how.get(tier), caps, memory_budget):
+                pipe.to("cuda")
             if tier != BASELINE:
                 started = clock()
-                report = optimize(pipe, **how[tier], caps=caps, undoable=False, verify=True)
+                report = optimize(pipe, **how[tier], **options)
                 result.optimize_s = clock() - started
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
-            renderers.append(_pipeline_renderer(pipe, target, images, clock))
-        pipeline_name = type(base).__name__
-        del base
-        for peer in peers:
-            renderers.append(_peer_renderer(peer, images, clock))
+                return _pipeline_renderer(pipe, target, images, clock, report)
+            return _pipeline_renderer(pipe, target, images, clock)
+
+        if target == "cuda":
+            for tier, result in zip(tiers, results, strict=True):
+                render = lane(tier, result)
+                _run_interleaved([result], [render], warmup, runs, say, references)
+                del render  # the tier's pipeline leaves the device before the next one comes
+                gc.collect()
+                torch.cuda.empty_cache()
+            for peer, result in zip(peers, peer_results, strict=True):
+                _run_interleaved([result], [_peer_renderer(peer, images, clock)], warmup, runs, say, references)
+        else:
+            renderers = [lane(tier, result) for tier, result in zip(tiers, results, strict=True)]
+            renderers += [_peer_renderer(peer, images, clock) for peer in peers]
+            _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references)
         results += peer_results
-        _run_interleaved(results, renderers, warmup, runs, say)
     finally:
         for peer in loaded:
             peer.close()
@@ -316,11 +350,19 @@ def bench(
     if source in REAL_ARCHES or source in TINY_ARCHES:
         notes.append(RANDOM_WEIGHTS_NOTE)
     notes.append(
-        "peak memory: CUDA max allocated during the calls"
-        if target == "cuda"
-        else "peak memory: process RSS high-water during the tier's calls minus the RSS before them, plus the "
-        "tier's own weights (all tiers' pipelines are resident at once)"
+        "host peak: process RSS high-water during the tier's calls minus the RSS before them, plus the tier's "
+        "host-resident weights and originals kept in memory (tiers share unchanged weights in this process; "
+        "each row is what the tier would hold alone)"
     )
+    if target == "cuda":
+        notes.append("device peak: CUDA max allocated during the tier's calls; tiers ran one after another, alone")
+    notes.append(
+        "optimized with undo's originals kept (the default: checkpoint or spill file, docs/memory.md)"
+        if undoable
+        else "optimized with --no-undo (nothing kept for undo)"
+    )
+    if memory_budget is not None:
+        notes.append(f"memory budget: {memory_budget}")
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
     if peers:
         notes.append(
@@ -341,6 +383,8 @@ def bench(
             "prompts": list(prompts),
             "seed": seed,
             "threads": torch.get_num_threads(),
+            "undoable": undoable,
+            "memory_budget": memory_budget,
         },
         machine={"cpu": caps.cpu.model, "fingerprint": caps.fingerprint, **caps.versions},
         tiers=results,
@@ -373,6 +417,7 @@ class _Rendered:
     denoiser_calls: list[float]
     decode_calls: list[float]
     memory_gb: float
+    device_memory_gb: float | None
 
 
 @dataclass(frozen=True)
@@ -391,9 +436,12 @@ class _Images:
 
 
 def _pipeline_renderer(
-    pipe: Any, device: str, images: _Images, clock: Callable[[], float]
+    pipe: Any, device: str, images: _Images, clock: Callable[[], float], report: Any = None
 ) -> Callable[[int], _Rendered]:
-    weights_gb = 0.0 if device == "cuda" else _tensor_gb(pipe)  # on CPU the RSS delta misses resident weights
+    # The RSS delta of a call misses what is resident before it: the weights on the host, and undo's
+    # originals when they had to stay in memory.
+    kept = report._originals.resident_bytes() if report is not None and report._originals is not None else 0
+    host_gb = (_host_tensor_bytes(pipe) + kept) / 1e9
 
     def render(index: int) -> _Rendered:
         kwargs = {
@@ -405,12 +453,13 @@ def _pipeline_renderer(
             "output_type": "np",
             "generator": torch.Generator("cpu").manual_seed(images.seed + index),
         }
-        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peak:
+        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peaks:
             started = clock()
             with torch.inference_mode():
                 output = pipe(**kwargs).images
             elapsed = clock() - started
-        return _Rendered(_to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, peak() + weights_gb)
+        host, on_device = peaks()
+        return _Rendered(_to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, host + host_gb, on_device)
 
     return render
 
@@ -427,7 +476,7 @@ def _peer_renderer(peer: Peer, images: _Images, clock: Callable[[], float]) -> C
             width=images.width,
         )
         elapsed = clock() - started
-        return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb)
+        return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb, None)
 
     return render
 
@@ -442,8 +491,10 @@ def _run_interleaved(
     warmup: int,
     runs: int,
     say: Callable[[str], None],
+    references: dict[int, np.ndarray],
 ) -> None:
-    """Warm-up rounds, then timed rounds, each round rendering image ``index`` on every lane in turn."""
+    """Warm-up rounds, then timed rounds, each round rendering image ``index`` on every lane in turn;
+    the baseline's images go to ``references``, the others are compared with them."""
     total = (warmup + runs) * len(results)
     done = 0
     for round_index in range(warmup):
@@ -453,8 +504,7 @@ def _run_interleaved(
             out = render(round_index)
             if round_index == 0:
                 result.first_call_s = out.elapsed
-            result.peak_memory_gb = max(result.peak_memory_gb, out.memory_gb)
-    references: dict[int, np.ndarray] = {}
+            _record_memory(result, out)
     steps_seen: dict[str, list[float]] = {r.tier: [] for r in results}
     decodes_seen: dict[str, list[float]] = {r.tier: [] for r in results}
     for run in range(runs):
@@ -466,7 +516,7 @@ def _run_interleaved(
             if warmup == 0 and run == 0:
                 result.first_call_s = out.elapsed
             result.latencies_s.append(out.elapsed)
-            result.peak_memory_gb = max(result.peak_memory_gb, out.memory_gb)
+            _record_memory(result, out)
             steps_seen[result.tier] += out.denoiser_calls
             decodes_seen[result.tier] += out.decode_calls
             if result.tier == BASELINE:
@@ -483,6 +533,38 @@ def _run_interleaved(
             result.decode_s = statistics.median(decodes_seen[result.tier])
         if result.tier == BASELINE:
             result.psnr_db, result.max_abs_diff = float("inf"), 0
+
+
+def _record_memory(result: TierResult, out: _Rendered) -> None:
+    result.host_peak_gb = max(result.host_peak_gb, out.memory_gb)
+    if out.device_memory_gb is not None:
+        result.device_peak_gb = max(result.device_peak_gb or 0.0, out.device_memory_gb)
+
+
+def _light_copy(pipe: Any) -> Any:
+    """A deep copy of ``pipe`` whose tensors share the original's memory: new tensor objects, so
+    optimizing the copy rebinds the copy's tensors only (sdopt's steps never write into a tensor's
+    memory in place), and a tier costs only what it changes."""
+    memo: dict[int, Any] = {}
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if isinstance(tensor, torch.nn.Parameter):
+                    memo[id(tensor)] = torch.nn.Parameter(tensor.data, requires_grad=tensor.requires_grad)
+                else:
+                    memo[id(tensor)] = tensor.detach()
+    return copy.deepcopy(pipe, memo)
+
+
+def _plans_offload(pipe: Any, how: dict[str, Any] | None, caps: Any, memory_budget: float | str | None) -> bool:
+    """Whether optimizing ``pipe`` as ``how`` says places components itself (an offload), as
+    :func:`sdopt.load` decides whether to move the pipeline to the device first."""
+    if how is None:
+        return False
+    from sdopt.api import plan
+
+    planned = plan(pipe, **how, caps=caps, memory_budget=memory_budget)
+    return any(step.name.endswith("_offload") for step in planned.steps)
 
 
 def _default_size(pipe: Any) -> int:
@@ -545,13 +627,12 @@ def _rss_gb() -> float:
 
 
 @contextmanager
-def _peak_memory(device: str) -> Iterator[Callable[[], float]]:
-    """Peak memory of the enclosed call: CUDA max allocated, or the RSS increase sampled every 5 ms."""
+def _peak_memory(device: str) -> Iterator[Callable[[], tuple[float, float | None]]]:
+    """Peak memory of the enclosed call: the host RSS increase sampled every 5 ms, and on CUDA the
+    device's max allocated."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        yield lambda: torch.cuda.max_memory_allocated() / 1e9
-        return
     before = _rss_gb()
     peak = [before]
     stop = threading.Event()
@@ -560,21 +641,33 @@ def _peak_memory(device: str) -> Iterator[Callable[[], float]]:
         while not stop.wait(0.005):
             peak[0] = max(peak[0], _rss_gb())
 
+    def peaks() -> tuple[float, float | None]:
+        on_device = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+        return max(0.0, peak[0] - before), on_device
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        yield lambda: max(0.0, peak[0] - before)
+        yield peaks
     finally:
         stop.set()
         sampler.join()
         peak[0] = max(peak[0], _rss_gb())
 
 
-def _tensor_gb(pipe: Any) -> float:
-    total = 0
+def _host_tensor_bytes(pipe: Any) -> int:
+    """Bytes of the distinct host-memory storages of the pipeline's modules (shared ones once)."""
+    storages: dict[int, int] = {}
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if tensor.device.type == "cpu" and type(tensor.data) is torch.Tensor:
+                    storage = tensor.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+            # PyTorch's dynamic int8 layers keep packed weights outside any parameter: count them from
+            # the state dict, which unpacks them.
             for value in component.state_dict().values():
-                tensors = value if isinstance(value, tuple) else (value,)
-                total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    return total / 1e9
+                for tensor in value if isinstance(value, tuple) else (value,):
+                    if isinstance(tensor, torch.Tensor) and tensor.is_quantized and tensor.device.type == "cpu":
+                        storages[id(tensor)] = tensor.numel() * tensor.element_size()
+    return sum(storages.values())

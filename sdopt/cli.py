@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", dest="json_out", help="write the results as JSON")
     bench.add_argument("--markdown", help="write the table as Markdown")
     bench.add_argument("--plot", help="write a PNG bar chart (needs sdopt[bench])")
+    bench.add_argument(
+        "--no-undo",
+        action="store_true",
+        help="optimize with undoable=False (keeps nothing for undo) instead of the defaults users get",
+    )
+    bench.add_argument("--memory-budget", help="the most device memory each tier's plan may use, e.g. 6GB")
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -281,6 +287,8 @@ def _bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         prompts=prompts,
+        undoable=not args.no_undo,
+        memory_budget=args.memory_budget,
         progress=lambda message: print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True),
     )
     print("", file=sys.stderr)

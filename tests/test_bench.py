@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdopt.bench import BASELINE, DEFAULT_PROMPTS, PeerImage, TierResult, bench, psnr, summarize
@@ -22,7 +23,8 @@ def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
     assert messages[-1] == "[9/9] run 2/2: fast"  # warmup + runs, interleaved
     for tier in result.tiers:
         assert len(tier.latencies_s) == 2 and tier.min_s <= tier.median_s <= tier.max_s
-        assert tier.first_call_s > 0 and tier.denoiser_step_s and tier.decode_s and tier.peak_memory_gb > 0
+        assert tier.first_call_s > 0 and tier.denoiser_step_s and tier.decode_s
+        assert tier.host_peak_gb > 0 and tier.device_peak_gb is None  # no device column off CUDA
         assert tier.psnr_db is not None and tier.max_abs_diff is not None
     baseline = result.tiers[0]
     assert baseline.speedup == 1.0 and baseline.psnr_db == float("inf") and baseline.applied == []
@@ -136,7 +138,7 @@ def test_peers_render_the_same_prompts_and_seeds_in_the_interleaved_loop() -> No
     row = result.tiers[2]
     assert row.psnr_db == float("inf") and row.max_abs_diff == 0  # same pipeline, same latents
     assert row.report == {"peer": {"runtime": "same pipeline"}} and row.applied == []
-    assert row.decode_s == 0.5 and row.peak_memory_gb == 1.25 and row.denoiser_step_s is None
+    assert row.decode_s == 0.5 and row.host_peak_gb == 1.25 and row.denoiser_step_s is None
     assert len(row.latencies_s) == 2 and row.speedup is not None
     assert peer.closed and any("peers (peer)" in note for note in result.notes)
 
@@ -161,3 +163,28 @@ def test_a_preset_file_is_benchmarked_as_a_tier(tmp_path) -> None:
     assert result.tiers[1].applied == ["scheduler"]
     with pytest.raises(FileNotFoundError):
         bench("tiny-sd", [BASELINE, str(tmp_path / "missing.toml")], runs=1)
+
+
+def test_tiers_are_optimized_with_the_defaults_users_get_unless_no_undo() -> None:
+    default = bench("tiny-sd", [BASELINE, "balanced"], steps=2, runs=1, warmup=0, memory_budget="6GB")
+    report = default.tiers[1].report
+    assert report["undoable"] and report["memory_budget_gb"] == 6.0
+    assert default.settings["undoable"] and any("originals kept" in note for note in default.notes)
+    lean = bench("tiny-sd", [BASELINE, "balanced"], steps=2, runs=1, warmup=0, undoable=False)
+    assert not lean.tiers[1].report["undoable"] and lean.tiers[1].report["originals"].startswith("not kept")
+
+
+def test_tier_copies_share_the_loaded_pipelines_unchanged_weights() -> None:
+    from sdopt import optimize
+    from sdopt.bench import _light_copy
+    from sdopt.testing import fake_capabilities, resident_tensor_bytes, tiny_pipeline
+
+    base = tiny_pipeline("sd")
+    weight = base.unet.conv_in.weight
+    before = resident_tensor_bytes()
+    copy = _light_copy(base)
+    assert resident_tensor_bytes() - before < 64 * 1024  # the schedulers' tables, not the weights
+    assert copy.unet.conv_in.weight is not weight
+    assert copy.unet.conv_in.weight.data_ptr() == weight.data_ptr()
+    optimize(copy, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"), undoable=False)
+    assert copy.unet.conv_in.weight.dtype == torch.bfloat16 and weight.dtype == torch.float32

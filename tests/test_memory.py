@@ -15,7 +15,6 @@ from sdopt.errors import MemoryBudgetError, RollbackError, UndoError
 from sdopt.testing import fake_capabilities, resident_tensor_bytes, tiny_pipeline
 from tests.helpers import Snapshot
 
-
 _SCHEDULER_TABLES = 64 * 1024
 
 
