@@ -62,6 +62,7 @@ CASES = [
     ("half_precision", "sd", "cpu-amx", {}),
     ("half_precision", "sdxl", "cpu-amx", {"dtype": "float16"}),
     ("channels_last", "sd", "cpu", {}),
+    ("weight_storage", "sd", "cpu", {}),
     ("attention_slicing", "sd", "cpu", {}),
     ("attention_backend", "flux", "cpu", {"backend": "_native_math"}),
     ("fuse_qkv", "flux", "cpu", {}),
