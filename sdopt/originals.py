@@ -2,8 +2,8 @@
 
 A step that replaces weights (a cast to bfloat16, int8 or 4-bit layers, a swapped VAE, weights
 stored in float8) hands the tensors it is about to replace to the store of the ``optimize`` call
-in progress (:func:`keep`, :func:`release`), which keeps their data in the first place that does
-not sit in RAM or device memory:
+in progress (:func:`keep`, then :meth:`Kept.release` for layers taken out of the pipeline), which
+keeps their data in the first place that does not sit in RAM or device memory:
 
 1. **the checkpoint** the component was loaded from (``from_pretrained`` records the directory):
    a tensor whose values equal the one in a ``*.safetensors`` file there is re-read from it on
@@ -90,10 +90,6 @@ class Kept:
         self._files = files
         self._changed_only = changed_only
 
-    @property
-    def nbytes(self) -> int:
-        return sum(_nbytes(entry) for entry in self._entries if entry.same_as is None)
-
     def release(self) -> None:
         """Free the kept tensors' memory once they are out of use (a layer swapped out of the
         pipeline): each tensor's data becomes an empty tensor until :meth:`restore`."""
@@ -176,13 +172,6 @@ class Originals:
             entry.place, entry.data = "memory", data if data.device.type == "cpu" else data.to("cpu", copy=True)
             self._bytes["memory"] += _nbytes(entry)
         return Kept(self, entries, files, changed_only=in_case)
-
-    def release(self, tensors: Sequence[torch.Tensor], *, owner: torch.nn.Module | None = None) -> Kept:
-        """:meth:`keep` the tensors of a module taken out of the pipeline, then free their memory
-        (see :meth:`Kept.release`)."""
-        kept = self.keep(tensors, owner=owner)
-        kept.release()
-        return kept
 
     # ---- where they are
 
@@ -306,7 +295,7 @@ class Originals:
 
 @contextlib.contextmanager
 def active(store: Originals) -> Iterator[Originals]:
-    """Make ``store`` the one :func:`keep` and :func:`release` use while the block runs."""
+    """Make ``store`` the one :func:`keep` uses while the block runs."""
     token = _active.set(store)
     try:
         yield store
@@ -323,11 +312,6 @@ def current() -> Originals:
 def keep(tensors: Sequence[torch.Tensor], *, owner: torch.nn.Module | None = None, in_case: bool = False) -> Kept:
     """Keep the current data of ``tensors`` in the current store (see :meth:`Originals.keep`)."""
     return current().keep(tensors, owner=owner, in_case=in_case)
-
-
-def release(tensors: Sequence[torch.Tensor], *, owner: torch.nn.Module | None = None) -> Kept:
-    """Keep and free the tensors of a module taken out of the pipeline (see :meth:`Originals.release`)."""
-    return current().release(tensors, owner=owner)
 
 
 def own_tensors(modules: Sequence[torch.nn.Module], within: torch.nn.Module) -> list[torch.Tensor]:

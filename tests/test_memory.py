@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import warnings
 
@@ -43,7 +44,11 @@ def test_default_optimize_never_raises_resident_memory(family: str, tier: str, p
         ("half_precision", "cpu-amx"),
         ("weight_storage", "cpu"),
         ({"name": "quantize_int8", "min_features": 0}, "cpu"),
-        ({"name": "quantize_4bit", "min_features": 0}, "cpu"),
+        pytest.param(
+            {"name": "quantize_4bit", "min_features": 0},
+            "cpu",
+            marks=pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes"),
+        ),
     ],
 )
 def test_each_step_whose_effect_is_memory_lowers_it(step, profile: str) -> None:
@@ -183,3 +188,22 @@ def test_presets_record_the_budget_and_replay_under_it(tmp_path) -> None:
     replayed = plan(pipe, preset=Preset.load(path), caps=caps)
     assert replayed.memory_budget_gb == 6.0 and replayed.footprint.available_gb == 6.0
     assert plan(pipe, preset=Preset.load(path), caps=caps, memory_budget="4GB").memory_budget_gb == 4.0
+
+
+def test_the_cli_freezes_and_benches_under_a_budget(tmp_path, capsys) -> None:
+    import json
+
+    from sdopt.cli import main
+
+    preset_path = tmp_path / "service.toml"
+    assert (
+        main(["freeze", "--arch", "tiny-sd", "--tier", "low-memory", "--memory-budget", "6GB", "-o", str(preset_path)])
+        == 0
+    )
+    assert Preset.load(preset_path).memory_budget_gb == 6.0
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--arch", "tiny-sd", "--tiers", "baseline,low-memory", "--steps", "2", "--runs", "1"]
+    assert main([*arguments, "--warmup", "0", "--no-undo", "--memory-budget", "6GB", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["undoable"] is False and result["settings"]["memory_budget"] == "6GB"
+    assert "host peak GB" in capsys.readouterr().out
