@@ -327,13 +327,15 @@ def bench(
                 return _pipeline_renderer(pipe, target, images, clock, report)
             return _pipeline_renderer(pipe, target, images, clock)
 
-        if target == "cuda":
+        serial_why = "" if target == "cuda" else _why_not_interleaved(base, tiers, how, caps, memory_budget)
+        if target == "cuda" or serial_why:
             for tier, result in zip(tiers, results, strict=True):
                 render = lane(tier, result)
                 _run_interleaved([result], [render], warmup, runs, say, references)
-                del render  # the tier's pipeline leaves the device before the next one comes
+                del render  # the tier's pipeline goes before the next one comes
                 gc.collect()
-                torch.cuda.empty_cache()
+                if target == "cuda":
+                    torch.cuda.empty_cache()
             for peer, result in zip(peers, peer_results, strict=True):
                 _run_interleaved([result], [_peer_renderer(peer, images, clock)], warmup, runs, say, references)
         else:
@@ -356,6 +358,8 @@ def bench(
     )
     if target == "cuda":
         notes.append("device peak: CUDA max allocated during the tier's calls; tiers ran one after another, alone")
+    elif serial_why:
+        notes.append(f"tiers ran one after another, not interleaved: {serial_why}")
     notes.append(
         "optimized with undo's originals kept (the default: checkpoint or spill file, docs/memory.md)"
         if undoable
@@ -554,6 +558,36 @@ def _light_copy(pipe: Any) -> Any:
                 else:
                     memo[id(tensor)] = tensor.detach()
     return copy.deepcopy(pipe, memo)
+
+
+def _why_not_interleaved(
+    base: Any, tiers: Sequence[str], how: dict[str, dict[str, Any]], caps: Any, memory_budget: float | str | None
+) -> str:
+    """Why the tiers cannot all stay in host memory at once (empty when they can). Interleaved lanes
+    share the loaded pipeline's unchanged weights, but each holds the weights its tier changed."""
+    from sdopt.api import plan
+    from sdopt.capabilities import _ram_gb
+
+    before = plan(base, tier=None, caps=caps).footprint
+    if before is None:
+        return ""
+    extra, activations = 0.0, before.activations_gb
+    for tier in tiers:
+        if tier == BASELINE:
+            continue
+        footprint = plan(base, **how[tier], caps=caps, memory_budget=memory_budget).footprint
+        if footprint is not None:
+            activations = max(activations, footprint.activations_gb)
+            if abs(footprint.total_gb - before.total_gb) > 1e-6:  # its weights differ from the shared ones
+                extra += footprint.total_gb
+    available = _ram_gb()[1]
+    needed = extra + activations + 1.0  # a GB of headroom for the process itself
+    if needed <= available:
+        return ""
+    return (
+        f"interleaving would hold ~{extra:.1f} GB of the tiers' own weights (+ ~{activations:.1f} GB of "
+        f"activations) beside the loaded pipeline, with {available:.1f} GB of RAM available"
+    )
 
 
 def _plans_offload(pipe: Any, how: dict[str, Any] | None, caps: Any, memory_budget: float | str | None) -> bool:
