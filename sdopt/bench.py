@@ -260,9 +260,11 @@ def bench(
     Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
     docs/memory.md; ``undoable=False`` for ``--no-undo``), under ``memory_budget`` if given. On CPU
     the tiers render interleaved, image by image, from copies that share the loaded pipeline's
-    unchanged weights (one float32 copy in memory, whatever the number of tiers). On CUDA they run
-    one after another, each alone on the device (the loaded pipeline waits on the host), so each
-    tier's device peak is its own.
+    unchanged weights (one float32 copy in memory, whatever the number of tiers); when the weights
+    the tiers change would not all fit in RAM beside it, they run one after another instead, each
+    on a pipeline built for it once the baseline is done. On CUDA they run one after another,
+    each alone on the device (the loaded pipeline waits on the host), so each tier's device peak
+    is its own.
 
     Example:
         >>> from sdopt.bench import bench
@@ -304,17 +306,25 @@ def bench(
 
         say(f"building {source} on {target}")
         # On CUDA the loaded pipeline waits on the host: only the tier being measured is on the device.
-        base = load_pipeline(source, "cpu" if target == "cuda" else target)
+        loaded_pipe: list[Any] = [load_pipeline(source, "cpu" if target == "cuda" else target)]
+        base = loaded_pipe[0]
         height = height or _default_size(base)
         width = width or _default_size(base)
         images = _Images(prompts, steps, guidance, height, width, seed)
         results = [TierResult(_row_name(tier)) for tier in tiers]
         pipeline_name = type(base).__name__
-        options = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
+        options: dict[str, Any] = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
         references: dict[int, np.ndarray] = {}
+        serial_why = "" if target == "cuda" else _why_not_interleaved(base, tiers, how, caps, memory_budget)
+        del base
 
         def lane(tier: str, result: TierResult) -> Callable[[int], _Rendered]:
-            pipe = base if tier == BASELINE and target != "cuda" else _light_copy(base)
+            if loaded_pipe:
+                shared = loaded_pipe[0]
+                pipe = shared if tier == BASELINE and target != "cuda" else _light_copy(shared)
+            else:  # the loaded pipeline is gone (CPU, one tier at a time): the tier builds its own
+                say(f"building {source} for {tier}")
+                pipe = load_pipeline(source, target)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
             if target == "cuda" and not _plans_offload(pipe, how.get(tier), caps, memory_budget):
                 pipe.to("cuda")
@@ -327,12 +337,14 @@ def bench(
                 return _pipeline_renderer(pipe, target, images, clock, report)
             return _pipeline_renderer(pipe, target, images, clock)
 
-        serial_why = "" if target == "cuda" else _why_not_interleaved(base, tiers, how, caps, memory_budget)
         if target == "cuda" or serial_why:
-            for tier, result in zip(tiers, results, strict=True):
-                render = lane(tier, result)
-                _run_interleaved([result], [render], warmup, runs, say, references)
+            # The baseline first (the others are compared with its images), then one tier at a time.
+            for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
+                render = lane(tiers[index], results[index])
+                _run_interleaved([results[index]], [render], warmup, runs, say, references)
                 del render  # the tier's pipeline goes before the next one comes
+                if serial_why and tiers[index] == BASELINE:
+                    loaded_pipe.clear()  # on CPU each tier then builds its own: never two float32 copies
                 gc.collect()
                 if target == "cuda":
                     torch.cuda.empty_cache()
@@ -340,6 +352,7 @@ def bench(
                 _run_interleaved([result], [_peer_renderer(peer, images, clock)], warmup, runs, say, references)
         else:
             renderers = [lane(tier, result) for tier, result in zip(tiers, results, strict=True)]
+            loaded_pipe.clear()  # the baseline lane holds it, if any
             renderers += [_peer_renderer(peer, images, clock) for peer in peers]
             _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references)
         results += peer_results
@@ -359,7 +372,7 @@ def bench(
     if target == "cuda":
         notes.append("device peak: CUDA max allocated during the tier's calls; tiers ran one after another, alone")
     elif serial_why:
-        notes.append(f"tiers ran one after another, not interleaved: {serial_why}")
+        notes.append(f"tiers ran one after another, not interleaved, each on a pipeline built for it: {serial_why}")
     notes.append(
         "optimized with undo's originals kept (the default: checkpoint or spill file, docs/memory.md)"
         if undoable

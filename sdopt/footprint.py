@@ -228,11 +228,22 @@ def latents_per_token(anatomy: Anatomy) -> int:
 
 
 def component_bytes(anatomy: Anatomy) -> dict[str, float]:
-    """The bytes of weights and buffers of each module component, as stored now."""
-    return {
-        name: float(sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]))
-        for name, module in anatomy.modules().items()
-    }
+    """The bytes of weights and buffers of each module component, as stored now (memory shared by
+    several tensors, such as fused projections' views, once)."""
+    return {name: float(_stored_bytes(module)) for name, module in anatomy.modules().items()}
+
+
+def _stored_bytes(module: torch.nn.Module) -> int:
+    storages: dict[tuple[int, str], int] = {}
+    unshared = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        plain = type(tensor.data) is torch.Tensor and tensor.device.type != "meta"
+        if plain and tensor.untyped_storage().data_ptr():
+            storage = tensor.untyped_storage()
+            storages[(storage.data_ptr(), str(tensor.device))] = storage.nbytes()
+        else:  # planned on the meta device, or a tensor subclass: its own elements
+            unshared += tensor.numel() * tensor.element_size()
+    return unshared + sum(storages.values())
 
 
 def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:

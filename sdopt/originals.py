@@ -10,7 +10,8 @@ keeps their data in the first place that does not sit in RAM or device memory:
    undo. The file's size and modification time are recorded, and undo refuses if they changed.
 2. **a spill file**: the data written once to safetensors files in a private temp dir
    (``sdopt-originals-*`` under ``TMPDIR``), removed on undo, when the report is garbage
-   collected, or when the process exits.
+   collected, or when the process that made it exits (not a forked worker). On a RAM-backed temp
+   dir (tmpfs) that is memory after all: the store warns and counts it so.
 3. **memory**, when the temp dir cannot be written (read-only, full), with a warning; and
    while ``optimize(..., undoable=False)`` runs (its rollback needs them), after which they are dropped.
 
@@ -25,9 +26,11 @@ Example:
     >>> store = Originals("spill")
     >>> kept = store.keep([layer.weight], owner=layer)
     >>> layer.weight.data = layer.weight.data.half()
+    >>> store.describe().startswith("spilled to")
+    True
     >>> kept.restore()
-    >>> torch.equal(layer.weight, weight), store.describe().startswith("spilled")
-    (True, True)
+    >>> torch.equal(layer.weight, weight), store.describe()
+    (True, 'none needed (no step replaced weights)')
     >>> store.close()
 """
 
@@ -68,17 +71,34 @@ _active: contextvars.ContextVar[Originals | None] = contextvars.ContextVar("sdop
 
 
 @dataclass(eq=False)  # compared by identity (its fields hold tensors)
+class _Block:
+    """One piece of memory kept: a whole tensor storage, whose views are rebuilt on restore, or (in
+    a checkpoint) one tensor that owns its storage."""
+
+    dtype: torch.dtype
+    device: torch.device
+    numel: int
+    place: str = "memory"  # "checkpoint", "spill" or "memory"
+    data: torch.Tensor | None = None  # in memory: the storage as a flat tensor
+    path: str | None = None
+    key: str | None = None
+    counted: bool = False  # whether it counts as kept (a reference to live pipeline memory does not)
+    whole: bool = False  # no plain storage (meta, tensor subclass): ``data`` is the tensor itself
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(eq=False)
 class _Entry:
     tensor: torch.Tensor  # the object the data goes back into
     dtype: torch.dtype
     device: torch.device
     size: tuple[int, ...]
     stride: tuple[int, ...]
-    place: str  # "checkpoint", "spill", "memory"
-    data: torch.Tensor | None = None
-    path: str | None = None
-    key: str | None = None
-    same_as: int | None = None  # index of an earlier entry viewing the same memory
+    offset: int
+    block: _Block
 
 
 class Kept:
@@ -97,30 +117,36 @@ class Kept:
             entry.tensor.data = torch.empty(0, dtype=entry.dtype, device=entry.device)
 
     def restore(self) -> None:
-        """Put every kept tensor's data back, with its dtype, device and strides."""
-        wanted = [not self._changed_only or _changed(entry) for entry in self._entries]
-        # Entries viewing the same memory share the first one's data (its source when it is not wanted).
-        sources = [self._entries[e.same_as] if e.same_as is not None else e for e in self._entries]
-        for path in {s.path for s, want in zip(sources, wanted, strict=True) if want and s.place == "checkpoint"}:
-            self._store.check_unchanged(path or "")  # before anything is put back
-        restored: dict[int, torch.Tensor] = {}
-        with contextlib.ExitStack() as files:
+        """Put every kept tensor's data back, with its dtype, device, strides and sharing."""
+        entries = [e for e in self._entries if not self._changed_only or _changed(e)]
+        blocks = _blocks(entries)
+        for block in blocks:  # every file is checked before anything is put back
+            self._store.check_readable(block)
+        rebuilt: dict[int, torch.Tensor] = {}
+        with contextlib.ExitStack() as stack:
             opened: dict[str, Any] = {}
-            for entry, source, want in zip(self._entries, sources, wanted, strict=True):
-                if not want:
-                    continue
-                if id(source) not in restored:
-                    if source.place == "memory":
-                        assert source.data is not None
-                        data = source.data if source.data.device == source.device else _rebuild(source.data, source)
-                    else:
-                        path = source.path or ""
-                        if path not in opened:
-                            opened[path] = files.enter_context(_open(path))
-                        data = _rebuild(opened[path].get_tensor(source.key), source)
-                    restored[id(source)] = data
-                if entry.tensor.data is not restored[id(source)]:
-                    entry.tensor.data = restored[id(source)]
+            for block in blocks:
+                if block.place == "memory":
+                    assert block.data is not None
+                    on_device = block.data.device == block.device
+                    rebuilt[id(block)] = block.data if on_device else _fresh(block.data, block)
+                else:
+                    path = block.path or ""
+                    if path not in opened:
+                        opened[path] = stack.enter_context(_open(path))
+                    loaded = opened[path].get_tensor(block.key)
+                    rebuilt[id(block)] = loaded if block.place == "checkpoint" else _fresh(loaded, block)
+        for entry in entries:
+            data, block = rebuilt[id(entry.block)], entry.block
+            if block.place == "checkpoint":  # the tensor itself, in the file's layout
+                layout = torch.empty_strided(entry.size, entry.stride, dtype=entry.dtype, device=entry.device)
+                entry.tensor.data = layout.copy_(data)
+            elif block.whole:  # no plain storage (meta, a tensor subclass): the data itself
+                entry.tensor.data = data
+            else:  # a view of the storage, at its offset, with its strides: sharing comes back too
+                entry.tensor.data = data.as_strided(entry.size, entry.stride, entry.offset)
+        for block in _blocks(self._entries):
+            self._store.uncount(block)
         for path in self._files:
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -139,6 +165,7 @@ class Originals:
         self.mode: Mode = mode
         self.fallback: str | None = None
         self._dir: str | None = None
+        self._ram_backed = False
         self._counter = itertools.count()
         self._checkpoints: dict[str, tuple[int, int]] = {}
         self._bytes = {"checkpoint": 0, "spill": 0, "memory": 0}
@@ -152,25 +179,30 @@ class Originals:
         """Keep the current data of ``tensors`` (parameters or buffers of the component ``owner``,
         which says where it was loaded from) so that the returned :class:`Kept` can put it back.
 
+        Tensors sharing memory (tied weights, the views ``fuse_qkv`` makes) are kept as the one
+        storage they share, and come back sharing it.
+
         ``in_case``: the tensors stay as they are and are kept only in case something replaces them
         later (a pipeline that casts its VAE during a call): data in host memory is then kept by
         reference, which costs nothing while the pipeline holds it, and restore puts back only the
         tensors whose dtype, device or layout changed."""
         entries = _entries(tensors)
-        files: list[str] = []
         free = ("meta", "cpu") if in_case else ("meta",)
-        pending = [entry for entry in entries if entry.same_as is None and entry.device.type not in free]
-        for entry in entries:  # meta tensors hold no data: a reference costs nothing
-            if entry.device.type in free and entry.same_as is None:
-                entry.place, entry.data = "memory", entry.tensor.data
+        pending: list[_Block] = []
+        for block in _blocks(entries):
+            if block.device.type in free:  # a reference to memory the pipeline holds anyway
+                block.data = _flat(_first_view(block, entries))
+            else:
+                pending.append(block)
+        files: list[str] = []
         if self.mode == "spill":
-            pending = self._from_checkpoint(pending, owner)
-            pending = self._spill(pending, files)
-        for entry in pending:
+            pending = self._from_checkpoint(pending, entries, owner)
+            pending = self._spill(pending, entries, files)
+        for block in pending:
             # Data on an accelerator is copied to host: a reference would keep it in device memory.
-            data = entry.tensor.data
-            entry.place, entry.data = "memory", data if data.device.type == "cpu" else data.to("cpu", copy=True)
-            self._bytes["memory"] += _nbytes(entry)
+            flat = _flat(_first_view(block, entries))
+            block.data = flat if flat.device.type == "cpu" else flat.to("cpu", copy=True)
+            self._count(block, "memory")
         return Kept(self, entries, files, changed_only=in_case)
 
     # ---- where they are
@@ -185,11 +217,13 @@ class Originals:
             return "not kept (undoable=False): dropped when optimize returned"
         places = []
         if self._bytes["checkpoint"]:
-            files = ", ".join(sorted({os.path.dirname(path) for path in self._checkpoints}))
-            places.append(f"re-read from the checkpoint on undo ({_megabytes(self._bytes['checkpoint'])} in {files})")
+            dirs = ", ".join(sorted({os.path.dirname(path) for path in self._checkpoints}))
+            places.append(f"re-read from the checkpoint on undo ({_megabytes(self._bytes['checkpoint'])} in {dirs})")
         if self._bytes["spill"]:
+            ram = "; a RAM-backed file system: this is memory" if self._ram_backed else ""
             places.append(
-                f"spilled to {self._dir} ({_megabytes(self._bytes['spill'])}, re-read on undo, removed with the report)"
+                f"spilled to {self._dir} ({_megabytes(self._bytes['spill'])}, re-read on undo, removed with the "
+                f"report{ram})"
             )
         if self._bytes["memory"]:
             why = f": {self.fallback}" if self.fallback else ""
@@ -197,38 +231,56 @@ class Originals:
         return "; ".join(places) or "none needed (no step replaced weights)"
 
     def resident_bytes(self) -> int:
-        """Bytes of originals held in memory."""
-        return self._bytes["memory"]
+        """Bytes of originals held in memory now (a RAM-backed spill dir included; nothing once a
+        call with ``undoable=False`` has returned)."""
+        if self.mode == "transient":
+            return 0
+        return self._bytes["memory"] + (self._bytes["spill"] if self._ram_backed else 0)
 
     def close(self) -> None:
         """Remove the spill files (after undo, or when the originals are no longer wanted)."""
         if self._finalizer is not None:
             self._finalizer()
 
-    def check_unchanged(self, path: str) -> None:
+    def check_readable(self, block: _Block) -> None:
+        """Raise :class:`~sdopt.errors.UndoError` if ``block``'s file is gone or, for a checkpoint, changed."""
         from sdopt.errors import UndoError
 
+        if block.place == "memory":
+            return
+        path = block.path or ""
         try:
             stat = os.stat(path)
         except OSError as error:
-            raise UndoError(
-                f"the checkpoint {path} holding originals is gone ({error}); reload the pipeline"
-            ) from error
-        if (stat.st_size, stat.st_mtime_ns) != self._checkpoints[path]:
+            raise UndoError(f"the file {path} holding originals is gone ({error}); reload the pipeline") from error
+        if block.place == "checkpoint" and (stat.st_size, stat.st_mtime_ns) != self._checkpoints[path]:
             raise UndoError(
                 f"the checkpoint {path} changed since optimize() read the originals from it; reload the pipeline"
             )
 
+    def uncount(self, block: _Block) -> None:
+        if block.counted:
+            self._bytes[block.place] -= block.nbytes
+            block.counted = False
+
+    def _count(self, block: _Block, place: str) -> None:
+        block.place, block.counted = place, True
+        self._bytes[place] += block.nbytes
+
     # ---- places
 
-    def _from_checkpoint(self, entries: list[_Entry], owner: torch.nn.Module | None) -> list[_Entry]:
-        """Point entries at the checkpoint file holding equal values; return the others."""
+    def _from_checkpoint(
+        self, blocks: list[_Block], entries: list[_Entry], owner: torch.nn.Module | None
+    ) -> list[_Block]:
+        """Point blocks at the checkpoint file holding equal values; return the others. Only a tensor
+        that owns its whole storage alone qualifies (views must come back sharing their storage)."""
         files = _checkpoint_files(owner)
-        if not entries or not files or owner is None:
-            return entries
+        if not blocks or not files or owner is None:
+            return blocks
         names = _tensor_names(owner)
-        left = [entry for entry in entries if id(entry.tensor) not in names]
-        wanted = [entry for entry in entries if id(entry.tensor) in names]
+        sole = {id(e.block): e for e in entries if _owns_storage(e, entries)}
+        wanted = [b for b in blocks if id(b) in sole and id(sole[id(b)].tensor) in names]
+        left = [b for b in blocks if not any(b is w for w in wanted)]
         for path in files:
             if not wanted:
                 break
@@ -236,13 +288,14 @@ class Originals:
                 with _open(path) as handle:
                     keys = set(handle.keys())
                     unmatched = []
-                    for entry in wanted:
+                    for block in wanted:
+                        entry = sole[id(block)]
                         key = names[id(entry.tensor)]
                         if key in keys and _equal(handle.get_tensor(key), entry.tensor):
-                            entry.place, entry.path, entry.key = "checkpoint", path, key
-                            self._bytes["checkpoint"] += _nbytes(entry)
+                            block.path, block.key = path, key
+                            self._count(block, "checkpoint")
                         else:
-                            unmatched.append(entry)
+                            unmatched.append(block)
                 stat = os.stat(path)
             except (OSError, RuntimeError, ValueError):  # unreadable or not a safetensors file
                 continue
@@ -251,32 +304,40 @@ class Originals:
             wanted = unmatched
         return left + wanted
 
-    def _spill(self, entries: list[_Entry], files: list[str]) -> list[_Entry]:
-        """Write entries to spill files; return those that must stay in memory."""
+    def _spill(self, blocks: list[_Block], entries: list[_Entry], files: list[str]) -> list[_Block]:
+        """Write blocks to spill files; return those that must stay in memory."""
         from safetensors.torch import save_file
 
-        storable = [e for e in entries if e.dtype in _SAFETENSORS_DTYPES and type(e.tensor.data) is torch.Tensor]
-        left = [e for e in entries if not any(e is s for s in storable)]
+        storable = [b for b in blocks if b.dtype in _SAFETENSORS_DTYPES and _is_plain(_first_view(b, entries))]
+        left = [b for b in blocks if not any(b is s for s in storable)]
         for chunk in _chunks(storable):
             try:
                 directory = self._ensure_dir()
                 path = os.path.join(directory, f"{next(self._counter):05d}.safetensors")
-                keys = {f"t{i}": entry for i, entry in enumerate(chunk)}
-                save_file({key: _host_copy(entry.tensor) for key, entry in keys.items()}, path)
-            except (OSError, RuntimeError) as error:
+                keys = {f"t{i}": block for i, block in enumerate(chunk)}
+                save_file({key: _host_copy(_flat(_first_view(b, entries))) for key, b in keys.items()}, path)
+            except OSError as error:
                 self._fall_back(error)
-                return left + [e for e in storable if e.place != "spill"]
+                return left + [b for b in storable if b.place != "spill"]
             files.append(path)
-            for key, entry in keys.items():
-                entry.place, entry.path, entry.key = "spill", path, key
-                self._bytes["spill"] += _nbytes(entry)
+            for key, block in keys.items():
+                block.path, block.key = path, key
+                self._count(block, "spill")
         return left
 
     def _ensure_dir(self) -> str:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="sdopt-originals-")
-            # Removed when the store is garbage collected (with the report) or at exit, whichever comes first.
-            self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+            # Removed when the store is garbage collected (with the report) or when the process that made
+            # it exits; a forked worker exiting leaves it to its parent.
+            self._finalizer = weakref.finalize(self, _remove_if_owner, self._dir, os.getpid())
+            self._ram_backed = _ram_backed(self._dir)
+            if self._ram_backed:
+                warnings.warn(
+                    f"sdopt: the temp dir {self._dir} is on a RAM-backed file system (tmpfs): undo's originals "
+                    "spilled there still take memory. Set TMPDIR to a disk, or optimize with undoable=False.",
+                    stacklevel=5,
+                )
         return self._dir
 
     def _fall_back(self, error: Exception) -> None:
@@ -286,7 +347,7 @@ class Originals:
         warnings.warn(
             f"sdopt: {self.fallback}; undo's originals are kept in memory instead, which costs the memory the "
             "optimizations save. Set TMPDIR to a writable disk, or optimize with undoable=False.",
-            stacklevel=4,
+            stacklevel=5,
         )
 
 
@@ -333,23 +394,55 @@ def own_tensors(modules: Sequence[torch.nn.Module], within: torch.nn.Module) -> 
 
 
 def _entries(tensors: Sequence[torch.Tensor]) -> list[_Entry]:
+    """One entry per distinct tensor object, each pointing at the block of the storage it views."""
     entries: list[_Entry] = []
-    views: dict[tuple[Any, ...], int] = {}
+    blocks: dict[tuple[Any, ...], _Block] = {}
     seen: set[int] = set()
     for tensor in tensors:
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
         data = tensor.data
-        entry = _Entry(tensor, data.dtype, data.device, tuple(data.shape), tuple(data.stride()), "memory")
-        if data.device.type != "meta" and type(data) is torch.Tensor:
-            view = (data.untyped_storage().data_ptr(), data.storage_offset(), entry.size, entry.stride, data.dtype)
-            if view in views:
-                entry.same_as = views[view]
-            else:
-                views[view] = len(entries)
-        entries.append(entry)
+        whole = data.device.type == "meta" or not _is_plain(data)
+        if whole:  # nothing to share: a block of its own
+            key: tuple[Any, ...] = ("whole", id(tensor))
+            numel = data.numel()
+        else:
+            storage = data.untyped_storage()
+            key = (storage.data_ptr(), data.dtype, data.device)
+            numel = storage.nbytes() // data.dtype.itemsize
+        block = blocks.setdefault(key, _Block(data.dtype, data.device, numel, whole=whole))
+        offset = 0 if whole else int(data.storage_offset())
+        entries.append(_Entry(tensor, data.dtype, data.device, tuple(data.shape), tuple(data.stride()), offset, block))
     return entries
+
+
+def _blocks(entries: Sequence[_Entry]) -> list[_Block]:
+    return list({id(entry.block): entry.block for entry in entries}.values())
+
+
+def _first_view(block: _Block, entries: Sequence[_Entry]) -> torch.Tensor:
+    return next(entry.tensor.data for entry in entries if entry.block is block)
+
+
+def _flat(view: torch.Tensor) -> torch.Tensor:
+    """The whole storage ``view`` looks into, as a flat tensor of its dtype (the view itself for
+    tensors with no plain storage: meta tensors, tensor subclasses)."""
+    if view.device.type == "meta" or not _is_plain(view):
+        return view
+    storage = view.untyped_storage()
+    flat = torch.empty(0, dtype=view.dtype, device=view.device)
+    return flat.set_(storage, 0, (storage.nbytes() // view.dtype.itemsize,), (1,))
+
+
+def _owns_storage(entry: _Entry, entries: Sequence[_Entry]) -> bool:
+    """Whether ``entry`` is the only kept view of its storage and covers all of it."""
+    alone = sum(e.block is entry.block for e in entries) == 1
+    return alone and entry.offset == 0 and entry.tensor.data.numel() == entry.block.numel
+
+
+def _is_plain(tensor: torch.Tensor) -> bool:
+    return type(tensor) in (torch.Tensor, torch.nn.Parameter) and not tensor.is_quantized
 
 
 def _changed(entry: _Entry) -> bool:
@@ -362,12 +455,12 @@ def _changed(entry: _Entry) -> bool:
     )
 
 
-def _chunks(entries: list[_Entry]) -> Iterator[list[_Entry]]:
-    chunk: list[_Entry] = []
+def _chunks(blocks: list[_Block]) -> Iterator[list[_Block]]:
+    chunk: list[_Block] = []
     size = 0
-    for entry in entries:
-        chunk.append(entry)
-        size += _nbytes(entry)
+    for block in blocks:
+        chunk.append(block)
+        size += block.nbytes
         if size >= _CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
@@ -377,20 +470,20 @@ def _chunks(entries: list[_Entry]) -> Iterator[list[_Entry]]:
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """The data as a contiguous CPU tensor (the data itself when it already is one)."""
-    return tensor.data.detach().to("cpu").contiguous()
+    return tensor.detach().to("cpu").contiguous()
 
 
-def _rebuild(loaded: torch.Tensor, entry: _Entry) -> torch.Tensor:
-    """The loaded values in a fresh tensor of the original dtype, device and strides. Always a fresh
-    allocation: tensors read from a file may sit at an address aligned differently, and MKL's CPU
-    kernels round differently by alignment (outputs off by ~1e-6 after undo, measured)."""
-    fresh = torch.empty_strided(entry.size, entry.stride, dtype=entry.dtype, device=entry.device)
+def _fresh(loaded: torch.Tensor, block: _Block) -> torch.Tensor:
+    """The loaded values in a fresh allocation of the block's dtype on its device. Always fresh:
+    tensors read from a file may sit at an address aligned differently, and MKL's CPU kernels
+    round differently by alignment (outputs off by ~1e-6 after undo, measured)."""
+    fresh = torch.empty(loaded.shape, dtype=block.dtype, device=block.device)
     return fresh.copy_(loaded)
 
 
 def _equal(stored: torch.Tensor, tensor: torch.Tensor) -> bool:
     data = tensor.data
-    if type(data) is not torch.Tensor or tuple(stored.shape) != tuple(data.shape):
+    if not _is_plain(data) or tuple(stored.shape) != tuple(data.shape):
         return False
     # Loaded with torch_dtype=... from a file in another dtype: equal once cast the same way.
     return bool(torch.equal(stored.to(data.dtype), data.to("cpu")))
@@ -400,6 +493,26 @@ def _open(path: str) -> Any:
     from safetensors import safe_open
 
     return safe_open(path, framework="pt", device="cpu")
+
+
+def _remove_if_owner(directory: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _ram_backed(directory: str) -> bool:
+    """Whether ``directory`` is on tmpfs/ramfs (Linux; elsewhere assumed a disk)."""
+    try:
+        with open("/proc/mounts") as mounts:
+            rows = [line.split() for line in mounts]
+    except OSError:
+        return False
+    real = os.path.realpath(directory)
+    best, kind = "", ""
+    for row in rows:
+        if len(row) >= 3 and (real == row[1] or real.startswith(row[1].rstrip("/") + "/")) and len(row[1]) > len(best):
+            best, kind = row[1], row[2]
+    return kind in ("tmpfs", "ramfs")
 
 
 def _checkpoint_files(owner: torch.nn.Module | None) -> list[str]:
@@ -422,13 +535,6 @@ def _tensor_names(owner: torch.nn.Module) -> dict[int, str]:
     ]:
         names.setdefault(id(tensor), name)
     return names
-
-
-def _nbytes(entry: _Entry) -> int:
-    count = 1
-    for dim in entry.size:
-        count *= dim
-    return count * entry.dtype.itemsize
 
 
 def _megabytes(nbytes: int) -> str:

@@ -233,9 +233,10 @@ def make_plan(
         winners = speed
     result.footprint, result.steps = footprint, steps
     result.skipped += carried + decided
-    if not result.fits and budget_gb is not None and tier == _LOW_MEMORY:
+    low_memory = tier is not None and tier.partition("@")[0] == _LOW_MEMORY  # pinned or latest
+    if not result.fits and budget_gb is not None and low_memory:
         raise _below_any_plan(result, budget_gb)
-    if tier != _LOW_MEMORY and not result.fits:
+    if not low_memory and not result.fits:
         # With a caller's budget, this raises when even the low-memory tier cannot fit it.
         lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps, memory_budget=memory_budget)
         instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"

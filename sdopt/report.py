@@ -54,13 +54,26 @@ def format_table(decisions: Sequence[Decision]) -> str:
     return "\n".join(lines)
 
 
-# The reports whose changes are live on each pipeline, oldest first: undo must go newest first.
-# Weak both ways: a report the caller drops takes its originals (spill files) with it.
-_live_reports: weakref.WeakKeyDictionary[Any, list[weakref.ref[Report]]] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _Gone:
+    """A live optimize() whose report cannot undo: made with undoable=False, or dropped by the caller."""
+
+    source: str | None
+    why: str
 
 
-def _live(pipe: Any) -> list[Report]:
-    return [report for ref in _live_reports.get(pipe, []) if (report := ref()) is not None]
+# The optimize() calls whose changes are live on each pipeline, oldest first: undo must go newest
+# first. Reports are held weakly (a report the caller drops takes its originals, spill files
+# included, with it) and leave a _Gone marker behind, so an older report still refuses to undo.
+_live_reports: weakref.WeakKeyDictionary[Any, list[weakref.ref[Report] | _Gone]] = weakref.WeakKeyDictionary()
+
+
+def _newest(pipe: Any) -> Report | _Gone | None:
+    entries = _live_reports.get(pipe, [])
+    if not entries:
+        return None
+    newest = entries[-1]
+    return newest if isinstance(newest, _Gone) else newest()
 
 
 @dataclass
@@ -96,6 +109,7 @@ class Report:
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
     _originals: Originals | None = field(default=None, repr=False)
+    _broken: str = field(default="", repr=False)
 
     @property
     def decisions(self) -> list[Decision]:
@@ -124,6 +138,8 @@ class Report:
         if self.dry_run or not self.applied:
             self._undone = True
             return
+        if self._broken:
+            raise UndoError(f"an earlier undo of this report failed ({self._broken}); reload the pipeline")
         if self._undone:
             raise UndoError("this report was already undone")
         if self._undo_stack is None:
@@ -131,16 +147,25 @@ class Report:
                 "this report was made with optimize(..., undoable=False), which keeps no originals; "
                 "reload the pipeline instead, or optimize with undoable=True (the default) to be able to undo"
             )
-        live = _live(self._pipeline)
-        if live and live[-1] is not self:
+        newest = _newest(self._pipeline)
+        if isinstance(newest, _Gone):
             raise UndoError(
-                f"a later optimize() on this pipeline ({live[-1].source}) is still applied; undo its report first"
+                f"a later optimize() on this pipeline ({newest.source or 'explicit optimizations'}, {newest.why}) "
+                "is still applied and cannot be undone; reload the pipeline instead"
             )
-        run_undo_stack(self._undo_stack)
-        self._undo_stack = None
+        if newest is not None and newest is not self:
+            raise UndoError(
+                f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
+            )
+        stack, self._undo_stack = self._undo_stack, None
+        entries = _live_reports.get(self._pipeline, [])
+        entries[:] = [e for e in entries if isinstance(e, _Gone) or (e() is not None and e() is not self)]
         self._undone = True
-        refs = _live_reports.get(self._pipeline, [])
-        refs[:] = [ref for ref in refs if ref() is not None and ref() is not self]
+        try:
+            run_undo_stack(stack)
+        except Exception as error:
+            self._broken = f"{type(error).__name__}: {error}"
+            raise
         if self._originals is not None:
             self._originals.close()
 
@@ -149,8 +174,18 @@ class Report:
         self._pipeline = pipe
         self._undo_stack = stack if keep else None
         self._originals = originals
-        if keep and stack:
-            _live_reports.setdefault(pipe, []).append(weakref.ref(self))
+        if not stack:
+            return
+        entries = _live_reports.setdefault(pipe, [])
+        if not keep:
+            entries.append(_Gone(self.source, "made with undoable=False"))
+            return
+        source = self.source
+
+        def dropped(ref: weakref.ref[Report]) -> None:  # the caller let the report go: its changes stay
+            entries[:] = [_Gone(source, "its report was discarded") if e is ref else e for e in entries]
+
+        entries.append(weakref.ref(self, dropped))
 
     def to_preset(self, name: str, *, version: int = 1, description: str = "") -> Preset:
         """Freeze exactly what was applied (or planned, in a dry run) into a preset to pin.

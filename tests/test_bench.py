@@ -188,3 +188,16 @@ def test_tier_copies_share_the_loaded_pipelines_unchanged_weights() -> None:
     assert copy.unet.conv_in.weight.data_ptr() == weight.data_ptr()
     optimize(copy, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"), undoable=False)
     assert copy.unet.conv_in.weight.dtype == torch.bfloat16 and weight.dtype == torch.float32
+
+
+def test_tiers_run_one_after_another_when_they_would_not_fit_together(monkeypatch) -> None:
+    from sdopt import bench as bench_module
+
+    monkeypatch.setattr(bench_module, "_why_not_interleaved", lambda *args: "pretend RAM is short")
+    messages: list[str] = []
+    result = bench("tiny-sd", ["balanced", BASELINE], steps=2, runs=1, warmup=0, progress=messages.append)
+    assert [t.tier for t in result.tiers] == ["balanced", BASELINE]
+    assert messages.index("[1/1] run 1/1: baseline") < messages.index("[1/1] run 1/1: balanced")
+    assert "building tiny-sd for balanced" in messages  # its own pipeline, the loaded one is gone
+    assert result.tiers[0].psnr_db is not None and result.tiers[1].psnr_db == float("inf")
+    assert any("one after another" in note and "pretend RAM is short" in note for note in result.notes)

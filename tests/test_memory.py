@@ -19,6 +19,17 @@ from tests.helpers import Snapshot
 _SCHEDULER_TABLES = 64 * 1024
 
 
+def _packed_int8_bytes(pipe) -> int:
+    """PyTorch's dynamic int8 layers keep their weights packed outside any Python tensor (invisible to
+    resident_tensor_bytes); the state dict unpacks them."""
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for value in pipe.unet.state_dict().values()
+        for tensor in (value if isinstance(value, tuple) else (value,))
+        if isinstance(tensor, torch.Tensor) and tensor.is_quantized
+    )
+
+
 def _warm(pipe, caps, tier="balanced") -> None:
     """One optimize/undo first, so what sdopt creates once per process (caches) is not counted."""
     optimize(pipe, tier=tier, caps=caps).undo()
@@ -57,7 +68,7 @@ def test_each_step_whose_effect_is_memory_lowers_it(step, profile: str) -> None:
     before = resident_tensor_bytes()
     report = optimize(pipe, tier=None, extra=[step], caps=caps)
     assert report.applied, report.skipped + report.failed
-    assert resident_tensor_bytes() < before
+    assert resident_tensor_bytes() + _packed_int8_bytes(pipe) < before
     report.undo()
     assert resident_tensor_bytes() == before
 
@@ -207,3 +218,56 @@ def test_the_cli_freezes_and_benches_under_a_budget(tmp_path, capsys) -> None:
     result = json.loads(out.read_text())
     assert result["settings"]["undoable"] is False and result["settings"]["memory_budget"] == "6GB"
     assert "host peak GB" in capsys.readouterr().out
+
+
+def test_originals_of_views_are_kept_as_their_shared_storage() -> None:
+    # A second optimize() after fuse_qkv casts the fused weights and their views: they are spilled as
+    # the storage they share (safetensors refuses overlapping tensors) and come back sharing it.
+    pipe, caps = tiny_pipeline("sd"), fake_capabilities("cpu-amx")
+    snapshot = Snapshot(pipe, "sd")
+    fused = optimize(pipe, tier=None, extra=["fuse_qkv"], caps=caps)
+    attention = next(module for module in pipe.unet.modules() if hasattr(module, "to_qkv"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to memory
+        cast = optimize(pipe, tier=None, extra=["half_precision"], caps=caps)
+    assert cast.originals.startswith("spilled to") and attention.to_q.weight.dtype == torch.bfloat16
+    cast.undo()
+    shared = attention.to_qkv.weight.untyped_storage().data_ptr()
+    assert attention.to_q.weight.untyped_storage().data_ptr() == shared
+    assert attention.to_v.weight.untyped_storage().data_ptr() == shared
+    fused.undo()
+    snapshot.assert_identical()
+
+
+def test_an_older_report_refuses_while_a_later_change_it_cannot_see_is_live() -> None:
+    pipe, caps = tiny_pipeline("sd"), fake_capabilities("cpu")
+    first = optimize(pipe, tier=None, extra=["channels_last"], caps=caps)
+    optimize(pipe, tier=None, extra=["vae_slicing"], caps=caps)  # its report is dropped at once
+    gc.collect()
+    with pytest.raises(UndoError, match="its report was discarded"):
+        first.undo()
+    second = optimize(tiny_pipeline("sd"), tier=None, extra=["channels_last"], caps=caps)
+    optimize(second._pipeline, tier=None, extra=["vae_slicing"], caps=caps, undoable=False)
+    with pytest.raises(UndoError, match="undoable=False"):
+        second.undo()
+
+
+def test_a_failed_undo_is_not_reported_as_done_the_second_time(tmp_path) -> None:
+    pipe = tiny_pipeline("sd")
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    directory = report._originals.directory
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+    with pytest.raises(RollbackError, match="is gone"):
+        report.undo()
+    with pytest.raises(UndoError, match="an earlier undo of this report failed"):
+        report.undo()
+
+
+def test_spill_files_belong_to_the_process_that_wrote_them(tmp_path) -> None:
+    from sdopt.originals import _remove_if_owner
+
+    _remove_if_owner(str(tmp_path), os.getpid() + 1)  # a forked worker exiting
+    assert tmp_path.exists()
+    _remove_if_owner(str(tmp_path), os.getpid())
+    assert not tmp_path.exists()

@@ -31,6 +31,8 @@ class FuseQKV(Optimization):
     Flux, PixArt and ``AutoencoderKL``, with identical outputs. diffusers keeps the separate
     projections next to the fused ones (attention weights twice); here they become row views of
     the fused weights, so fusing costs no memory at rest (only while it runs, the concatenation).
+    Moving the pipeline afterwards (``pipe.to(...)``, an offload) copies each parameter on its own and
+    ends the sharing, hence the conflict with the offloads.
 
     Example:
         >>> from sdopt import optimize
@@ -47,6 +49,9 @@ class FuseQKV(Optimization):
     Config = FuseQKVConfig
     after = ("half_precision", "quantize_int8", "quantize_4bit")
     before = ("torch_compile",)
+    # The separate projections are views of the fused weights; an offload moves each parameter on its
+    # own (module.to), which turns the views into copies and holds attention weights twice.
+    conflicts = ("model_offload", "group_offload", "sequential_offload")
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         unknown = set(config.targets) - {"denoiser", "vae"}

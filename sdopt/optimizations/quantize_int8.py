@@ -194,7 +194,9 @@ def _torchao_int8(denoiser: torch.nn.Module, min_features: int) -> Undo:
     layers = [layer for _, _, layer in plain_linears(denoiser, min_features)]
     targets = {id(layer) for layer in layers}
     weights = [(layer, layer.weight) for layer in layers]
-    kept = keep([weight for _, weight in weights], owner=denoiser)
+    # Only the weights no other layer holds (a tied weight stays in use) are freed once quantized.
+    own = {id(tensor) for tensor in own_tensors(layers, within=denoiser)}
+    kept = keep([weight for _, weight in weights if id(weight) in own], owner=denoiser)
     # torchao also gives each layer an instance-level extra_repr.
     restore = [remember_attributes(layer, ("extra_repr",)) for layer in layers]
 

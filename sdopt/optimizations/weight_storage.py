@@ -72,9 +72,17 @@ class WeightStorage(Optimization):
     after = ("vae_fp16_fix", "tiny_vae")
     # half_precision already halves the weights (a plan with both would store nothing smaller: an
     # explicit float8 request wins over a tier's half_precision); quantizers replace the same Linear
-    # layers; compiled graphs would trace the per-layer casts; sequential offload keeps weights on
-    # the meta device, where the casts have nothing to cast.
-    conflicts = ("half_precision", "quantize_int8", "quantize_4bit", "torch_compile", "sequential_offload")
+    # layers; fuse_qkv would build its fused layers from the stored dtype, with no casting hook;
+    # compiled graphs would trace the per-layer casts; sequential offload keeps weights on the meta
+    # device, where the casts have nothing to cast.
+    conflicts = (
+        "half_precision",
+        "quantize_int8",
+        "quantize_4bit",
+        "fuse_qkv",
+        "torch_compile",
+        "sequential_offload",
+    )
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         try:
@@ -255,8 +263,7 @@ def _removable(module: torch.nn.Module) -> Undo:
     def undo() -> None:
         for sub in submodules:
             registry = getattr(sub, "_diffusers_hook", None)
-            hook = registry.get_hook(_HOOK) if registry is not None else None
-            if hook is not None:
+            if registry is not None and (hook := registry.get_hook(_HOOK)) is not None:
                 hook.deinitalize_hook = lambda layer: layer  # diffusers' raises NotImplementedError
                 registry.remove_hook(_HOOK, recurse=False)
         for registry, hooks, order, fn_refs in registries:

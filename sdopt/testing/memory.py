@@ -26,9 +26,11 @@ def resident_tensor_bytes(device: str = "cpu") -> int:
     gc.collect()
     storages: dict[int, int] = {}
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and type(obj) in (torch.Tensor, torch.nn.Parameter):
-            if obj.device.type != device:
-                continue
+        if not isinstance(obj, torch.Tensor) or obj.device.type != device:
+            continue
+        try:
             storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        except (RuntimeError, NotImplementedError):  # wrapper subclasses (torchao) hold inner tensors, seen apart
+            continue
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
     return sum(storages.values())
