@@ -143,7 +143,17 @@ class HalfPrecision(Optimization):
                 if _needs_boundary(anatomy, module, dtype):
                     # Pixel-space pipelines (no VAE) turn the denoiser's output into the image itself.
                     unguard.append(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
-            for vae in _unguarded_vaes(inspect_pipeline(pipe)):
+            reduced = any(dtype != torch.float32 and tensors for _, dtype, tensors in casts)
+            if reduced:
+                # A denoiser or ControlNet left out of ``components`` gets the reduced-precision embeddings
+                # of the encoders that were cast (SDXL's pooled embeddings: "mat1 and mat2 must have the same
+                # dtype", measured on an H100): a boundary casts them to its own dtype.
+                cast_modules = {id(module) for module, _, tensors in casts if tensors}
+                for module in _diffusers_models(anatomy):
+                    if id(module) not in cast_modules and not has_dtype_boundary(module):
+                        unguard.append(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
+            # The latents follow the encoders' dtype: once anything is cast, every VAE is guarded.
+            for vae in _unguarded_vaes(inspect_pipeline(pipe), every=reduced):
                 unguard.append(guard_vae(vae))
         except Exception:
             undo()
@@ -190,6 +200,15 @@ def _needs_boundary(anatomy: Anatomy, module: torch.nn.Module, dtype: torch.dtyp
     )
 
 
+def _diffusers_models(anatomy: Anatomy) -> list[torch.nn.Module]:
+    """The denoiser and ControlNets, when they are diffusers models (they take the encoders' outputs)."""
+    modules = anatomy.modules()
+    names = [anatomy.denoiser_name, *anatomy.controlnet_names]
+    return [
+        modules[name] for name in names if name in modules and type(modules[name]).__module__.startswith("diffusers.")
+    ]
+
+
 def _keep_in_fp32(module: torch.nn.Module) -> set[str]:
     return set(getattr(module, "_keep_in_fp32_modules", None) or ())
 
@@ -216,13 +235,14 @@ def _castable(module: torch.nn.Module, dtype: torch.dtype, *, planning: bool = F
     return tensors
 
 
-def _unguarded_vaes(anatomy: Anatomy) -> list[Any]:
+def _unguarded_vaes(anatomy: Anatomy, *, every: bool = False) -> list[Any]:
     """VAEs running in another dtype than the denoiser, or in reduced precision, without the guard
-    (e.g. a pipeline loaded with torch_dtype=float16, or SDXL with its VAE kept in float32)."""
+    (e.g. a pipeline loaded with torch_dtype=float16, or SDXL with its VAE kept in float32); with
+    ``every``, all VAEs without the guard."""
     denoiser_dtype = getattr(anatomy.denoiser, "dtype", None)
     vaes = [getattr(anatomy.pipeline, name) for name in anatomy.vae_names]
     return [
         vae
         for vae in vaes
-        if "decode" not in vae.__dict__ and (vae.dtype != denoiser_dtype or vae.dtype != torch.float32)
+        if "decode" not in vae.__dict__ and (every or vae.dtype != denoiser_dtype or vae.dtype != torch.float32)
     ]

@@ -126,3 +126,15 @@ def test_the_dtype_boundary_leaves_timesteps_in_float32() -> None:
     pipe.unet(torch.randn(1, 4, 8, 8), torch.tensor([961.0]), encoder_hidden_states=torch.randn(1, 77, 32))
     report.undo()
     assert seen[0].dtype == torch.float32 and seen[0].item() == 961.0
+
+
+def test_a_denoiser_left_in_float32_takes_the_cast_encoders_outputs() -> None:
+    # SDXL's pooled embeddings come from text_encoder_2: cast alone, they used to reach the float32 UNet.
+    pipe = tiny_pipeline("sdxl")
+    snapshot = Snapshot(pipe, "sdxl")
+    extra = [{"name": "half_precision", "dtype": "bfloat16", "components": ["text_encoder_2"]}]
+    report = optimize(pipe, tier=None, extra=extra, caps=fake_capabilities("cpu-amx"))
+    assert pipe.text_encoder_2.dtype == torch.bfloat16 and pipe.unet.dtype == torch.float32
+    assert np.isfinite(run_pipeline(pipe, "sdxl")).all()
+    report.undo()
+    snapshot.assert_identical()
