@@ -25,12 +25,16 @@ def resident_tensor_bytes(device: str = "cpu") -> int:
     """
     gc.collect()
     storages: dict[int, int] = {}
+    from torch._subclasses.fake_tensor import FakeTensor
+
     for obj in gc.get_objects():
-        if not isinstance(obj, torch.Tensor) or obj.device.type != device:
+        # FakeTensors (left by torch.compile's tracing) hold no memory.
+        if not isinstance(obj, torch.Tensor) or isinstance(obj, FakeTensor) or obj.device.type != device:
             continue
         try:
             storage = obj.untyped_storage()
+            pointer = storage.data_ptr()
         except (RuntimeError, NotImplementedError):  # wrapper subclasses (torchao) hold inner tensors, seen apart
             continue
-        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
     return sum(storages.values())
