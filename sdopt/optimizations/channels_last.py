@@ -9,6 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimizations._components import unknown_components
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -49,10 +50,9 @@ class ChannelsLast(Optimization):
     after = ("half_precision",)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
-        modules = anatomy.modules()
-        unknown = [name for name in config.components if name not in modules]
+        unknown = unknown_components(anatomy, config.components)
         if unknown:
-            return f"no module component named {', '.join(unknown)} (components: {', '.join(modules)})"
+            return unknown
         targets = self._targets(anatomy, config)
         if not targets:
             return "no convolution-heavy module in this pipeline (nothing to gain)"

@@ -9,6 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.capabilities import Capabilities
+from sdopt.optimizations._components import chosen_components, unknown_components
 from sdopt.optimizations._dtype_boundary import add_dtype_boundary, has_dtype_boundary
 from sdopt.optimizations._vae_guard import guard_vae
 from sdopt.optimizations.base import Optimization, Undo
@@ -83,10 +84,9 @@ class HalfPrecision(Optimization):
                     "or a measured speedup); bfloat16 would run slower"
                 )
             return f"no reduced-precision dtype is faster than float32 on {caps.device}"
-        modules = anatomy.modules()
-        unknown = [name for name in config.components if name not in modules]
+        unknown = unknown_components(anatomy, config.components)
         if unknown:
-            return f"no module component named {', '.join(unknown)} (components: {', '.join(modules)})"
+            return unknown
         castable = any(
             _castable(module, _DTYPES[dtype], planning=True) for module, dtype in self._targets(anatomy, resolved)
         )
@@ -163,14 +163,7 @@ class HalfPrecision(Optimization):
     @staticmethod
     def _targets(anatomy: Anatomy, config: Any) -> list[tuple[torch.nn.Module, str]]:
         modules = anatomy.modules()
-        names = list(config.components) or [
-            name
-            for name in modules
-            if name == anatomy.denoiser_name
-            or name in anatomy.text_encoder_names
-            or name in anatomy.vae_names
-            or name in anatomy.controlnet_names
-        ]
+        names = chosen_components(anatomy, config.components)
         targets = []
         for name in names:
             if name not in modules:

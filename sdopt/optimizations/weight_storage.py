@@ -11,6 +11,7 @@ import torch
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
+from sdopt.optimizations._components import chosen_components, unknown_components
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.originals import keep
 from sdopt.registry import register
@@ -91,10 +92,9 @@ class WeightStorage(Optimization):
             return "this diffusers has no layerwise casting (needs diffusers >= 0.33)"
         if config.dtype not in ("auto", *_STORAGE_DTYPES):
             return f"this torch has no {config.dtype} dtype"
-        modules = anatomy.modules()
-        unknown = [name for name in config.components if name not in modules]
+        unknown = unknown_components(anatomy, config.components)
         if unknown:
-            return f"no module component named {', '.join(unknown)} (components: {', '.join(modules)})"
+            return unknown
         targets = self._targets(anatomy, config)
         if not targets:
             if config.dtype == "auto":
@@ -158,14 +158,7 @@ class WeightStorage(Optimization):
     def _targets(anatomy: Anatomy, config: Any) -> dict[str, tuple[torch.nn.Module, torch.dtype]]:
         """Component name -> (module, storage dtype), for components with layers left to cast."""
         modules = anatomy.modules()
-        names = list(config.components) or [
-            name
-            for name in modules
-            if name == anatomy.denoiser_name
-            or name in anatomy.text_encoder_names
-            or name in anatomy.vae_names
-            or name in anatomy.controlnet_names
-        ]
+        names = chosen_components(anatomy, config.components)
         targets = {}
         for name in names:
             module = modules.get(name)
