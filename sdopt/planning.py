@@ -72,7 +72,7 @@ class Plan:
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
         >>> [step.name for step in p.steps]
-        ['scheduler', 'half_precision', 'channels_last']
+        ['half_precision', 'channels_last']
     """
 
     source: str | None

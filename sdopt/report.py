@@ -86,7 +86,7 @@ class Report:
         >>> pipe = tiny_pipeline("sd")
         >>> report = optimize(pipe, tier="balanced", caps=fake_capabilities("cpu-amx"))
         >>> [d.name for d in report.applied]
-        ['scheduler', 'half_precision', 'channels_last']
+        ['half_precision', 'channels_last']
         >>> report.undo()
     """
 
@@ -199,8 +199,8 @@ class Report:
             >>> from sdopt.testing import tiny_pipeline, fake_capabilities
             >>> report = optimize(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
             >>> preset = report.to_preset("my-app")
-            >>> preset.entries[1].name, preset.entries[1].config["dtype"], preset.based_on
-            ('half_precision', 'bfloat16', 'balanced@1')
+            >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
+            ('half_precision', 'bfloat16', 'balanced@2')
         """
         from sdopt import __version__
         from sdopt.presets import Entry, Preset

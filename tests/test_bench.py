@@ -28,7 +28,7 @@ def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
         assert tier.psnr_db is not None and tier.max_abs_diff is not None
     baseline = result.tiers[0]
     assert baseline.speedup == 1.0 and baseline.psnr_db == float("inf") and baseline.applied == []
-    assert "scheduler" in result.tiers[1].applied or arch == "tiny-flux"
+    assert "scheduler" in result.tiers[2].applied or arch == "tiny-flux"  # fast swaps the solver
     assert result.tiers[2].report["applied"], "each tier carries its report"
 
     result.save_json(tmp_path / "r.json")

@@ -110,7 +110,7 @@ def test_family_is_recognised_from_components(name: str) -> None:
 
 @pytest.mark.parametrize("name", [name for name in zoo_names() if zoo_entry(name).family == "other"])
 def test_unknown_families_are_told_generic_steps_only(name: str) -> None:
-    report = optimize(zoo_pipeline(name), tier="balanced", caps=fake_capabilities("cpu"), dry_run=True)
+    report = optimize(zoo_pipeline(name), tier="fast", caps=fake_capabilities("cpu"), dry_run=True)
     assert any(warning.startswith("family unknown: generic steps only") for warning in report.warnings)
     assert "scheduler" in {d.name for d in report.skipped}
 
