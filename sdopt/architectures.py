@@ -254,6 +254,39 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
 }
 
 
+def stand_in(class_name: str, source: str) -> Any | None:
+    """A random-weight model of the published architecture behind a replacement model's ``source``
+    (TAESD, TAESDXL, TAESD3, TAEF1, the SDXL fp16-fix VAE), or None for another source. ``--arch``
+    benches use them when the real weights are not cached, so a tier is timed with the parts a user
+    with a network gets; the model is marked ``_sdopt_stand_in`` and the report says so.
+
+    Example:
+        >>> from sdopt.architectures import stand_in
+        >>> stand_in("AutoencoderTiny", "madebyollin/taesd3").config.latent_channels
+        16
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    makers: dict[tuple[str, str], Callable[[], Any]] = {
+        ("AutoencoderTiny", "madebyollin/taesd"): lambda: AutoencoderTiny(latent_channels=4),
+        ("AutoencoderTiny", "madebyollin/taesdxl"): lambda: AutoencoderTiny(latent_channels=4),
+        ("AutoencoderTiny", "madebyollin/taesd3"): lambda: AutoencoderTiny(latent_channels=16),
+        ("AutoencoderTiny", "madebyollin/taef1"): lambda: AutoencoderTiny(latent_channels=16),
+        # The fp16-fix VAE is SDXL's architecture, fine-tuned so that it does not overflow in float16.
+        ("AutoencoderKL", "madebyollin/sdxl-vae-fp16-fix"): lambda: _vae(
+            sample_size=1024, scaling_factor=0.13025, force_upcast=False
+        ),
+    }
+    make = makers.get((class_name, source))
+    if make is None:
+        return None
+    torch.manual_seed(0)
+    model = make().eval()
+    model._sdopt_stand_in = True
+    return model
+
+
 def _on_host(make: Callable[[], Any]) -> Any:
     """Schedulers hold CPU tensors in float32 whatever the models' device and dtype."""
     import torch

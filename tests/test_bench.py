@@ -201,3 +201,22 @@ def test_tiers_run_one_after_another_when_they_would_not_fit_together(monkeypatc
     assert "building tiny-sd for balanced" in messages  # its own pipeline, the loaded one is gone
     assert result.tiers[0].psnr_db is not None and result.tiers[1].psnr_db == float("inf")
     assert any("one after another" in note and "pretend RAM is short" in note for note in result.notes)
+
+
+def test_arch_benches_time_replacement_models_offline_with_their_published_architecture() -> None:
+    from sdopt import optimize
+    from sdopt.architectures import real_pipeline
+    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.testing import fake_capabilities, tiny_pipeline
+
+    caps = fake_capabilities("cpu")
+    outside = optimize(tiny_pipeline("sd"), tier=None, extra=["tiny_vae"], caps=caps)
+    assert not outside.applied and "cannot load" in outside.skipped[0].reason  # nothing made up outside
+    with stand_ins():
+        pipe = real_pipeline("sd15", device="meta")
+        report = optimize(pipe, tier=None, extra=["tiny_vae"], caps=caps)
+    assert type(pipe.vae).__name__ == "AutoencoderTiny" and pipe.vae.config.latent_channels == 4
+    assert "random weights of its published architecture" in report.applied[0].reason
+    result = bench("tiny-sd", [BASELINE, "fast"], steps=2, runs=1, warmup=0)  # bench --arch uses them
+    assert "tiny_vae" in result.tiers[1].applied
+    assert any("ran with random weights" in note for note in result.notes)

@@ -12,9 +12,10 @@ from typing import Any
 from sdopt.optimizations.base import Undo
 
 # (class name, source) -> loaded model or the error it raised; a failed download is not retried
-# on every plan of the same process.
-_cache: dict[tuple[str, str], Any] = {}
+# on every plan of the same process. Stand-ins are kept under ("stand-in", class name, source).
+_cache: dict[tuple[str, ...], Any] = {}
 _downloads_allowed = contextvars.ContextVar("sdopt_downloads_allowed", default=True)
+_stand_ins_allowed = contextvars.ContextVar("sdopt_stand_ins_allowed", default=False)
 
 
 class NotDownloaded(OSError):
@@ -32,8 +33,44 @@ def offline() -> Iterator[None]:
         _downloads_allowed.reset(token)
 
 
+@contextlib.contextmanager
+def stand_ins() -> Iterator[None]:
+    """Within this context a published replacement model that cannot be loaded (not cached, no
+    network) is replaced by a random-weight model of its architecture
+    (:func:`sdopt.architectures.stand_in`): for timing ``--arch`` pipelines, whose own weights are
+    random too. Outside it, nothing is ever made up."""
+    token = _stand_ins_allowed.set(True)
+    try:
+        yield
+    finally:
+        _stand_ins_allowed.reset(token)
+
+
+def is_stand_in(model: Any) -> bool:
+    """Whether ``model`` is a random-weight stand-in (see :func:`stand_ins`)."""
+    return bool(getattr(model, "_sdopt_stand_in", False))
+
+
 def load_pretrained(class_name: str, source: str) -> Any:
-    """``diffusers.<class_name>.from_pretrained(source)``, cached; raises what loading raised."""
+    """``diffusers.<class_name>.from_pretrained(source)``, cached; raises what loading raised (or,
+    inside :func:`stand_ins`, returns a random-weight stand-in of a published replacement)."""
+    try:
+        return _load_pretrained(class_name, source)
+    except Exception:
+        if not _stand_ins_allowed.get():
+            raise
+        from sdopt.architectures import stand_in
+
+        key = ("stand-in", class_name, source)
+        if key not in _cache:
+            model = stand_in(class_name, source)
+            if model is None:
+                raise
+            _cache[key] = model
+        return _cache[key]
+
+
+def _load_pretrained(class_name: str, source: str) -> Any:
     local = Path(source).exists()
     key = (class_name, str(Path(source).resolve()) if local else source)
     if key not in _cache:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import NotDownloaded, load_failure, load_pretrained, swap_vae
+from sdopt.optimizations._pretrained import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -81,7 +81,8 @@ class TinyVae(Optimization):
         return _incompatibility(anatomy, tiny)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
-        return f"VAE replaced by the tiny autoencoder {config.source}"
+        random = " (random weights of its published architecture: not cached here)" if is_stand_in(anatomy.vae) else ""
+        return f"VAE replaced by the tiny autoencoder {config.source}{random}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         wrong = _incompatibility(anatomy, load_pretrained("AutoencoderTiny", config.source))

@@ -9,7 +9,7 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import NotDownloaded, load_failure, load_pretrained, swap_vae
+from sdopt.optimizations._pretrained import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -66,7 +66,8 @@ class VaeFp16Fix(Optimization):
         return _mismatch(vae, fixed, config.source)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
-        return f"VAE replaced by the fp16-safe {config.source}"
+        random = " (random weights of its published architecture: not cached here)" if is_stand_in(anatomy.vae) else ""
+        return f"VAE replaced by the fp16-safe {config.source}{random}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         wrong = _mismatch(anatomy.vae, load_pretrained("AutoencoderKL", config.source), config.source)
