@@ -18,7 +18,10 @@ from sdopt.testing import tiny_pipeline
 @pytest.mark.parametrize("arch", ["tiny-sd", "tiny-flux"])
 def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
     messages: list[str] = []
-    result = bench(arch, [BASELINE, "balanced", "fast"], steps=3, runs=2, warmup=1, progress=messages.append)
+    # On CPU (also on a machine with a GPU): the tiers render interleaved.
+    result = bench(
+        arch, [BASELINE, "balanced", "fast"], steps=3, runs=2, warmup=1, progress=messages.append, device="cpu"
+    )
     assert [t.tier for t in result.tiers] == [BASELINE, "balanced", "fast"]
     assert messages[-1] == "[9/9] run 2/2: fast"  # warmup + runs, interleaved
     for tier in result.tiers:
@@ -131,7 +134,16 @@ class _SamePipelinePeer:
 def test_peers_render_the_same_prompts_and_seeds_in_the_interleaved_loop() -> None:
     peer = _SamePipelinePeer()
     messages: list[str] = []
-    result = bench("tiny-sd", [BASELINE, "balanced"], steps=2, runs=2, warmup=1, peers=[peer], progress=messages.append)
+    result = bench(
+        "tiny-sd",
+        [BASELINE, "balanced"],
+        steps=2,
+        runs=2,
+        warmup=1,
+        peers=[peer],
+        progress=messages.append,
+        device="cpu",
+    )
     assert [t.tier for t in result.tiers] == [BASELINE, "balanced", "peer"]
     assert [m.split(": ")[-1] for m in messages if m.startswith("[")] == [BASELINE, "balanced", "peer"] * 3
     assert peer.calls == [(DEFAULT_PROMPTS[i], i) for i in range(3)]  # warmup image 0, then 1 and 2
@@ -195,7 +207,7 @@ def test_tiers_run_one_after_another_when_they_would_not_fit_together(monkeypatc
 
     monkeypatch.setattr(bench_module, "_why_not_interleaved", lambda *args: "pretend RAM is short")
     messages: list[str] = []
-    result = bench("tiny-sd", ["balanced", BASELINE], steps=2, runs=1, warmup=0, progress=messages.append)
+    result = bench("tiny-sd", ["balanced", BASELINE], steps=2, runs=1, warmup=0, progress=messages.append, device="cpu")
     assert [t.tier for t in result.tiers] == ["balanced", BASELINE]
     assert messages.index("[1/1] run 1/1: baseline") < messages.index("[1/1] run 1/1: balanced")
     assert "building tiny-sd for balanced" in messages  # its own pipeline, the loaded one is gone
