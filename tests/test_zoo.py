@@ -27,7 +27,9 @@ from sdopt.testing import (
 )
 from sdopt.tiers import tier_names
 
-RUN_PROFILES = ("here", "cpu-amx")
+# SDOPT_ZOO_PROFILES=all also runs the CPU without fast bf16 ("cpu": int8, a channels-last VAE,
+# weight_storage) and the CUDA profile for real, on this machine's CPU (left out of CI for time).
+RUN_PROFILES = ("here", "cpu-amx", *(("cpu", "t4-16gb") if os.environ.get("SDOPT_ZOO_PROFILES") == "all" else ()))
 PLAN_PROFILES = ("t4-16gb", "rtx3060ti-8gb")
 # torch.compile's first call takes 5-20 s per pipeline on this CPU: the tier sweep leaves it out and
 # test_compile_on_every_kind_of_denoiser compiles one pipeline per denoiser class for real

@@ -129,6 +129,29 @@ class WeightStorage(Optimization):
         return "weights stored " + ", ".join(parts) + ", upcast layer by layer for compute"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        # Layerwise casting breaks code that reads a layer's weight dtype outside the layer's forward:
+        # IP-Adapter's ImageProjection casts its input to `image_embeds.weight.dtype`, and parts of
+        # Kandinsky 2.2 and Stable Cascade do the same (the zoo, on a CPU without fast bf16). A minimal
+        # call finds out before the caller's first call does; a failure is reported and rolled back.
+        from sdopt.verification import run_verification
+
+        undo = self._cast(anatomy, config)
+        try:
+            run_verification(pipe)
+            return undo
+        except Exception as error:
+            undo()
+            failure = error
+        try:
+            run_verification(pipe)
+        except Exception:  # the untouched pipeline cannot make the minimal call either: nothing learnt
+            return self._cast(anatomy, config)
+        raise RuntimeError(
+            f"with weights stored small the pipeline's call fails ({type(failure).__name__}: {failure}): it reads "
+            "weights outside their layers, which diffusers' layerwise casting does not cover"
+        ) from failure
+
+    def _cast(self, anatomy: Anatomy, config: Any) -> Undo:
         from diffusers.hooks import apply_layerwise_casting
 
         undos: list[Undo] = []
