@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,22 @@ class _Gone:
 # first. Reports are held weakly (a report the caller drops takes its originals, spill files
 # included, with it) and leave a _Gone marker behind, so an older report still refuses to undo.
 _live_reports: weakref.WeakKeyDictionary[Any, list[weakref.ref[Report] | _Gone]] = weakref.WeakKeyDictionary()
+
+
+# What call-time optimizations did during the pipeline's calls (static int8's builds), per pipeline:
+# each applied optimization that acts at call time registers a function describing it now.
+_after_calls: weakref.WeakKeyDictionary[Any, dict[str, Callable[[], str]]] = weakref.WeakKeyDictionary()
+
+
+def note_after_calls(pipe: Any, name: str, describe: Callable[[], str]) -> Undo:
+    """Make ``describe()`` the live account of what optimization ``name`` did during ``pipe``'s
+    calls (:attr:`Report.after_calls`); the returned undo withdraws it."""
+    _after_calls.setdefault(pipe, {})[name] = describe
+
+    def undo() -> None:
+        _after_calls.get(pipe, {}).pop(name, None)
+
+    return undo
 
 
 def _newest(pipe: Any) -> Report | _Gone | None:
@@ -218,6 +234,15 @@ class Report:
             memory_budget_gb=self.memory_budget_gb,
         )
 
+    @property
+    def after_calls(self) -> dict[str, str]:
+        """What this report's call-time optimizations have done during the calls made so far, by name
+        (e.g. static int8: the shapes built, cold or from the cache, and the fidelity measured)."""
+        if self._pipeline is None or self._undone or self.dry_run:
+            return {}
+        notes = _after_calls.get(self._pipeline, {})
+        return {decision.name: notes[decision.name]() for decision in self.applied if decision.name in notes}
+
     def to_dict(self) -> dict[str, Any]:
         """Everything in the report, JSON-safe."""
         return {
@@ -231,6 +256,7 @@ class Report:
             "dry_run": self.dry_run,
             "undoable": self.undoable,
             "originals": self.originals,
+            "after_calls": self.after_calls,
             "warnings": list(self.warnings),
             "applied": [d.to_dict() for d in self.applied],
             "planned": [d.to_dict() for d in self.planned],
@@ -248,6 +274,7 @@ class Report:
         notes = "".join(f"\nwarning: {warning}" for warning in self.warnings)
         if self.applied and not self.dry_run:
             notes += f"\noriginals: {self.originals}"
+        notes += "".join(f"\nafter calls, {name}: {text}" for name, text in self.after_calls.items())
         return header + notes + "\n" + format_table(self.decisions)
 
 

@@ -1,0 +1,136 @@
+"""Where converted int8 programs are kept between processes, and the key that says one still fits.
+
+A key covers everything the converted program depends on: the denoiser's weights (hashed), the
+call's input signature, the layers left in float, and the versions of torch, torchao and sdopt,
+the Python version and the CPU (model and instruction-set flags). A changed fact is a new key, so
+a stale program is never loaded; old entries are left for ``clear`` or the user to remove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import _pytree
+
+_PROGRAM = "program.pt2"
+_META = "meta.json"
+
+
+def default_root() -> Path:
+    """``$SDOPT_CACHE_DIR/int8``, else ``$XDG_CACHE_HOME/sdopt/int8``, else ``~/.cache/sdopt/int8``."""
+    if os.environ.get("SDOPT_CACHE_DIR"):
+        return Path(os.environ["SDOPT_CACHE_DIR"]) / "int8"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sdopt" / "int8"
+
+
+def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The input signature a compiled program is specialised to: the structure of the arguments,
+    each tensor's shape, dtype and device, and every other value as is (a different value is a
+    different program, as torch.export bakes it in)."""
+    leaves, spec = _pytree.tree_flatten((args, kwargs))
+    parts = [
+        f"tensor{tuple(leaf.shape)}:{leaf.dtype}:{leaf.device}" if isinstance(leaf, torch.Tensor) else repr(leaf)
+        for leaf in leaves
+    ]
+    return f"{spec}|{';'.join(parts)}"
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer (names, dtypes, shapes and bytes); shared storage hashed once."""
+    digest = hashlib.blake2b(digest_size=16)
+    seen: set[tuple[int, Any]] = set()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if identity in seen:
+            continue
+        seen.add(identity)
+        data = tensor.detach().contiguous().cpu()
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().data if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def cpu_fingerprint() -> str:
+    """The CPU model and its instruction-set flags (what inductor's generated kernels depend on)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    fields = {
+        name.strip(): value.strip()
+        for name, value in (line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    }
+    model = fields.get("model name", "")
+    flags = " ".join(sorted(fields.get("flags", "").split()))
+    return f"{platform.machine()} {model} {hashlib.sha256(flags.encode()).hexdigest()[:16]}"
+
+
+def key(weights: str, call_signature: str, exclude: Sequence[str]) -> str:
+    """The cache key of one converted program."""
+    import torchao
+
+    from sdopt import __version__
+
+    facts = {
+        "weights": weights,
+        "signature": call_signature,
+        "exclude": sorted(exclude),
+        "torch": torch.__version__,
+        "torchao": torchao.__version__,
+        "sdopt": __version__,
+        "python": sys.version.split()[0],
+        "cpu": cpu_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load(root: Path, entry: str) -> tuple[Any, dict[str, Any]] | None:
+    """The converted program stored under ``entry`` and what was measured when it was made, or None."""
+    folder = root / entry
+    if not (folder / _PROGRAM).is_file() or not (folder / _META).is_file():
+        return None
+    meta = json.loads((folder / _META).read_text(encoding="utf-8"))
+    from sdopt.int8.quantizer import register_int8_fusions
+
+    register_int8_fusions()  # the program's quantize/dequantize ops must be registered to deserialize it
+    return torch.export.load(str(folder / _PROGRAM)), meta
+
+
+def store(root: Path, entry: str, program: Any, meta: dict[str, Any]) -> None:
+    """Keep ``program`` under ``entry``; written to a temp folder and renamed, so readers never see half an entry."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
+    try:
+        torch.export.save(program, str(staging / _PROGRAM))
+        (staging / _META).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+        with contextlib.suppress(OSError):  # another process stored the same entry first: theirs is as good
+            staging.rename(root / entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def inductor_dir(root: Path) -> str:
+    """Inductor's own on-disk caches (generated kernels compiled to shared objects), shared by all entries."""
+    return str(root / "inductor")
+
+
+def clear(root: Path | None = None) -> int:
+    """Remove every stored program and inductor cache under ``root``; returns the bytes freed."""
+    root = root or default_root()
+    if not root.exists():
+        return 0
+    freed = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    shutil.rmtree(root)
+    return freed

@@ -1,0 +1,252 @@
+"""static_int8: planned only where x86 int8 instructions exist, really runs oneDNN int8 kernels
+(counted), refuses below its fidelity floor, hits its on-disk cache in a new process (no C++
+compile), never fails a call, and undoes exactly. One real build of a minimal UNet runs in CI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdopt import optimize, plan
+from sdopt.int8 import cache
+from sdopt.int8.runner import Int8Runner
+from sdopt.testing import fake_capabilities, tiny_pipeline
+
+pytest.importorskip("torchao")
+
+VNNI = fake_capabilities("cpu-amx", packages={"torchao": True})
+CALL = {"prompt": "a photo", "num_inference_steps": 3, "output_type": "np"}
+
+# A process that builds the minimal pipeline, optimizes it with the cache in argv[1], calls it
+# once, and prints what the runner did and how many C++ compiles inductor ran.
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    torch.set_num_threads(1)
+    import torch._inductor.cpp_builder as builder
+    builds = []
+    original = builder.CppBuilder.build
+    def counting(self, *args, **kwargs):
+        if not self.get_target_file_path().endswith(".i"):  # preprocessing a header for a cache key
+            builds.append(self.get_target_file_path())
+        return original(self, *args, **kwargs)
+    builder.CppBuilder.build = counting
+    from sdopt import optimize
+    from tests.optimizations.test_static_int8 import minimal_pipeline, CALL
+    pipe = minimal_pipeline()
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": sys.argv[1]}])
+    image = pipe(**CALL, generator=torch.Generator().manual_seed(0)).images
+    runner = pipe.unet.__dict__["forward"]
+    print(json.dumps({"builds": runner.builds, "cache_hits": runner.cache_hits, "int8_calls": runner.int8_calls,
+                      "cxx_compiles": len(builds), "after_calls": report.after_calls["static_int8"],
+                      "image": image.tolist()}))
+    """
+)
+
+
+def minimal_pipeline():
+    """The tiny SD pipeline with a one-level UNet: the real int8 path at the smallest compile cost."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = tiny_pipeline("sd")
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",),
+        block_out_channels=(32,),
+        layers_per_block=1,
+        cross_attention_dim=pipe.text_encoder.config.hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    return pipe
+
+
+def _image(pipe) -> np.ndarray:
+    return pipe(**CALL, generator=torch.Generator().manual_seed(0)).images
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One real build: the minimal pipeline optimized, called twice (the first call builds), undone later."""
+    root = tmp_path_factory.mktemp("int8-cache")
+    pipe = minimal_pipeline()
+    reference = _image(pipe)
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(root)}])
+    first = _image(pipe)
+    second = _image(pipe)
+    return pipe, report, root, reference, first, second
+
+
+def test_planned_only_with_x86_int8_instructions_torchao_and_float32() -> None:
+    pipe = tiny_pipeline("sd")
+    avx2 = plan(pipe, tier=None, extra=["static_int8"], caps=fake_capabilities("cpu", packages={"torchao": True}))
+    assert "no x86 int8 dot-product instructions" in avx2.skipped[0].reason
+    no_torchao = plan(pipe, tier=None, extra=["static_int8"], caps=fake_capabilities("cpu-amx"))
+    assert "pip install sdopt[torchao]" in no_torchao.skipped[0].reason
+    cuda = plan(pipe, tier=None, extra=["static_int8"], caps=fake_capabilities("h100-80gb", packages={"torchao": True}))
+    assert "needs device cpu" in cuda.skipped[0].reason
+    ok = plan(pipe, tier=None, extra=["static_int8"], caps=VNNI)
+    assert [step.name for step in ok.steps] == ["static_int8"]
+    assert ok.steps[0].config.keep_float == ("conv_in", "conv_out", "time_embedding")
+    pipe.unet.to(torch.bfloat16)
+    half = plan(pipe, tier=None, extra=["static_int8"], caps=VNNI)
+    assert "calibrated from float32" in half.skipped[0].reason
+
+
+def test_conflicts_with_other_quantizers_and_compile() -> None:
+    result = plan(
+        tiny_pipeline("sd"),
+        tier=None,
+        extra=["static_int8", {"name": "torch_compile", "accept_cpu_first_call": True}, "quantize_int8"],
+        caps=VNNI,
+    )
+    assert [step.name for step in result.steps] == ["static_int8"]
+    assert {d.name for d in result.skipped} == {"torch_compile", "quantize_int8"}
+
+
+def test_first_call_runs_float32_then_int8_kernels_run(built) -> None:
+    pipe, report, _, reference, first, second = built
+    runner = pipe.unet.__dict__["forward"]
+    assert isinstance(runner, Int8Runner)
+    np.testing.assert_array_equal(first, reference)  # the calibration call itself is float32
+    assert runner.builds == 1 and runner.cache_hits == 0
+    assert runner.int8_calls == 4  # PNDM: 4 denoiser calls for 3 steps, all int8 on the second call
+    assert not np.array_equal(second, reference)
+    assert _psnr(second, reference) > 30
+    note = report.after_calls["static_int8"]
+    assert "built cold" in note and "dB SNR" in note
+    assert "after calls, static_int8: int8 (" in str(report)
+
+
+def test_the_converted_program_has_int8_weights_except_the_sensitive_layers(built) -> None:
+    _, _, root, *_ = built
+    (entry,) = [folder for folder in root.iterdir() if folder.name != "inductor"]
+    program, meta = cache.load(root, entry.name)
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    quantized = [node for node in program.graph.nodes if node.target == dequantize]
+    assert meta["quantized_layers"] == len(quantized) > 10
+    int8 = [tensor for tensor in program.state_dict.values() if tensor.dtype == torch.int8]
+    assert len(int8) == len(quantized)
+    floats = {name for name, tensor in program.state_dict.items() if tensor.is_floating_point()}
+    # The sensitive layers keep their float weights; quantized layers' float weights are not kept beside the int8 ones.
+    assert {"conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight"} <= floats
+    assert "down_blocks.0.attentions.0.proj_in.weight" not in floats
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight" not in floats
+
+
+def test_a_new_process_loads_the_cache_without_compiling_cxx(built, tmp_path) -> None:
+    pipe, _, root, _, _, second = built
+    script = tmp_path / "second_process.py"
+    script.write_text(_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    counts = {name: result[name] for name in ("builds", "cache_hits", "int8_calls", "cxx_compiles")}
+    # No export or calibration, the first call already runs int8, and inductor compiles no C++.
+    assert counts == {"builds": 0, "cache_hits": 1, "int8_calls": 4, "cxx_compiles": 0}
+    assert "from the on-disk cache" in result["after_calls"]
+    np.testing.assert_allclose(np.array(result["image"]), second, atol=1e-6)
+
+
+def test_undo_removes_the_runner_and_restores_float32_exactly(built) -> None:
+    pipe, report, _, reference, *_ = built
+    report.undo()
+    assert "forward" not in pipe.unet.__dict__
+    assert report.after_calls == {}
+    np.testing.assert_array_equal(_image(pipe), reference)
+
+
+def _fake_build(monkeypatch, lowered: int, snr_ok: bool) -> None:
+    """Stand-ins for quantize and compile (the "program" is the float module itself, perturbed when
+    ``snr_ok`` is False), so the runner's decisions are tested without a compile."""
+    import sdopt.int8.runner as runner_module
+
+    def compile_frozen(module):
+        def run(*args, **kwargs):
+            output = type(module).forward(module, *args, **kwargs)
+            return output if snr_ok else tuple(tensor + 1.0 for tensor in output)
+
+        return run
+
+    calls = itertools.count()
+    monkeypatch.setattr(runner_module, "quantize", lambda module, samples, exclude: module)
+    monkeypatch.setattr(runner_module, "compile_frozen", compile_frozen)
+    monkeypatch.setattr(runner_module, "quantized_node_count", lambda program: 7)
+    # (int8 lowerings, FX graph cache hits): 0 before each compile, ``lowered`` after it
+    monkeypatch.setattr(runner_module, "_inductor_counts", lambda: (lowered * (next(calls) % 2), 0))
+    monkeypatch.setattr(runner_module.cache, "store", lambda *args: None)
+
+
+@pytest.mark.parametrize(("lowered", "snr_ok", "why"), [(0, True, "lowered no int8"), (5, False, "refused")])
+def test_no_int8_kernels_or_fidelity_below_the_floor_keeps_float32(monkeypatch, tmp_path, lowered, snr_ok, why) -> None:
+    _fake_build(monkeypatch, lowered, snr_ok)
+    pipe = tiny_pipeline("sd")
+    reference = _image(pipe)
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    with pytest.warns(UserWarning, match="that shape runs float32"):
+        _image(pipe)
+    np.testing.assert_array_equal(_image(pipe), reference)
+    runner = pipe.unet.__dict__["forward"]
+    assert runner.int8_calls == 0 and len(runner.refused) == 1
+    assert why in report.after_calls["static_int8"]
+    if not snr_ok:
+        assert "dB SNR" in report.after_calls["static_int8"]
+    report.undo()
+
+
+def test_a_failing_build_never_fails_the_call(monkeypatch, tmp_path) -> None:
+    import sdopt.int8.runner as runner_module
+
+    def broken(module, samples, exclude):
+        raise RuntimeError("export failed on data-dependent control flow")
+
+    monkeypatch.setattr(runner_module, "quantize", broken)
+    pipe = tiny_pipeline("sd")
+    reference = _image(pipe)
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    with pytest.warns(UserWarning, match="data-dependent"):
+        first = _image(pipe)
+    np.testing.assert_array_equal(first, reference)
+    np.testing.assert_array_equal(_image(pipe), reference)
+    assert "int8 build failed (RuntimeError: export failed" in report.after_calls["static_int8"]
+    report.undo()
+
+
+def test_the_cache_key_follows_weights_signature_and_float_layers() -> None:
+    unet = tiny_pipeline("sd").unet
+    weights = cache.weights_hash(unet)
+    args = (torch.zeros(2, 4, 8, 8), torch.tensor(1))
+    signature = cache.signature(args, {"return_dict": False})
+    base = cache.key(weights, signature, ("conv_in",))
+    assert base == cache.key(cache.weights_hash(unet), signature, ("conv_in",))
+    with torch.no_grad():
+        unet.conv_in.weight[0, 0, 0, 0] += 1
+    assert cache.key(cache.weights_hash(unet), signature, ("conv_in",)) != base
+    other_shape = cache.signature((torch.zeros(2, 4, 16, 16), torch.tensor(1)), {"return_dict": False})
+    assert cache.key(weights, other_shape, ("conv_in",)) != base
+    assert cache.key(weights, signature, ()) != base
+    assert cache.signature(args, {"return_dict": True}) != signature
