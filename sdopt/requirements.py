@@ -47,6 +47,8 @@ class Requirements:
     min_memory_gb: float | None = None
     max_memory_gb: float | None = None
     bf16_accelerated: bool | None = None
+    cpu_amx: bool | None = None
+    min_denoiser_mparams: float | None = None
     min_torch: str | None = None
     min_diffusers: str | None = None
     needs_vae: bool = False
@@ -88,6 +90,14 @@ class Requirements:
         if self.bf16_accelerated is not None and caps.cpu.bf16_accelerated != self.bf16_accelerated:
             wanted = "with" if self.bf16_accelerated else "without"
             return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16, or a measured bf16 speedup)"
+        if self.cpu_amx is not None and any(flag.startswith("amx") for flag in caps.cpu.flags) != self.cpu_amx:
+            return f"only on CPUs {'with' if self.cpu_amx else 'without'} AMX"
+        if self.min_denoiser_mparams is not None:
+            size = sum(p.numel() for p in anatomy.denoiser.parameters()) / 1e6 if anatomy.denoiser is not None else 0
+            if size < self.min_denoiser_mparams:
+                return (
+                    f"only for denoisers of at least {self.min_denoiser_mparams:g}M parameters (this one: {size:.1f}M)"
+                )
         for package, minimum in (("torch", self.min_torch), ("diffusers", self.min_diffusers)):
             installed = caps.versions.get(package)
             if minimum and installed and Version(installed.split("+")[0]) < Version(minimum):

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from safetensors.torch import save_file
 
 from sdopt import detect, optimize, registry
+from sdopt.optimizations.distill_lora import random_lora
 from sdopt.testing import (
     fake_capabilities,
     pipeline_state,
@@ -56,7 +58,7 @@ def _traced_apply(apply: Callable[..., Any], fault_at: int | None, counter: list
 
 
 _OFFLOAD = {"device": "cpu", "only_if_needed": False}
-# (optimization, tiny family, capabilities profile ("here": this machine), options); "<taesd>" and
+# (optimization, tiny family, capabilities profile ("here": this machine; "+name": with package name), options); "<taesd>" and
 # "<fp16-fix>" stand for local replacement VAEs saved by the fixture below.
 CASES = [
     ("half_precision", "sd", "cpu-amx", {}),
@@ -75,6 +77,8 @@ CASES = [
     ("group_offload", "sd", "t4-16gb", {**_OFFLOAD, "use_stream": False}),
     ("torch_compile", "sd", "cpu-amx", {"accept_cpu_first_call": True}),
     ("quantize_int8", "sd", "cpu", {"min_features": 0}),
+    ("distill_lora", "sd", "cpu", {"source": "<lora>"}),
+    ("static_int8", "sd", "cpu-amx+torchao", {}),
     ("quantize_4bit", "sd", "here", {}),
     ("scheduler", "sd", "cpu", {}),
     ("step_budget", "sd", "cpu", {"steps": 4}),
@@ -91,7 +95,9 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tiny_autoencoder_tiny(latent_channels=4).save_pretrained(taesd)
     fp16_fix = tmp_path_factory.mktemp("vae-fp16-fix")
     tiny_pipeline("sdxl").vae.save_pretrained(fp16_fix)
-    return {"<taesd>": str(taesd), "<fp16-fix>": str(fp16_fix)}
+    lora = tmp_path_factory.mktemp("lora")
+    save_file(random_lora(tiny_pipeline("sd").unet, scale=0.05), str(lora / "pytorch_lora_weights.safetensors"))
+    return {"<taesd>": str(taesd), "<fp16-fix>": str(fp16_fix), "<lora>": str(lora)}
 
 
 def test_every_optimization_has_a_fault_injection_case() -> None:
@@ -104,7 +110,8 @@ def _apply_of(optimization: Any) -> Callable[..., Any]:
 
 @pytest.mark.parametrize(("name", "family", "profile", "options"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, options, local_models, monkeypatch):
-    caps = detect() if profile == "here" else fake_capabilities(profile)
+    profile, _, package = profile.partition("+")  # "profile+package": a fake machine with that package usable
+    caps = detect() if profile == "here" else fake_capabilities(profile, packages={package: True} if package else None)
     options = {
         key: local_models.get(value, value) if isinstance(value, str) else value for key, value in options.items()
     }

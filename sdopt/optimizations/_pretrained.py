@@ -46,6 +46,11 @@ def stand_ins() -> Iterator[None]:
         _stand_ins_allowed.reset(token)
 
 
+def stand_ins_allowed() -> bool:
+    """Whether this code runs inside :func:`stand_ins`."""
+    return _stand_ins_allowed.get()
+
+
 def is_stand_in(model: Any) -> bool:
     """Whether ``model`` is a random-weight stand-in (see :func:`stand_ins`)."""
     return bool(getattr(model, "_sdopt_stand_in", False))
@@ -101,13 +106,13 @@ def _from_hub(cls: Any, repo_id: str) -> Any:
             if constants.HF_HUB_OFFLINE:  # optimize could not download it either: a final answer
                 raise OSError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
             raise NotDownloaded(f"{repo_id} is not in the local Hugging Face cache") from not_cached
-        unreachable = _hub_unreachable()
+        unreachable = hub_unreachable()
         if unreachable:
             raise OSError(f"{repo_id} is not in the local Hugging Face cache and {unreachable}") from not_cached
     return cls.from_pretrained(repo_id)
 
 
-def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """Why the Hub cannot be reached (offline mode, or no TCP connection), or None."""
     import os
     import socket
