@@ -58,8 +58,8 @@ def _traced_apply(apply: Callable[..., Any], fault_at: int | None, counter: list
 
 
 _OFFLOAD = {"device": "cpu", "only_if_needed": False}
-# (optimization, tiny family, capabilities profile ("here": this machine; "+name": with package name), options); "<taesd>" and
-# "<fp16-fix>" stand for local replacement VAEs saved by the fixture below.
+# (optimization, tiny family, capabilities profile ("here": this machine; "+name": with package name),
+# options); "<taesd>", "<fp16-fix>" and "<lora>" stand for local models saved by the fixture below.
 CASES = [
     ("half_precision", "sd", "cpu-amx", {}),
     ("half_precision", "sdxl", "cpu-amx", {"dtype": "float16"}),

@@ -191,6 +191,8 @@ def random_lora(unet: torch.nn.Module, *, rank: int = RANK, seed: int = 0, scale
     for name, module in unet.named_modules():
         if not any(name == target or name.endswith("." + target) for target in TARGETS):
             continue
+        down: tuple[int, ...]
+        up: tuple[int, ...]
         if isinstance(module, torch.nn.Linear):
             down = (rank, module.in_features)
             up = (module.out_features, rank)
