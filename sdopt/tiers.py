@@ -202,6 +202,19 @@ _ULTRA_2 = (
     ),
 )
 
+# ultra@3: step distillation first (it wins the solver swap, the step budget and CFG truncation),
+# then fast@3 (static int8 on CPUs without AMX), the resolution scale and ultra@2's compile entries.
+_ULTRA_3 = (
+    Entry(
+        "distill_lora",
+        why="LCM-LoRA (Luo et al. 2023): 4 steps without CFG (batch 1) instead of 20-50 with it; where the "
+        "LoRA is local, cached or downloadable",
+    ),
+    *_FAST_3,
+    _RESOLUTION,
+    *_ULTRA_2[len(_FAST_1) + 1 :],
+)
+
 _LOW_MEMORY_1 = (
     Entry("model_offload", why="by budget: the largest component fits, the whole pipeline does not"),
     Entry("group_offload", why="by budget: at least 2 GB free; overlaps transfers with compute (CUDA streams)"),
@@ -268,6 +281,7 @@ _TIERS: dict[str, dict[int, Preset]] = {
     "ultra": {
         1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost"),
         2: Preset("ultra", _ULTRA_2, 2, "maximum speed, clear quality cost"),
+        3: Preset("ultra", _ULTRA_3, 3, "maximum speed, clear quality cost"),
     },
     "low-memory": {
         1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs"),

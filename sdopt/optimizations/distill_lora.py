@@ -97,6 +97,8 @@ class DistillLora(Optimization):
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if not 1 <= config.steps <= 8:
             return f"steps must be 1-8 for a step-distilled model, got {config.steps}"
+        if anatomy.distillation:
+            return f"the model is already step-distilled ({anatomy.distillation})"
         if not hasattr(anatomy.pipeline, "load_lora_weights"):
             return f"{anatomy.pipeline_class} cannot load LoRA weights"
         if not caps.package_usable("peft") and not _peft_importable():
