@@ -10,7 +10,7 @@ from sdopt.cli import main
 def test_tiers_lists_every_tier(capsys) -> None:
     assert main(["tiers"]) == 0
     out = capsys.readouterr().out
-    for tier in ("conservative@1", "balanced@1", "balanced@2 (default)", "fast@2", "ultra@2", "low-memory@3"):
+    for tier in ("conservative@1", "balanced@1", "balanced@3 (default)", "fast@3", "ultra@3", "low-memory@3"):
         assert tier in out
 
 
@@ -55,7 +55,7 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
     assert main(["freeze", "--tier", "fast", "--arch", "tiny-sd", "--device", "cpu", "-o", str(output)]) == 0
     assert f"wrote {output}" in capsys.readouterr().out
     preset = Preset.load(output)
-    assert preset.name == "pinned" and preset.based_on == "fast@2" and preset.fingerprint
+    assert preset.name == "pinned" and preset.based_on == "fast@3" and preset.fingerprint
     assert "scheduler" in preset.names()
     assert main(["freeze", "--arch", "tiny-sd", "-o", str(tmp_path / "p.yaml")]) == 2
     assert "must end in .toml or .json" in capsys.readouterr().err
@@ -63,4 +63,4 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
 
 def test_tiers_markdown(capsys) -> None:
     assert main(["tiers", "--markdown"]) == 0
-    assert "### `balanced@2` (the default)" in capsys.readouterr().out
+    assert "### `balanced@3` (the default)" in capsys.readouterr().out

@@ -27,6 +27,9 @@ from sdopt.int8.quantizer import Sample, compile_frozen, compiling, int8_lowerin
 
 _MAX_RECORDED = 64
 _CHECKED = 3
+# More distinct input signatures in one pipeline call than this: the denoiser's inputs change shape
+# or baked-in values at every step (a Python-number timestep), and int8 programs would never be reused.
+_MAX_SIGNATURES_PER_CALL = 3
 
 
 class Int8Runner:
@@ -56,19 +59,23 @@ class Int8Runner:
         self.cache_hits = 0
         self.int8_calls = 0
         self._weights: str | None = None
+        self.disabled = ""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled():  # training or gradients through the denoiser: int8 programs are inference-only
+        if torch.is_grad_enabled() or self.disabled:  # int8 programs are for inference only
             return self.forward(*args, **kwargs)
         call_signature = cache.signature(args, kwargs)
         program = self.compiled.get(call_signature)
-        if program is None and call_signature not in self.refused and call_signature not in self.recording:
-            program = self._from_cache(call_signature, (args, kwargs))
-            if program is None and call_signature not in self.refused:
-                self.recording[call_signature] = []
         if program is not None:
             self.int8_calls += 1
             return program(*args, **kwargs)
+        if call_signature not in self.refused and call_signature not in self.recording:
+            loaded = self._from_cache(call_signature, (args, kwargs))
+            if loaded is not None:
+                self.int8_calls += 1
+                return loaded  # the output of the compiling call
+            if call_signature not in self.refused:
+                self.recording[call_signature] = []
         output = self.forward(*args, **kwargs)
         samples = self.recording.get(call_signature)
         if samples is not None and len(samples) < _MAX_RECORDED:
@@ -77,6 +84,16 @@ class Int8Runner:
 
     def build_pending(self) -> None:
         """Build int8 for every signature recorded since the last build (at the end of a pipeline call)."""
+        if len(self.recording) > _MAX_SIGNATURES_PER_CALL:
+            count = len(self.recording)
+            self.recording.clear()
+            self.disabled = (
+                f"the denoiser's inputs took {count} different shapes or constant values in one call "
+                "(e.g. a Python-number timestep); int8 programs are built for fixed inputs, so it runs float32"
+            )
+            self.events.append(self.disabled)
+            warnings.warn(f"sdopt static_int8: {self.disabled}", stacklevel=3)
+            return
         for call_signature in list(self.recording):
             samples = self.recording.pop(call_signature)
             if not samples:
@@ -127,18 +144,27 @@ class Int8Runner:
         )
         self._accept_or_refuse(call_signature, compiled, meta, f"{label}: {cost}")
 
-    def _from_cache(self, call_signature: str, sample: Sample) -> Callable[..., Any] | None:
+    def _from_cache(self, call_signature: str, sample: Sample) -> Any:
+        """The output of ``sample`` computed by the cached program, now compiled, or None without one."""
+        entry = self._key(call_signature)
+        started = time.perf_counter()
         try:
-            found = cache.load(self.root, self._key(call_signature))
+            found = cache.load(self.root, entry)
         except Exception as error:  # a corrupt or foreign entry: rebuild from this call
             warnings.warn(f"sdopt static_int8: ignoring an unreadable cache entry ({error})", stacklevel=3)
             return None
         if found is None:
             return None
-        started = time.perf_counter()
         program, meta = found
         loaded = time.perf_counter()
-        compiled, _ = self._compile(program, sample)
+        try:
+            with torch.no_grad():
+                compiled, output = self._compile(program, sample)
+        except Exception as error:  # never an error at call time: this signature stays float32
+            self._refuse(
+                call_signature, f"the cached int8 program failed ({type(error).__name__}: {_first_line(error)})"
+            )
+            return None
         self.cache_hits += 1
         done = time.perf_counter()
         cold = meta.get("build_s", 0) + meta.get("compile_s", 0)
@@ -147,7 +173,7 @@ class Int8Runner:
             f"{done - loaded:.0f} s; built cold in {cold:.0f} s)"
         )
         self._accept_or_refuse(call_signature, compiled, meta, f"{_label(sample)}: {cost}")
-        return self.compiled.get(call_signature)
+        return output if call_signature in self.compiled else None
 
     def _compile(self, program: Any, sample: Sample) -> tuple[Callable[..., Any], Any]:
         compiled = compile_frozen(program)

@@ -185,8 +185,8 @@ def random_lora(unet: torch.nn.Module, *, rank: int = RANK, seed: int = 0, scale
     Example:
         >>> from sdopt.testing import tiny_pipeline
         >>> state = random_lora(tiny_pipeline("sd").unet, rank=4)
-        >>> sorted(state)[0]
-        'unet.down_blocks.0.attentions.0.proj_in.lora_A.weight'
+        >>> tuple(state["unet.down_blocks.0.resnets.0.conv1.lora_A.weight"].shape)
+        (4, 8, 3, 3)
     """
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Any] = {}

@@ -9,12 +9,14 @@ from typing import Any
 from sdopt.capabilities import OPTIONAL_PACKAGES, Capabilities, CudaDevice, detect
 
 _X86_AVX2 = ("avx2", "fma", "f16c")
+_X86_VNNI = (*_X86_AVX2, "avx512f", "avx512_bf16", "avx512_vnni")
 _X86_AMX = (*_X86_AVX2, "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
 # name: (device, cpu model, cpu flags, ram GB, GPU (name, capability, VRAM GB) or None, GPU in the torch build)
 _PROFILES: dict[str, tuple[str, str, tuple[str, ...], float, tuple[str, tuple[int, int], float] | None, bool]] = {
     "cpu-avx2": ("cpu", "AMD Ryzen 7 3700X (AVX2, no bf16 units)", _X86_AVX2, 32, None, True),
     "cpu-amx": ("cpu", "Intel Xeon (Sapphire Rapids, AMX)", _X86_AMX, 64, None, True),
+    "cpu-vnni": ("cpu", "Intel Xeon (AVX-512 VNNI and BF16, AMX not exposed)", _X86_VNNI, 32, None, True),
     "apple-m2-16gb": ("mps", "Apple M2", ("asimd", "neon", "asimdhp", "bf16", "i8mm"), 16, None, True),
     "t4-16gb": ("cuda", "Intel Xeon", _X86_AVX2, 32, ("Tesla T4", (7, 5), 15.6), True),
     "gtx1060-6gb": ("cuda", "Intel Core i7", _X86_AVX2, 16, ("NVIDIA GeForce GTX 1060 6GB", (6, 1), 6.0), True),

@@ -250,3 +250,22 @@ def test_the_cache_key_follows_weights_signature_and_float_layers() -> None:
     assert cache.key(weights, other_shape, ("conv_in",)) != base
     assert cache.key(weights, signature, ()) != base
     assert cache.signature(args, {"return_dict": True}) != signature
+
+
+def test_tiers_plan_it_for_real_size_unets_on_cpus_without_amx_only() -> None:
+    from sdopt.anatomy import inspect_pipeline
+    from sdopt.requirements import Requirements
+    from sdopt.tiers import resolve_tier
+
+    (entry,) = [entry for entry in resolve_tier("balanced@3").entries if entry.name == "static_int8"]
+    anatomy = inspect_pipeline(tiny_pipeline("sd"))
+    vnni = fake_capabilities("cpu-vnni", packages={"torchao": True})
+    assert "only for denoisers of at least 300M parameters" in entry.when.unmet(anatomy, vnni)
+    small_enough = Requirements(devices=("cpu",), cpu_amx=False, denoiser_kinds=("unet",), min_denoiser_mparams=0.01)
+    assert small_enough.unmet(anatomy, vnni) is None
+    assert small_enough.unmet(anatomy, VNNI) == "only on CPUs without AMX"
+    assert "unet denoisers only" in small_enough.unmet(inspect_pipeline(tiny_pipeline("flux")), vnni)
+    # On the tiny pipeline the tier leaves it out (with the reason) and keeps half_precision's plan.
+    result = plan(tiny_pipeline("sd"), tier="balanced@3", caps=vnni)
+    assert "static_int8" not in [step.name for step in result.steps]
+    assert any(d.name == "static_int8" and "300M" in d.reason for d in result.skipped)
