@@ -11,6 +11,7 @@ and the pipeline is re-planned without it. If the untouched pipeline cannot make
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,23 @@ def verification_kwargs(pipe: Any) -> dict[str, Any]:
     return kwargs
 
 
+_verifying = contextvars.ContextVar("sdopt_verifying", default=False)
+
+
+def verifying() -> bool:
+    """Whether the current call is sdopt's own verification call (call-time optimizations that learn
+    from calls, like static int8's calibration, leave it alone)."""
+    return _verifying.get()
+
+
 def run_verification(pipe: Any) -> None:
     """Make the minimal call; raises what the pipeline raises."""
-    with torch.inference_mode():
-        pipe(**verification_kwargs(pipe))
+    token = _verifying.set(True)
+    try:
+        with torch.inference_mode():
+            pipe(**verification_kwargs(pipe))
+    finally:
+        _verifying.reset(token)
 
 
 def _small_size(anatomy: Anatomy) -> int | None:

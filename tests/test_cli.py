@@ -10,7 +10,7 @@ from sdopt.cli import main
 def test_tiers_lists_every_tier(capsys) -> None:
     assert main(["tiers"]) == 0
     out = capsys.readouterr().out
-    for tier in ("conservative@1", "balanced@1", "balanced@3 (default)", "fast@3", "ultra@3", "low-memory@3"):
+    for tier in ("conservative@1", "balanced@1", "balanced@2 (default)", "fast@3", "ultra@3", "low-memory@3"):
         assert tier in out
 
 
@@ -63,4 +63,4 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
 
 def test_tiers_markdown(capsys) -> None:
     assert main(["tiers", "--markdown"]) == 0
-    assert "### `balanced@3` (the default)" in capsys.readouterr().out
+    assert "### `balanced@2` (the default)" in capsys.readouterr().out

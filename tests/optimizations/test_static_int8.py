@@ -257,7 +257,7 @@ def test_tiers_plan_it_for_real_size_unets_on_cpus_without_amx_only() -> None:
     from sdopt.requirements import Requirements
     from sdopt.tiers import resolve_tier
 
-    (entry,) = [entry for entry in resolve_tier("balanced@3").entries if entry.name == "static_int8"]
+    (entry,) = [entry for entry in resolve_tier("fast@3").entries if entry.name == "static_int8"]
     anatomy = inspect_pipeline(tiny_pipeline("sd"))
     vnni = fake_capabilities("cpu-vnni", packages={"torchao": True})
     assert "only for denoisers of at least 300M parameters" in entry.when.unmet(anatomy, vnni)
@@ -266,6 +266,20 @@ def test_tiers_plan_it_for_real_size_unets_on_cpus_without_amx_only() -> None:
     assert small_enough.unmet(anatomy, VNNI) == "only on CPUs without AMX"
     assert "unet denoisers only" in small_enough.unmet(inspect_pipeline(tiny_pipeline("flux")), vnni)
     # On the tiny pipeline the tier leaves it out (with the reason) and keeps half_precision's plan.
-    result = plan(tiny_pipeline("sd"), tier="balanced@3", caps=vnni)
+    result = plan(tiny_pipeline("sd"), tier="fast@3", caps=vnni)
     assert "static_int8" not in [step.name for step in result.steps]
     assert any(d.name == "static_int8" and "300M" in d.reason for d in result.skipped)
+
+
+def test_sdopts_own_verification_call_neither_calibrates_nor_builds(monkeypatch, tmp_path) -> None:
+    _fake_build(monkeypatch, lowered=5, snr_ok=True)
+    pipe = tiny_pipeline("sd")
+    extra = [{"name": "static_int8", "cache_dir": str(tmp_path)}]
+    report = optimize(pipe, tier=None, extra=extra, caps=VNNI, verify=True)
+    runner = pipe.unet.__dict__["forward"]
+    assert runner.builds == 0 and not runner.recording and not runner.events
+    _image(pipe)  # the caller's first call calibrates and builds
+    assert runner.builds == 1 and runner.int8_calls == 0
+    _image(pipe)
+    assert runner.int8_calls == 4
+    report.undo()
