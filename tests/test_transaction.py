@@ -96,7 +96,7 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     fp16_fix = tmp_path_factory.mktemp("vae-fp16-fix")
     tiny_pipeline("sdxl").vae.save_pretrained(fp16_fix)
     lora = tmp_path_factory.mktemp("lora")
-    save_file(random_lora(tiny_pipeline("sd").unet, scale=0.05), str(lora / "pytorch_lora_weights.safetensors"))
+    save_file(random_lora(tiny_pipeline("sd").unet, rank=4, scale=0.05), str(lora / "pytorch_lora_weights.safetensors"))
     return {"<taesd>": str(taesd), "<fp16-fix>": str(fp16_fix), "<lora>": str(lora)}
 
 
