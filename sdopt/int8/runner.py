@@ -109,7 +109,7 @@ class Int8Runner:
         if not self.events:
             return (
                 "waiting for the first call: it runs float32, records the denoiser's inputs and then builds int8 "
-                "(minutes cold; seconds-to-a-minute with the on-disk cache)"
+                "(minutes; the on-disk cache spares a new process the export, calibration and C++ compiles)"
             )
         return "; ".join(self.events)
 
