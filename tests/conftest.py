@@ -11,10 +11,18 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sdopt import detect  # noqa: E402
 from sdopt.testing import FAMILIES, fake_capabilities, run_pipeline, tiny_pipeline  # noqa: E402
 
 # Two threads on a busy 2-core machine can be 10-100x slower than one.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_detected_once() -> None:
+    """Each test process detects this machine before its first test (as a serial run would early
+    on): detect() is cached per process, and a test that patches its probes must not be the first."""
+    detect()
 
 
 @pytest.fixture(params=FAMILIES)

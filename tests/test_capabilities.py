@@ -164,12 +164,13 @@ def test_a_borderline_bf16_timing_is_taken_again_in_later_processes(monkeypatch,
 
 
 def test_package_probes_are_keyed_by_the_gpu_and_driver(monkeypatch, tmp_path) -> None:
+    # Built first: fake_capabilities runs detect() once per process, which would probe too.
+    t4 = fake_capabilities("t4-16gb").cuda
+    h100 = fake_capabilities("h100-80gb").cuda
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(capabilities, "_dist_version", lambda name: {"xformers": "9.9", "torch": "2.13"}.get(name))
     calls = []
     monkeypatch.setattr(capabilities, "probe_package", lambda name, device: calls.append(name) or (True, ""))
-    t4 = fake_capabilities("t4-16gb").cuda
-    h100 = fake_capabilities("h100-80gb").cuda
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", h100)
