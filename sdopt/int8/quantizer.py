@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -83,22 +82,16 @@ def compile_frozen(program: Any) -> Callable[..., Any]:
 def compiling(cache_dir: str) -> Iterator[None]:
     """Inductor's settings for the first (compiling) call: frozen weights, its on-disk caches in ``cache_dir``.
 
-    The environment variable is inductor's way to move its cache; it is set for this block only.
+    A cache dir the user chose (``TORCHINDUCTOR_CACHE_DIR``) is left alone.
     """
     import torch._inductor.config as inductor_config
 
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
-    try:
-        with inductor_config.patch(freezing=True), warnings.catch_warnings():
-            # inductor's int8 lowering builds zero points with torch.tensor(tensor): noise, not a user problem
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    from sdopt.optimizations._inductor import inductor_cache_dir
+
+    with inductor_cache_dir(cache_dir), inductor_config.patch(freezing=True), warnings.catch_warnings():
+        # inductor's int8 lowering builds zero points with torch.tensor(tensor): noise, not a user problem
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+        yield
 
 
 def int8_lowerings() -> int:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +11,7 @@ from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
+from sdopt.optimizations._inductor import inductor_cache_dir
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.registry import register
 
@@ -145,31 +144,4 @@ class _InductorCacheDir(CallLayer):
         self.path = path
 
     def around(self, pipe: Any) -> AbstractContextManager[Any]:
-        return _inductor_cache_dir(self.path)
-
-
-@contextlib.contextmanager
-def _inductor_cache_dir(path: str) -> Iterator[None]:
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not _cache_dir_is_ours_to_set():
-        yield
-        return
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-
-
-def _cache_dir_is_ours_to_set() -> bool:
-    """True unless the user chose an inductor cache dir (inductor writes its default into the
-    environment on first use, so that value does not count as a choice)."""
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None:
-        return True
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(current) == os.path.abspath(default_cache_dir())
+        return inductor_cache_dir(self.path)
