@@ -31,6 +31,10 @@ _CHECKED = 3
 # More distinct input signatures in one pipeline call than this: the denoiser's inputs change shape
 # or baked-in values at every step (a Python-number timestep), and int8 programs would never be reused.
 _MAX_SIGNATURES_PER_CALL = 3
+# Free RAM a build needs, in multiples of the denoiser's bytes: export, calibration and inductor's
+# freezing hold transient copies. An estimate (no measured peak yet): a bench building SD1.5's
+# program beside three other pipelines and an OpenVINO worker was OOM-killed on a 24 GB VM.
+_BUILD_MEMORY_FACTOR = 2.0
 
 
 class Int8Runner:
@@ -116,6 +120,16 @@ class Int8Runner:
     # ---- building and loading
 
     def _build(self, call_signature: str, samples: list[tuple[Sample, Any]]) -> None:
+        from sdopt.capabilities import _ram_gb
+
+        needed = _BUILD_MEMORY_FACTOR * sum(t.numel() * t.element_size() for t in self.module.parameters()) / 2**30
+        available = _ram_gb()[1]
+        if available and available < needed:
+            self._refuse(
+                call_signature,
+                f"not enough free memory to build int8 (about {needed:.1f} GB needed, {available:.1f} GB free)",
+            )
+            return
         started = time.perf_counter()
         calibration = [sample for sample, _ in _spread(samples, self.calibration_calls)]
         with self._plain_forward():

@@ -293,3 +293,18 @@ def test_sdopts_own_verification_call_neither_calibrates_nor_builds(monkeypatch,
     _image(pipe)
     assert runner.int8_calls == 4
     report.undo()
+
+
+def test_too_little_free_memory_for_a_build_keeps_float32(monkeypatch, tmp_path) -> None:
+    import sdopt.capabilities
+
+    _fake_build(monkeypatch, lowered=5, snr_ok=True)
+    monkeypatch.setattr(sdopt.capabilities, "_ram_gb", lambda: (24.0, 0.000001))
+    pipe = tiny_pipeline("sd")
+    reference = _image(pipe)
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    with pytest.warns(UserWarning, match="not enough free memory to build int8"):
+        _image(pipe)
+    np.testing.assert_array_equal(_image(pipe), reference)
+    assert pipe.unet.__dict__["forward"].builds == 0
+    report.undo()
