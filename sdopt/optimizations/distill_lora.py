@@ -13,9 +13,10 @@ import torch
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations._call_wrapper import CallLayer, call_layers, call_parameters, wrap_call
+from sdopt.optimizations._call_wrapper import call_layers, call_parameters, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
 from sdopt.optimizations.scheduler import rebuild
+from sdopt.optimizations.step_budget import StepCount
 from sdopt.originals import keep
 from sdopt.registry import register
 from sdopt.requirements import Requirements
@@ -101,7 +102,7 @@ class DistillLora(Optimization):
             return f"the model is already step-distilled ({anatomy.distillation})"
         if not hasattr(anatomy.pipeline, "load_lora_weights"):
             return f"{anatomy.pipeline_class} cannot load LoRA weights"
-        if not caps.package_usable("peft") and not _peft_importable():
+        if not _peft_importable():  # not among the probed packages: loading LoRA needs no device kernels
             return "loading LoRA weights needs peft (not installed); pip install sdopt[lora]"
         if self.name in call_layers(anatomy.pipeline):
             return "already active (a previous optimize() fused a distillation LoRA)"
@@ -165,14 +166,15 @@ class DistillLora(Optimization):
         return undo
 
 
-class _DistilledCall(CallLayer):
+class _DistilledCall(StepCount):
+    """step_budget's capped step count, and classifier-free guidance set to ``guidance_scale``."""
+
     def __init__(self, name: str, steps: int, guidance_scale: float) -> None:
-        super().__init__(name)
-        self.steps, self.guidance_scale = steps, guidance_scale
+        super().__init__(name, steps, cap=True)
+        self.guidance_scale = guidance_scale
 
     def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        asked = kwargs.get("num_inference_steps")
-        kwargs["num_inference_steps"] = self.steps if asked is None else min(asked, self.steps)
+        kwargs = super().adjust(pipe, kwargs)
         if "guidance_scale" in call_parameters(pipe):
             kwargs["guidance_scale"] = self.guidance_scale
         return kwargs

@@ -72,10 +72,12 @@ class StepBudget(Optimization):
         return f"num_inference_steps defaults to {config.steps} instead of {default} (an explicit value is respected)"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        return wrap_call(pipe, _Steps(self.name, config.steps, config.cap))
+        return wrap_call(pipe, StepCount(self.name, config.steps, config.cap))
 
 
-class _Steps(CallLayer):
+class StepCount(CallLayer):
+    """``num_inference_steps`` defaults to ``steps``; with ``cap``, a larger explicit value is lowered to it."""
+
     def __init__(self, name: str, steps: int, cap: bool) -> None:
         super().__init__(name)
         self.steps, self.cap = steps, cap

@@ -190,6 +190,14 @@ def test_undo_removes_the_runner_and_restores_float32_exactly(built) -> None:
     np.testing.assert_array_equal(_image(pipe), reference)
 
 
+def _optimized_tiny(cache_dir: Path):
+    """The tiny SD pipeline, its float32 image, and the report of static_int8 applied to it."""
+    pipe = tiny_pipeline("sd")
+    reference = _image(pipe)
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(cache_dir)}], caps=VNNI)
+    return pipe, reference, report
+
+
 def _fake_build(monkeypatch, lowered: int, snr_ok: bool) -> None:
     """Stand-ins for quantize and compile (the "program" is the float module itself, perturbed when
     ``snr_ok`` is False), so the runner's decisions are tested without a compile."""
@@ -214,9 +222,7 @@ def _fake_build(monkeypatch, lowered: int, snr_ok: bool) -> None:
 @pytest.mark.parametrize(("lowered", "snr_ok", "why"), [(0, True, "lowered no int8"), (5, False, "refused")])
 def test_no_int8_kernels_or_fidelity_below_the_floor_keeps_float32(monkeypatch, tmp_path, lowered, snr_ok, why) -> None:
     _fake_build(monkeypatch, lowered, snr_ok)
-    pipe = tiny_pipeline("sd")
-    reference = _image(pipe)
-    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    pipe, reference, report = _optimized_tiny(tmp_path)
     with pytest.warns(UserWarning, match="that shape runs float32"):
         _image(pipe)
     np.testing.assert_array_equal(_image(pipe), reference)
@@ -235,9 +241,7 @@ def test_a_failing_build_never_fails_the_call(monkeypatch, tmp_path) -> None:
         raise RuntimeError("export failed on data-dependent control flow")
 
     monkeypatch.setattr(runner_module, "quantize", broken)
-    pipe = tiny_pipeline("sd")
-    reference = _image(pipe)
-    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    pipe, reference, report = _optimized_tiny(tmp_path)
     with pytest.warns(UserWarning, match="data-dependent"):
         first = _image(pipe)
     np.testing.assert_array_equal(first, reference)
@@ -300,9 +304,7 @@ def test_too_little_free_memory_for_a_build_keeps_float32(monkeypatch, tmp_path)
 
     _fake_build(monkeypatch, lowered=5, snr_ok=True)
     monkeypatch.setattr(sdopt.capabilities, "_ram_gb", lambda: (24.0, 0.000001))
-    pipe = tiny_pipeline("sd")
-    reference = _image(pipe)
-    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(tmp_path)}], caps=VNNI)
+    pipe, reference, report = _optimized_tiny(tmp_path)
     with pytest.warns(UserWarning, match="not enough free memory to build int8"):
         _image(pipe)
     np.testing.assert_array_equal(_image(pipe), reference)
