@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sdopt.registry import list_optimizations
     from sdopt.report import Decision, Report
     from sdopt.tiers import list_tiers
+    from sdopt.tuning import tune
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "Decision": "sdopt.report",
     "Report": "sdopt.report",
     "list_tiers": "sdopt.tiers",
+    "tune": "sdopt.tuning",
 }
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "load",
     "optimize",
     "plan",
+    "tune",
 ]
 
 

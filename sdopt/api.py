@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sdopt.anatomy import inspect_pipeline
@@ -15,8 +15,8 @@ from sdopt.optimizations.base import Undo
 from sdopt.originals import Originals, active
 from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
-from sdopt.report import Decision, Report, run_undo_stack
-from sdopt.tiers import DEFAULT_TIER
+from sdopt.report import Decision, Report, run_undo_stack, with_tuning
+from sdopt.tiers import AUTO, DEFAULT_TIER
 from sdopt.transaction import Restore, record
 from sdopt.verification import run_verification
 
@@ -30,11 +30,13 @@ def plan(
     extra: Iterable[ExtraItem] = (),
     caps: Capabilities | None = None,
     memory_budget: float | str | None = None,
+    quality: str = "balanced",
 ) -> Plan:
     """Decide what :func:`optimize` would do, without changing ``pipe``.
 
     ``memory_budget`` (GB, or "6GB"/"512MB") caps the device memory the plan may use, for a service
-    that shares its GPU; without it the plan uses what the device has free.
+    that shares its GPU; without it the plan uses what the device has free. ``tier="auto"`` cannot
+    be decided without measuring: its plan is the ``quality`` tier's, the candidates it would time.
 
     Example:
         >>> from sdopt import plan
@@ -43,9 +45,16 @@ def plan(
         >>> {d.name: d.reason.split(" (")[0] for d in p.skipped}["attention_slicing"]
         'for unet denoisers only'
     """
+    measured = isinstance(tier, str) and tier.partition("@")[0] == AUTO
     with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
         exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
-        return _plan(pipe, tier, preset, exclude, extra, caps, failed={}, memory_budget=memory_budget)
+        result = _plan(pipe, quality if measured else tier, preset, exclude, extra, caps, {}, memory_budget)
+    if measured:
+        result.notes += (
+            f"auto: these are {result.source}'s candidates; optimize(tier='auto') times each on this pipeline "
+            "and keeps those that help (see sdopt.tune)",
+        )
+    return result
 
 
 def optimize(
@@ -61,13 +70,19 @@ def optimize(
     undoable: bool = True,
     verify: bool = False,
     memory_budget: float | str | None = None,
+    quality: str = "balanced",
+    call: Mapping[str, Any] | None = None,
+    budget_s: float | None = None,
 ) -> Report:
     """Optimize ``pipe`` in place for this machine and return what was done.
 
     Args:
         pipe: any diffusers ``DiffusionPipeline``.
         tier: "conservative", "balanced" (default), "fast", "ultra", "low-memory", optionally
-            pinned ("balanced@1"); ``None`` applies only ``extra``.
+            pinned ("balanced@1"); "auto" measures the ``quality`` tier's steps on this pipeline
+            and keeps those that help (:func:`sdopt.tune`; the result is cached on disk, so a later
+            "auto" for the same machine, pipeline and call shape measures nothing); ``None``
+            applies only ``extra``.
         preset: a :class:`Preset` to replay instead of a tier.
         exclude: optimization names never to apply (they are reported as skipped).
         extra: more optimizations to apply: names, ``{"name": ..., **options}`` or config
@@ -81,6 +96,11 @@ def optimize(
             kept while ``optimize`` runs (so a failure rolls back), then released.
         memory_budget: the most device memory the plan may use (GB, or "6GB"/"512MB"), e.g. for a
             service given 6 GB of a 24 GB GPU; offloads, slicing and tiling follow from it.
+        quality: with ``tier="auto"``: the tier whose steps are the candidates, and whose fidelity
+            floor they must keep.
+        call: with ``tier="auto"``: the app's call shape (``height``, ``width``, ``steps``,
+            ``guidance``, ``batch``), defaulting to the pipeline's own defaults.
+        budget_s: with ``tier="auto"``: the most seconds measuring may take.
         verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
             if it fails, the step that breaks it is found, rolled back and reported failed with the
             error, and the others are kept (see :mod:`sdopt.verification`).
@@ -100,6 +120,28 @@ def optimize(
         >>> report.undo()
     """
     exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
+    if isinstance(tier, str) and tier.partition("@")[0] == AUTO:
+        from sdopt.tuning import tune
+
+        if preset is not None:
+            raise ValueError("pass either tier='auto' or preset=..., not both")
+        tuning = tune(
+            pipe, quality, call=call, budget_s=budget_s, caps=caps, exclude=exclude, memory_budget=memory_budget
+        )
+        report = optimize(
+            pipe,
+            tier=None,
+            preset=tuning.preset,
+            exclude=exclude,
+            extra=extra,
+            caps=caps,
+            strict=strict,
+            dry_run=dry_run,
+            undoable=undoable,
+            verify=verify,
+            memory_budget=memory_budget,
+        )
+        return with_tuning(report, tuning)
     failed: dict[str, Decision] = {}
     with offline() if dry_run else contextlib.nullcontext():
         current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sdopt.errors import UndoError
@@ -13,6 +13,7 @@ from sdopt.optimizations.base import Undo
 if TYPE_CHECKING:
     from sdopt.originals import Originals
     from sdopt.presets import Preset
+    from sdopt.tuning import Tuning
 
 STATUSES = ("applied", "skipped", "failed", "planned")
 
@@ -121,6 +122,8 @@ class Report:
     """The capabilities facts the decisions were made with (see :meth:`to_preset`)."""
     memory_budget_gb: float | None = None
     """The memory budget the plan was made under (recorded by :meth:`to_preset`)."""
+    tuning: Tuning | None = None
+    """With ``tier="auto"``: what was measured and decided (:class:`sdopt.tuning.Tuning`)."""
     _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
@@ -257,6 +260,7 @@ class Report:
             "undoable": self.undoable,
             "originals": self.originals,
             "after_calls": self.after_calls,
+            "tuning": self.tuning.to_dict() if self.tuning is not None else None,
             "warnings": list(self.warnings),
             "applied": [d.to_dict() for d in self.applied],
             "planned": [d.to_dict() for d in self.planned],
@@ -275,7 +279,39 @@ class Report:
         if self.applied and not self.dry_run:
             notes += f"\noriginals: {self.originals}"
         notes += "".join(f"\nafter calls, {name}: {text}" for name, text in self.after_calls.items())
+        if self.tuning is not None:
+            how = "from the tuning cache" if self.tuning.from_cache else f"measured in {self.tuning.seconds:.1f} s"
+            notes += f"\ntuned: {self.tuning.quality} at {self.tuning.shape}, {how}"
         return header + notes + "\n" + format_table(self.decisions)
+
+
+def with_tuning(report: Report, tuning: Tuning) -> Report:
+    """``report`` of applying ``tuning.preset``, told as the tuning's decisions: each applied step's
+    reason starts with its measurement, dropped candidates are skipped with theirs, and candidates the
+    quality tier could not use here keep the planner's reason."""
+    from sdopt import registry
+
+    report.source = f"auto:{tuning.quality}"
+    report.tuning = tuning
+    applied = []
+    for decision in report.applied:
+        trial = tuning.trial_for(decision.name)
+        reason = f"{trial.reason}; {decision.reason}" if trial is not None else decision.reason
+        applied.append(replace(decision, reason=reason, source=report.source))
+    report.applied = applied
+    decided = {d.name for d in (*report.applied, *report.failed, *report.skipped)}
+    for trial in (*tuning.fixed, *tuning.trials):
+        for name in trial.names:
+            if name in decided:
+                continue
+            optimization = registry.get(name)
+            config = optimization.config_to_dict(optimization.make_config({}))
+            report.skipped.append(
+                Decision(name, "skipped", trial.reason, config, optimization.kind, optimization.lossy, report.source)
+            )
+            decided.add(name)
+    report.skipped += [Decision(**data) for data in tuning.skipped if data["name"] not in decided]
+    return report
 
 
 def run_undo_stack(stack: list[tuple[str, Undo]]) -> None:

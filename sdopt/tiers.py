@@ -15,6 +15,8 @@ from sdopt.presets import Entry, Preset
 from sdopt.requirements import Requirements
 
 DEFAULT_TIER = "balanced"
+AUTO = "auto"
+"""Not a list of steps: the steps of a quality tier that measure faster here (see :mod:`sdopt.tuning`)."""
 
 _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
@@ -308,8 +310,14 @@ def resolve_tier(spec: str) -> Preset:
     if not isinstance(spec, str):
         raise TypeError(f"tier must be a string such as 'balanced' or 'balanced@1', got {spec!r}")
     name, _, version_text = spec.partition("@")
+    if name == AUTO:
+        raise UnknownTierError(
+            spec,
+            "tier 'auto' is measured on the pipeline, not a list of steps: use optimize(pipe, tier='auto'), "
+            "sdopt.tune(pipe) or `sdopt tune`; to see its candidates, plan the quality tier (e.g. 'balanced')",
+        )
     if name not in _TIERS:
-        raise UnknownTierError(spec, f"unknown tier {spec!r}; valid tiers: {', '.join(_TIERS)}")
+        raise UnknownTierError(spec, f"unknown tier {spec!r}; valid tiers: {', '.join([*_TIERS, AUTO])}")
     versions = _TIERS[name]
     if not version_text:
         return versions[max(versions)]

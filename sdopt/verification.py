@@ -52,9 +52,9 @@ def verification_kwargs(pipe: Any) -> dict[str, Any]:
         kwargs["num_frames"] = 9  # valid for 4k+1 (Wan, CogVideoX) and 8k+1 (LTX) frame counts
     for name in _IMAGE_INPUTS:
         if name in parameters:
-            kwargs[name] = _image(size or 64, mask=name == "mask_image")
+            kwargs[name] = placeholder_image(size or 64, mask=name == "mask_image")
     if "ip_adapter_image" in parameters and _has_ip_adapter(anatomy):
-        kwargs["ip_adapter_image"] = _image(size or 64)
+        kwargs["ip_adapter_image"] = placeholder_image(size or 64)
     return kwargs
 
 
@@ -90,13 +90,20 @@ def _has_ip_adapter(anatomy: Anatomy) -> bool:
     return denoiser is not None and getattr(denoiser, "encoder_hid_proj", None) is not None
 
 
-def _image(size: int, *, mask: bool = False) -> Any:
+def placeholder_image(height: int, width: int | None = None, *, mask: bool = False) -> Any:
+    """A made-up input image (a colour gradient) or mask (right half white) for calls sdopt makes itself.
+
+    Example:
+        >>> from sdopt.verification import placeholder_image
+        >>> placeholder_image(64, 32).size
+        (32, 64)
+    """
     from PIL import Image
 
+    width = width or height
     if mask:
-        pixels = np.zeros((size, size), dtype=np.uint8)
-        pixels[:, size // 2 :] = 255
+        pixels = np.zeros((height, width), dtype=np.uint8)
+        pixels[:, width // 2 :] = 255
         return Image.fromarray(pixels)
-    gradient = np.linspace(0, 255, size, dtype=np.uint8)
-    rows, columns = np.meshgrid(gradient, gradient)
+    rows, columns = np.meshgrid(np.linspace(0, 255, width, dtype=np.uint8), np.linspace(0, 255, height, dtype=np.uint8))
     return Image.fromarray(np.stack([rows, columns, 255 - rows], axis=-1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import shutil
 import sys
@@ -23,16 +22,15 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
+from sdopt.cache_dir import cache_root
+
 _PROGRAM = "program.pt2"
 _META = "meta.json"
 
 
 def default_root() -> Path:
     """``$SDOPT_CACHE_DIR/int8``, else ``$XDG_CACHE_HOME/sdopt/int8``, else ``~/.cache/sdopt/int8``."""
-    if os.environ.get("SDOPT_CACHE_DIR"):
-        return Path(os.environ["SDOPT_CACHE_DIR"]) / "int8"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sdopt" / "int8"
+    return cache_root("int8")
 
 
 def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -80,6 +80,8 @@ class Optimization:
         after / before: names this one must be applied after / before when both are planned.
         lossy: whether outputs change beyond numerical drift.
         effect: what it buys: "speed", "memory" or "speed+memory".
+        calibrates_on_first_call: whether its first pipeline call is a whole float call it learns
+            from (static int8's calibration): a tuning warms it up with a whole call, not a short one.
         budgeted: whether the memory budget decides it (offloads): planning then asks
             :meth:`check_budget` with the planned footprint, and it wins conflicts against steps
             that only buy speed.
@@ -97,6 +99,7 @@ class Optimization:
     lossy: ClassVar[bool] = False
     effect: ClassVar[str] = "speed"
     budgeted: ClassVar[bool] = False
+    calibrates_on_first_call: ClassVar[bool] = False
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         """Why this optimization would do nothing or cannot work here; ``None`` if it can. Pure."""

@@ -91,6 +91,7 @@ class StaticInt8(Optimization):
         "sequential_offload",
     )
     after = ("channels_last", "fuse_qkv", "sdpa", "attention_backend")
+    calibrates_on_first_call = True  # its first whole call, in float32, calibrates the int8 program
     lossy = True  # 36.9 dB after 4 steps on SD1.5 (benchmarks/RESULTS.md): more than numerical drift
     effect = "speed"
 

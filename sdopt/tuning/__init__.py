@@ -1,0 +1,226 @@
+"""``tier="auto"``: measure the quality tier's steps on this pipeline and machine, keep only what helps.
+
+The candidates are the steps the quality tier plans here (so every requirement, conflict and memory
+rule still applies). In the tier's order, each is timed against the best configuration so far, at
+the caller's call shape, in alternating blocks of short calls (:mod:`sdopt.tuning.measure`), until
+the difference is outside the measured noise; a faster one is kept if a whole image made with it
+stays within the quality's fidelity floor (PSNR against the untouched pipeline's image, same seed).
+Steps that only pay together (a declared companion) are timed together; steps the memory budget or
+this machine's memory calls for are kept untimed. The result is a frozen preset plus a record of
+every measurement, cached on disk (:mod:`sdopt.tuning.cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sdopt.presets import Entry, Preset
+from sdopt.tuning import cache as stored_tunings
+from sdopt.tuning.record import Trial, Tuning
+from sdopt.tuning.shape import CallShape
+
+__all__ = ["FIDELITY_FLOORS", "CallShape", "Trial", "Tuning", "clear_cache", "tune"]
+
+FIDELITY_FLOORS: dict[str, float | None] = {
+    "conservative": 45.0,
+    "balanced": 40.0,
+    "fast": 25.0,
+    "ultra": None,  # distillation and lower internal resolution change the image by design
+    "low-memory": 40.0,
+}
+"""PSNR (dB) a whole image must keep against the untouched pipeline's, per quality tier."""
+
+
+def tune(
+    pipe: Any,
+    quality: str | Preset = "balanced",
+    *,
+    call: Mapping[str, Any] | CallShape | None = None,
+    budget_s: float | None = None,
+    caps: Any = None,
+    exclude: Iterable[str] = (),
+    memory_budget: float | str | None = None,
+    min_psnr_db: float | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    clock: Callable[[], float] | None = None,
+) -> Tuning:
+    """Measure which of the ``quality`` tier's steps make ``pipe`` faster here, and freeze them.
+
+    The pipeline is left as it was (each configuration is applied for its measurement and undone;
+    an error or Ctrl-C in the middle undoes it too). ``call`` is the app's call shape (``height``,
+    ``width``, ``steps``, ``guidance``, ``batch``; missing ones are the pipeline's defaults);
+    ``budget_s`` bounds the measuring time (candidates not reached are dropped, said so);
+    ``min_psnr_db`` overrides the quality's fidelity floor (:data:`FIDELITY_FLOORS`). With ``cache``
+    a result measured before for the same machine, pipeline, call shape and quality is returned
+    without measuring. Apply the result with ``optimize(pipe, preset=tuning.preset)``, or let
+    ``optimize(pipe, tier="auto")`` do both.
+
+    Example:
+        >>> from sdopt import tune
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> tuning = tune(tiny_pipeline("sd"), "balanced", call={"steps": 2}, caps=fake_capabilities("cpu"),
+        ...               cache=False, progress=False)
+        >>> tuning.preset.based_on
+        'auto:balanced@2'
+        >>> all(trial.reason.startswith(("kept", "dropped")) for trial in tuning.trials)
+        True
+    """
+    from sdopt import __version__
+    from sdopt.api import plan as make_plan
+    from sdopt.capabilities import detect
+    from sdopt.tiers import resolve_tier
+    from sdopt.tuning import search
+    from sdopt.tuning.measure import full_output
+
+    clock = clock or search.now
+    started = clock()
+    caps = caps if caps is not None else detect()
+    base = quality if isinstance(quality, Preset) else resolve_tier(quality)
+    if base.name == "auto":
+        raise ValueError("quality must be a tier that lists steps (conservative, balanced, fast, ultra, low-memory)")
+    floor = min_psnr_db if min_psnr_db is not None else FIDELITY_FLOORS.get(base.name, 40.0)
+    shape = CallShape.of(pipe, call)
+    candidates = make_plan(pipe, tier=None, preset=base, exclude=exclude, caps=caps, memory_budget=memory_budget)
+    fixed, grouped = search.groups(candidates, base.names())
+    facts = {
+        "caps": caps.fingerprint,
+        "pipeline": stored_tunings.pipeline_signature(pipe),
+        "shape": shape.to_dict(),
+        "quality": base.label,
+        "candidates": [entry.to_dict() for entry in search.entries(candidates.steps)],
+        "min_psnr_db": floor,
+        "memory_budget": memory_budget,
+        "sdopt": __version__,
+    }
+    key = stored_tunings.key(facts)
+    root = stored_tunings.default_root()
+    if cache:
+        found = _stored(root, key)
+        if found is not None:
+            return found
+
+    settings = search.Settings(
+        shape=shape,
+        caps=caps,
+        memory_budget=memory_budget,
+        min_psnr_db=floor,
+        budget_s=budget_s,
+        clock=clock,
+        seed=seed,
+        started=started,
+    )
+    skipped = [decision.to_dict() for decision in candidates.skipped]
+    record = Tuning(
+        quality=base.label,
+        shape=shape,
+        preset=Preset("auto"),
+        skipped=skipped,
+        min_psnr_db=floor,
+        budget_s=budget_s,
+        key=key,
+    )
+    record.fixed = [
+        Trial((step.name,), True, "not timed: a memory step this plan needs here (planned for the memory available)")
+        for step in fixed
+    ]
+    best: list[Entry] = search.entries(fixed)
+    best_samples: list[Any] = []
+    bar = _progress_bar(pipe, len(grouped), enabled=progress)
+    try:
+        reference, record.baseline_s = full_output(pipe, shape.kwargs(pipe, seed), clock)
+        for group in grouped:
+            bar.set_postfix_str(f"{'+'.join(s.name for s in group)}{_left(settings)}")
+            try:
+                trial = search.try_group(pipe, best, group, settings, reference)
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # the configuration was undone on the way out; the others go on
+                trial = Trial(
+                    tuple(s.name for s in group), False, f"failed while measured: {type(error).__name__}: {error}"
+                )
+            record.trials.append(trial)
+            if trial.kept:
+                best = [*best, *search.entries(group)]
+            bar.update(1)
+        with contextlib.suppress(search.BudgetSpent):
+            best_samples = search.measure(pipe, best, settings, 1) if best else []
+    except KeyboardInterrupt:
+        record.interrupted = True
+    finally:
+        bar.close()
+    if best_samples:
+        record.best_call_s = best_samples[0].call_s
+    elif not best:
+        record.best_call_s = record.baseline_s
+    record.preset = _frozen(pipe, best, base, caps, memory_budget, candidates.memory_budget_gb, __version__)
+    record.seconds = clock() - started
+    complete = not record.interrupted and not any(t.why.startswith("not measured") for t in record.trials)
+    if cache and complete:
+        stored_tunings.store(root, key, record.to_dict())
+    return record
+
+
+def clear_cache() -> int:
+    """Forget every stored tuning (``sdopt tune --clear-cache``); returns how many were removed.
+
+    Example:
+        >>> from sdopt.tuning import clear_cache
+        >>> clear_cache() >= 0
+        True
+    """
+    return stored_tunings.clear()
+
+
+def _stored(root: Any, key: str) -> Tuning | None:
+    data = stored_tunings.load(root, key)
+    if data is None:
+        return None
+    try:
+        tuning = Tuning.from_dict(data)
+    except Exception:  # an entry from an older format or a damaged file: measured again
+        return None
+    return dataclasses.replace(tuning, from_cache=True)
+
+
+def _frozen(
+    pipe: Any,
+    best: list[Entry],
+    base: Preset,
+    caps: Any,
+    memory_budget: float | str | None,
+    budget_gb: float | None,
+    version: str,
+) -> Preset:
+    """The kept steps as a frozen preset in :meth:`Report.to_preset`'s format (resolved configs)."""
+    from sdopt.api import plan as make_plan
+
+    steps = make_plan(pipe, tier=None, preset=Preset("auto", tuple(best)), caps=caps, memory_budget=memory_budget)
+    frozen = tuple(Entry(s.name, s.optimization.config_to_dict(s.config)) for s in steps.steps)
+    return Preset(
+        "auto",
+        frozen,
+        description=f"measured by sdopt tune from {base.label} on {caps.device}",
+        sdopt_version=version,
+        based_on=f"auto:{base.label}",
+        fingerprint=caps.fingerprint,
+        made_on=caps.fingerprint_facts(),
+        memory_budget_gb=budget_gb,
+    )
+
+
+def _left(settings: Any) -> str:
+    left = settings.time_left()
+    return "" if left == float("inf") else f" ({max(left, 0):.0f} s of budget left)"
+
+
+def _progress_bar(pipe: Any, total: int, *, enabled: bool) -> Any:
+    """A tqdm bar over the candidates, off where the caller turned diffusers' bars off for this pipeline."""
+    from tqdm.auto import tqdm
+
+    disabled = not enabled or bool(getattr(pipe, "_progress_bar_config", {}).get("disable"))
+    return tqdm(total=total, desc="sdopt tune", unit="candidate", disable=disabled)

@@ -1,0 +1,222 @@
+"""Greedy forward selection: each candidate of the quality tier is timed against the best configuration
+so far and kept only when it is faster by more than the noise and faithful enough.
+
+The pipeline changes only inside :func:`_applied` (an ``optimize`` with the configuration as a preset,
+undone on the way out), so whatever happens during a measurement, an error or Ctrl-C, the pipeline
+leaves each measurement exactly as it entered it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdopt.capabilities import Capabilities
+from sdopt.planning import Plan, Step
+from sdopt.presets import Entry, Preset
+from sdopt.tuning.measure import Sample, full_output, timed_call
+from sdopt.tuning.record import Trial
+from sdopt.tuning.shape import CallShape
+
+MIN_GAIN = 0.02
+"""A candidate must make the call at least this much faster (2%), beyond the noise, to be kept."""
+
+
+@dataclass
+class Settings:
+    shape: CallShape
+    caps: Capabilities
+    memory_budget: float | str | None
+    min_psnr_db: float | None
+    budget_s: float | None
+    clock: Callable[[], float]
+    samples: int = 2
+    rounds: int = 3
+    real_calls: int = 3
+    seed: int = 0
+    started: float = field(default=0.0)
+
+    def time_left(self) -> float:
+        if self.budget_s is None:
+            return math.inf
+        return self.budget_s - (self.clock() - self.started)
+
+
+class BudgetSpent(Exception):
+    """The time budget ran out before a measurement could start."""
+
+
+def groups(plan: Plan, order: Sequence[str]) -> tuple[list[Step], list[list[Step]]]:
+    """The plan's steps split into those kept untimed (the memory budget's, memory-only steps) and the
+    timed candidate groups, in the tier's order; a step and the companions it needs form one group."""
+    fixed = [s for s in plan.steps if s.optimization.budgeted or s.optimization.effect == "memory"]
+    timed = [s for s in plan.steps if s not in fixed]
+    rank = {name: index for index, name in enumerate(order)}
+    timed.sort(key=lambda step: rank.get(step.name, len(rank)))
+    names = {step.name for step in timed}
+    together: dict[str, set[str]] = {step.name: {step.name} for step in timed}
+    for step in timed:
+        for companion in step.optimization.companions(plan.anatomy, plan.caps, step.config):
+            if companion in names:
+                merged = together[step.name] | together[companion]
+                for name in merged:
+                    together[name] = merged
+    result: list[list[Step]] = []
+    seen: set[str] = set()
+    for step in timed:
+        if step.name in seen:
+            continue
+        members = together[step.name]
+        seen |= members
+        result.append([s for s in timed if s.name in members])
+    return fixed, result
+
+
+def entries(steps: Sequence[Step]) -> list[Entry]:
+    return [Entry(step.name, step.optimization.config_to_dict(step.config)) for step in steps]
+
+
+@contextlib.contextmanager
+def _applied(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> Iterator[None]:
+    if not configuration:
+        yield
+        return
+    from sdopt.api import optimize
+
+    trial = Preset("auto-trial", tuple(configuration))
+    report = optimize(
+        pipe, tier=None, preset=trial, caps=settings.caps, strict=True, memory_budget=settings.memory_budget
+    )
+    try:
+        yield
+    finally:
+        report.undo()
+
+
+def _needs_full_warmup(configuration: Sequence[Entry]) -> bool:
+    from sdopt import registry
+
+    return any(registry.get(entry.name).calibrates_on_first_call for entry in configuration)
+
+
+def measure(pipe: Any, configuration: Sequence[Entry], settings: Settings, count: int) -> list[Sample]:
+    """Apply ``configuration``, warm it up with one call, take ``count`` timed samples, undo."""
+    if settings.time_left() <= 0:
+        raise BudgetSpent
+    kwargs = settings.shape.kwargs(pipe, settings.seed)
+    with _applied(pipe, configuration, settings):
+        if _needs_full_warmup(configuration):  # e.g. static int8 calibrates on a whole first call
+            full_output(pipe, kwargs, settings.clock)
+        else:
+            timed_call(pipe, kwargs, settings.clock, settings.real_calls)
+        return [timed_call(pipe, kwargs, settings.clock, settings.real_calls) for _ in range(count)]
+
+
+def fidelity(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> Any:
+    """The uint8 output of one whole call with ``configuration`` applied (after a warm-up call when
+    a step calibrates on its first call)."""
+    kwargs = settings.shape.kwargs(pipe, settings.seed)
+    with _applied(pipe, configuration, settings):
+        if _needs_full_warmup(configuration):
+            full_output(pipe, kwargs, settings.clock)
+        image, _ = full_output(pipe, settings.shape.kwargs(pipe, settings.seed), settings.clock)
+    return image
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ratio: float
+    spread: float
+    denoiser_ratio: float | None
+    samples: int
+    decided: bool
+
+    @property
+    def faster(self) -> bool:
+        return self.ratio - self.spread > 1 and self.ratio > 1 + MIN_GAIN
+
+    def describe(self) -> str:
+        text = f"call {self.ratio:.2f}x (+-{self.spread:.2f})"
+        if self.denoiser_ratio is not None:
+            text += f", denoiser call {self.denoiser_ratio:.2f}x"
+        return text
+
+
+def compare(best: list[Sample], candidate: list[Sample]) -> Comparison:
+    ratio = statistics.median(s.call_s for s in best) / statistics.median(s.call_s for s in candidate)
+    spread = ratio * (_half_range([s.call_s for s in best]) + _half_range([s.call_s for s in candidate]))
+    calls_b = [s.denoiser_s for s in best if s.denoiser_s > 0]
+    calls_c = [s.denoiser_s for s in candidate if s.denoiser_s > 0]
+    denoiser = statistics.median(calls_b) / statistics.median(calls_c) if calls_b and calls_c else None
+    enough = min(len(best), len(candidate)) >= 2
+    decided = enough and (abs(ratio - 1) > spread or (spread < MIN_GAIN and abs(ratio - 1) < MIN_GAIN))
+    return Comparison(ratio, spread, denoiser, len(candidate), decided)
+
+
+def _half_range(values: list[float]) -> float:
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / 2 / middle if middle > 0 else 0.0
+
+
+def try_group(
+    pipe: Any,
+    best: list[Entry],
+    group: list[Step],
+    settings: Settings,
+    reference: Any,
+) -> Trial:
+    """Time ``best + group`` against ``best`` in alternating blocks until the difference is outside the
+    noise (or the rounds or the budget run out), then check the fidelity of a faster one."""
+    from sdopt.bench import psnr
+
+    names = tuple(step.name for step in group)
+    candidate = [*best, *entries(group)]
+    best_samples: list[Sample] = []
+    samples: list[Sample] = []
+    comparison: Comparison | None = None
+    try:
+        for _ in range(settings.rounds):
+            best_samples += measure(pipe, best, settings, settings.samples)
+            samples += measure(pipe, candidate, settings, settings.samples)
+            comparison = compare(best_samples, samples)
+            if comparison.decided:
+                break
+    except BudgetSpent:
+        if comparison is None:
+            return Trial(names, False, f"not measured: the time budget of {settings.budget_s:g} s was spent")
+    assert comparison is not None
+    if not comparison.faster:
+        verdict = "slower here" if comparison.ratio < 1 else "not faster beyond the noise"
+        return _trial(names, False, f"{comparison.describe()}, {verdict}", comparison)
+    if settings.min_psnr_db is None:
+        return _trial(names, True, f"{comparison.describe()}; no fidelity floor for this quality", comparison)
+    value = psnr(reference, fidelity(pipe, candidate, settings))
+    shown = "identical" if value == math.inf else f"{value:.1f} dB"
+    if value < settings.min_psnr_db:
+        floor = f"under the floor of {settings.min_psnr_db:g} dB"
+        return _trial(
+            names, False, f"{comparison.describe()} but {shown} vs the untouched pipeline, {floor}", comparison, value
+        )
+    return _trial(names, True, f"{comparison.describe()}, {shown} vs the untouched pipeline", comparison, value)
+
+
+def _trial(names: tuple[str, ...], kept: bool, why: str, comparison: Comparison, psnr_db: float | None = None) -> Trial:
+    return Trial(
+        names,
+        kept,
+        why,
+        ratio=comparison.ratio,
+        spread=comparison.spread,
+        denoiser_ratio=comparison.denoiser_ratio,
+        psnr_db=psnr_db,
+        samples=comparison.samples,
+    )
+
+
+def now() -> float:
+    return time.perf_counter()
