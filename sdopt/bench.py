@@ -26,6 +26,7 @@ import torch
 
 from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.optimizations._pretrained import stand_ins
+from sdopt.tiers import AUTO, DEFAULT_TIER
 
 BASELINE = "baseline"
 DEFAULT_PROMPTS = (
@@ -87,6 +88,8 @@ class TierResult:
     device_peak_gb: float | None = None
     """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
     speedup: float | None = None
+    tuning_s: float | None = None
+    """``auto`` tiers: the seconds spent measuring (0 when the tuning came from the cache), not in optimize_s."""
     psnr_db: float | None = None
     max_abs_diff: int | None = None
     applied: list[str] = field(default_factory=list)
@@ -132,6 +135,7 @@ class BenchResult:
                     "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
                     "-" if t.max_abs_diff is None else str(t.max_abs_diff),
                     seconds(t.optimize_s),
+                    seconds(t.tuning_s),
                     ", ".join(t.applied) or "-",
                 )
             )
@@ -149,6 +153,7 @@ class BenchResult:
         "PSNR dB",
         "max diff",
         "optimize s",
+        "tune s",
         "applied",
     )
 
@@ -256,7 +261,8 @@ def bench(
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
     path / hub id loaded with ``from_pretrained``. ``"baseline"`` is the pipeline as loaded.
     A tier may also be a preset file (``.toml``/``.json``, from ``sdopt freeze``), shown by its
-    file name. ``peers`` are other runtimes rendering the same prompts and seeds in the same
+    file name, or ``auto`` / ``auto:<quality>`` (tuned for this bench's call shape; the measuring
+    time is its own column, apart from the optimize time). ``peers`` are other runtimes rendering the same prompts and seeds in the same
     interleaved loop.
 
     Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
@@ -374,8 +380,12 @@ def _bench(
                 pipe.to("cuda")
             if tier != BASELINE:
                 started = clock()
-                report = optimize(pipe, **how[tier], **options)
+                measured = {"call": images.call_shape()} if how[tier]["tier"] == AUTO else {}
+                report = optimize(pipe, **how[tier], **measured, **options)
                 result.optimize_s = clock() - started
+                if report.tuning is not None:  # measuring is reported apart from applying
+                    result.tuning_s = report.tuning.seconds
+                    result.optimize_s -= report.tuning.seconds
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
                 return _pipeline_renderer(pipe, target, images, clock, report)
@@ -461,6 +471,10 @@ def _is_preset_file(tier: str) -> bool:
 
 
 def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str, Any]:
+    name, _, quality = tier.partition(":")
+    if name == AUTO:  # "auto" or "auto:fast": the quality tier's steps that measure faster here
+        resolve_tier(quality or DEFAULT_TIER)
+        return {"tier": AUTO, "quality": quality or DEFAULT_TIER}
     if _is_preset_file(tier):
         from sdopt.presets import Preset
 
@@ -496,6 +510,10 @@ class _Images:
 
     def prompt(self, index: int) -> str:
         return self.prompts[index % len(self.prompts)]
+
+    def call_shape(self) -> dict[str, Any]:
+        """What ``tier="auto"`` tunes for: the calls this bench makes."""
+        return {"height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance}
 
 
 def _pipeline_renderer(

@@ -1,4 +1,4 @@
-"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze, bench."""
+"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze, tune, bench."""
 
 from __future__ import annotations
 
@@ -62,6 +62,38 @@ def _parser() -> argparse.ArgumentParser:
     freeze.add_argument("-o", "--output", required=True, help="the preset file to write (.toml or .json)")
     freeze.set_defaults(handler=_freeze)
 
+    tune = commands.add_parser(
+        "tune",
+        help="measure which of a quality tier's steps make a pipeline faster here, and pin them (tier 'auto')",
+    )
+    source = tune.add_mutually_exclusive_group()
+    source.add_argument(
+        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
+    )
+    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    tune.add_argument(
+        "--quality",
+        default="balanced",
+        help="the tier whose steps are the candidates and whose fidelity floor they keep (default balanced)",
+    )
+    tune.add_argument("--height", type=int, help="the app's image height (default: the pipeline's)")
+    tune.add_argument("--width", type=int, help="the app's image width (default: the height)")
+    tune.add_argument("--steps", type=int, help="the app's step count (default: the pipeline's)")
+    tune.add_argument("--guidance", type=float, help="the app's guidance scale (default: the pipeline's)")
+    tune.add_argument("--batch", type=int, default=1, help="images per call")
+    tune.add_argument("--budget-s", type=float, help="the most seconds measuring may take")
+    tune.add_argument("--min-psnr-db", type=float, help="override the quality's fidelity floor")
+    tune.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
+    tune.add_argument("--device", help="tune for this device type instead of the detected one")
+    tune.add_argument("--threads", type=int, help="torch CPU threads")
+    tune.add_argument("--memory-budget", help="the most device memory the plan may use, e.g. 6GB")
+    tune.add_argument("--no-cache", action="store_true", help="measure again even if a stored tuning fits")
+    tune.add_argument("--clear-cache", action="store_true", help="forget every stored tuning and exit")
+    tune.add_argument("--name", help="the preset's name (default: the output file's stem)")
+    tune.add_argument("--json", dest="json_out", help="also write the tuning record (every measurement) as JSON")
+    tune.add_argument("-o", "--output", help="the preset file to write (.toml or .json)")
+    tune.set_defaults(handler=_tune)
+
     bench = commands.add_parser("bench", help="measure tiers side by side on this machine")
     source = bench.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -71,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--tiers",
         default="baseline,balanced",
-        help="comma-separated tiers or preset files (.toml/.json); 'baseline' = as loaded",
+        help="comma-separated tiers, preset files (.toml/.json) or auto[:quality]; 'baseline' = as loaded",
     )
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--height", type=int)
@@ -261,6 +293,61 @@ def _freeze(args: argparse.Namespace) -> int:
     print(report)
     print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
     print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}))")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import contextlib
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from sdopt.bench import _plans_offload
+    from sdopt.capabilities import detect
+    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.tiers import resolve_tier
+    from sdopt.tuning import clear_cache, tune
+
+    if args.clear_cache:
+        print(f"removed {clear_cache()} stored tuning(s)")
+        return 0
+    if not (args.arch or args.model) or not args.output:
+        raise ValueError("sdopt tune needs --arch or --model, and -o/--output (or --clear-cache alone)")
+    output = Path(args.output)
+    if output.suffix not in (".toml", ".json"):
+        raise ValueError(f"--output {output}: the preset file must end in .toml or .json")
+    resolve_tier(args.quality)
+    for name in _names(args.exclude):
+        registry.get(name)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    caps = detect(device=args.device) if args.device else detect()
+    call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": args.guidance}
+    call = {key: value for key, value in call.items() if value is not None}
+    # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.
+    with stand_ins() if args.arch else contextlib.nullcontext():
+        pipe = load_pipeline(args.arch or args.model, "cpu" if caps.device == "cuda" else caps.device)
+        if caps.device == "cuda" and not _plans_offload(pipe, {"tier": args.quality}, caps, args.memory_budget):
+            pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
+        tuning = tune(
+            pipe,
+            args.quality,
+            call={**call, "batch": args.batch},
+            budget_s=args.budget_s,
+            caps=caps,
+            exclude=_names(args.exclude),
+            memory_budget=args.memory_budget,
+            min_psnr_db=args.min_psnr_db,
+            cache=not args.no_cache,
+        )
+    print(tuning)
+    preset = dataclasses.replace(tuning.preset, name=args.name or output.stem)
+    preset.save(output)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(tuning.to_dict(), indent=2, default=str) + "\n")
+    print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
+    print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}), strict=True)")
     return 0
 
 

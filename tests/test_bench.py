@@ -232,3 +232,15 @@ def test_arch_benches_time_replacement_models_offline_with_their_published_archi
     result = bench("tiny-sd", [BASELINE, "fast"], steps=2, runs=1, warmup=0)  # bench --arch uses them
     assert "tiny_vae" in result.tiers[1].applied
     assert any("ran with random weights" in note for note in result.notes)
+
+
+def test_auto_is_benchmarked_with_its_tuning_time_apart(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    result = bench("tiny-sd", ["baseline", "auto:fast"], steps=2, runs=1, warmup=0)
+    auto = result.tiers[1]
+    assert auto.tier == "auto:fast" and auto.tuning_s is not None and auto.tuning_s > 0
+    assert auto.report["source"] == "auto:fast@3"
+    assert auto.report["tuning"]["shape"] == {"height": 64, "width": 64, "steps": 2, "guidance": 7.5, "batch": 1}
+    assert "tune s" in result.table()
+    again = bench("tiny-sd", ["auto:fast"], steps=2, runs=1, warmup=0)
+    assert again.tiers[0].report["tuning"]["from_cache"] and again.tiers[0].tuning_s < auto.tuning_s

@@ -64,3 +64,37 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
 def test_tiers_markdown(capsys) -> None:
     assert main(["tiers", "--markdown"]) == 0
     assert "### `balanced@2` (the default)" in capsys.readouterr().out
+
+
+def test_tune_writes_a_preset_and_the_record_then_hits_the_cache(tmp_path, capsys, monkeypatch) -> None:
+    from sdopt import Preset
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
+    output, record = tmp_path / "tuned.toml", tmp_path / "tuned.json"
+    argv = ["tune", "--arch", "tiny-sd", "--steps", "2", "--quality", "fast", "-o", str(output), "--json", str(record)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sdopt tune: fast@3 at 64x64, 2 steps" in out and f"wrote {output}" in out
+    preset = Preset.load(output)
+    tuning = json.loads(record.read_text())
+    assert preset.name == "tuned" and preset.based_on == "auto:fast@3" and preset.fingerprint
+    kept = [name for trial in tuning["trials"] if trial["kept"] for name in trial["names"]]
+    assert sorted(preset.names()) == sorted(kept)
+    assert all(trial["ratio"] is not None for trial in tuning["trials"])
+    assert main(argv) == 0
+    assert "(from the cache)" in capsys.readouterr().out
+    assert main(["tune", "--clear-cache"]) == 0
+    assert "removed 1 stored tuning(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tune", "--arch", "tiny-sd"], "needs --arch or --model, and -o/--output"),
+        (["tune", "--arch", "tiny-sd", "-o", "x.yaml"], "must end in .toml or .json"),
+        (["tune", "--arch", "tiny-sd", "--quality", "auto", "-o", "x.toml"], "measured on the pipeline"),
+    ],
+)
+def test_tune_errors(capsys, argv, message) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -9,12 +9,8 @@ import pkgutil
 import pytest
 
 import sdopt
-import sdopt.optimizations
 
-MODULES = sorted(
-    ["sdopt", *(f"sdopt.{m.name}" for m in pkgutil.iter_modules(sdopt.__path__))]
-    + [f"sdopt.optimizations.{m.name}" for m in pkgutil.iter_modules(sdopt.optimizations.__path__)]
-)
+MODULES = sorted(["sdopt", *(m.name for m in pkgutil.walk_packages(sdopt.__path__, "sdopt."))])
 
 
 @pytest.mark.parametrize("name", MODULES)

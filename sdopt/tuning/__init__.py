@@ -102,7 +102,7 @@ def tune(
     if cache:
         found = _stored(root, key)
         if found is not None:
-            return found
+            return dataclasses.replace(found, from_cache=True, seconds=clock() - started)
 
     settings = search.Settings(
         shape=shape,
@@ -169,9 +169,12 @@ def clear_cache() -> int:
     """Forget every stored tuning (``sdopt tune --clear-cache``); returns how many were removed.
 
     Example:
+        >>> import os, tempfile
         >>> from sdopt.tuning import clear_cache
-        >>> clear_cache() >= 0
-        True
+        >>> os.environ["SDOPT_CACHE_DIR"] = tempfile.mkdtemp()
+        >>> clear_cache()
+        0
+        >>> del os.environ["SDOPT_CACHE_DIR"]
     """
     return stored_tunings.clear()
 
@@ -181,10 +184,9 @@ def _stored(root: Any, key: str) -> Tuning | None:
     if data is None:
         return None
     try:
-        tuning = Tuning.from_dict(data)
+        return Tuning.from_dict(data)
     except Exception:  # an entry from an older format or a damaged file: measured again
         return None
-    return dataclasses.replace(tuning, from_cache=True)
 
 
 def _frozen(
