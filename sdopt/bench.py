@@ -262,8 +262,8 @@ def bench(
     path / hub id loaded with ``from_pretrained``. ``"baseline"`` is the pipeline as loaded.
     A tier may also be a preset file (``.toml``/``.json``, from ``sdopt freeze``), shown by its
     file name, or ``auto`` / ``auto:<quality>`` (tuned for this bench's call shape; the measuring
-    time is its own column, apart from the optimize time). ``peers`` are other runtimes rendering the same prompts and seeds in the same
-    interleaved loop.
+    time is its own column, apart from the optimize time). ``peers`` are other runtimes rendering
+    the same prompts and seeds in the same interleaved loop.
 
     Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
     docs/memory.md; ``undoable=False`` for ``--no-undo``), under ``memory_budget`` if given. On CPU
@@ -380,7 +380,7 @@ def _bench(
                 pipe.to("cuda")
             if tier != BASELINE:
                 started = clock()
-                measured = {"call": images.call_shape()} if how[tier]["tier"] == AUTO else {}
+                measured: dict[str, Any] = {"call": images.call_shape()} if how[tier]["tier"] == AUTO else {}
                 report = optimize(pipe, **how[tier], **measured, **options)
                 result.optimize_s = clock() - started
                 if report.tuning is not None:  # measuring is reported apart from applying
