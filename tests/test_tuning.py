@@ -296,3 +296,24 @@ def test_the_fake_denoiser_is_really_short_circuited(clocked) -> None:
     assert calls["denoiser"] == 3  # of 11 (PNDM's 10 steps)
     assert sample.denoiser_calls == 11 and sample.call_s == pytest.approx(11.5)
     assert isinstance(pipe.__dict__["unet"], torch.nn.Module)  # the stand-in is gone
+
+
+def test_a_damaged_cache_entry_is_measured_again(fakes, clocked, monkeypatch, tmp_path) -> None:
+    pipe, clock, calls = clocked
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    first = _tune(pipe, clock, cache=True)
+    (entry,) = (tmp_path / "tune").glob("*.json")
+    entry.write_text('{"quality": ')
+    calls["denoiser"] = 0
+    again = _tune(pipe, clock, cache=True)
+    assert not again.from_cache and calls["denoiser"] > 0
+    assert again.preset.to_dict() == first.preset.to_dict()
+
+
+def test_other_weights_are_another_cache_entry(fakes, clocked, monkeypatch, tmp_path) -> None:
+    pipe, clock, _ = clocked
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    _tune(pipe, clock, cache=True)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(1.01)
+    assert not _tune(pipe, clock, cache=True).from_cache
