@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdopt.anatomy import inspect_pipeline, unwrap
 from sdopt.cache_dir import cache_root
-import torch
 
 
 def default_root() -> Path:
