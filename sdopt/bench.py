@@ -121,11 +121,13 @@ class BenchResult:
             return "-" if value is None else f"{value:.3f}"
 
         rows: list[tuple[str, ...]] = []
+        batch = self.settings.get("batch", 1)
         for t in self.tiers:
             rows.append(
                 (
                     t.tier,
                     f"{t.median_s:.3f} ({t.min_s:.3f}-{t.max_s:.3f})",
+                    "-" if not t.median_s else f"{batch / t.median_s:.3g}",
                     "-" if t.speedup is None else f"{t.speedup:.2f}x",
                     seconds(t.first_call_s),
                     seconds(t.denoiser_step_s),
@@ -143,7 +145,8 @@ class BenchResult:
 
     HEADERS = (
         "tier",
-        "s/image median (min-max)",
+        "s/call median (min-max)",
+        "images/s",
         "speedup",
         "first call s",
         "denoiser s/step",
@@ -206,6 +209,7 @@ class BenchResult:
         return (
             f"sdopt bench: {self.source} ({self.pipeline}) on {self.device}, {s['height']}x{s['width']}, "
             f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} runs"
+            + (f", batch {s['batch']} (images per call)" if s.get("batch", 1) > 1 else "")
         )
 
 
@@ -256,6 +260,7 @@ def bench(
     peers: Sequence[Peer] = (),
     undoable: bool = True,
     memory_budget: float | str | None = None,
+    batch: int = 1,
 ) -> BenchResult:
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
@@ -300,6 +305,7 @@ def bench(
             peers=peers,
             undoable=undoable,
             memory_budget=memory_budget,
+            batch=batch,
         )
 
 
@@ -321,6 +327,7 @@ def _bench(
     peers: Sequence[Peer],
     undoable: bool,
     memory_budget: float | str | None,
+    batch: int = 1,
 ) -> BenchResult:
     from sdopt.api import optimize
     from sdopt.capabilities import detect
@@ -328,8 +335,10 @@ def _bench(
 
     # Bad tiers and presets fail here, before minutes of loading.
     how = {tier: _how_to_optimize(tier, resolve_tier) for tier in tiers if tier != BASELINE}
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f"runs and batch must be >= 1, warmup >= 0 (got runs={runs}, batch={batch}, warmup={warmup})")
+    if batch > 1 and peers:
+        raise ValueError("peers render one image per call: benchmark --batch without them")
     if not prompts:
         raise ValueError("no prompts to render")
     caps = detect(device=device) if device else detect()
@@ -360,7 +369,7 @@ def _bench(
         base = loaded_pipe[0]
         height = height or _default_size(base)
         width = width or _default_size(base)
-        images = _Images(prompts, steps, guidance, height, width, seed)
+        images = _Images(prompts, steps, guidance, height, width, seed, batch)
         results = [TierResult(_row_name(tier)) for tier in tiers]
         pipeline_name = type(base).__name__
         options: dict[str, Any] = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
@@ -458,6 +467,7 @@ def _bench(
             "threads": torch.get_num_threads(),
             "undoable": undoable,
             "memory_budget": memory_budget,
+            "batch": batch,
         },
         machine={"cpu": caps.cpu.model, "fingerprint": caps.fingerprint, **caps.versions},
         tiers=results,
@@ -507,13 +517,15 @@ class _Images:
     height: int
     width: int
     seed: int
+    batch: int = 1
 
     def prompt(self, index: int) -> str:
         return self.prompts[index % len(self.prompts)]
 
     def call_shape(self) -> dict[str, Any]:
         """What ``tier="auto"`` tunes for: the calls this bench makes."""
-        return {"height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance}
+        shape = {"height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance}
+        return {**shape, "batch": self.batch}
 
 
 def _pipeline_renderer(
@@ -534,6 +546,8 @@ def _pipeline_renderer(
             "output_type": "np",
             "generator": torch.Generator("cpu").manual_seed(images.seed + index),
         }
+        if images.batch > 1:
+            kwargs["num_images_per_prompt"] = images.batch
         with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peaks:
             started = clock()
             with torch.inference_mode():

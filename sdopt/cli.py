@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--height", type=int)
     bench.add_argument("--width", type=int)
     bench.add_argument("--guidance", type=float, default=7.5)
-    bench.add_argument("--runs", type=int, default=3, help="timed images per tier")
+    bench.add_argument("--runs", type=int, default=3, help="timed calls per tier")
+    bench.add_argument("--batch", type=int, default=1, help="images per call (throughput: images/s)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed first images per tier")
     bench.add_argument("--prompts", help="a text file, one prompt per line")
     bench.add_argument("--device", help="measure on this device type instead of the detected one")
@@ -376,6 +377,7 @@ def _bench(args: argparse.Namespace) -> int:
         prompts=prompts,
         undoable=not args.no_undo,
         memory_budget=args.memory_budget,
+        batch=args.batch,
         progress=lambda message: print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True),
     )
     print("", file=sys.stderr)

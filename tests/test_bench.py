@@ -88,7 +88,7 @@ def test_cli_bench_writes_json_markdown_and_plot(tmp_path, capsys) -> None:
     argv = ["bench", "--arch", "tiny-sd", "--tiers", "baseline,balanced", "--steps", "2", "--runs", "1"]
     argv += ["--prompts", str(prompts), "--json", f"{out}.json", "--markdown", f"{out}.md", "--plot", f"{out}.png"]
     assert main(argv) == 0
-    assert "s/image median" in capsys.readouterr().out
+    assert "s/call median" in capsys.readouterr().out
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["prompts"] == ["a cat", "a dog"]
     assert out.with_suffix(".md").read_text().startswith("**sdopt bench: tiny-sd")
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -244,3 +244,13 @@ def test_auto_is_benchmarked_with_its_tuning_time_apart(monkeypatch, tmp_path) -
     assert "tune s" in result.table()
     again = bench("tiny-sd", ["auto:fast"], steps=2, runs=1, warmup=0)
     assert again.tiers[0].report["tuning"]["from_cache"] and again.tiers[0].tuning_s < auto.tuning_s
+
+
+def test_batch_renders_several_images_per_call_and_reports_images_per_second() -> None:
+    result = bench("tiny-sd", ["baseline", "balanced"], steps=2, runs=1, warmup=0, batch=3)
+    assert result.settings["batch"] == 3 and "batch 3 (images per call)" in result.table()
+    baseline = result.tiers[0]
+    row = dict(zip(result.HEADERS, result.rows()[0], strict=True))
+    assert float(row["images/s"]) == pytest.approx(3 / baseline.median_s, rel=1e-2)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        bench("tiny-sd", ["baseline"], batch=0)

@@ -1,0 +1,196 @@
+"""sdopt.serve: requests, the Ray-free replica, and a real local Ray Serve app of two tiny replicas."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sdopt import Preset
+from sdopt.errors import PresetMismatchError
+from sdopt.serve.replica import Replica
+from sdopt.serve.requests import GenerateRequest, InvalidRequest
+from sdopt.testing import fake_capabilities
+
+PRESET = Preset("serving", ("vae_slicing",))
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{}", "prompt"),
+        (b'{"prompt": "x", "steps": 0}', "steps"),
+        (b'{"prompt": "x", "steps": "4"}', "steps"),
+        (b'{"prompt": "x", "height": 100}', "height"),
+        (b'{"prompt": "x", "guidance": -1}', "guidance"),
+        (b'{"prompt": "x", "sampler": "euler"}', "sampler"),
+        (b"not json", "body"),
+    ],
+)
+def test_a_malformed_request_names_the_field(body: bytes, field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        GenerateRequest.parse(body)
+    assert caught.value.body()["detail"][0]["loc"][-1] == field
+
+
+def test_two_replicas_make_identical_images_and_reports() -> None:
+    first, second = Replica("tiny-sd", PRESET, warmup=False), Replica("tiny-sd", PRESET.to_dict(), warmup=False)
+    requests = [GenerateRequest("a fox", steps=2, seed=3), GenerateRequest("a owl", steps=2, seed=4)]
+    assert first.generate(requests) == second.generate(requests)
+    # Batched with other requests or alone, a seed makes the same image up to the rounding of
+    # batched kernels.
+    alone, batched = (_pixels(png) for png in (first.generate(requests[:1])[0], second.generate(requests)[0]))
+    assert np.abs(alone - batched).max() <= 2
+    assert first.describe()["applied"] == second.describe()["applied"] == ["vae_slicing"]
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)), dtype=np.int16)
+
+
+def test_a_preset_from_another_machine_refuses_to_start() -> None:
+    foreign = Preset(
+        "serving", PRESET.entries, fingerprint="0123456789ab", made_on=fake_capabilities("cuda").fingerprint_facts()
+    )
+    with pytest.raises(PresetMismatchError, match="device: 'cuda' -> 'cpu'"):
+        Replica("tiny-sd", foreign, warmup=False)
+
+
+def test_reconfigure_applies_a_new_preset_or_keeps_the_old_one() -> None:
+    replica = Replica("tiny-sd", PRESET, warmup=False)
+    before = replica.generate([GenerateRequest("x", steps=2)])
+    assert replica.reconfigure(Preset("tiled", ("vae_tiling",)))["status"] == "applied"
+    assert replica.describe()["applied"] == ["vae_tiling"]
+    refused = replica.reconfigure(Preset("gpu", ("fuse_qkv",), made_on={"device": "cuda"}, fingerprint="ffffffffffff"))
+    assert refused["status"] == "refused, old preset kept" and "other capabilities" in refused["why"]
+    assert replica.describe()["applied"] == ["vae_tiling"]
+    assert replica.reconfigure(PRESET)["status"] == "applied"
+    assert replica.generate([GenerateRequest("x", steps=2)]) == before
+    assert replica.reconfigure(PRESET)["status"] == "unchanged"
+
+
+# ---- a real Ray Serve app (local Ray, tiny pipelines, bounded time)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Any:
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    import sdopt.serve
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    path = tmp_path_factory.mktemp("serve") / "preset.toml"
+    PRESET.save(path)
+    app = sdopt.serve.deployment(
+        "tiny-sd", preset=path, num_replicas=2, max_batch_size=2, ray_actor_options={"num_cpus": 0.5}
+    )
+    serve.run(app, name="default", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _post(url: str, body: Any, timeout: float = 120) -> tuple[int, bytes, dict[str, str]]:
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def test_served_replicas_return_the_same_image_and_report(served) -> None:
+    import sdopt.serve
+
+    answers = [_post(served, {"prompt": "a fox", "steps": 2, "seed": 5}) for _ in range(8)]
+    assert {status for status, _, _ in answers} == {200}
+    assert len({body for _, body, _ in answers}) == 1 and answers[0][1][:4] == b"\x89PNG"
+    reports = sdopt.serve.reports(replicas=2)
+    assert len(reports) == 2
+    assert reports[0]["applied"] == reports[1]["applied"] == ["vae_slicing"]
+    assert reports[0]["fingerprint"] == reports[1]["fingerprint"]
+    with __import__("urllib.request").request.urlopen(f"{served}/report", timeout=60) as response:
+        assert json.loads(response.read())["preset"] == "serving@1"
+
+
+def test_a_malformed_request_gets_422_and_the_replica_keeps_serving(served) -> None:
+    status, body, _ = _post(served, {"prompt": "a fox", "steps": "many"})
+    assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["body", "steps"]
+    assert _post(served, {"prompt": "a fox", "steps": 2})[0] == 200
+
+
+def test_the_deployment_handle_serves_the_same_images(served) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("sdopt", app_name="default")
+    png = handle.generate.remote({"prompt": "a fox", "steps": 2, "seed": 5}).result()
+    assert png == _post(served, {"prompt": "a fox", "steps": 2, "seed": 5})[1]
+
+
+def test_killing_a_replica_mid_load_fails_no_request_silently_and_the_app_recovers(served) -> None:
+    import ray
+    from ray import serve
+
+    statuses: list[int] = []
+
+    def client(seed: int) -> None:
+        statuses.append(_post(served, {"prompt": "load", "steps": 2, "seed": seed}, timeout=180)[0])
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(10)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"])
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    for thread in threads:
+        thread.join(timeout=240)
+    assert len(statuses) == 10  # every request was answered: none hung
+    # Served, or refused with a clear server error for the requests the dead replica held.
+    assert set(statuses) <= {200, 500, 503} and statuses.count(200) >= 10 - 3
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        status = serve.status().applications["default"].deployments["sdopt"]
+        if status.status == "HEALTHY" and status.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(2)
+    assert status.status == "HEALTHY"
+    assert [_post(served, {"prompt": "after", "steps": 2})[0] for _ in range(3)] == [200, 200, 200]
+
+
+def test_a_preset_for_another_machine_fails_the_replica_start_with_the_differences(served) -> None:
+    from ray import serve
+
+    import sdopt.serve
+
+    foreign = Preset(
+        "serving", PRESET.entries, fingerprint="0123456789ab", made_on=fake_capabilities("cuda").fingerprint_facts()
+    )
+    app = sdopt.serve.deployment("tiny-sd", preset=foreign, name="foreign", ray_actor_options={"num_cpus": 0.25})
+    with pytest.raises(RuntimeError, match="Deploying application foreign failed"):
+        serve.run(app, name="foreign", route_prefix="/foreign")
+    status = serve.status().applications["foreign"].deployments["foreign"]
+    assert status.status == "DEPLOY_FAILED"
+    assert "was frozen on a machine with other capabilities" in status.message
+    assert "device: 'cuda' -> 'cpu'" in status.message
+    serve.delete("foreign")
