@@ -100,7 +100,8 @@ def optimize(
             floor they must keep.
         call: with ``tier="auto"``: the app's call shape (``height``, ``width``, ``steps``,
             ``guidance``, ``batch``), defaulting to the pipeline's own defaults.
-        budget_s: with ``tier="auto"``: the most seconds measuring may take.
+        budget_s: with ``tier="auto"``: the most seconds measuring may take. ``auto`` measures
+            (or reads its cache) even with ``dry_run``: the pipeline is left as it was in between.
         verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
             if it fails, the step that breaks it is found, rolled back and reported failed with the
             error, and the others are kept (see :mod:`sdopt.verification`).

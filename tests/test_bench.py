@@ -77,7 +77,7 @@ def test_psnr() -> None:
 def test_bad_input_fails_before_loading() -> None:
     with pytest.raises(UnknownTierError, match="valid tiers"):
         bench("sd15", [BASELINE, "turbo"])
-    with pytest.raises(ValueError, match="runs must be >= 1"):
+    with pytest.raises(ValueError, match="runs and batch must be >= 1"):
         bench("tiny-sd", [BASELINE], runs=0)
 
 

@@ -98,3 +98,9 @@ def test_tune_writes_a_preset_and_the_record_then_hits_the_cache(tmp_path, capsy
 def test_tune_errors(capsys, argv, message) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_auto_shows_the_quality_tiers_candidates(capsys) -> None:
+    assert main(["plan", "--arch", "tiny-sd", "--tier", "auto", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"].startswith("balanced@") and any(w.startswith("auto: these are") for w in data["warnings"])

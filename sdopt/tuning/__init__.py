@@ -12,7 +12,6 @@ every measurement, cached on disk (:mod:`sdopt.tuning.cache`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -129,7 +128,6 @@ def tune(
         for step in fixed
     ]
     best: list[Entry] = search.entries(fixed)
-    best_samples: list[Any] = []
     bar = _progress_bar(pipe, len(grouped), enabled=progress)
     try:
         reference, record.baseline_s = full_output(pipe, shape.kwargs(pipe, seed), clock)
@@ -147,16 +145,14 @@ def tune(
             if trial.kept:
                 best = [*best, *search.entries(group)]
             bar.update(1)
-        with contextlib.suppress(search.BudgetSpent):
-            best_samples = search.measure(pipe, best, settings, 1) if best else []
     except KeyboardInterrupt:
         record.interrupted = True
     finally:
         bar.close()
-    if best_samples:
-        record.best_call_s = best_samples[0].call_s
-    elif not best:
-        record.best_call_s = record.baseline_s
+    timed = [trial for trial in record.trials if trial.call_s is not None]
+    if timed:  # estimates from the measurements themselves: no extra calls
+        record.start_call_s = timed[0].best_s
+        record.best_call_s = timed[-1].call_s if timed[-1].kept else timed[-1].best_s
     record.preset = _frozen(pipe, best, base, caps, memory_budget, candidates.memory_budget_gb, __version__)
     record.seconds = clock() - started
     complete = not record.interrupted and not any(t.why.startswith("not measured") for t in record.trials)

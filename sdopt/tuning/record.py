@@ -28,6 +28,10 @@ class Trial:
     denoiser_ratio: float | None = None
     psnr_db: float | None = None
     samples: int = 0
+    call_s: float | None = None
+    """The estimated whole call with this candidate added (median of its samples)."""
+    best_s: float | None = None
+    """The estimated whole call of the best configuration it was measured against."""
 
     @property
     def reason(self) -> str:
@@ -80,7 +84,9 @@ class Tuning:
     seconds: float = 0.0
     """What this tuning took: the measuring, or only the cache lookup when :attr:`from_cache`."""
     baseline_s: float | None = None
-    """The untouched pipeline's whole call, measured (the fidelity reference)."""
+    """The untouched pipeline's whole first call at the call shape (the fidelity reference)."""
+    start_call_s: float | None = None
+    """The estimated whole call before any candidate (the untouched pipeline, with the memory steps)."""
     best_call_s: float | None = None
     """The estimated whole call of the tuned configuration."""
     from_cache: bool = False
@@ -111,6 +117,7 @@ class Tuning:
             "budget_s": self.budget_s,
             "seconds": self.seconds,
             "baseline_s": self.baseline_s,
+            "start_call_s": self.start_call_s,
             "best_call_s": self.best_call_s,
             "from_cache": self.from_cache,
             "interrupted": self.interrupted,
@@ -130,6 +137,7 @@ class Tuning:
             budget_s=data.get("budget_s"),
             seconds=data.get("seconds", 0.0),
             baseline_s=data.get("baseline_s"),
+            start_call_s=data.get("start_call_s"),
             best_call_s=data.get("best_call_s"),
             from_cache=data.get("from_cache", False),
             interrupted=data.get("interrupted", False),
@@ -144,10 +152,10 @@ class Tuning:
             f"sdopt tune: {self.quality} at {self.shape}{where}{stopped}; fidelity floor {floor}; "
             f"took {self.seconds:.1f} s",
         ]
-        if self.baseline_s is not None and self.best_call_s:
+        if self.start_call_s and self.best_call_s:
             lines.append(
-                f"untouched call {self.baseline_s:.2f} s; tuned call ~{self.best_call_s:.2f} s "
-                f"({self.baseline_s / self.best_call_s:.2f}x)"
+                f"estimated call: {self.start_call_s:.2f} s before, {self.best_call_s:.2f} s tuned "
+                f"({self.start_call_s / self.best_call_s:.2f}x)"
             )
         for trial in (*self.fixed, *self.trials):
             lines.append(f"  {'+'.join(trial.names):<28} {trial.reason}")

@@ -135,6 +135,8 @@ class Comparison:
     denoiser_ratio: float | None
     samples: int
     decided: bool
+    call_s: float
+    best_s: float
 
     @property
     def faster(self) -> bool:
@@ -148,14 +150,16 @@ class Comparison:
 
 
 def compare(best: list[Sample], candidate: list[Sample]) -> Comparison:
-    ratio = statistics.median(s.call_s for s in best) / statistics.median(s.call_s for s in candidate)
+    best_s = statistics.median(s.call_s for s in best)
+    call_s = statistics.median(s.call_s for s in candidate)
+    ratio = best_s / call_s
     spread = ratio * (_half_range([s.call_s for s in best]) + _half_range([s.call_s for s in candidate]))
     calls_b = [s.denoiser_s for s in best if s.denoiser_s > 0]
     calls_c = [s.denoiser_s for s in candidate if s.denoiser_s > 0]
     denoiser = statistics.median(calls_b) / statistics.median(calls_c) if calls_b and calls_c else None
     enough = min(len(best), len(candidate)) >= 2
     decided = enough and (abs(ratio - 1) > spread or (spread < MIN_GAIN and abs(ratio - 1) < MIN_GAIN))
-    return Comparison(ratio, spread, denoiser, len(candidate), decided)
+    return Comparison(ratio, spread, denoiser, len(candidate), decided, call_s, best_s)
 
 
 def _half_range(values: list[float]) -> float:
@@ -215,6 +219,8 @@ def _trial(names: tuple[str, ...], kept: bool, why: str, comparison: Comparison,
         denoiser_ratio=comparison.denoiser_ratio,
         psnr_db=psnr_db,
         samples=comparison.samples,
+        call_s=comparison.call_s,
+        best_s=comparison.best_s,
     )
 
 
