@@ -66,11 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "tune",
         help="measure which of a quality tier's steps make a pipeline faster here, and pin them (tier 'auto')",
     )
-    source = tune.add_mutually_exclusive_group()
-    source.add_argument(
-        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
-    )
-    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    _add_measured_source(tune, required=False)  # not with --clear-cache
     tune.add_argument(
         "--quality",
         default="balanced",
@@ -95,11 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.set_defaults(handler=_tune)
 
     bench = commands.add_parser("bench", help="measure tiers side by side on this machine")
-    source = bench.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
-    )
-    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
+    _add_measured_source(bench, required=True)
     bench.add_argument(
         "--tiers",
         default="baseline,balanced",
@@ -126,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-budget", help="the most device memory each tier's plan may use, e.g. 6GB")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _add_measured_source(command: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--arch`` (real-size or tiny, random weights) or ``--model``, for the commands that run the pipeline."""
+    source = command.add_mutually_exclusive_group(required=required)
+    source.add_argument(
+        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
+    )
+    source.add_argument("--model", help="a local path or hub id loaded with from_pretrained")
 
 
 def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
