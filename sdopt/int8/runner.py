@@ -34,7 +34,7 @@ _MAX_SIGNATURES_PER_CALL = 3
 # Free RAM a build needs, in multiples of the denoiser's bytes: export, calibration and inductor's
 # freezing hold transient copies. An estimate (no measured peak yet): a bench building SD1.5's
 # program beside three other pipelines and an OpenVINO worker was OOM-killed on a 24 GB VM.
-_BUILD_MEMORY_FACTOR = 2.0
+BUILD_MEMORY_FACTOR = 2.0
 
 
 class Int8Runner:
@@ -122,7 +122,7 @@ class Int8Runner:
     def _build(self, call_signature: str, samples: list[tuple[Sample, Any]]) -> None:
         from sdopt.capabilities import _ram_gb
 
-        needed = _BUILD_MEMORY_FACTOR * sum(t.numel() * t.element_size() for t in self.module.parameters()) / 2**30
+        needed = BUILD_MEMORY_FACTOR * sum(t.numel() * t.element_size() for t in self.module.parameters()) / 2**30
         available = _ram_gb()[1]
         if available and available < needed:
             self._refuse(

@@ -10,8 +10,9 @@ import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.capabilities import Capabilities
+from sdopt.footprint import GB, component_bytes
 from sdopt.int8 import cache
-from sdopt.int8.runner import Int8Runner
+from sdopt.int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
 from sdopt.optimizations.base import Optimization, Undo
@@ -125,6 +126,18 @@ class StaticInt8(Optimization):
             return "the denoiser already runs static int8"
         if config.calibration_calls < 1:
             return "calibration_calls must be at least 1"
+        # The build holds transient copies beside the whole pipeline; where that cannot fit, the first
+        # call would refuse it and the denoiser would stay float32, slower than what half precision
+        # gives (measured: SDXL at 1024 on a 24 GB VM), so the planner leaves the place to it.
+        pipeline_gb = sum(component_bytes(anatomy).values()) / GB
+        denoiser_gb = sum(p.numel() * p.element_size() for p in denoiser.parameters()) / GB
+        needed = pipeline_gb + BUILD_MEMORY_FACTOR * denoiser_gb
+        if caps.ram_total_gb and needed > caps.ram_total_gb:
+            return (
+                f"building the int8 program needs about {needed:.1f} GB of RAM (the pipeline's {pipeline_gb:.1f} GB "
+                f"plus ~{BUILD_MEMORY_FACTOR:g}x the denoiser's {denoiser_gb:.1f} GB for export and calibration); "
+                f"this machine has {caps.ram_total_gb:.1f} GB"
+            )
         return None
 
     def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:

@@ -110,6 +110,19 @@ def test_planned_only_with_x86_int8_instructions_torchao_and_float32() -> None:
     assert "calibrated from float32" in half.skipped[0].reason
 
 
+def test_not_planned_where_the_build_cannot_fit_in_ram_so_half_precision_takes_its_place() -> None:
+    import dataclasses
+
+    pipe = tiny_pipeline("sd")
+    small = dataclasses.replace(VNNI, ram_total_gb=0.001)  # SDXL on a 24 GB VM, in miniature
+    result = plan(pipe, tier=None, extra=["static_int8", "half_precision"], caps=small)
+    assert [step.name for step in result.steps] == ["half_precision"]
+    reason = next(d.reason for d in result.skipped if d.name == "static_int8")
+    assert reason.startswith("building the int8 program needs about") and "this machine has 0.0 GB" in reason
+    roomy = plan(pipe, tier=None, extra=["static_int8", "half_precision"], caps=VNNI)
+    assert [step.name for step in roomy.steps] == ["static_int8"]  # it wins the conflict where it fits
+
+
 def test_conflicts_with_other_quantizers_and_compile() -> None:
     result = plan(
         tiny_pipeline("sd"),
