@@ -16,7 +16,7 @@ from sdopt.originals import Originals, active
 from sdopt.planning import ExtraItem, Plan, Step, make_plan
 from sdopt.presets import Preset
 from sdopt.report import Decision, Report, run_undo_stack, with_tuning
-from sdopt.tiers import AUTO, DEFAULT_TIER
+from sdopt.tiers import DEFAULT_TIER, is_auto
 from sdopt.transaction import Restore, record
 from sdopt.verification import run_verification
 
@@ -45,7 +45,7 @@ def plan(
         >>> {d.name: d.reason.split(" (")[0] for d in p.skipped}["attention_slicing"]
         'for unet denoisers only'
     """
-    measured = isinstance(tier, str) and tier.partition("@")[0] == AUTO
+    measured = is_auto(tier)
     with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
         exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
         result = _plan(pipe, quality if measured else tier, preset, exclude, extra, caps, {}, memory_budget)
@@ -121,7 +121,7 @@ def optimize(
         >>> report.undo()
     """
     exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
-    if isinstance(tier, str) and tier.partition("@")[0] == AUTO:
+    if is_auto(tier):
         from sdopt.tuning import tune
 
         if preset is not None:

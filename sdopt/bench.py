@@ -89,7 +89,8 @@ class TierResult:
     """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
     speedup: float | None = None
     tuning_s: float | None = None
-    """``auto`` tiers: the seconds spent measuring (0 when the tuning came from the cache), not in optimize_s."""
+    """``auto`` tiers: the seconds spent measuring (only the cache lookup when it came from the cache), not in
+    optimize_s."""
     psnr_db: float | None = None
     max_abs_diff: int | None = None
     applied: list[str] = field(default_factory=list)

@@ -247,9 +247,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from sdopt.api import plan
     from sdopt.capabilities import detect
-    from sdopt.tiers import AUTO, resolve_tier
+    from sdopt.tiers import is_auto, resolve_tier
 
-    if args.tier.partition("@")[0] != AUTO:  # auto plans its quality tier's candidates (see plan())
+    if not is_auto(args.tier):  # auto plans its quality tier's candidates (see plan())
         resolve_tier(args.tier)  # fail on a bad tier before loading a model
     for name in _names(args.exclude) + _names(args.extra):
         registry.get(name)

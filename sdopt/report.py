@@ -313,10 +313,9 @@ def with_tuning(report: Report, tuning: Tuning) -> Report:
     report.skipped += [Decision(**data) for data in tuning.skipped if data["name"] not in decided]
     if tuning.interrupted:
         report.warnings += ("auto: the tuning was interrupted; only the decisions made before it stopped apply",)
-    unmeasured = [name for trial in tuning.trials if trial.why.startswith("not measured") for name in trial.names]
-    if unmeasured:
+    if tuning.unmeasured:
         report.warnings += (
-            f"auto: the time budget of {tuning.budget_s:g} s ran out before {', '.join(unmeasured)} could be "
+            f"auto: the time budget of {tuning.budget_s:g} s ran out before {', '.join(tuning.unmeasured)} could be "
             "measured (left out; not cached: a larger budget_s measures them)",
         )
     return report

@@ -18,6 +18,12 @@ DEFAULT_TIER = "balanced"
 AUTO = "auto"
 """Not a list of steps: the steps of a quality tier that measure faster here (see :mod:`sdopt.tuning`)."""
 
+
+def is_auto(tier: str | None) -> bool:
+    """Whether ``tier`` names the measured tier (``"auto"``, pinned or not)."""
+    return isinstance(tier, str) and tier.partition("@")[0] == AUTO
+
+
 _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
 _DISTILLED = Requirements(distillations=("lcm", "adversarial"))

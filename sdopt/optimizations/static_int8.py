@@ -129,8 +129,10 @@ class StaticInt8(Optimization):
         # The build holds transient copies beside the whole pipeline; where that cannot fit, the first
         # call would refuse it and the denoiser would stay float32, slower than what half precision
         # gives (measured: SDXL at 1024 on a 24 GB VM), so the planner leaves the place to it.
-        pipeline_gb = sum(component_bytes(anatomy).values()) / GB
-        denoiser_gb = sum(p.numel() * p.element_size() for p in denoiser.parameters()) / GB
+        stored = component_bytes(anatomy)
+        assert anatomy.denoiser_name is not None  # a denoiser was found above
+        pipeline_gb = sum(stored.values()) / GB
+        denoiser_gb = stored[anatomy.denoiser_name] / GB
         needed = pipeline_gb + BUILD_MEMORY_FACTOR * denoiser_gb
         if caps.ram_total_gb and needed > caps.ram_total_gb:
             return (

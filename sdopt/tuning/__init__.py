@@ -153,10 +153,11 @@ def tune(
     if timed:  # estimates from the measurements themselves: no extra calls
         record.start_call_s = timed[0].best_s
         record.best_call_s = timed[-1].call_s if timed[-1].kept else timed[-1].best_s
-    record.preset = _frozen(pipe, best, base, caps, memory_budget, candidates.memory_budget_gb, __version__)
+    kept = {entry.name for entry in best}
+    frozen = tuple(entry for entry in search.entries(candidates.steps) if entry.name in kept)  # plan order
+    record.preset = _frozen(frozen, base, caps, candidates.memory_budget_gb, __version__)
     record.seconds = clock() - started
-    complete = not record.interrupted and not any(t.why.startswith("not measured") for t in record.trials)
-    if cache and complete:
+    if cache and not record.interrupted and not record.unmeasured:
         stored_tunings.store(root, key, record.to_dict())
     return record
 
@@ -185,20 +186,8 @@ def _stored(root: Any, key: str) -> Tuning | None:
         return None
 
 
-def _frozen(
-    pipe: Any,
-    best: list[Entry],
-    base: Preset,
-    caps: Any,
-    memory_budget: float | str | None,
-    budget_gb: float | None,
-    version: str,
-) -> Preset:
-    """The kept steps as a frozen preset in :meth:`Report.to_preset`'s format (resolved configs)."""
-    from sdopt.api import plan as make_plan
-
-    steps = make_plan(pipe, tier=None, preset=Preset("auto", tuple(best)), caps=caps, memory_budget=memory_budget)
-    frozen = tuple(Entry(s.name, s.optimization.config_to_dict(s.config)) for s in steps.steps)
+def _frozen(frozen: tuple[Entry, ...], base: Preset, caps: Any, budget_gb: float | None, version: str) -> Preset:
+    """The kept steps (resolved configs, in plan order) as a preset in :meth:`Report.to_preset`'s format."""
     return Preset(
         "auto",
         frozen,

@@ -9,6 +9,9 @@ from typing import Any
 from sdopt.presets import Preset
 from sdopt.tuning.shape import CallShape
 
+NOT_MEASURED = "not measured"
+"""How the reason of a candidate the time budget left out begins."""
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -101,6 +104,11 @@ class Tuning:
     @property
     def kept(self) -> list[str]:
         return [name for trial in (*self.fixed, *self.trials) if trial.kept for name in trial.names]
+
+    @property
+    def unmeasured(self) -> list[str]:
+        """Candidates the time budget left unmeasured (left out; such a tuning is not cached)."""
+        return [name for trial in self.trials if trial.why.startswith(NOT_MEASURED) for name in trial.names]
 
     def trial_for(self, name: str) -> Trial | None:
         return next((t for t in (*self.fixed, *self.trials) if name in t.names), None)

@@ -20,7 +20,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.planning import Plan, Step
 from sdopt.presets import Entry, Preset
 from sdopt.tuning.measure import Sample, full_output, timed_call
-from sdopt.tuning.record import Trial
+from sdopt.tuning.record import NOT_MEASURED, Trial
 from sdopt.tuning.shape import CallShape
 
 MIN_GAIN = 0.02
@@ -98,10 +98,16 @@ def _applied(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> I
         report.undo()
 
 
-def _needs_full_warmup(configuration: Sequence[Entry]) -> bool:
+def _warm_up(
+    pipe: Any, configuration: Sequence[Entry], kwargs: dict[str, Any], settings: Settings, *, short: bool
+) -> None:
+    """A whole first call where a step calibrates on it (static int8), else a short one if ``short``."""
     from sdopt import registry
 
-    return any(registry.get(entry.name).calibrates_on_first_call for entry in configuration)
+    if any(registry.get(entry.name).calibrates_on_first_call for entry in configuration):
+        full_output(pipe, kwargs, settings.clock)
+    elif short:
+        timed_call(pipe, kwargs, settings.clock, settings.real_calls)
 
 
 def measure(pipe: Any, configuration: Sequence[Entry], settings: Settings, count: int) -> list[Sample]:
@@ -110,21 +116,16 @@ def measure(pipe: Any, configuration: Sequence[Entry], settings: Settings, count
         raise BudgetSpent
     kwargs = settings.shape.kwargs(pipe, settings.seed)
     with _applied(pipe, configuration, settings):
-        if _needs_full_warmup(configuration):  # e.g. static int8 calibrates on a whole first call
-            full_output(pipe, kwargs, settings.clock)
-        else:
-            timed_call(pipe, kwargs, settings.clock, settings.real_calls)
+        _warm_up(pipe, configuration, kwargs, settings, short=True)
         return [timed_call(pipe, kwargs, settings.clock, settings.real_calls) for _ in range(count)]
 
 
 def fidelity(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> Any:
     """The uint8 output of one whole call with ``configuration`` applied (after a warm-up call when
     a step calibrates on its first call)."""
-    kwargs = settings.shape.kwargs(pipe, settings.seed)
     with _applied(pipe, configuration, settings):
-        if _needs_full_warmup(configuration):
-            full_output(pipe, kwargs, settings.clock)
-        image, _ = full_output(pipe, settings.shape.kwargs(pipe, settings.seed), settings.clock)
+        _warm_up(pipe, configuration, settings.shape.kwargs(pipe, settings.seed), settings, short=False)
+        image, _ = full_output(pipe, settings.shape.kwargs(pipe, settings.seed), settings.clock)  # fresh generator
     return image
 
 
@@ -192,7 +193,7 @@ def try_group(
                 break
     except BudgetSpent:
         if comparison is None:
-            return Trial(names, False, f"not measured: the time budget of {settings.budget_s:g} s was spent")
+            return Trial(names, False, f"{NOT_MEASURED}: the time budget of {settings.budget_s:g} s was spent")
     assert comparison is not None
     if not comparison.faster:
         verdict = "slower here" if comparison.ratio < 1 else "not faster beyond the noise"
