@@ -10,6 +10,7 @@ from typing import Any
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
 from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
+from sdopt.logging import get_logger
 from sdopt.optimizations._pretrained import offline
 from sdopt.optimizations.base import Undo
 from sdopt.originals import Originals, active
@@ -19,6 +20,8 @@ from sdopt.report import Decision, Report, run_undo_stack, with_tuning
 from sdopt.tiers import DEFAULT_TIER, is_auto
 from sdopt.transaction import Restore, record
 from sdopt.verification import run_verification
+
+_logger = get_logger(__name__)
 
 
 def plan(
@@ -204,7 +207,17 @@ def optimize(
     report.skipped = list(current.skipped)
     report.failed = list(failed.values())
     report._track(pipe, stack, keep=undoable, originals=store)
+    _log_decisions(report)
     return report
+
+
+def _log_decisions(report: Report) -> None:
+    for decision in report.applied:
+        _logger.info("applied %s in %.2f s: %s", decision.name, decision.seconds or 0.0, decision.reason)
+    for decision in report.failed:
+        _logger.warning("%s failed and was rolled back: %s", decision.name, decision.reason)
+    for decision in report.skipped:
+        _logger.debug("skipped %s: %s", decision.name, decision.reason)
 
 
 class _StepFailed(Exception):

@@ -352,5 +352,8 @@ def load_pipeline(source: str, device: str = "cpu") -> Any:
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(source)
+        from sdopt._noise import hub_deprecations_silenced
+
+        with hub_deprecations_silenced():
+            pipe = DiffusionPipeline.from_pretrained(source)
     return pipe.to(device) if device != "cpu" else pipe

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.logging import progress_bar
 from sdopt.optimizations._pretrained import stand_ins
 from sdopt.tiers import AUTO, DEFAULT_TIER
 
@@ -344,7 +345,13 @@ def _bench(
         raise ValueError("no prompts to render")
     caps = detect(device=device) if device else detect()
     target = caps.device
-    say = progress or (lambda message: None)
+    total_images = (warmup + runs) * (len(tiers) + len(peers))
+    bar = progress_bar(total=total_images, desc="sdopt bench", unit="image")
+
+    def say(message: str) -> None:
+        bar.set_postfix_str(message)
+        if progress is not None:
+            progress(message)
 
     names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
     if len(set(names)) != len(names):
@@ -385,7 +392,7 @@ def _bench(
             else:  # the loaded pipeline is gone (CPU, one tier at a time): the tier builds its own
                 say(f"building {source} for {tier}")
                 pipe = load_pipeline(source, target)
-            pipe.set_progress_bar_config(disable=True)  # sdopt's own progress line instead
+            pipe.set_progress_bar_config(disable=True)  # sdopt's own bar over the images instead
             if target == "cuda" and not _plans_offload(pipe, how.get(tier), caps, memory_budget):
                 pipe.to("cuda")
             if tier != BASELINE:
@@ -405,7 +412,7 @@ def _bench(
             # The baseline first (the others are compared with its images), then one tier at a time.
             for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
                 render = lane(tiers[index], results[index])
-                _run_interleaved([results[index]], [render], warmup, runs, say, references)
+                _run_interleaved([results[index]], [render], warmup, runs, say, references, bar.update)
                 del render  # the tier's pipeline goes before the next one comes
                 if serial_why and tiers[index] == BASELINE:
                     loaded_pipe.clear()  # on CPU each tier then builds its own: never two float32 copies
@@ -413,14 +420,16 @@ def _bench(
                 if target == "cuda":
                     torch.cuda.empty_cache()
             for peer, result in zip(peers, peer_results, strict=True):
-                _run_interleaved([result], [_peer_renderer(peer, images, clock)], warmup, runs, say, references)
+                render = _peer_renderer(peer, images, clock)
+                _run_interleaved([result], [render], warmup, runs, say, references, bar.update)
         else:
             renderers = [lane(tier, result) for tier, result in zip(tiers, results, strict=True)]
             loaded_pipe.clear()  # the baseline lane holds it, if any
             renderers += [_peer_renderer(peer, images, clock) for peer in peers]
-            _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references)
+            _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references, bar.update)
         results += peer_results
     finally:
+        bar.close()
         for peer in loaded:
             peer.close()
     summarize(results)
@@ -588,6 +597,7 @@ def _run_interleaved(
     runs: int,
     say: Callable[[str], None],
     references: dict[int, np.ndarray],
+    advance: Callable[[], Any] = lambda: None,
 ) -> None:
     """Warm-up rounds, then timed rounds, each round rendering image ``index`` on every lane in turn;
     the baseline's images go to ``references``, the others are compared with them."""
@@ -598,6 +608,7 @@ def _run_interleaved(
             done += 1
             say(f"[{done}/{total}] warmup {round_index + 1}: {result.tier}")
             out = render(round_index)
+            advance()
             if round_index == 0:
                 result.first_call_s = out.elapsed
             _record_memory(result, out)
@@ -609,6 +620,7 @@ def _run_interleaved(
             done += 1
             say(f"[{done}/{total}] run {run + 1}/{runs}: {result.tier}")
             out = render(index)
+            advance()
             if warmup == 0 and run == 0:
                 result.first_call_s = out.elapsed
             result.latencies_s.append(out.elapsed)

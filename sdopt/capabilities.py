@@ -488,6 +488,12 @@ print(json.dumps(results))
 
 def _run_probe(code: str, *args: str) -> tuple[Any, str]:
     """Run ``code`` in a fresh interpreter; return its JSON output and an error text ('' if fine)."""
+    result, error, _ = _run_probe_heard(code, *args)
+    return result, error
+
+
+def _run_probe_heard(code: str, *args: str) -> tuple[Any, str, list[str]]:
+    """:func:`_run_probe`, and what the probe printed on stderr (import noise), as lines."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", code, *args],
@@ -497,17 +503,18 @@ def _run_probe(code: str, *args: str) -> tuple[Any, str]:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return None, f"probe timed out after {_PROBE_TIMEOUT_S:g} s"
+        return None, f"probe timed out after {_PROBE_TIMEOUT_S:g} s", []
     except OSError as error:
-        return None, f"probe could not start: {error}"
+        return None, f"probe could not start: {error}", []
     lines = done.stdout.strip().splitlines()
+    heard = [line for line in done.stderr.splitlines() if line.strip()]
     if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"probe exited with code {done.returncode}: {tail}"
+        tail = (heard or ["no output"])[-1]
+        return None, f"probe exited with code {done.returncode}: {tail}", heard
     try:
-        return json.loads(lines[-1]), ""
+        return json.loads(lines[-1]), "", heard
     except json.JSONDecodeError:
-        return None, f"probe printed no result: {lines[-1][:200]}"
+        return None, f"probe printed no result: {lines[-1][:200]}", heard
 
 
 def probe_cuda_devices() -> list[dict[str, Any]]:
@@ -658,12 +665,13 @@ def _probe_cache_path() -> Path:
     return Path(root) / "probes.json"
 
 
-def probe_package(name: str, device: str) -> tuple[bool, str]:
-    """Import ``name`` and run one tiny operation of it on ``device``, in a subprocess."""
-    result, error = _run_probe(_PACKAGE_PROBE, name, device)
+def probe_package(name: str, device: str) -> tuple[bool, str, list[str]]:
+    """Import ``name`` and run one tiny operation of it on ``device``, in a subprocess: whether it
+    works, why not, and what it printed on the way (import noise, kept out of the user's terminal)."""
+    result, error, heard = _run_probe_heard(_PACKAGE_PROBE, name, device)
     if result is None:
-        return False, error
-    return bool(result.get("usable")), result.get("reason", "")
+        return False, error, heard
+    return bool(result.get("usable")), result.get("reason", ""), heard
 
 
 def _read_probe_cache() -> dict[str, Any]:
@@ -696,14 +704,20 @@ def _packages(device: str, cuda: tuple[CudaDevice, ...] = ()) -> dict[str, dict[
     packages = {}
     for name in OPTIONAL_PACKAGES:
         version = _dist_version(name.replace("_", "-")) or _dist_version(name)
-        info: dict[str, Any] = {"installed": version is not None, "version": version, "usable": False, "reason": ""}
+        info: dict[str, Any] = {
+            "installed": version is not None,
+            "version": version,
+            "usable": False,
+            "reason": "",
+            "messages": [],
+        }
         if version is None:
             info["reason"] = "not installed"
         else:
             key = f"{name}=={version}|torch=={_dist_version('torch')}|{hardware}"
             if key not in cache:
-                usable, reason = probe_package(name, device)
-                cache[key] = {"usable": usable, "reason": reason}
+                usable, reason, heard = probe_package(name, device)
+                cache[key] = {"usable": usable, "reason": reason, "messages": heard}
                 changed = True
             info.update(cache[key])
         packages[name] = info

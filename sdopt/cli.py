@@ -1,4 +1,4 @@
-"""The ``sdopt`` command line: tiers, optimizations, doctor, plan, freeze, tune, bench."""
+"""The ``sdopt`` command line: generate, doctor, tiers, optimizations, plan, freeze, tune, bench."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
     args = parser.parse_args(argv)
+    _set_verbosity(args.verbosity)
+    if args.command in _LOADS_PIPELINES:
+        from sdopt._noise import quiet_imports
+
+        quiet_imports()  # third-party import noise, summarised by `doctor`, printed with --verbose
+        if args.verbosity > 0:
+            _print_heard()
     try:
         return int(args.handler(args) or 0)
     except (SdoptError, TypeError, ValueError, OSError, ImportError) as error:
@@ -27,9 +34,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+# The commands that build or load a pipeline (and so import diffusers, peft, torchao...).
+_LOADS_PIPELINES = ("generate", "doctor", "plan", "freeze", "tune", "bench")
+
+
+def _set_verbosity(verbosity: int) -> None:
+    """-q: errors only and no progress bars; default: warnings; -v: what sdopt does; -vv: debug."""
+    import sdopt.logging
+
+    if verbosity < 0:
+        sdopt.logging.set_verbosity_error()
+        sdopt.logging.disable_progress_bar()
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+    elif verbosity == 1:
+        sdopt.logging.set_verbosity_info()
+    elif verbosity > 1:
+        sdopt.logging.set_verbosity_debug()
+
+
+def _print_heard() -> None:
+    from sdopt._noise import heard
+
+    for package, lines in heard().items():
+        print(f"[{package} on import]", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdopt", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    # -q/-v are accepted after any command: `sdopt generate ... --quiet`.
+    common = argparse.ArgumentParser(add_help=False)
+    loudness = common.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="errors only, no progress bars"
+    )
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="count",
+        help="say what sdopt does (-vv: every decision), and print what third-party packages printed on import",
+    )
+    common.set_defaults(verbosity=0)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True), common)
+
+    generate = commands.add_parser(
+        "generate", help="load, optimize and generate an image; --compare also times the untouched pipeline"
+    )
+    _add_measured_source(generate, required=True)
+    recipe = generate.add_mutually_exclusive_group()
+    recipe.add_argument("--tier", default="balanced", help="tier name, optionally pinned (balanced@2), or auto")
+    recipe.add_argument("--preset", help="a pinned preset file (.toml/.json) instead of a tier")
+    generate.add_argument("--prompt", default=None, help="what to render (default: a lighthouse at dawn)")
+    generate.add_argument("--negative-prompt")
+    generate.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
+    generate.add_argument("--height", type=int, help="image height (default: the pipeline's)")
+    generate.add_argument("--width", type=int, help="image width (default: the height)")
+    generate.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batch", type=int, default=1, help="images per call")
+    generate.add_argument("--runs", type=int, default=1, help="calls to time (the first includes any compilation)")
+    generate.add_argument("--image", help="input image for image-to-image and inpainting pipelines")
+    generate.add_argument("--mask-image", help="inpainting mask (white = repaint)")
+    generate.add_argument("--device", help="run on this device type instead of the detected one")
+    generate.add_argument("--threads", type=int, help="torch CPU threads")
+    generate.add_argument("--memory-budget", help="the most device memory the plan may use, e.g. 6GB")
+    generate.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
+    generate.add_argument(
+        "--compare", action="store_true", help="render the same image untouched first: speedup and fidelity"
+    )
+    generate.add_argument("--json", dest="json_out", help="also write the report and timings as JSON")
+    generate.add_argument("-o", "--output", required=True, help="the image file to write (.png, .jpg, .webp)")
+    generate.set_defaults(handler=_generate)
 
     tiers = commands.add_parser("tiers", help="list the tiers and what each contains")
     tiers.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -118,6 +199,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-budget", help="the most device memory each tier's plan may use, e.g. 6GB")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+class _Commands:
+    """Subcommands that all accept the common options (-q/-v)."""
+
+    def __init__(self, actions: Any, common: argparse.ArgumentParser) -> None:
+        self._actions = actions
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self._actions.add_parser(name, parents=[self._common], **kwargs)
 
 
 def _add_measured_source(command: argparse.ArgumentParser, *, required: bool) -> None:
@@ -227,6 +319,7 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_table(("capability", "value"), rows)
     for warning in caps.warnings:
         print(f"warning: {warning}")
+    _print_import_noise(caps, verbose=args.verbosity > 0)
 
     from sdopt.api import plan
     from sdopt.testing import tiny_pipeline
@@ -241,6 +334,77 @@ def _doctor(args: argparse.Namespace) -> int:
             applied = ", ".join(step.name for step in result.steps) or "nothing"
             table.append((row["label"], applied, ", ".join(d.name for d in result.skipped) or "-"))
     _print_table(("tier", "applies", "skips (see `sdopt plan` for reasons)"), table)
+    return 0
+
+
+def _print_import_noise(caps: Any, *, verbose: bool) -> None:
+    """One line per package that printed on import (here or in its probe); the lines themselves
+    were printed above with --verbose."""
+    from sdopt._noise import heard, summary
+
+    noise = heard()
+    for name, info in caps.packages.items():
+        if info.get("messages") and name not in noise:
+            noise[name] = list(info["messages"])
+    if noise:
+        print("\nThird-party messages kept off the terminal" + ("" if verbose else " (-v prints them):"))
+        for package, lines in noise.items():
+            print(f"  {package}: {summary(lines)}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sdopt.generate import DEFAULT_PROMPT, generate
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for name in _names(args.exclude):
+        registry.get(name)
+    result = generate(
+        args.arch or args.model,
+        tier=None if args.preset else args.tier,
+        preset=args.preset,
+        prompt=args.prompt or DEFAULT_PROMPT,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch=args.batch,
+        runs=args.runs,
+        device=args.device,
+        compare=args.compare,
+        memory_budget=args.memory_budget,
+        image=args.image,
+        mask_image=args.mask_image,
+        exclude=_names(args.exclude),
+    )
+    written = result.save(args.output)
+    if args.verbosity >= 0:
+        print(result.report)
+        print()
+    print(result.summary())
+    print("wrote " + ", ".join(str(path) for path in written))
+    if args.json_out:
+        from pathlib import Path
+
+        data = {
+            "source": result.source,
+            "call": result.call,
+            "seconds": result.seconds,
+            "per_image_s": result.per_image_s,
+            "untouched_seconds": result.untouched_seconds,
+            "speedup": result.speedup,
+            "psnr_db": None if result.psnr_db in (None, float("inf")) else result.psnr_db,
+            "identical": result.psnr_db == float("inf"),
+            "max_abs_diff": result.max_abs_diff,
+            "images": [str(path) for path in written],
+            "report": result.report.to_dict(),
+            "notes": result.notes,
+        }
+        Path(args.json_out).write_text(json.dumps(data, indent=2, default=str) + "\n")
     return 0
 
 
@@ -380,9 +544,7 @@ def _bench(args: argparse.Namespace) -> int:
         undoable=not args.no_undo,
         memory_budget=args.memory_budget,
         batch=args.batch,
-        progress=lambda message: print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True),
     )
-    print("", file=sys.stderr)
     print(result.table())
     if args.json_out:
         result.save_json(args.json_out)

@@ -170,7 +170,7 @@ def test_package_probes_are_keyed_by_the_gpu_and_driver(monkeypatch, tmp_path) -
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(capabilities, "_dist_version", lambda name: {"xformers": "9.9", "torch": "2.13"}.get(name))
     calls = []
-    monkeypatch.setattr(capabilities, "probe_package", lambda name, device: calls.append(name) or (True, ""))
+    monkeypatch.setattr(capabilities, "probe_package", lambda name, device: calls.append(name) or (True, "", []))
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", h100)
@@ -282,7 +282,7 @@ def test_package_probes_run_in_a_subprocess_and_are_cached(monkeypatch, tmp_path
 
     def probe(name, device):
         calls.append((name, device))
-        return False, "xformers kernels need CUDA"
+        return False, "xformers kernels need CUDA", ["Failed to load a kernel library"]
 
     monkeypatch.setattr(capabilities, "probe_package", probe)
     first = capabilities._packages("cpu")
@@ -291,13 +291,19 @@ def test_package_probes_run_in_a_subprocess_and_are_cached(monkeypatch, tmp_path
     assert (
         first["xformers"]
         == second["xformers"]
-        == {"installed": True, "version": "9.9", "usable": False, "reason": "xformers kernels need CUDA"}
+        == {
+            "installed": True,
+            "version": "9.9",
+            "usable": False,
+            "reason": "xformers kernels need CUDA",
+            "messages": ["Failed to load a kernel library"],
+        }
     )
     assert first["torchao"]["installed"] is False
 
 
 def test_a_real_package_probe_reports_failure_with_the_reason() -> None:
-    usable, reason = capabilities.probe_package("xformers", "cpu")
+    usable, reason, _ = capabilities.probe_package("xformers", "cpu")
     assert not usable and ("No module named 'xformers'" in reason or "need CUDA" in reason)
 
 

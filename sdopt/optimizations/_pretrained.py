@@ -81,9 +81,12 @@ def _load_pretrained(class_name: str, source: str) -> Any:
     if key not in _cache:
         import diffusers
 
+        from sdopt._noise import hub_deprecations_silenced
+
         cls = getattr(diffusers, class_name)
         try:
-            _cache[key] = (cls.from_pretrained(source) if local else _from_hub(cls, source)).eval()
+            with hub_deprecations_silenced():
+                _cache[key] = (cls.from_pretrained(source) if local else _from_hub(cls, source)).eval()
         except NotDownloaded:
             raise  # not a failure to remember: optimize may download it
         except Exception as error:
@@ -139,7 +142,11 @@ def fresh_copy(class_name: str, source: str, like: Any) -> Any:
     model = copy.deepcopy(load_pretrained(class_name, source)).eval()
     reference = next(like.parameters(), None)
     if reference is not None:
-        model = model.to(device=reference.device, dtype=reference.dtype)
+        from sdopt._noise import diffusers_quiet
+
+        # diffusers 0.42 warns about float32 modules to keep on every dtype cast, even with none to keep.
+        with diffusers_quiet():
+            model = model.to(device=reference.device, dtype=reference.dtype)
     return model
 
 

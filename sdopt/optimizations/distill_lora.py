@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sdopt._noise import diffusers_quiet
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimizations._attributes import remember_attributes
@@ -135,7 +135,7 @@ class DistillLora(Optimization):
             lora = random_lora(unet, seed=0)
         undo_steps: list[Undo] = []
         try:
-            with _diffusers_quiet():  # "no LoRA keys for the text encoder", LCMScheduler's unused settings
+            with diffusers_quiet():  # "no LoRA keys for the text encoder", LCMScheduler's unused settings
                 pipe.load_lora_weights(lora, adapter_name=_ADAPTER, **_weight_name(lora))
             targets = [module.base_layer for module in unet.modules() if hasattr(module, "base_layer")]
             weights = [tensor for layer in targets for tensor in (layer.weight, layer.bias) if tensor is not None]
@@ -148,7 +148,7 @@ class DistillLora(Optimization):
             if stand_in:
                 unet.__dict__[_STAND_IN] = True
                 undo_steps.append(restore_attributes)
-            with _diffusers_quiet():
+            with diffusers_quiet():
                 setattr(pipe, scheduler_name, rebuild(original_scheduler, "LCMScheduler", {}))
             undo_steps.append(lambda: setattr(pipe, scheduler_name, original_scheduler))
             undo_steps.append(wrap_call(pipe, _DistilledCall(self.name, config.steps, config.guidance_scale)))
@@ -208,18 +208,6 @@ def random_lora(unet: torch.nn.Module, *, rank: int = RANK, seed: int = 0, scale
         state[f"unet.{name}.lora_A.weight"] = torch.randn(down, generator=generator) / down[1] ** 0.5
         state[f"unet.{name}.lora_B.weight"] = torch.randn(up, generator=generator) * scale
     return state
-
-
-@contextlib.contextmanager
-def _diffusers_quiet() -> Iterator[None]:
-    from diffusers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
 
 
 def _weight_name(lora: Any) -> dict[str, str]:

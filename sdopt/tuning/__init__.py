@@ -16,10 +16,13 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from sdopt.logging import get_logger, progress_bar
 from sdopt.presets import Entry, Preset
 from sdopt.tuning import cache as stored_tunings
 from sdopt.tuning.record import Trial, Tuning
 from sdopt.tuning.shape import CallShape
+
+_logger = get_logger(__name__)
 
 __all__ = ["FIDELITY_FLOORS", "CallShape", "Trial", "Tuning", "clear_cache", "tune"]
 
@@ -142,6 +145,7 @@ def tune(
                     tuple(s.name for s in group), False, f"failed while measured: {type(error).__name__}: {error}"
                 )
             record.trials.append(trial)
+            _logger.info("%s %s: %s", "kept" if trial.kept else "dropped", "+".join(trial.names), trial.why)
             if trial.kept:
                 best = [*best, *search.entries(group)]
             bar.update(1)
@@ -206,8 +210,5 @@ def _left(settings: Any) -> str:
 
 
 def _progress_bar(pipe: Any, total: int, *, enabled: bool) -> Any:
-    """A tqdm bar over the candidates, off where the caller turned diffusers' bars off for this pipeline."""
-    from tqdm.auto import tqdm
-
-    disabled = not enabled or bool(getattr(pipe, "_progress_bar_config", {}).get("disable"))
-    return tqdm(total=total, desc="sdopt tune", unit="candidate", disable=disabled)
+    """A bar over the candidates, off where sdopt's, diffusers' or this pipeline's bars are off."""
+    return progress_bar(total=total, desc="sdopt tune", unit="candidate", pipe=pipe, enabled=enabled)

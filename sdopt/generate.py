@@ -1,0 +1,328 @@
+"""Load, optimize, generate: the main job in one call (and in ``sdopt generate``).
+
+``generate`` loads a pipeline (a checkpoint, or a built-in architecture with random weights),
+optimizes it with a tier or a pinned preset, renders the prompt and times it. With
+``compare=True`` the same pipeline renders the same prompt and seed untouched first, so the
+result also says how much faster the optimized pipeline is and how far its image drifted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.logging import get_logger
+from sdopt.presets import Preset
+from sdopt.report import Report
+
+_logger = get_logger(__name__)
+
+DEFAULT_PROMPT = "a lighthouse on a cliff at dawn, oil painting"
+"""What ``sdopt generate`` renders when no ``--prompt`` is given."""
+
+RANDOM_WEIGHTS = (
+    "random weights (a built-in architecture): the image is noise; timings are real, and fidelity is numerical "
+    "drift, not image quality. --model PATH_OR_ID renders a real checkpoint"
+)
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` made: the images, the optimization report, and how long it took.
+
+    ``seconds`` holds each timed call of the optimized pipeline (the first includes any compilation
+    or calibration); with ``compare=True``, ``untouched_seconds`` and ``untouched_images`` are the
+    same calls on the pipeline before it was optimized, and ``psnr_db``/``max_abs_diff`` compare the
+    first images (uint8).
+    """
+
+    source: str
+    images: list[Any]
+    report: Report
+    seconds: list[float]
+    batch: int
+    call: dict[str, Any]
+    load_s: float
+    optimize_s: float
+    untouched_images: list[Any] | None = None
+    untouched_seconds: list[float] | None = None
+    psnr_db: float | None = None
+    max_abs_diff: int | None = None
+    notes: list[str] = field(default_factory=list)
+    pipe: Any = field(default=None, repr=False)
+
+    @property
+    def per_image_s(self) -> float:
+        """Seconds per image: the median warm call (the first call alone when there was one) / batch."""
+        return _per_image(self.seconds, self.batch)
+
+    @property
+    def untouched_per_image_s(self) -> float | None:
+        return None if not self.untouched_seconds else _per_image(self.untouched_seconds, self.batch)
+
+    @property
+    def speedup(self) -> float | None:
+        """Untouched seconds per image / optimized seconds per image (``compare=True`` only)."""
+        untouched = self.untouched_per_image_s
+        return None if untouched is None or self.per_image_s <= 0 else untouched / self.per_image_s
+
+    def save(self, output: str | Path) -> list[Path]:
+        """Write the images to ``output`` (``out-1.png``, ``out-2.png``... for several) and, with a
+        comparison, the untouched images beside them (``out.untouched.png``); returns the paths."""
+        output = Path(output)
+        if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            raise ValueError(f"{output}: the image file must end in .png, .jpg or .webp")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        written = _write(self.images, output)
+        if self.untouched_images is not None:
+            written += _write(self.untouched_images, output.with_name(f"{output.stem}.untouched{output.suffix}"))
+        return written
+
+    def summary(self) -> str:
+        """The timing and fidelity lines ``sdopt generate`` prints under the report."""
+        warm = len(self.seconds) > 1
+        lines = [
+            f"loaded in {self.load_s:.1f} s, optimized in {self.optimize_s:.1f} s",
+            f"time per image: {self.per_image_s:.2f} s "
+            + (
+                f"(median of {len(self.seconds) - 1} warm call(s); first call {self.seconds[0]:.2f} s)"
+                if warm
+                else "(one call, a first call: includes any compilation; --runs 2 times a warm one too)"
+            ),
+        ]
+        if self.untouched_per_image_s is not None:
+            speedup = self.speedup or 0.0
+            verdict = f"{speedup:.2f}x faster" if speedup >= 1 else f"{speedup:.2f}x the speed: slower here"
+            lines.append(f"untouched pipeline: {self.untouched_per_image_s:.2f} s per image (optimized: {verdict})")
+            fidelity = "identical" if self.psnr_db == float("inf") else f"{self.psnr_db:.1f} dB PSNR"
+            lines.append(f"fidelity vs untouched: {fidelity} (max abs difference {self.max_abs_diff}/255)")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def generate(
+    source: str,
+    *,
+    tier: str | None = "balanced",
+    preset: str | Path | Preset | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    negative_prompt: str | None = None,
+    steps: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch: int = 1,
+    runs: int = 1,
+    device: str | None = None,
+    compare: bool = False,
+    memory_budget: float | str | None = None,
+    image: Any = None,
+    mask_image: Any = None,
+    undoable: bool = True,
+    exclude: Sequence[str] = (),
+) -> Generation:
+    """Load ``source``, optimize it with ``tier`` (or ``preset``), render ``prompt`` and time it.
+
+    ``source`` is a local path or hub id (``from_pretrained``) or a built-in architecture
+    (``tiny-sd``, ``sd15``, ``sdxl``... random weights, no download). ``None`` size, steps and
+    guidance take the pipeline's own defaults. ``runs`` calls are made (the first includes any
+    compilation); ``compare`` makes the same calls on the untouched pipeline first. ``image`` and
+    ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
+    such pipelines get a made-up input. The optimized pipeline is in ``.pipe``.
+
+    Example:
+        >>> from sdopt.generate import generate
+        >>> result = generate("tiny-sd", tier="balanced", steps=2, compare=True)
+        >>> result.images[0].size, result.psnr_db > 30
+        ((64, 64), True)
+    """
+    from sdopt.api import optimize
+    from sdopt.bench import _plans_offload
+    from sdopt.capabilities import detect
+    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.tiers import is_auto, resolve_tier
+    from sdopt.tuning import CallShape
+
+    if batch < 1 or runs < 1:
+        raise ValueError(f"batch and runs must be >= 1 (got batch={batch}, runs={runs})")
+    if isinstance(preset, (str, Path)):
+        preset = Preset.load(preset)  # a malformed file fails here, before minutes of loading
+    how: dict[str, Any] = {"preset": preset} if preset is not None else {"tier": tier}
+    if preset is None and tier is not None and not is_auto(tier):
+        resolve_tier(tier)
+    caps = detect(device=device) if device else detect()
+    built_in = source in TINY_ARCHES or source in REAL_ARCHES
+    notes = [RANDOM_WEIGHTS] if built_in else []
+
+    # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.
+    with stand_ins() if built_in else contextlib.nullcontext():
+        started = time.perf_counter()
+        pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
+        if caps.device == "cuda":
+            if _plans_offload(pipe, how, caps, memory_budget):
+                notes.append("the plan offloads: the untouched pipeline ran from host memory")
+            else:
+                pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
+        load_s = time.perf_counter() - started
+        shape = CallShape.of(pipe, {"height": height, "width": width or height, "steps": steps, "batch": batch})
+        if guidance is not None:
+            shape = CallShape.of(pipe, {**shape.to_dict(), "guidance": guidance})
+        kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
+        render = _renderer(pipe, kwargs, seed)
+        untouched: tuple[list[Any], list[float]] | None = None
+        if compare:
+            _logger.info("rendering %d call(s) on the untouched pipeline", runs)
+            untouched = _timed(render, runs)
+
+        started = time.perf_counter()
+        measured: dict[str, Any] = {"call": shape} if how.get("tier") is not None and is_auto(how["tier"]) else {}
+        report = optimize(
+            pipe, **how, **measured, caps=caps, memory_budget=memory_budget, undoable=undoable, exclude=list(exclude)
+        )
+        optimize_s = time.perf_counter() - started
+        images, seconds = _timed(render, runs)
+
+    result = Generation(
+        source=source,
+        images=_to_pil(images),
+        report=report,
+        seconds=seconds,
+        batch=batch,
+        call={key: value for key, value in kwargs.items() if isinstance(value, (str, int, float))},
+        load_s=load_s,
+        optimize_s=optimize_s,
+        notes=notes,
+        pipe=pipe,
+    )
+    if untouched is not None:
+        reference = _to_uint8(untouched[0][0])
+        candidate = _to_uint8(images[0])
+        result.untouched_images = _to_pil(untouched[0])
+        result.untouched_seconds = untouched[1]
+        if reference.shape == candidate.shape:
+            from sdopt.bench import psnr
+
+            result.psnr_db = psnr(reference, candidate)
+            result.max_abs_diff = int(np.abs(reference.astype(int) - candidate.astype(int)).max())
+        else:  # a resolution step renders smaller and says so in the report
+            result.notes.append(
+                f"no fidelity: the optimized image is {candidate.shape[:2]}, the untouched one "
+                f"{reference.shape[:2]} (height, width)"
+            )
+    return result
+
+
+def _call_kwargs(
+    pipe: Any, shape: Any, seed: int, prompt: str, negative_prompt: str | None, image: Any, mask_image: Any
+) -> dict[str, Any]:
+    from sdopt.optimizations._call_wrapper import call_parameters
+
+    parameters = call_parameters(pipe)
+    kwargs = shape.kwargs(pipe, seed)
+    if "prompt" in parameters:
+        kwargs["prompt"] = prompt
+    if negative_prompt is not None and "negative_prompt" in parameters:
+        kwargs["negative_prompt"] = negative_prompt
+    for name, given in (("image", image), ("mask_image", mask_image)):
+        if given is None:
+            continue
+        if name not in parameters:
+            raise ValueError(f"{type(pipe).__name__} takes no {name}; leave --{name.replace('_', '-')} out")
+        kwargs[name] = _open_image(given, "L" if name == "mask_image" else "RGB")
+    if "output_type" in parameters:
+        kwargs["output_type"] = "np"
+    return kwargs
+
+
+def _open_image(given: Any, mode: str) -> Any:
+    if isinstance(given, (str, Path)):
+        from PIL import Image
+
+        with Image.open(given) as opened:
+            return opened.convert(mode)
+    return given
+
+
+def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int) -> Callable[[], Any]:
+    import torch
+
+    def render() -> Any:
+        call = dict(kwargs)
+        if "generator" in call:
+            call["generator"] = torch.Generator("cpu").manual_seed(seed)  # the same noise on every call
+        with torch.inference_mode():
+            output = pipe(**call)
+        return getattr(output, "images", None) if hasattr(output, "images") else getattr(output, "frames", output)
+
+    return render
+
+
+def _timed(render: Callable[[], Any], runs: int) -> tuple[list[Any], list[float]]:
+    # output_type="np" copies the images to the host: the clock stops after the device finished.
+    seconds: list[float] = []
+    images: list[Any] = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        images = _frames(render())
+        seconds.append(time.perf_counter() - started)
+    return images, seconds
+
+
+def _frames(output: Any) -> list[Any]:
+    """Each image of a call's output (``np``: batch x H x W x C; video pipelines: their first frames)."""
+    if isinstance(output, np.ndarray):
+        while output.ndim > 4:
+            output = output[:, 0]
+        return list(output) if output.ndim == 4 else [output]
+    if (
+        isinstance(output, list)
+        and output
+        and isinstance(output[0], (list, np.ndarray))
+        and not hasattr(output[0], "size")
+    ):
+        return [_frames(item)[0] for item in output]
+    return list(output)
+
+
+def _to_uint8(image: Any) -> np.ndarray:
+    if hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image, dtype=np.float32)
+    return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _to_pil(images: Sequence[Any]) -> list[Any]:
+    from PIL import Image
+
+    pictures = []
+    for image in images:
+        if hasattr(image, "convert"):
+            pictures.append(image)
+            continue
+        pixels = _to_uint8(image)
+        pictures.append(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+    return pictures
+
+
+def _write(images: Sequence[Any], output: Path) -> list[Path]:
+    if len(images) == 1:
+        images[0].save(output)
+        return [output]
+    paths = [output.with_name(f"{output.stem}-{index}{output.suffix}") for index in range(1, len(images) + 1)]
+    for picture, path in zip(images, paths, strict=True):
+        picture.save(path)
+    return paths
+
+
+def _per_image(seconds: Sequence[float], batch: int) -> float:
+    warm = seconds[1:] or seconds
+    return statistics.median(warm) / batch
