@@ -37,6 +37,7 @@ def fake_capabilities(
     cuda_capability: tuple[int, int] | None = None,
     vram_gb: float | None = None,
     packages: Mapping[str, bool] | None = None,
+    kernels: bool | None = None,
     **overrides: Any,
 ) -> Capabilities:
     """Capabilities of an imaginary machine, to test hardware-dependent choices anywhere.
@@ -47,7 +48,9 @@ def fake_capabilities(
     sm_50..sm_90, so unusable, and the plan falls back to the CPU), or a bare device type
     ("cpu", "cuda" = an RTX 4090, "mps") to be adjusted with the keywords: whether the CPU
     accelerates bf16, the GPU's compute capability and memory, which optional packages count
-    as installed and usable. Any other :class:`~sdopt.capabilities.Capabilities` field can be
+    as installed and usable, and whether the installed torch has kernels for the GPU (``kernels``:
+    default the profile's; ``fake_capabilities("rtx5090-no-kernels", kernels=True)`` is that card once
+    torch supports it). Any other :class:`~sdopt.capabilities.Capabilities` field can be
     overridden by name. Versions are this machine's.
 
     Example:
@@ -75,7 +78,7 @@ def fake_capabilities(
         name, capability, memory = gpu_spec
         gpu = CudaDevice.from_capability(0, name, cuda_capability or capability, vram_gb or memory)
         gpu = dataclasses.replace(gpu, free_memory_gb=gpu.total_memory_gb * 0.9)
-        if not in_build:
+        if not (in_build if kernels is None else kernels):
             fix = no_kernel_fix(gpu.capability)
             reason = f"{gpu.arch} has no kernels in this torch build (built for sm_50..sm_90); {fix}"
             gpu = dataclasses.replace(gpu, arch_in_build=False, usable=False, reason=reason, free_memory_gb=None)
