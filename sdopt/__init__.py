@@ -1,6 +1,6 @@
 """sdopt: make any diffusers pipeline as fast and lean as the machine allows, and say what was done.
 
-Example:
+Examples:
     >>> from sdopt import optimize
     >>> from sdopt.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("sd")

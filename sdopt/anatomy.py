@@ -170,7 +170,7 @@ def inspect_pipeline(pipe: Any) -> Anatomy:
 
     Raises ``TypeError`` for anything that is not a ``DiffusionPipeline``.
 
-    Example:
+    Examples:
         >>> from sdopt.anatomy import inspect_pipeline
         >>> from sdopt.testing import tiny_pipeline
         >>> anatomy = inspect_pipeline(tiny_pipeline("sdxl"))

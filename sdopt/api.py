@@ -41,7 +41,7 @@ def plan(
     that shares its GPU; without it the plan uses what the device has free. ``tier="auto"`` cannot
     be decided without measuring: its plan is the ``quality`` tier's, the candidates it would time.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> p = plan(tiny_pipeline("flux"), tier="low-memory", caps=fake_capabilities("cpu"))
@@ -114,7 +114,7 @@ def optimize(
     in reverse order, leaving the pipeline exactly as it was; with ``strict`` the error is raised,
     otherwise the failure is recorded and the plan is applied again without it.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> pipe = tiny_pipeline("sd")

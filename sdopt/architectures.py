@@ -260,7 +260,7 @@ def stand_in(class_name: str, source: str) -> Any | None:
     benches use them when the real weights are not cached, so a tier is timed with the parts a user
     with a network gets; the model is marked ``_sdopt_stand_in`` and the report says so.
 
-    Example:
+    Examples:
         >>> from sdopt.architectures import stand_in
         >>> stand_in("AutoencoderTiny", "madebyollin/taesd3").config.latent_channels
         16
@@ -336,7 +336,7 @@ def load_pipeline(source: str, device: str = "cpu") -> Any:
     """The pipeline ``source`` names on ``device``: a tiny test architecture (``tiny-sd``...), a real-size
     one (``sd15``...), both with random weights, or a local path / hub id loaded with ``from_pretrained``.
 
-    Example:
+    Examples:
         >>> from sdopt.architectures import load_pipeline
         >>> type(load_pipeline("tiny-sd")).__name__
         'StableDiffusionPipeline'

@@ -281,7 +281,7 @@ def bench(
     each alone on the device (the loaded pipeline waits on the host), so each tier's device peak
     is its own.
 
-    Example:
+    Examples:
         >>> from sdopt.bench import bench
         >>> result = bench("tiny-sd", ["baseline", "balanced"], steps=2, runs=1, warmup=0)
         >>> [t.tier for t in result.tiers], result.tiers[0].speedup

@@ -9,7 +9,7 @@ from pathlib import Path
 def cache_root(kind: str) -> Path:
     """``$SDOPT_CACHE_DIR/<kind>``, else ``$XDG_CACHE_HOME/sdopt/<kind>``, else ``~/.cache/sdopt/<kind>``.
 
-    Example:
+    Examples:
         >>> import os
         >>> from sdopt.cache_dir import cache_root
         >>> os.environ["SDOPT_CACHE_DIR"] = "/tmp/sdopt-example"

@@ -426,7 +426,7 @@ def arch_in_build(capability: tuple[int, int], arch_list: list[str]) -> bool:
     SASS (``sm_XY``) runs on devices of the same major version and an equal or newer minor;
     PTX (``compute_XY``) is JIT-compiled for any device at least that new.
 
-    Example:
+    Examples:
         >>> from sdopt.capabilities import arch_in_build
         >>> arch_in_build((12, 0), ["sm_80", "sm_86", "sm_90"])
         False
@@ -785,7 +785,7 @@ def detect(device: str | None = None, *, refresh: bool = False) -> Capabilities:
     An accelerator that is present but cannot be used (for example a GPU this torch build has no
     kernels for) is reported in ``device_reason`` and ``warnings`` with the fix.
 
-    Example:
+    Examples:
         >>> from sdopt import detect
         >>> caps = detect()
         >>> caps.device in ("cpu", "cuda", "mps", "xpu")

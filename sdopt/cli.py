@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
 
     optimizations = commands.add_parser("optimizations", help="list the registered optimizations")
     optimizations.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    optimizations.add_argument(
+        "--write-docs", metavar="DIR", help="write the documentation page of each optimization (docs/catalogue)"
+    )
     optimizations.set_defaults(handler=_optimizations)
 
     doctor = commands.add_parser("doctor", help="show what sdopt detects on this machine")
@@ -278,6 +281,12 @@ def _tiers(args: argparse.Namespace) -> int:
 
 
 def _optimizations(args: argparse.Namespace) -> int:
+    if args.write_docs:
+        from sdopt.optimization_docs import write_catalogue
+
+        written = write_catalogue(args.write_docs)
+        print(f"wrote {len(written)} pages to {args.write_docs}")
+        return 0
     rows = registry.list_optimizations()
     if args.json:
         print(json.dumps(rows, indent=2))

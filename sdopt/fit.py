@@ -4,7 +4,7 @@ Every architecture is built on the ``meta`` device (its structure, no weights al
 for each named machine of :func:`sdopt.testing.fake_capabilities`; the planned peak is the weights in
 their planned storage dtype plus one call's activations at the default size (:mod:`sdopt.footprint`).
 
-Example:
+Examples:
     >>> from sdopt.fit import fit_rows
     >>> row = fit_rows(["sd15"], ["t4-16gb"], ["balanced"])[0]
     >>> row.fits, row.regime

@@ -7,7 +7,7 @@ the pipeline's default size, against the device memory free *now* (read again at
 real CUDA device, not taken from the first ``detect()``). Steps driven by the budget (offloads) are
 decided from it, and win conflicts against steps that only buy speed.
 
-Example:
+Examples:
     >>> from sdopt import plan
     >>> from sdopt.architectures import real_pipeline
     >>> from sdopt.testing import fake_capabilities
@@ -148,7 +148,7 @@ _UNITS.update({"tb": 1024.0, "tib": 1024.0})
 def parse_memory(value: float | str) -> float:
     """A memory amount in GB (GiB) from ``6``, ``6.5``, ``"6GB"``, ``"6 GiB"`` or ``"512MB"``.
 
-    Example:
+    Examples:
         >>> from sdopt.footprint import parse_memory
         >>> parse_memory("6GB"), parse_memory("512 MB"), parse_memory(8)
         (6.0, 0.5, 8.0)

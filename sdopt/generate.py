@@ -139,7 +139,7 @@ def generate(
     ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
     such pipelines get a made-up input. The optimized pipeline is in ``.pipe``.
 
-    Example:
+    Examples:
         >>> from sdopt.generate import generate
         >>> result = generate("tiny-sd", tier="balanced", steps=2, compare=True)
         >>> result.images[0].size, result.psnr_db > 30

@@ -53,7 +53,7 @@ def load(
     reach the GPU; not undoable), elsewhere (diffusers' bitsandbytes loader needs a GPU) by the
     ``quantize_4bit`` step after loading. Needs ``pip install sdopt[bnb]``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from sdopt import load
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities

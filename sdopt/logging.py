@@ -11,7 +11,7 @@ switch (:func:`disable_progress_bar`) and diffusers' (``diffusers.utils.logging.
 are on; a pipeline whose own bar was turned off with ``pipe.set_progress_bar_config(disable=True)``
 gets none from sdopt either.
 
-Example:
+Examples:
     >>> import sdopt.logging
     >>> sdopt.logging.set_verbosity_info()
     >>> sdopt.logging.get_verbosity() == sdopt.logging.INFO
@@ -75,7 +75,7 @@ def _env_level() -> int:
 def get_logger(name: str | None = None) -> logging.Logger:
     """The ``sdopt`` logger, or its child ``name`` (``sdopt.<name>`` unless it already starts so).
 
-    Example:
+    Examples:
         >>> from sdopt.logging import get_logger
         >>> get_logger("tuning").name
         'sdopt.tuning'
@@ -94,7 +94,7 @@ def get_verbosity() -> int:
 def set_verbosity(level: int | str) -> None:
     """Set the ``sdopt`` logger's level: a ``logging`` level or its name (``"info"``).
 
-    Example:
+    Examples:
         >>> import sdopt.logging
         >>> sdopt.logging.set_verbosity("error")
         >>> sdopt.logging.get_verbosity() == sdopt.logging.ERROR
@@ -166,7 +166,7 @@ def is_progress_bar_enabled(pipe: Any = None) -> bool:
     """Whether sdopt shows a progress bar now: its own switch, diffusers' switch and, given a
     pipeline, that pipeline's ``set_progress_bar_config(disable=...)``.
 
-    Example:
+    Examples:
         >>> import sdopt.logging
         >>> from sdopt.testing import tiny_pipeline
         >>> sdopt.logging.is_progress_bar_enabled(tiny_pipeline("sd"))  # sdopt.testing turns bars off

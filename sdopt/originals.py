@@ -18,7 +18,7 @@ keeps their data in the first place that does not sit in RAM or device memory:
 Measured on this machine (2-core EPYC, SD1.5 UNet of 3.4 GB in float32, ``half_precision``):
 see docs/memory.md for the figures behind the order above.
 
-Example:
+Examples:
     >>> import torch
     >>> from sdopt.originals import Originals
     >>> layer = torch.nn.Linear(4, 4)

@@ -67,7 +67,7 @@ class Step:
 class Plan:
     """What :func:`sdopt.optimize` would do to a pipeline on a machine, decided without changing it.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> p = plan(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))

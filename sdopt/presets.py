@@ -34,7 +34,7 @@ class PresetError(SdoptError, ValueError):
 class Entry:
     """One optimization of a preset: its name, its options and when it is wanted.
 
-    Example:
+    Examples:
         >>> from sdopt.presets import Entry
         >>> from sdopt.requirements import Requirements
         >>> Entry("vae_tiling", when=Requirements(max_memory_gb=8)).to_dict()
@@ -67,7 +67,7 @@ class Entry:
 class Preset:
     """A named, versioned list of :class:`Entry` (a tier, or an app's pinned choice).
 
-    Example:
+    Examples:
         >>> from sdopt import Preset
         >>> preset = Preset("my-app", entries=("channels_last",))
         >>> [entry.name for entry in preset.entries]
@@ -185,7 +185,7 @@ class Preset:
     def load(cls, path: str | Path) -> Preset:
         """Read a preset from a ``.toml`` or ``.json`` file.
 
-        Example:
+        Examples:
             >>> import tempfile, pathlib
             >>> from sdopt import Preset
             >>> path = pathlib.Path(tempfile.mkdtemp()) / "app.toml"

@@ -26,7 +26,7 @@ _loading = False
 def register(cls: type[Optimization], *, replace: bool = False) -> type[Optimization]:
     """Add an optimization class to the registry (usable as a class decorator).
 
-    Example:
+    Examples:
         >>> from sdopt.optimizations.base import Optimization
         >>> from sdopt.registry import register, unregister, get
         >>> @register
@@ -93,7 +93,7 @@ def must_precede(a: str, b: str) -> bool:
 def list_optimizations() -> list[dict[str, Any]]:
     """A row per registered optimization: name, kind, summary, lossy, effect, requirements, options.
 
-    Example:
+    Examples:
         >>> from sdopt import list_optimizations
         >>> "channels_last" in [row["name"] for row in list_optimizations()]
         True

@@ -97,7 +97,7 @@ def _newest(pipe: Any) -> Report | _Gone | None:
 class Report:
     """The outcome of :func:`sdopt.optimize`: every decision, and the way back.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> pipe = tiny_pipeline("sd")
@@ -213,7 +213,7 @@ class Report:
         records the sdopt version, the tier it came from and the machine's fingerprint, so a
         replay on another machine says what differs.
 
-        Example:
+        Examples:
             >>> from sdopt import optimize
             >>> from sdopt.testing import tiny_pipeline, fake_capabilities
             >>> report = optimize(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))

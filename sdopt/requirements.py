@@ -30,7 +30,7 @@ PACKAGE_EXTRAS: dict[str, str] = {
 class Requirements:
     """Conditions that must all hold; an empty field means "any".
 
-    Example:
+    Examples:
         >>> from sdopt.requirements import Requirements
         >>> from sdopt.testing import fake_capabilities, tiny_pipeline
         >>> from sdopt.anatomy import inspect_pipeline

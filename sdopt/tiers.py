@@ -308,7 +308,7 @@ def tier_names() -> list[str]:
 def resolve_tier(spec: str) -> Preset:
     """The preset for ``"name"`` (latest version) or ``"name@version"``.
 
-    Example:
+    Examples:
         >>> from sdopt.tiers import resolve_tier
         >>> resolve_tier("balanced@1").label
         'balanced@1'
@@ -336,7 +336,7 @@ def resolve_tier(spec: str) -> Preset:
 def list_tiers() -> list[dict[str, Any]]:
     """One row per published tier version: name, version, latest, description and entries.
 
-    Example:
+    Examples:
         >>> from sdopt import list_tiers
         >>> [row["name"] for row in list_tiers() if row["latest"]]
         ['conservative', 'balanced', 'fast', 'ultra', 'low-memory']
@@ -363,7 +363,7 @@ def tiers_markdown() -> str:
     """The latest version of every tier as Markdown tables: optimization, options, condition,
     quality, effect and the rationale. ``docs/tiers.md`` embeds this (a test keeps it current).
 
-    Example:
+    Examples:
         >>> from sdopt.tiers import tiers_markdown
         >>> tiers_markdown().splitlines()[0]
         '### `conservative@1`: output visually identical to the original (numerical drift only)'

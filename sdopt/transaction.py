@@ -40,7 +40,7 @@ def record(pipe: Any, *, accelerator_data: bool = True) -> Restore:
     With ``accelerator_data=False`` the data of tensors on an accelerator is not referenced (it would
     stay in device memory as long as the record lives); their Parameter objects are still put back.
 
-    Example:
+    Examples:
         >>> from diffusers.models.attention_processor import AttnProcessor
         >>> from sdopt.testing import tiny_pipeline, pipeline_state, state_differences
         >>> from sdopt.transaction import record

@@ -27,7 +27,7 @@ _IMAGE_INPUTS = ("image", "control_image", "mask_image")
 def verification_kwargs(pipe: Any) -> dict[str, Any]:
     """Keyword arguments of a minimal real call of ``pipe`` (whatever its layers of sdopt wrappers).
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline
         >>> from sdopt.verification import verification_kwargs
         >>> kwargs = verification_kwargs(tiny_pipeline("sd"))
@@ -93,7 +93,7 @@ def _has_ip_adapter(anatomy: Anatomy) -> bool:
 def placeholder_image(height: int, width: int | None = None, *, mask: bool = False) -> Any:
     """A made-up input image (a colour gradient) or mask (right half white) for calls sdopt makes itself.
 
-    Example:
+    Examples:
         >>> from sdopt.verification import placeholder_image
         >>> placeholder_image(64, 32).size
         (32, 64)

@@ -42,7 +42,7 @@ class AttentionBackend(Optimization):
     backend, which its ``reset_attention_backend`` does not restore: sdopt puts it back right away
     (the processors carry the choice), so other pipelines of the process are never affected.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("flux")

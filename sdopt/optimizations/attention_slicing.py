@@ -27,7 +27,7 @@ class AttentionSlicing(Optimization):
     Only modules with ``set_attention_slice`` (UNets, ControlNets) honour it; diffusers silently
     ignores it on SD3/Flux/PixArt transformers, so there it is skipped with that reason.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

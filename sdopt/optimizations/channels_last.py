@@ -33,7 +33,7 @@ class ChannelsLast(Optimization):
     ~11 s), hence ``components``. Lossless up to numerical drift; undo restores the original
     strides, values untouched.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline

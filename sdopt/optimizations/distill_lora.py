@@ -73,7 +73,7 @@ class DistillLora(Optimization):
     otherwise it is skipped with that reason. Undo puts back the fused layers' original weights
     (from where undo's originals are kept, docs/memory.md), the scheduler and the call: exact.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline
         >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["distill_lora"])
@@ -184,7 +184,7 @@ def random_lora(unet: torch.nn.Module, *, rank: int = RANK, seed: int = 0, scale
     """A LoRA state dict (peft format, ``unet.`` prefixed, as ``load_lora_weights`` takes it) with
     random weights of LCM-LoRA's rank on its target layers: for offline tests and ``--arch`` benches.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline
         >>> state = random_lora(tiny_pipeline("sd").unet, rank=4)
         >>> tuple(state["unet.down_blocks.0.resnets.0.conv1.lora_A.weight"].shape)

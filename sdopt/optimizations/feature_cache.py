@@ -38,7 +38,7 @@ class FeatureCache(Optimization):
     ``FirstBlockCacheConfig`` is used, with a threshold that skips work (diffusers' 0.05 default
     skipped nothing on a tiny Flux). Lossy.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

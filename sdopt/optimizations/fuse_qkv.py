@@ -34,7 +34,7 @@ class FuseQKV(Optimization):
     Moving the pipeline afterwards (``pipe.to(...)``, an offload) copies each parameter on its own and
     ends the sharing, hence the conflict with the offloads.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("flux")

@@ -35,7 +35,7 @@ class GroupOffload(Optimization):
     hook registry. Faster than sequential offload at a similar footprint when streams overlap
     transfers with compute.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> pipe = tiny_pipeline("sd")

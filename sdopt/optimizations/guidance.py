@@ -41,7 +41,7 @@ class Guidance(Optimization):
     Lightning, Hyper-SD), whose pipelines still default to a guidance scale of 5-7.5, guidance is
     turned off by default instead: half the denoiser work, and the image the model was trained for.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

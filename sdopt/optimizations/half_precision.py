@@ -50,7 +50,7 @@ class HalfPrecision(Optimization):
     Undo puts the original float32 tensors back from where undo's originals are kept (the checkpoint,
     a spill file, see docs/memory.md), so it is exact and keeping them costs no memory.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities

@@ -27,7 +27,7 @@ class ModelOffloadConfig:
 class ModelOffload(Optimization):
     """diffusers' ``enable_model_cpu_offload``: peak memory of the largest component, small slowdown.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["model_offload"], caps=fake_capabilities("t4-16gb"))

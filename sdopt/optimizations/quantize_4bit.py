@@ -39,7 +39,7 @@ class Quantize4bit(Optimization):
     Undo puts the original Linear modules back, their weights re-read from where undo's originals are
     kept (docs/memory.md): exact.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> caps = fake_capabilities("cpu")  # an imaginary machine without bitsandbytes

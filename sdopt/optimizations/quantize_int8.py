@@ -40,7 +40,7 @@ class QuantizeInt8(Optimization):
     Undo puts the original Linear modules (CPU path) or weight tensors (torchao) back, their weights
     re-read from where undo's originals are kept (docs/memory.md): exact.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> pipe = tiny_pipeline("sd")

@@ -44,7 +44,7 @@ class Resolution(Optimization):
     ``latents`` runs at their size. Clearly lossy (softer detail); for the ``ultra`` tier and
     explicit use, on the families it was verified on.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, call_kwargs
         >>> pipe = tiny_pipeline("sd")

@@ -45,7 +45,7 @@ class Scheduler(Optimization):
     DDIM -> DDIM swap changed outputs because ``steps_offset``/``timestep_spacing`` were lost), so
     the new scheduler is built from the complete original config. Undo restores the original object.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

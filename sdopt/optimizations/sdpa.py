@@ -26,7 +26,7 @@ class Sdpa(Optimization):
     SDPA by default, so on a freshly loaded pipeline this is usually skipped as "already active";
     it matters after code (or an older checkpoint) set the classic processors.
 
-    Example:
+    Examples:
         >>> from diffusers.models.attention_processor import AttnProcessor
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline

@@ -27,7 +27,7 @@ class SequentialOffloadConfig:
 class SequentialOffload(Optimization):
     """diffusers' ``enable_sequential_cpu_offload`` (accelerate hooks on every leaf module).
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["sequential_offload"], caps=fake_capabilities("cpu"))

@@ -66,7 +66,7 @@ class StaticInt8(Optimization):
     costs, the fidelity measured). Undo removes the int8 program; the float weights were never
     touched.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> vnni = fake_capabilities("cpu-amx", packages={"torchao": True})

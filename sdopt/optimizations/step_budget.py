@@ -27,7 +27,7 @@ class StepBudget(Optimization):
     with DPM-Solver++ 20-25 give nearly the same image). An explicit ``num_inference_steps`` is
     respected unless ``cap=True``. Time per image falls in proportion. Lossy.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

@@ -34,7 +34,7 @@ class TinyVae(Optimization):
     here); a TAESD-architecture decoder took 3.1 s vs 20.0 s in the same fp32 probe. Images get
     slightly softer: lossy, so only in ``fast`` and above. Undo puts the original VAE object back.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from diffusers import AutoencoderTiny
         >>> from sdopt import optimize

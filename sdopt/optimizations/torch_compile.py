@@ -44,7 +44,7 @@ class TorchCompile(Optimization):
     Regional compilation (diffusers' ``compile_repeated_blocks``) where the model declares repeated
     blocks. The report states the first-call cost. Undo restores the eager module (the compiled callables are dropped).
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["torch_compile"], caps=fake_capabilities("cpu-amx"))

@@ -32,7 +32,7 @@ class VaeFp16Fix(Optimization):
     Only relevant where the pipeline runs in float16 (older CUDA, MPS); bfloat16 has float32's range.
     When the weights cannot be loaded it is skipped with the reason and the VAE stays float32.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> result = plan(tiny_pipeline("sdxl"), tier=None, extra=["vae_fp16_fix"], caps=fake_capabilities("a100-80gb"))

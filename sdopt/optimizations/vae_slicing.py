@@ -19,7 +19,7 @@ class VaeSlicing(Optimization):
     Pipelines no longer have ``enable_vae_slicing``; this calls the VAE's own method. It only
     changes batches of more than one image (several prompts or ``num_images_per_prompt``).
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

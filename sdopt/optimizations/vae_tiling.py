@@ -32,7 +32,7 @@ class VaeTiling(Optimization):
     1024 px for SDXL) are tiled; smaller ones decode exactly as before. Tiles are blended
     where they overlap, so outputs differ slightly from an untiled decode.
 
-    Example:
+    Examples:
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline
         >>> pipe = tiny_pipeline("sd")

@@ -51,7 +51,7 @@ class WeightStorage(Optimization):
     (its ``deinitalize_hook`` raises); undo takes it off here and puts the original weights back from
     where undo's originals are kept (docs/memory.md).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sdopt import optimize
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities

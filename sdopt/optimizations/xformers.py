@@ -25,7 +25,7 @@ class Xformers(Optimization):
     its ops do not load there). With PyTorch 2's SDPA the gain is usually small; tiers prefer
     ``sdpa``/``attention_backend``.
 
-    Example:
+    Examples:
         >>> from sdopt import plan
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> result = plan(tiny_pipeline("sd"), tier=None, extra=["xformers"], caps=fake_capabilities("t4-16gb"))

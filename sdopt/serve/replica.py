@@ -26,7 +26,7 @@ class Replica:
     """A pipeline loaded, optimized with one preset (``strict``: refused on a machine it was not made
     for) and warmed up; :meth:`generate` turns requests into PNG bytes.
 
-    Example:
+    Examples:
         >>> from sdopt.serve.replica import Replica
         >>> from sdopt.serve.requests import GenerateRequest
         >>> replica = Replica("tiny-sd", preset=None, warmup=False)

@@ -31,7 +31,7 @@ class InvalidRequest(ValueError):
 class GenerateRequest:
     """One image to generate.
 
-    Example:
+    Examples:
         >>> from sdopt.serve.requests import GenerateRequest
         >>> GenerateRequest.parse(b'{"prompt": "a fox", "steps": 4, "seed": 7}').call_group()
         (4, 7.5, None, None)

@@ -12,7 +12,7 @@ schedulers), so code that works on them works on the real ones.
 - :func:`fake_capabilities`: imaginary machines; :func:`pipeline_state` / :func:`state_differences`:
   exact before/after comparisons.
 
-Example:
+Examples:
     >>> import torch
     >>> from sdopt.testing import tiny_pipeline, call_kwargs
     >>> pipe = tiny_pipeline("sd")

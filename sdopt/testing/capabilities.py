@@ -53,7 +53,7 @@ def fake_capabilities(
     torch supports it). Any other :class:`~sdopt.capabilities.Capabilities` field can be
     overridden by name. Versions are this machine's.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import fake_capabilities
         >>> caps = fake_capabilities("t4-16gb")
         >>> caps.device, caps.half_dtype, caps.gpu.arch

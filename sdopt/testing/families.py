@@ -258,7 +258,7 @@ def tiny_pipeline(family: str = "sd", *, seed: int = 0) -> Any:
 
     ``family`` is one of :data:`FAMILIES`. The same ``seed`` gives the same weights.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline
         >>> type(tiny_pipeline("flux")).__name__
         'FluxPipeline'
@@ -281,7 +281,7 @@ def call_kwargs(family: str = "sd", *, seed: int = 0, steps: int = 2, size: int 
     Returns a fresh dict (with a fresh seeded ``generator``) on each call, so two calls with
     the same arguments give the same image.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline, call_kwargs
         >>> pipe = tiny_pipeline("pixart")
         >>> pipe(**call_kwargs("pixart")).images[0].shape

@@ -14,7 +14,7 @@ def resident_tensor_bytes(device: str = "cpu") -> int:
     tensors (fbgemm's packed int8 weights, the allocator's cache) is not seen: compare two
     measurements of the same process, before and after a change.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sdopt.testing import resident_tensor_bytes
         >>> before = resident_tensor_bytes()

@@ -91,7 +91,7 @@ def kl_vae(latent_channels: int, **extra: Any) -> Any:
 def tiny_autoencoder_tiny(latent_channels: int = 4, *, seed: int = 0) -> Any:
     """A random-weight ``AutoencoderTiny`` with the real downscale factor 8, for ``tiny_vae`` tests.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_autoencoder_tiny
         >>> tiny_autoencoder_tiny(16).config.latent_channels
         16

@@ -19,7 +19,7 @@ def pipeline_state(pipe: Any) -> dict[str, Any]:
     as ``use_slicing``; plus the scheduler's class and config and diffusers' process-wide
     attention backend. Compare two snapshots with :func:`state_differences`.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline, pipeline_state, state_differences
         >>> pipe = tiny_pipeline("sd")
         >>> before = pipeline_state(pipe)

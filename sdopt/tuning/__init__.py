@@ -62,7 +62,7 @@ def tune(
     without measuring. Apply the result with ``optimize(pipe, preset=tuning.preset)``, or let
     ``optimize(pipe, tier="auto")`` do both.
 
-    Example:
+    Examples:
         >>> from sdopt import tune
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> tuning = tune(tiny_pipeline("sd"), "balanced", call={"steps": 2}, caps=fake_capabilities("cpu"),
@@ -169,7 +169,7 @@ def tune(
 def clear_cache() -> int:
     """Forget every stored tuning (``sdopt tune --clear-cache``); returns how many were removed.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> from sdopt.tuning import clear_cache
         >>> os.environ["SDOPT_CACHE_DIR"] = tempfile.mkdtemp()

@@ -49,7 +49,7 @@ def sampled_weights_hash(module: torch.nn.Module, span: int = 256) -> str:
     start, middle and end of each: a fine-tune or a fused LoRA changes them, and an SD1.5 UNet hashes
     in milliseconds rather than the seconds all 3.4 GB take (a cache hit must cost what a plain tier does).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sdopt.tuning.cache import sampled_weights_hash
         >>> layer = torch.nn.Linear(4, 4)
@@ -98,7 +98,7 @@ def store(root: Path, entry: str, data: Mapping[str, Any]) -> None:
 def clear(root: Path | None = None) -> int:
     """Remove every stored tuning; returns how many were removed.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from sdopt.tuning.cache import clear, store

@@ -61,7 +61,7 @@ class Trial:
 class Tuning:
     """The outcome of :func:`sdopt.tune`: the frozen preset and, per candidate, why it was kept or dropped.
 
-    Example:
+    Examples:
         >>> from sdopt import tune
         >>> from sdopt.testing import tiny_pipeline, fake_capabilities
         >>> tuning = tune(tiny_pipeline("sd"), "conservative", call={"steps": 2}, caps=fake_capabilities("cpu"),

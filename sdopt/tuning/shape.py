@@ -23,7 +23,7 @@ class CallShape:
     ``None`` fields take the pipeline's defaults (:meth:`of`); ``guidance`` and the size stay
     ``None`` for pipelines that take none.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import tiny_pipeline
         >>> from sdopt.tuning import CallShape
         >>> CallShape.of(tiny_pipeline("sd"), {"steps": 4})

@@ -6,7 +6,7 @@ such as init images, masks, control images or image embeddings generated in memo
 result lives in the output (``images``, ``frames`` or ``audios``). Tests use it to check that every
 tier runs on every pipeline, keeps the output's type and shape, and undoes exactly.
 
-Example:
+Examples:
     >>> from sdopt.testing import zoo_pipeline, zoo_call_kwargs, zoo_names
     >>> "StableDiffusionControlNetPipeline" in zoo_names()
     True
@@ -43,7 +43,7 @@ def zoo_entry(name: str) -> ZooEntry:
 def zoo_pipeline(name: str, *, seed: int = 0) -> Any:
     """Build a tiny random-weight ``name`` pipeline offline, in eval mode, on the CPU.
 
-    Example:
+    Examples:
         >>> from sdopt.testing import zoo_pipeline
         >>> type(zoo_pipeline("WanPipeline")).__name__
         'WanPipeline'
