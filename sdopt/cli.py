@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sdopt import registry
@@ -20,40 +21,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
     args = parser.parse_args(argv)
-    _set_verbosity(args.verbosity)
-    if args.command in _LOADS_PIPELINES:
-        from sdopt._noise import quiet_imports
+    with _verbosity(args.verbosity):
+        if args.command in _LOADS_PIPELINES:
+            from sdopt._noise import quiet_imports
 
-        quiet_imports()  # third-party import noise, summarised by `doctor`, printed with --verbose
-        if args.verbosity > 0:
-            _print_heard()
-    try:
-        return int(args.handler(args) or 0)
-    except (SdoptError, TypeError, ValueError, OSError, ImportError) as error:
-        print(f"sdopt: error: {error}", file=sys.stderr)
-        return 2
+            quiet_imports()  # third-party import noise, summarised by `doctor`, printed with --verbose
+            if args.verbosity > 0:
+                _print_heard()
+        try:
+            return int(args.handler(args) or 0)
+        except (SdoptError, TypeError, ValueError, OSError, ImportError) as error:
+            print(f"sdopt: error: {error}", file=sys.stderr)
+            return 2
 
 
 # The commands that build or load a pipeline (and so import diffusers, peft, torchao...).
 _LOADS_PIPELINES = ("generate", "doctor", "plan", "freeze", "tune", "bench")
 
 
-def _set_verbosity(verbosity: int) -> None:
-    """-q: errors only and no progress bars; default: warnings; -v: what sdopt does; -vv: debug."""
+@contextlib.contextmanager
+def _verbosity(verbosity: int) -> Iterator[None]:
+    """-q: errors only and no progress bars; default: warnings; -v: what sdopt does; -vv: debug.
+    The switches are put back afterwards: ``main`` called in-process leaves its caller's settings."""
     import sdopt.logging
 
-    if verbosity < 0:
-        sdopt.logging.set_verbosity_error()
-        sdopt.logging.disable_progress_bar()
-        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    level, bars = sdopt.logging.get_verbosity(), sdopt.logging._progress_bars
+    quiet = verbosity < 0
+    if quiet:
         from diffusers.utils import logging as diffusers_logging
 
+        diffusers_level, diffusers_bars = diffusers_logging.get_verbosity(), diffusers_logging.is_progress_bar_enabled()
+        sdopt.logging.set_verbosity_error()
+        sdopt.logging.disable_progress_bar()
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
-    elif verbosity == 1:
-        sdopt.logging.set_verbosity_info()
-    elif verbosity > 1:
-        sdopt.logging.set_verbosity_debug()
+    elif verbosity > 0:
+        sdopt.logging.set_verbosity(sdopt.logging.INFO if verbosity == 1 else sdopt.logging.DEBUG)
+    try:
+        yield
+    finally:
+        sdopt.logging.set_verbosity(level)
+        if bars:
+            sdopt.logging.enable_progress_bar()
+        if quiet:
+            diffusers_logging.set_verbosity(diffusers_level)
+            if diffusers_bars:
+                diffusers_logging.enable_progress_bar()
 
 
 def _print_heard() -> None:

@@ -101,6 +101,11 @@ def test_cli_generate_quiet_json_and_errors(tmp_path, capsys, monkeypatch) -> No
     printed = capsys.readouterr()
     assert "sdopt optimized" not in printed.out  # the report is left out with --quiet
     assert "time per image:" in printed.out and printed.err == ""  # no progress bars either
+    from diffusers.utils import logging as diffusers_logging
+
+    import sdopt.logging
+
+    assert diffusers_logging.is_progress_bar_enabled() and sdopt.logging.is_progress_bar_enabled()  # put back
     data = json.loads(record.read_text())
     assert data["images"] == [str(out)] and data["call"]["num_inference_steps"] == 2
     assert data["report"]["source"] == "conservative@1"
