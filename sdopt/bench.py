@@ -701,8 +701,7 @@ def _plans_offload(pipe: Any, how: dict[str, Any] | None, caps: Any, memory_budg
         return False
     from sdopt.api import plan
 
-    planned = plan(pipe, **how, caps=caps, memory_budget=memory_budget)
-    return any(step.name.endswith("_offload") for step in planned.steps)
+    return plan(pipe, **how, caps=caps, memory_budget=memory_budget).offloads
 
 
 def _default_size(pipe: Any) -> int:

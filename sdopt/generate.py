@@ -145,8 +145,7 @@ def generate(
         >>> result.images[0].size, result.psnr_db > 30
         ((64, 64), True)
     """
-    from sdopt.api import optimize
-    from sdopt.bench import _plans_offload
+    from sdopt.api import optimize, plan
     from sdopt.capabilities import detect
     from sdopt.optimizations._pretrained import stand_ins
     from sdopt.tiers import is_auto, resolve_tier
@@ -168,10 +167,10 @@ def generate(
         started = time.perf_counter()
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
         if caps.device == "cuda":
-            if _plans_offload(pipe, how, caps, memory_budget):
-                notes.append("the plan offloads: the untouched pipeline ran from host memory")
-            else:
+            if not plan(pipe, **how, caps=caps, memory_budget=memory_budget).offloads:
                 pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
+            elif compare:
+                notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
         load_s = time.perf_counter() - started
         shape = CallShape.of(pipe, {"height": height, "width": width or height, "steps": steps, "batch": batch})
         if guidance is not None:

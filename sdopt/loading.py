@@ -106,7 +106,7 @@ def load(
 
     if caps.device != "cpu":
         planned = plan(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, memory_budget=memory_budget)
-        if not any(step.name.endswith("_offload") for step in planned.steps):
+        if not planned.offloads:
             pipe.to(caps.device)
     report = optimize(
         pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, verify=verify, memory_budget=memory_budget

@@ -105,6 +105,12 @@ class Plan:
         return any(name in planned for name in _OFFLOADS_FOR[self.footprint.regime])
 
     @property
+    def offloads(self) -> bool:
+        """Whether the plan offloads (the offload places each component itself, so the pipeline is
+        not moved to the device first: :func:`sdopt.load`, ``sdopt generate``)."""
+        return any(step.name.endswith("_offload") for step in self.steps)
+
+    @property
     def device(self) -> str:
         """The device type this plan targets."""
         return self.caps.device
