@@ -282,13 +282,8 @@ def _frames(output: Any) -> list[Any]:
         while output.ndim > 4:
             output = output[:, 0]
         return list(output) if output.ndim == 4 else [output]
-    if (
-        isinstance(output, list)
-        and output
-        and isinstance(output[0], (list, np.ndarray))
-        and not hasattr(output[0], "size")
-    ):
-        return [_frames(item)[0] for item in output]
+    if isinstance(output, list) and output and isinstance(output[0], list):  # frames per video
+        return [frames[0] for frames in output]
     return list(output)
 
 
