@@ -3,7 +3,7 @@ report a service logs, and undo as the rollback when a new configuration misbeha
 
 python examples/inpainting_6gb.py                   # offline: plans a real-size SDXL for a 6 GB share of
                                                     # an 8 GB GPU (simulated), runs a tiny inpainting pipeline
-python examples/inpainting_6gb.py --model diffusers/stable-diffusion-xl-1.0-inpainting-0.1 --budget 6GB
+python examples/inpainting_6gb.py --model diffusers/stable-diffusion-xl-1.0-inpainting-0.1 --size 1024
 
 Part 1 plans the real-size architecture on the meta device (no weights allocated): which offload the
 budget calls for, and the error a budget no plan can meet raises. Part 2 optimizes a pipeline for
@@ -13,6 +13,7 @@ real, inpaints, then rolls back with `report.undo()` and checks the output is th
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"rolled back; output identical to before: {np.array_equal(_inpaint(pipe, call), before)}")
 
 
-def _inpainting_pipeline(model: str | None):
+def _inpainting_pipeline(model: str | None) -> Any:
     if model:
         from diffusers import AutoPipelineForInpainting
 
@@ -70,7 +71,7 @@ def _inpainting_pipeline(model: str | None):
     return zoo_pipeline("StableDiffusionInpaintPipeline")
 
 
-def _call(steps: int, side: int) -> dict:
+def _call(steps: int, side: int) -> dict[str, Any]:
     photo = np.zeros((side, side, 3), np.uint8)
     photo[..., 0] = np.linspace(0, 255, side, dtype=np.uint8)  # a red gradient
     mask = np.zeros((side, side), np.uint8)
@@ -86,7 +87,7 @@ def _call(steps: int, side: int) -> dict:
     }
 
 
-def _inpaint(pipe, call: dict) -> np.ndarray:
+def _inpaint(pipe: Any, call: dict[str, Any]) -> np.ndarray:
     with torch.inference_mode():
         image = pipe(**call, generator=torch.Generator("cpu").manual_seed(0)).images[0]
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed generations after the first")
     parser.add_argument("--device", help="cuda, cpu... (default: the detected one)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
 
     model = args.model or _tiny_turbo()
     rows = []

@@ -40,6 +40,7 @@ def captured() -> Iterator[list[str]]:
     inside the block, as lines, instead of on the terminal."""
     lines: list[str] = []
     text = io.StringIO()
+    real_stderr = sys.stderr
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -63,10 +64,24 @@ def captured() -> Iterator[list[str]]:
                 with contextlib.suppress(OSError):
                     os.dup2(copy, fd)
                 os.close(copy)
+            _unbind(text, real_stderr)
             spool.seek(0)
             native = spool.read().decode(errors="replace")
             lines += [line for line in (native + text.getvalue()).splitlines() if line.strip()]
             lines += [f"{w.category.__name__}: {w.message}" for w in heard_warnings]
+
+
+def _unbind(buffer: io.StringIO, stream: object) -> None:
+    """Logging handlers made during the capture (diffusers' and transformers' default handlers are
+    made on their first import) hold the capture's buffer: they get the real stream back, or their
+    library's messages would be lost for the rest of the process."""
+    import logging
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is buffer:
+                handler.setStream(stream)  # type: ignore[arg-type]
 
 
 def quiet_imports(imports: Sequence[tuple[str, str]] = NOISY_IMPORTS) -> dict[str, list[str]]:

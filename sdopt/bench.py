@@ -345,17 +345,15 @@ def _bench(
         raise ValueError("no prompts to render")
     caps = detect(device=device) if device else detect()
     target = caps.device
-    total_images = (warmup + runs) * (len(tiers) + len(peers))
-    bar = progress_bar(total=total_images, desc="sdopt bench", unit="image")
+    names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"every tier and peer needs its own name (got {', '.join(names)})")
+    bar = progress_bar(total=(warmup + runs) * len(names), desc="sdopt bench", unit="call")
 
     def say(message: str) -> None:
         bar.set_postfix_str(message)
         if progress is not None:
             progress(message)
-
-    names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
-    if len(set(names)) != len(names):
-        raise ValueError(f"every tier and peer needs its own name (got {', '.join(names)})")
 
     peer_results: list[TierResult] = []
     loaded: list[Peer] = []

@@ -33,6 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (SdoptError, TypeError, ValueError, OSError, ImportError) as error:
             print(f"sdopt: error: {error}", file=sys.stderr)
             return 2
+        except RuntimeError as error:
+            if type(error).__name__ != "OutOfMemoryError":
+                raise
+            print(
+                f"sdopt: error: out of device memory ({str(error).splitlines()[0]}); plan for less with "
+                "--memory-budget, or use --tier low-memory (`sdopt plan` shows the estimate)",
+                file=sys.stderr,
+            )
+            return 2
 
 
 # The commands that build or load a pipeline (and so import diffusers, peft, torchao...).
@@ -369,14 +378,17 @@ def _print_import_noise(caps: Any, *, verbose: bool) -> None:
         if info.get("messages") and name not in noise:
             noise[name] = list(info["messages"])
     if noise:
-        print("\nThird-party messages kept off the terminal" + ("" if verbose else " (-v prints them):"))
+        print(
+            "\nThird-party messages kept off the terminal" + (" (printed above):" if verbose else " (-v prints them):")
+        )
         for package, lines in noise.items():
             print(f"  {package}: {summary(lines)}")
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from sdopt.generate import DEFAULT_PROMPT, generate
+    from sdopt.generate import DEFAULT_PROMPT, check_image_path, generate
 
+    check_image_path(args.output)  # before minutes of loading and rendering
     if args.threads:
         import torch
 

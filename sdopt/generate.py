@@ -77,9 +77,7 @@ class Generation:
     def save(self, output: str | Path) -> list[Path]:
         """Write the images to ``output`` (``out-1.png``, ``out-2.png``... for several) and, with a
         comparison, the untouched images beside them (``out.untouched.png``); returns the paths."""
-        output = Path(output)
-        if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-            raise ValueError(f"{output}: the image file must end in .png, .jpg or .webp")
+        output = check_image_path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         written = _write(self.images, output)
         if self.untouched_images is not None:
@@ -102,10 +100,19 @@ class Generation:
             speedup = self.speedup or 0.0
             verdict = f"{speedup:.2f}x faster" if speedup >= 1 else f"{speedup:.2f}x the speed: slower here"
             lines.append(f"untouched pipeline: {self.untouched_per_image_s:.2f} s per image (optimized: {verdict})")
-            fidelity = "identical" if self.psnr_db == float("inf") else f"{self.psnr_db:.1f} dB PSNR"
-            lines.append(f"fidelity vs untouched: {fidelity} (max abs difference {self.max_abs_diff}/255)")
+            if self.psnr_db is not None:
+                fidelity = "identical" if self.psnr_db == float("inf") else f"{self.psnr_db:.1f} dB PSNR"
+                lines.append(f"fidelity vs untouched: {fidelity} (max abs difference {self.max_abs_diff}/255)")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def check_image_path(output: str | Path) -> Path:
+    """``output`` as a path, if it names an image file :meth:`Generation.save` can write."""
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"{output}: the image file must end in .png, .jpg or .webp")
+    return output
 
 
 def generate(
@@ -167,7 +174,7 @@ def generate(
         started = time.perf_counter()
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
         if caps.device == "cuda":
-            if not plan(pipe, **how, caps=caps, memory_budget=memory_budget).offloads:
+            if not plan(pipe, **how, exclude=list(exclude), caps=caps, memory_budget=memory_budget).offloads:
                 pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
             elif compare:
                 notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
@@ -212,7 +219,7 @@ def generate(
 
             result.psnr_db = psnr(reference, candidate)
             result.max_abs_diff = int(np.abs(reference.astype(int) - candidate.astype(int)).max())
-        else:  # a resolution step renders smaller and says so in the report
+        else:  # a pipeline whose optimized call returns another size: no pixel-by-pixel comparison
             result.notes.append(
                 f"no fidelity: the optimized image is {candidate.shape[:2]}, the untouched one "
                 f"{reference.shape[:2]} (height, width)"

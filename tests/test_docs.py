@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from sdopt import registry
-from sdopt.optimization_docs import catalogue_pages, optimization_page, write_catalogue
+from sdopt.optimization_docs import MARKER, catalogue_pages, optimization_page, write_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "docs" / "catalogue"
@@ -43,10 +45,18 @@ def test_a_page_states_what_the_optimization_declares() -> None:
 
 
 def test_writing_the_catalogue_removes_pages_of_optimizations_that_are_gone(tmp_path) -> None:
-    (tmp_path / "retired_step.md").write_text("# gone\n")
+    (tmp_path / "retired_step.md").write_text(f"# gone\n\n{MARKER}\n")
+    (tmp_path / "notes.md").write_text("# the user's own page\n")
     written = write_catalogue(tmp_path)
-    assert not (tmp_path / "retired_step.md").exists()
+    assert not (tmp_path / "retired_step.md").exists() and (tmp_path / "notes.md").exists()
     assert {path.name for path in written} == set(catalogue_pages())
+
+
+def test_writing_the_catalogue_over_pages_it_did_not_generate_is_refused(tmp_path) -> None:
+    (tmp_path / "index.md").write_text("# the docs' home page\n")
+    with pytest.raises(ValueError, match="pages sdopt did not generate \\(index.md\\)"):
+        write_catalogue(tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == ["index.md"]  # nothing written
 
 
 def test_every_example_script_is_run_by_a_test() -> None:

@@ -69,6 +69,12 @@ def test_a_lossless_tier_is_identical_and_says_so(tmp_path) -> None:
     assert "fidelity vs untouched: identical" in result.summary()
 
 
+def test_the_summary_of_images_of_different_sizes_has_no_fidelity_line() -> None:
+    result = generate("tiny-sd", tier="conservative", steps=2, compare=True)
+    result.psnr_db = result.max_abs_diff = None  # as when the optimized call returned another size
+    assert "fidelity vs untouched" not in result.summary() and "untouched pipeline:" in result.summary()
+
+
 def test_batches_are_saved_one_file_per_image(tmp_path) -> None:
     result = generate("tiny-sd", tier="conservative", steps=2, batch=2, seed=3)
     paths = result.save(tmp_path / "batch.png")
@@ -114,6 +120,8 @@ def test_cli_generate_quiet_json_and_errors(tmp_path, capsys, monkeypatch) -> No
     import sdopt.generate
 
     monkeypatch.setattr(sdopt.generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["generate", "--arch", "tiny-sd", "-o", str(tmp_path / "out.gif")]) == 2
+    assert "must end in .png" in capsys.readouterr().err
     assert main(["generate", "--arch", "tiny-sd", "--tier", "warp", "-o", str(out)]) == 2
     assert "valid tiers" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"

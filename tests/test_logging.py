@@ -98,4 +98,17 @@ def test_quiet_imports_keep_each_packages_noise_for_doctor(tmp_path, monkeypatch
     assert "noisy_pkg: 2 message(s) on import, hidden: Failed to load _C_fake.so (+1 more)" in out
     assert main(["doctor", "-v"]) == 0
     assert "[noisy_pkg on import]\n  Failed to load _C_fake.so\n  hello" in capfd.readouterr().err
-    del sys.modules["noisy_pkg"]
+    monkeypatch.delitem(sys.modules, "noisy_pkg", raising=False)
+
+
+def test_a_logging_handler_made_during_the_capture_writes_to_the_real_stderr_afterwards() -> None:
+    """diffusers and transformers make their default handlers on first import, inside the capture."""
+    stderr = sys.stderr
+    logger = logging.getLogger("a_library_imported_quietly")
+    with _noise.captured():
+        handler = logging.StreamHandler()  # binds to sys.stderr as it is now: the capture's buffer
+        logger.addHandler(handler)
+    try:
+        assert handler.stream is stderr
+    finally:
+        logger.removeHandler(handler)

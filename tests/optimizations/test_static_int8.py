@@ -41,13 +41,17 @@ _SCRIPT = textwrap.dedent(
     builder.CppBuilder.build = counting
     import numpy as np
     from sdopt import optimize
-    from tests.optimizations.test_static_int8 import minimal_pipeline, _image
+    from tests.optimizations.test_static_int8 import minimal_pipeline, _image, _psnr
     pipe = minimal_pipeline()
     reference = _image(pipe)
     report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": sys.argv[1]}])
     first = _image(pipe)
     runner = pipe.unet.__dict__["forward"]
-    print(json.dumps({"builds": runner.builds, "cache_hits": runner.cache_hits, "int8_calls": runner.int8_calls,
+    int8_calls = runner.int8_calls
+    second = _image(pipe)
+    print(json.dumps({"builds": runner.builds, "cache_hits": runner.cache_hits, "int8_calls": int8_calls,
+                      "second_call_int8_calls": runner.int8_calls - int8_calls,
+                      "second_call_psnr": _psnr(second, reference),
                       "cxx_compiles": len(builds), "cxx_paths": builds,
                       "first_is_float": bool(np.array_equal(first, reference)),
                       "after_calls": report.after_calls["static_int8"]}))
@@ -145,6 +149,8 @@ def test_first_call_runs_float32_then_int8_kernels_run(built) -> None:
     assert cold["first_is_float"]  # the calibration call itself is float32
     assert cold["counts"]["builds"] == 1 and cold["counts"]["cache_hits"] == 0
     assert cold["counts"]["int8_calls"] == 0 and cold["counts"]["cxx_compiles"] > 10
+    # The program it just built runs the next call: PNDM's 4 denoiser calls for 3 steps, all int8.
+    assert cold["second_call_int8_calls"] == 4 and cold["second_call_psnr"] > 30
     assert "built cold" in cold["after_calls"] and "dB SNR" in cold["after_calls"]
 
 
