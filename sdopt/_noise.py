@@ -81,7 +81,7 @@ def _unbind(buffer: io.StringIO, stream: object) -> None:
     for logger in loggers:
         for handler in getattr(logger, "handlers", ()):
             if isinstance(handler, logging.StreamHandler) and handler.stream is buffer:
-                handler.setStream(stream)  # type: ignore[arg-type]
+                handler.setStream(stream)
 
 
 def quiet_imports(imports: Sequence[tuple[str, str]] = NOISY_IMPORTS) -> dict[str, list[str]]:
