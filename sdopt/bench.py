@@ -244,6 +244,11 @@ def psnr(reference: np.ndarray, image: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
+def max_abs_difference(reference: np.ndarray, image: np.ndarray) -> int:
+    """The largest per-pixel difference of two uint8 images (0-255)."""
+    return int(np.abs(reference.astype(int) - image.astype(int)).max())
+
+
 def bench(
     source: str,
     tiers: Sequence[str] = (BASELINE, "balanced"),
@@ -562,7 +567,7 @@ def _pipeline_renderer(
                 output = pipe(**kwargs).images
             elapsed = clock() - started
         host, on_device = peaks()
-        return _Rendered(_to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, host + host_gb, on_device)
+        return _Rendered(to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, host + host_gb, on_device)
 
     return render
 
@@ -584,7 +589,8 @@ def _peer_renderer(peer: Peer, images: _Images, clock: Callable[[], float]) -> C
     return render
 
 
-def _to_uint8(image: Any) -> np.ndarray:
+def to_uint8(image: Any) -> np.ndarray:
+    """A float image in [0, 1] (``output_type="np"``) as uint8, as the fidelity columns compare them."""
     return (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -630,7 +636,7 @@ def _run_interleaved(
             elif index in references:
                 score = psnr(references[index], out.image)
                 result.psnr_db = score if result.psnr_db is None else min(result.psnr_db, score)
-                diff = int(np.abs(references[index].astype(int) - out.image.astype(int)).max())
+                diff = max_abs_difference(references[index], out.image)
                 result.max_abs_diff = diff if result.max_abs_diff is None else max(result.max_abs_diff, diff)
     for result in results:
         if steps_seen[result.tier]:

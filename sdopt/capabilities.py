@@ -486,14 +486,9 @@ print(json.dumps(results))
 """
 
 
-def _run_probe(code: str, *args: str) -> tuple[Any, str]:
-    """Run ``code`` in a fresh interpreter; return its JSON output and an error text ('' if fine)."""
-    result, error, _ = _run_probe_heard(code, *args)
-    return result, error
-
-
-def _run_probe_heard(code: str, *args: str) -> tuple[Any, str, list[str]]:
-    """:func:`_run_probe`, and what the probe printed on stderr (import noise), as lines."""
+def _run_probe(code: str, *args: str) -> tuple[Any, str, list[str]]:
+    """Run ``code`` in a fresh interpreter; return its JSON output, an error text ('' if fine) and
+    what it printed on stderr (import noise), as lines."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", code, *args],
@@ -521,7 +516,7 @@ def probe_cuda_devices() -> list[dict[str, Any]]:
     """Run a tiny allocation + matmul + SDPA on every CUDA device, in a subprocess."""
     import torch
 
-    results, error = _run_probe(_CUDA_PROBE)
+    results, error, _ = _run_probe(_CUDA_PROBE)
     if results is None:
         return [{"usable": False, "reason": error}] * torch.cuda.device_count()
     return list(results)
@@ -668,7 +663,7 @@ def _probe_cache_path() -> Path:
 def probe_package(name: str, device: str) -> tuple[bool, str, list[str]]:
     """Import ``name`` and run one tiny operation of it on ``device``, in a subprocess: whether it
     works, why not, and what it printed on the way (import noise, kept out of the user's terminal)."""
-    result, error, heard = _run_probe_heard(_PACKAGE_PROBE, name, device)
+    result, error, heard = _run_probe(_PACKAGE_PROBE, name, device)
     if result is None:
         return False, error, heard
     return bool(result.get("usable")), result.get("reason", ""), heard

@@ -179,9 +179,8 @@ def generate(
             elif compare:
                 notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
         load_s = time.perf_counter() - started
-        shape = CallShape.of(pipe, {"height": height, "width": width or height, "steps": steps, "batch": batch})
-        if guidance is not None:
-            shape = CallShape.of(pipe, {**shape.to_dict(), "guidance": guidance})
+        call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
+        shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
         render = _renderer(pipe, kwargs, seed)
         untouched: tuple[list[Any], list[float]] | None = None
@@ -215,10 +214,10 @@ def generate(
         result.untouched_images = _to_pil(untouched[0])
         result.untouched_seconds = untouched[1]
         if reference.shape == candidate.shape:
-            from sdopt.bench import psnr
+            from sdopt.bench import max_abs_difference, psnr
 
             result.psnr_db = psnr(reference, candidate)
-            result.max_abs_diff = int(np.abs(reference.astype(int) - candidate.astype(int)).max())
+            result.max_abs_diff = max_abs_difference(reference, candidate)
         else:  # a pipeline whose optimized call returns another size: no pixel-by-pixel comparison
             result.notes.append(
                 f"no fidelity: the optimized image is {candidate.shape[:2]}, the untouched one "
@@ -244,9 +243,7 @@ def _call_kwargs(
         if name not in parameters:
             raise ValueError(f"{type(pipe).__name__} takes no {name}; leave --{name.replace('_', '-')} out")
         kwargs[name] = _open_image(given, "L" if name == "mask_image" else "RGB")
-    if "output_type" in parameters:
-        kwargs["output_type"] = "np"
-    return kwargs
+    return kwargs  # output_type="np" where the pipeline takes one, from the call shape's kwargs
 
 
 def _open_image(given: Any, mode: str) -> Any:
@@ -267,7 +264,7 @@ def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int) -> Callable[[], Any]
             call["generator"] = torch.Generator("cpu").manual_seed(seed)  # the same noise on every call
         with torch.inference_mode():
             output = pipe(**call)
-        return getattr(output, "images", None) if hasattr(output, "images") else getattr(output, "frames", output)
+        return output.images if hasattr(output, "images") else getattr(output, "frames", output)
 
     return render
 
@@ -297,8 +294,9 @@ def _frames(output: Any) -> list[Any]:
 def _to_uint8(image: Any) -> np.ndarray:
     if hasattr(image, "convert"):  # a PIL image
         return np.asarray(image.convert("RGB"))
-    array = np.asarray(image, dtype=np.float32)
-    return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    from sdopt.bench import to_uint8
+
+    return to_uint8(image)
 
 
 def _to_pil(images: Sequence[Any]) -> list[Any]:

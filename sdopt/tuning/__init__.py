@@ -131,7 +131,7 @@ def tune(
         for step in fixed
     ]
     best: list[Entry] = search.entries(fixed)
-    bar = _progress_bar(pipe, len(grouped), enabled=progress)
+    bar = progress_bar(total=len(grouped), desc="sdopt tune", unit="candidate", pipe=pipe, enabled=progress)
     try:
         reference, record.baseline_s = full_output(pipe, shape.kwargs(pipe, seed), clock)
         for group in grouped:
@@ -207,8 +207,3 @@ def _frozen(frozen: tuple[Entry, ...], base: Preset, caps: Any, budget_gb: float
 def _left(settings: Any) -> str:
     left = settings.time_left()
     return "" if left == float("inf") else f" ({max(left, 0):.0f} s of budget left)"
-
-
-def _progress_bar(pipe: Any, total: int, *, enabled: bool) -> Any:
-    """A bar over the candidates, off where sdopt's, diffusers' or this pipeline's bars are off."""
-    return progress_bar(total=total, desc="sdopt tune", unit="candidate", pipe=pipe, enabled=enabled)
