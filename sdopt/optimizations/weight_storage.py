@@ -216,8 +216,16 @@ def _skip_patterns(module: torch.nn.Module) -> tuple[str, ...]:
     return tuple(sorted(set(patterns)))
 
 
-def _skip_classes(module: torch.nn.Module) -> tuple[type[torch.nn.Module], ...] | None:
-    return None if type(module).__module__.startswith("diffusers.") else (torch.nn.Embedding,)
+def _skip_classes(module: torch.nn.Module) -> tuple[type[torch.nn.Module], ...]:
+    if not type(module).__module__.startswith("diffusers."):
+        return (torch.nn.Embedding,)
+    # Written here because diffusers has nothing for it: ImageProjection (Kandinsky 2.2's image
+    # embeddings, IP-Adapter's projection) casts its input to its Linear's *stored* dtype before that
+    # Linear's casting hook upcasts the weight, so the Linear would get a bfloat16 input against
+    # float32 weights. Kept whole in the compute dtype (a few small layers).
+    from diffusers.models.embeddings import ImageProjection
+
+    return (ImageProjection,)
 
 
 def _cast_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -229,7 +237,7 @@ def _cast_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
     found: list[torch.nn.Module] = []
 
     def walk(layer: torch.nn.Module, prefix: str) -> None:
-        if (classes is not None and isinstance(layer, classes)) or any(re.search(p, prefix) for p in patterns):
+        if isinstance(layer, classes) or any(re.search(p, prefix) for p in patterns):
             return
         if isinstance(layer, _GO_LC_SUPPORTED_PYTORCH_LAYERS):
             found.append(layer)

@@ -72,3 +72,20 @@ def test_low_memory_stores_small_only_where_half_precision_does_not_apply() -> N
     amx = plan(pipe, tier="low-memory@3", caps=fake_capabilities("cpu-amx"))
     assert "half_precision" in [step.name for step in amx.steps]
     assert "half_precision" in {d.name: d.reason for d in amx.skipped}["weight_storage"]
+
+
+def test_a_module_that_casts_to_its_layers_stored_dtype_stays_in_the_compute_dtype(cpu_caps) -> None:
+    """Kandinsky 2.2's ImageProjection casts its input to its Linear's stored dtype before the Linear's
+    casting hook upcasts the weight: stored small, that Linear would get bfloat16 against float32."""
+    from sdopt.testing.zoo import run_zoo_pipeline, zoo_pipeline
+
+    pipe = zoo_pipeline("KandinskyV22Pipeline")
+    expected = run_zoo_pipeline(pipe, "KandinskyV22Pipeline")
+    report = optimize(pipe, tier=None, extra=["weight_storage"], caps=cpu_caps)
+    assert [d.name for d in report.applied] == ["weight_storage"]
+    assert pipe.unet.encoder_hid_proj.image_embeds.weight.dtype == torch.float32
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16  # the rest of the UNet does rest small
+    result = run_zoo_pipeline(pipe, "KandinskyV22Pipeline")
+    assert np.asarray(result).shape == np.asarray(expected).shape
+    report.undo()
+    assert np.array_equal(np.asarray(run_zoo_pipeline(pipe, "KandinskyV22Pipeline")), np.asarray(expected))
