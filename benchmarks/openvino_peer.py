@@ -188,8 +188,8 @@ class OpenVINOPeer:
 def compare(args: argparse.Namespace) -> None:
     import torch
 
-    from sdopt.architectures import real_pipeline
     from sdopt.bench import bench
+    from sdopt.simulation.architectures import real_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,9 +23,9 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from sdopt import Preset, plan
-from sdopt.architectures import load_pipeline
 from sdopt.distributed import optimize_everywhere
 from sdopt.presets import Entry
+from sdopt.simulation.architectures import load_pipeline
 
 PROMPTS = [
     "a lighthouse on a cliff at dawn",

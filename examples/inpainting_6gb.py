@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from sdopt import optimize, plan
-from sdopt.architectures import real_pipeline
 from sdopt.errors import MemoryBudgetError
+from sdopt.simulation.architectures import real_pipeline
 from sdopt.testing import fake_capabilities
 
 

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from sdopt import optimize
-from sdopt.architectures import load_pipeline
+from sdopt.simulation.architectures import load_pipeline
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sdopt.tiers import list_tiers
     from sdopt.tuning import tune
 
-__version__ = "0.1.0"
+from sdopt._version import __version__
 
 # Names are imported on first use, so `import sdopt` (and `sdopt doctor`) does not pay for torch.
 _EXPORTS = {
@@ -43,6 +43,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "__version__",
     "Capabilities",
     "Decision",
     "Plan",

@@ -1,27 +1,19 @@
-"""``optimize`` and ``plan``: resolve, check everything, then apply transactionally."""
+"""The facade: ``optimize`` and ``plan`` turn their arguments into one :class:`~sdopt.planning.Request`;
+``tier="auto"`` goes to :mod:`sdopt.tuning`, everything else to :mod:`sdopt.planning` (pure) and
+:mod:`sdopt.engine` (the transactional apply loop)."""
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
-from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
-from sdopt.logging import get_logger
-from sdopt.optimizations._pretrained import offline
-from sdopt.optimizations.base import Undo
-from sdopt.originals import Originals, active
-from sdopt.planning import ExtraItem, Plan, Step, make_plan
+from sdopt.engine import apply_plan
+from sdopt.planning import ExtraItem, Plan, Request, as_tuple, make_plan
 from sdopt.presets import Preset
-from sdopt.report import Decision, Report, run_undo_stack, with_tuning
+from sdopt.report import Report
 from sdopt.tiers import DEFAULT_TIER, is_auto
-from sdopt.transaction import Restore, record
-from sdopt.verification import run_verification
-
-_logger = get_logger(__name__)
+from sdopt.weights import offline
 
 
 def plan(
@@ -49,9 +41,9 @@ def plan(
         'for unet denoisers only'
     """
     measured = is_auto(tier)
+    request = _request(quality if measured else tier, preset, exclude, extra, caps, memory_budget)
     with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
-        exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
-        result = _plan(pipe, quality if measured else tier, preset, exclude, extra, caps, {}, memory_budget)
+        result = make_plan(pipe, request)
     if measured:
         result.notes += (
             f"auto: these are {result.source}'s candidates; optimize(tier='auto') times each on this pipeline "
@@ -123,193 +115,34 @@ def optimize(
         ['fuse_qkv']
         >>> report.undo()
     """
-    exclude, extra = _as_tuple(exclude, "exclude"), _as_tuple(extra, "extra")
+    request = _request(tier, preset, exclude, extra, caps, memory_budget)
     if is_auto(tier):
-        from sdopt.tuning import tune
+        from sdopt.tuning import optimize_tuned
 
         if preset is not None:
             raise ValueError("pass either tier='auto' or preset=..., not both")
-        tuning = tune(
-            pipe, quality, call=call, budget_s=budget_s, caps=caps, exclude=exclude, memory_budget=memory_budget
-        )
-        report = optimize(
+        return optimize_tuned(
             pipe,
-            tier=None,
-            preset=tuning.preset,
-            exclude=exclude,
-            extra=extra,
-            caps=caps,
+            request,
+            quality,
+            call=call,
+            budget_s=budget_s,
             strict=strict,
             dry_run=dry_run,
             undoable=undoable,
             verify=verify,
-            memory_budget=memory_budget,
         )
-        return with_tuning(report, tuning)
-    failed: dict[str, Decision] = {}
-    with offline() if dry_run else contextlib.nullcontext():
-        current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)
-    if strict:
-        refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
-        if current.preset_differences:
-            raise PresetMismatchError(current.source or "preset", current.preset_differences, refused)
-        if refused:
-            raise StrictModeError(refused)
-    report = Report(
-        source=current.source,
-        pipeline_class=current.anatomy.pipeline_class,
-        family=current.anatomy.family,
-        device=current.device,
-        fingerprint=current.caps.fingerprint,
-        made_on=current.caps.fingerprint_facts(),
-        dry_run=dry_run,
-        warnings=current.warnings,
-        memory_budget_gb=current.memory_budget_gb,
-    )
-    if dry_run:
-        report.planned = [step.planned(current.anatomy) for step in current.steps]
-        report.skipped = list(current.skipped)
-        return report
-
-    # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
-    # without undo they are kept only while this call runs, for its rollback.
-    store = Originals("spill" if undoable else "transient")
-    # Each failure removes one step, so this ends after at most len(steps) + 1 attempts.
-    while True:
-        stack: list[tuple[str, Undo]] = []
-        applied: list[Decision] = []
-        # By reference, only while this attempt runs; tensors on an accelerator are left to the steps'
-        # own undos (each step's apply is still recorded whole by _apply_step), so the originals
-        # of a cast or offloaded pipeline do not stay in device memory during the attempt.
-        before = record(pipe, accelerator_data=False)
-        try:
-            with active(store):
-                for step in current.steps:
-                    applied.append(_apply_step(pipe, step, current.caps, stack))
-                if verify and current.steps:
-                    applied = _verified(pipe, current, stack, before, applied, report)
-            break
-        except _StepFailed as failure:
-            _roll_back(stack, before)
-            if strict:
-                raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
-            when = "in the verification call after it was applied" if failure.verified else "while applied"
-            cause = f"{type(failure.cause).__name__}: {failure.cause}"
-            reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
-            failed[failure.step.name] = failure.step.decision("failed", reason)
-            current = _plan(pipe, tier, preset, exclude, extra, caps, failed, memory_budget)
-        finally:
-            del before  # the attempt's references to the originals go now, not when optimize returns
-
-    verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
-    report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
-    report.applied = applied
-    report.skipped = list(current.skipped)
-    report.failed = list(failed.values())
-    report._track(pipe, stack, keep=undoable, originals=store)
-    _log_decisions(report)
-    return report
+    return apply_plan(pipe, request, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify)
 
 
-def _log_decisions(report: Report) -> None:
-    for decision in report.applied:
-        _logger.info("applied %s in %.2f s: %s", decision.name, decision.seconds or 0.0, decision.reason)
-    for decision in report.failed:
-        _logger.warning("%s failed and was rolled back: %s", decision.name, decision.reason)
-    for decision in report.skipped:
-        _logger.debug("skipped %s: %s", decision.name, decision.reason)
-
-
-class _StepFailed(Exception):
-    def __init__(self, step: Step, cause: BaseException, *, verified: bool = False) -> None:
-        super().__init__(step.name)
-        self.step = step
-        self.cause = cause
-        self.verified = verified
-
-
-def _verified(
-    pipe: Any, current: Plan, stack: list[tuple[str, Undo]], before: Restore, applied: list[Decision], report: Report
-) -> list[Decision]:
-    """The decisions of the applied steps once the pipeline is known to run; raises ``_StepFailed``
-    naming the first step after which the verification call fails."""
-    try:
-        run_verification(pipe)
-        return applied
-    except Exception:
-        pass
-    _roll_back(stack, before)
-    try:
-        run_verification(pipe)
-    except Exception as error:  # the call itself cannot be made: nothing to blame on a step
-        report.warnings += (
-            f"verify: inconclusive, the untouched pipeline cannot make the verification call either "
-            f"({type(error).__name__}: {error}); the steps were applied unverified",
-        )
-        return [_apply_step(pipe, step, current.caps, stack) for step in current.steps]
-    applied = []
-    for step in current.steps:
-        applied.append(_apply_step(pipe, step, current.caps, stack))
-        try:
-            run_verification(pipe)
-        except Exception as error:
-            raise _StepFailed(step, error, verified=True) from error
-    return applied
-
-
-def _roll_back(stack: list[tuple[str, Undo]], before: Restore) -> None:
-    """Undo the steps applied so far, newest first, then put back the recorded state: it also covers
-    what an undo missed."""
-    try:
-        run_undo_stack(stack)
-    finally:
-        before()
-
-
-def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: list[tuple[str, Undo]]) -> Decision:
-    # Re-read the anatomy: an earlier step may have swapped a component.
-    anatomy = inspect_pipeline(pipe)
-    started = time.perf_counter()
-    restore = record(pipe)
-    try:
-        undo = step.optimization.apply(pipe, anatomy, caps, step.config)
-    except Exception as error:
-        restore()  # whatever the apply touched before raising (the core guarantees it, not the apply)
-        raise _StepFailed(step, error) from error
-    if not callable(undo):
-        restore()
-        raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
-    stack.append((step.name, undo))
-    seconds = time.perf_counter() - started
-    return step.decision("applied", step.optimization.describe(step.config, inspect_pipeline(pipe)), seconds)
-
-
-def _as_tuple(items: Iterable[Any], argument: str) -> tuple[Any, ...]:
-    if isinstance(items, str):
-        raise TypeError(f"{argument} must be a list of optimization names, got the string {items!r}")
-    return tuple(items)
-
-
-def _plan(
-    pipe: Any,
+def _request(
     tier: str | None,
     preset: Preset | None,
     exclude: Iterable[str],
     extra: Iterable[ExtraItem],
     caps: Capabilities | None,
-    failed: dict[str, Decision],
-    memory_budget: float | str | None = None,
-) -> Plan:
+    memory_budget: float | str | None,
+) -> Request:
     if preset is not None and tier == DEFAULT_TIER:
         tier = None  # a preset replaces the default tier
-    failures = {name: decision.reason for name, decision in failed.items()}
-    return make_plan(
-        pipe,
-        tier=tier,
-        preset=preset,
-        exclude=exclude,
-        extra=extra,
-        caps=caps,
-        failed=failures,
-        memory_budget=memory_budget,
-    )
+    return Request(tier, preset, as_tuple(exclude, "exclude"), as_tuple(extra, "extra"), caps, memory_budget)

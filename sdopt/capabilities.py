@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sdopt.probes import accelerators, packages
+from sdopt.probes import cpu as cpu_probe
+from sdopt.probes.packages import OPTIONAL_PACKAGES as OPTIONAL_PACKAGES
+from sdopt.probes.run import dist_version
 
 _CPU_FLAGS_OF_INTEREST = (
     "avx2",
@@ -44,8 +47,6 @@ _CPU_FLAGS_OF_INTEREST = (
     "sve",
     "sve2",
 )
-OPTIONAL_PACKAGES = ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention")
-_PROBE_TIMEOUT_S = float(os.environ.get("SDOPT_PROBE_TIMEOUT", "60"))
 
 
 @dataclass(frozen=True)
@@ -300,14 +301,14 @@ def parse_cpuinfo(text: str, machine: str | None = None) -> CpuInfo:
             cores.add((physical_id, value))
     if "asimd" in flags:
         flags.add("neon")  # Arm's Advanced SIMD is what most people call NEON
-    return _cpu_info(model or machine, flags, len(cores) or processors or (os.cpu_count() or 1), machine)
+    return cpu_info(model or machine, flags, len(cores) or processors or (os.cpu_count() or 1), machine)
 
 
-def _cpu_info(model: str, flags: set[str], physical: int, machine: str) -> CpuInfo:
+def cpu_info(model: str, flags: set[str], physical: int, machine: str) -> CpuInfo:
     arm = machine.lower() in ("arm64", "aarch64")
     # AMX-BF16 makes bf16 ~4x faster than fp32 (SD1.5 UNet, diffusers-notes). AVX-512-BF16 alone
     # does not decide it: on a Sapphire Rapids VM with AMX hidden, bf16 convolutions and matmuls
-    # ran ~1.5x SLOWER than fp32. detect() measures that case (see _bf16_speedup).
+    # ran ~1.5x SLOWER than fp32. detect() measures that case (see sdopt.probes.cpu.bf16_speedup).
     x86_bf16 = "amx_bf16" in flags
     arm_bf16 = arm and "bf16" in flags
     int8 = bool({"amx_int8", "avx512_vnni", "avx_vnni"} & flags) or (arm and "i8mm" in flags)
@@ -325,96 +326,15 @@ def _detect_cpu() -> CpuInfo:
     try:
         cpu = parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
     except OSError:
-        return _detect_cpu_without_proc()
+        if sys.platform == "darwin":  # no /proc: ask sysctl (Apple Silicon reports FEAT_BF16 / FEAT_I8MM)
+            model, flags, physical = cpu_probe.sysctl_cpu()
+            return cpu_info(model, flags, physical, platform.machine())
+        machine = platform.machine()
+        return cpu_info(platform.processor() or machine, set(), os.cpu_count() or 1, machine)
     if "avx512_bf16" in cpu.flags and "amx_bf16" not in cpu.flags:
-        speedup = _bf16_speedup(cpu.model, cpu.flags)
-        cpu = dataclasses.replace(cpu, bf16_accelerated=speedup >= _BF16_MIN_SPEEDUP, bf16_speedup=speedup)
+        speedup = cpu_probe.bf16_speedup(cpu.model, cpu.flags)
+        cpu = dataclasses.replace(cpu, bf16_accelerated=speedup >= cpu_probe.BF16_MIN_SPEEDUP, bf16_speedup=speedup)
     return cpu
-
-
-_BF16_MIN_SPEEDUP = 1.1
-
-
-# The bf16 decision is the median of several timings taken in different processes (one per
-# process, so a busy moment does not decide for good): up to _BF16_SAMPLES while the median is
-# within _BF16_MARGIN of the threshold, and taken again after _BF16_MAX_AGE_S.
-_BF16_SAMPLES, _BF16_MARGIN, _BF16_MAX_AGE_S = 5, 0.15, 30 * 24 * 3600
-
-
-def _bf16_speedup(model: str, flags: tuple[str, ...] = ()) -> float:
-    """fp32 time / bf16 time of a 3x3 convolution on this CPU (cached on disk per CPU, its flags,
-    torch and the thread count; see the sampling rule above)."""
-    import time
-
-    flags_digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:8]
-    key = f"bf16-speedup|{model}|flags={flags_digest}|torch=={_dist_version('torch')}|threads={os.cpu_count()}"
-    cache = _read_probe_cache()
-    entry = cache.get(key)
-    if not isinstance(entry, dict) or time.time() - entry.get("measured", 0) > _BF16_MAX_AGE_S:
-        entry = {"samples": [], "measured": time.time()}
-    samples = [float(x) for x in entry.get("samples", [])]
-    median = sorted(samples)[len(samples) // 2] if samples else None
-    borderline = median is not None and abs(median - _BF16_MIN_SPEEDUP) <= _BF16_MARGIN * _BF16_MIN_SPEEDUP
-    if median is None or (borderline and len(samples) < _BF16_SAMPLES):
-        samples.append(round(_time_bf16_against_fp32(), 3))
-        cache[key] = {"samples": samples, "measured": entry.get("measured", time.time())}
-        _write_probe_cache(cache)
-        median = sorted(samples)[len(samples) // 2]
-    return float(median)
-
-
-def _time_bf16_against_fp32() -> float:
-    import time
-
-    import torch
-
-    def median_ms(dtype: torch.dtype) -> float:
-        conv: Any = torch.nn.Conv2d(256, 256, 3, padding=1).to(dtype)
-        conv = conv.to(memory_format=torch.channels_last)
-        x = torch.randn(1, 256, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        times = []
-        with torch.inference_mode():
-            for index in range(8):
-                started = time.perf_counter()
-                conv(x)
-                if index >= 2:  # the first calls pick and compile oneDNN kernels
-                    times.append(time.perf_counter() - started)
-        return sorted(times)[len(times) // 2]
-
-    return median_ms(torch.float32) / median_ms(torch.bfloat16)
-
-
-def _detect_cpu_without_proc() -> CpuInfo:
-    machine = platform.machine()
-    if sys.platform == "darwin":  # no /proc: ask sysctl (Apple Silicon reports FEAT_BF16 / FEAT_I8MM)
-        keys = ["machdep.cpu.brand_string", "hw.physicalcpu", "hw.optional.arm.FEAT_BF16", "hw.optional.arm.FEAT_I8MM"]
-        values = {}
-        for key in keys:
-            try:
-                values[key] = subprocess.run(
-                    ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=False
-                ).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                values[key] = ""
-        flags = {"asimd", "neon"} if machine == "arm64" else set()
-        flags |= {"bf16"} if values["hw.optional.arm.FEAT_BF16"] == "1" else set()
-        flags |= {"i8mm"} if values["hw.optional.arm.FEAT_I8MM"] == "1" else set()
-        physical = int(values["hw.physicalcpu"]) if values["hw.physicalcpu"].isdigit() else os.cpu_count() or 1
-        return _cpu_info(values["machdep.cpu.brand_string"] or machine, flags, physical, machine)
-    return _cpu_info(platform.processor() or machine, set(), os.cpu_count() or 1, machine)
-
-
-def _ram_gb() -> tuple[float, float]:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as handle:
-            info = {line.split(":")[0]: line.split()[1] for line in handle}
-        return int(info["MemTotal"]) / 2**20, int(info.get("MemAvailable", info["MemTotal"])) / 2**20
-    except (OSError, KeyError, IndexError, ValueError):
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-            return total, total
-        except (ValueError, OSError, AttributeError):
-            return 0.0, 0.0
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -467,77 +387,8 @@ def no_kernel_fix(capability: tuple[int, int]) -> str:
     )
 
 
-_CUDA_PROBE = r"""
-import json, sys, torch
-results = []
-for index in range(torch.cuda.device_count()):
-    try:
-        device = torch.device("cuda", index)
-        x = torch.randn(64, 64, device=device, dtype=torch.float16)
-        y = x @ x
-        q = torch.randn(1, 2, 16, 32, device=device, dtype=torch.float16)
-        torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        torch.cuda.synchronize(device)
-        free, total = torch.cuda.mem_get_info(index)
-        results.append({"usable": True, "free_gb": free / 2**30})
-    except Exception as error:
-        results.append({"usable": False, "reason": f"{type(error).__name__}: {str(error).splitlines()[0]}"})
-print(json.dumps(results))
-"""
-
-
-def _run_probe(code: str, *args: str) -> tuple[Any, str, list[str]]:
-    """Run ``code`` in a fresh interpreter; return its JSON output, an error text ('' if fine) and
-    what it printed on stderr (import noise), as lines."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, *args],
-            capture_output=True,
-            text=True,
-            timeout=_PROBE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"probe timed out after {_PROBE_TIMEOUT_S:g} s", []
-    except OSError as error:
-        return None, f"probe could not start: {error}", []
-    lines = done.stdout.strip().splitlines()
-    heard = [line for line in done.stderr.splitlines() if line.strip()]
-    if done.returncode != 0 or not lines:
-        tail = (heard or ["no output"])[-1]
-        return None, f"probe exited with code {done.returncode}: {tail}", heard
-    try:
-        return json.loads(lines[-1]), "", heard
-    except json.JSONDecodeError:
-        return None, f"probe printed no result: {lines[-1][:200]}", heard
-
-
-def probe_cuda_devices() -> list[dict[str, Any]]:
-    """Run a tiny allocation + matmul + SDPA on every CUDA device, in a subprocess."""
-    import torch
-
-    results, error, _ = _run_probe(_CUDA_PROBE)
-    if results is None:
-        return [{"usable": False, "reason": error}] * torch.cuda.device_count()
-    return list(results)
-
-
-def _accelerator_torch() -> Any:
-    """``torch``, when this build could drive an accelerator; ``None`` for a CPU-only build.
-
-    A ``+cpu`` build has no CUDA, MPS or XPU support, so detection skips importing torch (over a
-    second on a small machine) and stays well under a second.
-    """
-    version = _dist_version("torch") or ""
-    if version.endswith("+cpu") and "torch" not in sys.modules:
-        return None
-    import torch
-
-    return torch
-
-
 def _cuda_devices() -> tuple[CudaDevice, ...]:
-    torch = _accelerator_torch()
+    torch = accelerators.accelerator_torch()
     if torch is None or not torch.cuda.is_available():
         return ()
     arch_list = list(torch.cuda.get_arch_list())
@@ -560,7 +411,7 @@ def _cuda_devices() -> tuple[CudaDevice, ...]:
             device = dataclasses.replace(device, usable=False, reason=reason)
         devices.append(device)
     if any(device.arch_in_build for device in devices):
-        probed = probe_cuda_devices()
+        probed = accelerators.probe_cuda_devices()
         for position, (device, result) in enumerate(zip(devices, probed, strict=False)):
             if not device.arch_in_build:
                 continue
@@ -577,166 +428,17 @@ def _cuda_devices() -> tuple[CudaDevice, ...]:
 # --------------------------------------------------------------------------- MPS / XPU
 
 
-def _detect_mps(ram_total_gb: float) -> MpsInfo:
-    torch = _accelerator_torch() if sys.platform == "darwin" else None
-    if torch is None:
-        return MpsInfo()
-    backend = getattr(torch.backends, "mps", None)
-    if backend is None or not backend.is_available():
-        return MpsInfo()
-    try:
-        x = torch.ones(8, 8, device="mps")
-        (x @ x).cpu()
-    except Exception as error:  # MPS raises Python errors, it does not crash the process
-        return MpsInfo(available=True, usable=False, reason=f"{type(error).__name__}: {error}")
-    return MpsInfo(available=True, usable=True, unified_memory_gb=ram_total_gb)
-
-
-def _xpu_available() -> bool:
-    torch = _accelerator_torch()
-    xpu = getattr(torch, "xpu", None)
-    try:
-        return bool(xpu is not None and xpu.is_available())
-    except Exception:
-        return False
-
-
 # --------------------------------------------------------------------------- optional packages
-
-_PACKAGE_PROBE = r"""
-import json, sys, torch
-name, device = sys.argv[1], sys.argv[2]
-half = torch.float16 if device == "cuda" else torch.float32
-
-
-def needs_cuda():
-    if device != "cuda":
-        raise RuntimeError(f"{name} kernels need CUDA (target device: {device})")
-
-
-def run():
-    if name == "xformers":
-        import xformers.ops as ops
-        needs_cuda()
-        q = torch.randn(1, 16, 2, 32, device=device, dtype=half)
-        ops.memory_efficient_attention(q, q, q)
-    elif name == "bitsandbytes":
-        import bitsandbytes as bnb
-        layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to(device)
-        layer(torch.randn(2, 64, device=device, dtype=half))
-    elif name == "torchao":
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
-        layer = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(device)
-        quantize_(layer, Int8WeightOnlyConfig())
-        layer(torch.randn(2, 64, device=device))
-    elif name == "triton":
-        import triton  # noqa: F401
-        needs_cuda()
-    elif name == "flash_attn":
-        from flash_attn import flash_attn_func
-        needs_cuda()
-        q = torch.randn(1, 16, 2, 32, device=device, dtype=half)
-        flash_attn_func(q, q, q)
-    elif name == "sageattention":
-        from sageattention import sageattn
-        needs_cuda()
-        q = torch.randn(1, 2, 16, 64, device=device, dtype=half)
-        sageattn(q, q, q)
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-try:
-    run()
-    print(json.dumps({"usable": True}))
-except Exception as error:
-    first_line = (str(error).splitlines() or [""])[0]
-    print(json.dumps({"usable": False, "reason": f"{type(error).__name__}: {first_line}"}))
-"""
-
-
-def _probe_cache_path() -> Path:
-    root = os.environ.get("SDOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sdopt")
-    return Path(root) / "probes.json"
-
-
-def probe_package(name: str, device: str) -> tuple[bool, str, list[str]]:
-    """Import ``name`` and run one tiny operation of it on ``device``, in a subprocess: whether it
-    works, why not, and what it printed on the way (import noise, kept out of the user's terminal)."""
-    result, error, heard = _run_probe(_PACKAGE_PROBE, name, device)
-    if result is None:
-        return False, error, heard
-    return bool(result.get("usable")), result.get("reason", ""), heard
-
-
-def _read_probe_cache() -> dict[str, Any]:
-    try:
-        cache = json.loads(_probe_cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
-def _write_probe_cache(cache: dict[str, Any]) -> None:
-    path = _probe_cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cache, indent=1))
-    except OSError:
-        pass  # a read-only home only costs a re-probe next time
 
 
 def _packages(device: str, cuda: tuple[CudaDevice, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Optional packages and whether they work here, probed once per package version, torch
-    version and hardware: on CUDA the GPUs (name, compute capability) and the driver are part of
-    the key, so a new card or driver is probed again."""
+    """Optional packages and whether they work here; on CUDA the GPUs (name, compute capability) and
+    the driver key the probe cache, so a new card or driver is probed again."""
     hardware = device
     if device == "cuda":
         hardware += "|" + ",".join(f"{gpu.name}:sm_{gpu.capability[0]}{gpu.capability[1]}" for gpu in cuda)
-        hardware += f"|driver={_cuda_driver()}"
-    cache = _read_probe_cache()
-    changed = False
-    packages = {}
-    for name in OPTIONAL_PACKAGES:
-        version = _dist_version(name.replace("_", "-")) or _dist_version(name)
-        info: dict[str, Any] = {
-            "installed": version is not None,
-            "version": version,
-            "usable": False,
-            "reason": "",
-            "messages": [],
-        }
-        if version is None:
-            info["reason"] = "not installed"
-        else:
-            key = f"{name}=={version}|torch=={_dist_version('torch')}|{hardware}"
-            if key not in cache:
-                usable, reason, heard = probe_package(name, device)
-                cache[key] = {"usable": usable, "reason": reason, "messages": heard}
-                changed = True
-            info.update(cache[key])
-        packages[name] = info
-    if changed:
-        _write_probe_cache(cache)
-    return packages
-
-
-def _cuda_driver() -> str:
-    """The CUDA driver version torch reports, or "unknown"."""
-    try:
-        import torch
-
-        get_driver: Any = getattr(torch._C, "_cuda_getDriverVersion")  # noqa: B009  # private, may be absent
-        return str(get_driver())
-    except Exception:  # CPU builds and old torch: the GPU name and capability still key the cache
-        return "unknown"
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+        hardware += f"|driver={accelerators.cuda_driver()}"
+    return packages.package_states(device, hardware)
 
 
 # --------------------------------------------------------------------------- choosing the device
@@ -789,20 +491,21 @@ def detect(device: str | None = None, *, refresh: bool = False) -> Capabilities:
     global _cached
     if _cached is None or refresh:
         cuda = _cuda_devices()
-        total, available = _ram_gb()
-        mps = _detect_mps(total)
-        xpu = _xpu_available()
+        total, available = cpu_probe.ram_gb()
+        present, usable, why = accelerators.mps_state()
+        mps = MpsInfo(available=present, usable=usable, reason=why, unified_memory_gb=total if usable else 0.0)
+        xpu = accelerators.xpu_available()
         chosen, reason, notes = choose_device(cuda, mps, xpu)
-        torch = _accelerator_torch()
+        torch = accelerators.accelerator_torch()
         for note in notes:
             warnings.warn(f"sdopt: {note}", RuntimeWarning, stacklevel=2)
         _cached = Capabilities(
             versions={
-                "sdopt": _dist_version("sdopt"),
-                "torch": _dist_version("torch"),
-                "diffusers": _dist_version("diffusers"),
-                "transformers": _dist_version("transformers"),
-                "accelerate": _dist_version("accelerate"),
+                "sdopt": dist_version("sdopt"),
+                "torch": dist_version("torch"),
+                "diffusers": dist_version("diffusers"),
+                "transformers": dist_version("transformers"),
+                "accelerate": dist_version("accelerate"),
                 "python": platform.python_version(),
                 "cuda_runtime": torch.version.cuda if torch is not None else None,
             },

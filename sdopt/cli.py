@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sdopt import registry
-from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.errors import SdoptError
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,7 +353,7 @@ def _doctor(args: argparse.Namespace) -> int:
     _print_import_noise(caps, verbose=args.verbosity > 0)
 
     from sdopt.api import plan
-    from sdopt.testing import tiny_pipeline
+    from sdopt.simulation.families import tiny_pipeline
     from sdopt.tiers import list_tiers
 
     print("\nWhat each tier does here (for a Stable Diffusion 1.x pipeline):")
@@ -498,15 +498,13 @@ def _freeze(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    import contextlib
     import dataclasses
     from pathlib import Path
 
     import torch
 
-    from sdopt.bench import _plans_offload
     from sdopt.capabilities import detect
-    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.loading import place, stand_ins_for
     from sdopt.tiers import resolve_tier
     from sdopt.tuning import clear_cache, tune
 
@@ -527,10 +525,10 @@ def _tune(args: argparse.Namespace) -> int:
     call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": args.guidance}
     call = {key: value for key, value in call.items() if value is not None}
     # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.
-    with stand_ins() if args.arch else contextlib.nullcontext():
+    with stand_ins_for(args.arch or args.model):
         pipe = load_pipeline(args.arch or args.model, "cpu" if caps.device == "cuda" else caps.device)
-        if caps.device == "cuda" and not _plans_offload(pipe, {"tier": args.quality}, caps, args.memory_budget):
-            pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
+        if caps.device == "cuda":
+            place(pipe, caps, tier=args.quality, memory_budget=args.memory_budget)
         tuning = tune(
             pipe,
             args.quality,

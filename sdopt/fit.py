@@ -50,8 +50,8 @@ def fit_rows(
 ) -> list[FitRow]:
     """Plan every architecture x profile x tier (pure: nothing is allocated or changed)."""
     from sdopt.api import plan
-    from sdopt.architectures import real_pipeline
-    from sdopt.testing import fake_capabilities
+    from sdopt.simulation.architectures import real_pipeline
+    from sdopt.simulation.machines import fake_capabilities
 
     rows = []
     for arch in arches:

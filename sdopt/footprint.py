@@ -9,7 +9,7 @@ decided from it, and win conflicts against steps that only buy speed.
 
 Examples:
     >>> from sdopt import plan
-    >>> from sdopt.architectures import real_pipeline
+    >>> from sdopt.simulation.architectures import real_pipeline
     >>> from sdopt.testing import fake_capabilities
     >>> p = plan(real_pipeline("sdxl", device="meta"), tier="balanced", caps=fake_capabilities("rtx3060ti-8gb"))
     >>> p.footprint.regime, round(p.footprint.total_gb, 1)
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sdopt.optimizations._call_wrapper import call_default
+from sdopt.calls import call_default, default_height, latents_per_token, pixels_per_latent
 
 if TYPE_CHECKING:
     from sdopt.anatomy import Anatomy
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from sdopt.planning import Step
 
 GB = 2**30
-# Families whose pipelines pack 2x2 latent patches into tokens.
-PACKED_FAMILIES = ("flux", "chroma")
 # Room left for the CUDA context, the allocator's fragmentation and kernels' workspaces.
 HEADROOM_SHARE, HEADROOM_MIN_GB = 0.15, 1.0
 # Below this much usable memory even one block of a large denoiser may not fit: offload leaf by leaf.
@@ -44,6 +42,23 @@ SEQUENTIAL_BELOW_GB = 2.0
 # denoiser's (feed-forward expansion, residuals, attention inputs and outputs) and a VAE decoder's
 # full-resolution level (input, GroupNorm output, conv output, residual).
 _DENOISER_LIVE, _DECODER_LIVE = 20, 4
+
+
+REGIMES = ("none", "model", "group", "sequential")
+"""Offload regimes, weakest first: what a footprint needs (:attr:`Footprint.regime`) and what an
+offload step provides (:attr:`sdopt.optimization.Optimization.offload_regime`)."""
+
+
+def covers(provided: str | None, needed: str) -> bool:
+    """Whether an offload of regime ``provided`` (``None``: not an offload) brings the peak down to what
+    ``needed`` allows: a stronger offload also does.
+
+    Examples:
+        >>> from sdopt.footprint import covers
+        >>> covers("sequential", "model"), covers("model", "group"), covers(None, "none")
+        (True, False, True)
+    """
+    return REGIMES.index(provided or "none") >= REGIMES.index(needed)
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,7 @@ def estimate(
     sizes = dict(stored)
     for step in steps:
         sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
-    tiled = any(step.name == "vae_tiling" for step in steps)
+    tiled = any(step.optimization.tiles_decode for step in steps)
     activations = _activation_bytes(anatomy, _compute_bytes(anatomy, steps), tiled)
     resident = sum(
         t.numel() * t.element_size()
@@ -190,43 +205,6 @@ def planned_element_size(tensor: torch.Tensor, component_now: float, component_p
     return tensor.element_size() * scale
 
 
-def default_size(anatomy: Anatomy) -> int | None:
-    """The image side the pipeline generates when the caller gives none (its own rule, from its parts)."""
-    sample = getattr(anatomy.pipeline, "default_sample_size", None)
-    if not isinstance(sample, int):
-        sample = getattr(getattr(anatomy.denoiser, "config", None), "sample_size", None)
-    if isinstance(sample, (list, tuple)):
-        sample = sample[0]
-    return int(sample) * pixels_per_latent(anatomy) if isinstance(sample, int) else None
-
-
-def default_height(anatomy: Anatomy) -> int | None:
-    """The height the pipeline generates when the caller gives none: :func:`default_size`, or the
-    default of its ``__call__``'s ``height`` (video pipelines such as Wan keep it there)."""
-    side = default_size(anatomy) or call_default(anatomy.pipeline, "height")
-    return side if isinstance(side, int) else None
-
-
-def pixels_per_latent(anatomy: Anatomy) -> int:
-    """How many pixels one latent covers along a side (1 for pixel-space pipelines)."""
-    pipe = anatomy.pipeline
-    for attribute in ("vae_scale_factor", "vae_scale_factor_spatial", "movq_scale_factor"):
-        factor = getattr(pipe, attribute, None)
-        if isinstance(factor, int) and factor > 0:
-            return factor
-    blocks = getattr(getattr(anatomy.vae, "config", None), "block_out_channels", None)
-    return int(2 ** (len(blocks) - 1)) if blocks else 1
-
-
-def latents_per_token(anatomy: Anatomy) -> int:
-    """Latents per token along a side: the denoiser's patch size, times 2 where the pipeline packs
-    2x2 latent patches itself (Flux, Chroma)."""
-    patch = getattr(getattr(anatomy.denoiser, "config", None), "patch_size", None) or 1
-    if isinstance(patch, (list, tuple)):
-        patch = patch[-1]
-    return int(patch) * (2 if anatomy.family in PACKED_FAMILIES else 1)
-
-
 def component_bytes(anatomy: Anatomy) -> dict[str, float]:
     """The bytes of weights and buffers of each module component, as stored now (memory shared by
     several tensors, such as fused projections' views, once)."""
@@ -249,9 +227,9 @@ def _stored_bytes(module: torch.nn.Module) -> int:
 def _compute_bytes(anatomy: Anatomy, steps: Iterable[Step]) -> int:
     dtype = getattr(anatomy.denoiser, "dtype", torch.float32)
     for step in steps:
-        planned = getattr(step.config, "dtype", None)
-        if step.name == "half_precision" and planned in ("bfloat16", "float16"):
-            return 2
+        itemsize = step.optimization.compute_itemsize(step.config)
+        if itemsize is not None:
+            return itemsize
     return torch.finfo(dtype).bits // 8 if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 4
 
 

@@ -8,7 +8,6 @@ result also says how much faster the optimized pipeline is and how far its image
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.logging import get_logger
 from sdopt.presets import Preset
 from sdopt.report import Report
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 
 _logger = get_logger(__name__)
 
@@ -152,11 +151,11 @@ def generate(
         >>> result.images[0].size, result.psnr_db > 30
         ((64, 64), True)
     """
-    from sdopt.api import optimize, plan
+    from sdopt.api import optimize
+    from sdopt.calls import CallShape
     from sdopt.capabilities import detect
-    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.loading import place, stand_ins_for
     from sdopt.tiers import is_auto, resolve_tier
-    from sdopt.tuning import CallShape
 
     if batch < 1 or runs < 1:
         raise ValueError(f"batch and runs must be >= 1 (got batch={batch}, runs={runs})")
@@ -170,14 +169,12 @@ def generate(
     notes = [RANDOM_WEIGHTS] if built_in else []
 
     # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.
-    with stand_ins() if built_in else contextlib.nullcontext():
+    with stand_ins_for(source):
         started = time.perf_counter()
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
-        if caps.device == "cuda":
-            if not plan(pipe, **how, exclude=list(exclude), caps=caps, memory_budget=memory_budget).offloads:
-                pipe.to("cuda")  # as sdopt.load places it: on the device unless the plan offloads
-            elif compare:
-                notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
+        placed = caps.device != "cuda" or place(pipe, caps, **how, exclude=list(exclude), memory_budget=memory_budget)
+        if compare and not placed:
+            notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
         load_s = time.perf_counter() - started
         call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
@@ -214,7 +211,7 @@ def generate(
         result.untouched_images = _to_pil(untouched[0])
         result.untouched_seconds = untouched[1]
         if reference.shape == candidate.shape:
-            from sdopt.bench import max_abs_difference, psnr
+            from sdopt.fidelity import max_abs_difference, psnr
 
             result.psnr_db = psnr(reference, candidate)
             result.max_abs_diff = max_abs_difference(reference, candidate)
@@ -229,7 +226,7 @@ def generate(
 def _call_kwargs(
     pipe: Any, shape: Any, seed: int, prompt: str, negative_prompt: str | None, image: Any, mask_image: Any
 ) -> dict[str, Any]:
-    from sdopt.optimizations._call_wrapper import call_parameters
+    from sdopt.calls import call_parameters
 
     parameters = call_parameters(pipe)
     kwargs = shape.kwargs(pipe, seed)
@@ -294,7 +291,7 @@ def _frames(output: Any) -> list[Any]:
 def _to_uint8(image: Any) -> np.ndarray:
     if hasattr(image, "convert"):  # a PIL image
         return np.asarray(image.convert("RGB"))
-    from sdopt.bench import to_uint8
+    from sdopt.fidelity import to_uint8
 
     return to_uint8(image)
 

@@ -1,16 +1,24 @@
-"""``sdopt.load``: load a pipeline with the options its plan implies, then optimize it."""
+"""Loading: ``sdopt.load`` (load a pipeline with the options its plan implies, then optimize it), and
+the two rules every command that loads a pipeline follows: built-in architectures get random-weight
+stand-ins of replacement models (:func:`stand_ins_for`), and a pipeline goes on the device unless its
+plan offloads (:func:`place`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from sdopt.api import optimize, plan
 from sdopt.capabilities import Capabilities, detect
 from sdopt.planning import ExtraItem
 from sdopt.report import Report
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES
 from sdopt.tiers import DEFAULT_TIER, resolve_tier
+from sdopt.weights import stand_ins
 
 
 class Loaded(NamedTuple):
@@ -102,16 +110,37 @@ def load(
             extra.append("quantize_4bit")
     pipe = pipeline_cls.from_pretrained(source, **kwargs)
 
-    from sdopt.api import optimize, plan
-
-    if caps.device != "cpu":
-        planned = plan(pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, memory_budget=memory_budget)
-        if not planned.offloads:
-            pipe.to(caps.device)
+    place(pipe, caps, tier=tier, exclude=exclude, extra=extra, memory_budget=memory_budget)
     report = optimize(
         pipe, tier=tier, exclude=exclude, extra=extra, caps=caps, verify=verify, memory_budget=memory_budget
     )
     return Loaded(pipe, report)
+
+
+def place(pipe: Any, caps: Capabilities, **how: Any) -> bool:
+    """Put ``pipe`` on ``caps.device`` unless optimizing it as ``how`` says (:func:`sdopt.plan`'s keyword
+    arguments: ``tier``, ``preset``, ``exclude``, ``extra``, ``memory_budget``, ``quality``) would
+    offload: an offload places each component itself. Returns whether the pipeline is on the device.
+
+    Examples:
+        >>> from sdopt.loading import place
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> place(tiny_pipeline("sd"), fake_capabilities("cpu"), tier="balanced")
+        True
+    """
+    if caps.device == "cpu":
+        return True
+    if plan(pipe, caps=caps, **how).offloads:
+        return False
+    pipe.to(caps.device)
+    return True
+
+
+def stand_ins_for(source: str) -> AbstractContextManager[Any]:
+    """Inside it, a built-in architecture (``sd15``, ``tiny-sd``...: random weights) gets random-weight
+    stand-ins of the published replacement models (TAESD, the fp16-fix VAE...) that are not cached, so
+    fast and ultra are timed with the parts a user with a network gets; a user's model gets none."""
+    return stand_ins() if source in REAL_ARCHES or source in TINY_ARCHES else contextlib.nullcontext()
 
 
 def _dtype_keyword() -> str:

@@ -45,7 +45,7 @@ def optimization_page(name: str) -> str:
         ("exclusive group", f"`{optimization.group}` (one member per plan)" if optimization.group else "-"),
         ("applied after", _names(after)),
         ("applied before", _names(before)),
-        ("decided by the memory budget", "yes" if optimization.budgeted else "no"),
+        ("decided by the memory budget", "yes" if optimization.offload_regime is not None else "no"),
         ("in tiers", _tiers_using(name)),
     ]
     lines = [f"# `{name}`", "", f"{optimization.summary}.", "", "| | |", "|---|---|"]

@@ -23,11 +23,11 @@ from sdopt import registry
 from sdopt.anatomy import Anatomy, inspect_pipeline, unwrap
 from sdopt.capabilities import Capabilities, detect, fact_differences
 from sdopt.errors import MemoryBudgetError, PlanningError
-from sdopt.footprint import GB, Footprint, component_bytes, estimate, parse_memory
-from sdopt.optimizations.base import KINDS, Optimization
+from sdopt.footprint import GB, Footprint, component_bytes, covers, estimate, parse_memory
+from sdopt.optimization import KINDS, Optimization
 from sdopt.presets import Entry, Preset
 from sdopt.report import Decision, format_table
-from sdopt.tiers import resolve_tier
+from sdopt.tiers import LOW_MEMORY, resolve_tier
 
 ExtraItem = str | Mapping[str, Any] | Entry | Any
 """An extra optimization: its name, ``{"name": ..., **options}``, an :class:`Entry`, or a config instance."""
@@ -101,14 +101,13 @@ class Plan:
             return self.memory_budget_gb is None
         if self.footprint.smallest_gb > self.footprint.available_gb:
             return False  # not even one layer at a time with the activations
-        planned = {step.name for step in self.steps}
-        return any(name in planned for name in _OFFLOADS_FOR[self.footprint.regime])
+        return any(covers(step.optimization.offload_regime, self.footprint.regime) for step in self.steps)
 
     @property
     def offloads(self) -> bool:
         """Whether the plan offloads (the offload places each component itself, so the pipeline is
         not moved to the device first: :func:`sdopt.load`, ``sdopt generate``)."""
-        return any(step.name.endswith("_offload") for step in self.steps)
+        return any(step.optimization.offload_regime is not None for step in self.steps)
 
     @property
     def device(self) -> str:
@@ -154,19 +153,42 @@ class Plan:
         return header + notes + "\n" + format_table(rows + self.skipped)
 
 
-def make_plan(
-    pipe: Any,
-    *,
-    tier: str | None = None,
-    preset: Preset | None = None,
-    exclude: Iterable[str] = (),
-    extra: Iterable[ExtraItem] = (),
-    caps: Capabilities | None = None,
-    failed: Mapping[str, str] | None = None,
-    memory_budget: float | str | None = None,
-) -> Plan:
-    """Build the plan. ``failed`` names optimizations that already failed on this pipeline (left out);
-    ``memory_budget`` caps the device memory the plan may use (GB, or a string such as "6GB")."""
+@dataclass(frozen=True)
+class Request:
+    """What a caller asks :func:`sdopt.optimize` / :func:`sdopt.plan` for, in one object.
+
+    ``tier`` or ``preset`` (not both) gives the candidates; ``exclude`` names never to apply;
+    ``extra`` more optimizations (they win conflicts); ``caps`` the machine (default: detected);
+    ``memory_budget`` the most device memory the plan may use (GB or "6GB").
+
+    Examples:
+        >>> from sdopt.planning import Request, make_plan
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> request = Request(tier="balanced", caps=fake_capabilities("cpu-amx"))
+        >>> [step.name for step in make_plan(tiny_pipeline("sd"), request).steps]
+        ['half_precision', 'channels_last']
+    """
+
+    tier: str | None = None
+    preset: Preset | None = None
+    exclude: tuple[str, ...] = ()
+    extra: tuple[ExtraItem, ...] = ()
+    caps: Capabilities | None = None
+    memory_budget: float | str | None = None
+
+
+def as_tuple(items: Iterable[Any], argument: str) -> tuple[Any, ...]:
+    """``items`` (a caller's ``exclude`` or ``extra``) as a tuple; a lone string is refused, not split."""
+    if isinstance(items, str):
+        raise TypeError(f"{argument} must be a list of optimization names, got the string {items!r}")
+    return tuple(items)
+
+
+def make_plan(pipe: Any, request: Request, *, failed: Mapping[str, str] | None = None) -> Plan:
+    """The plan of ``request`` for ``pipe``. ``failed`` names optimizations that already failed on this
+    pipeline (left out). Pure: the pipeline is only read."""
+    tier, preset, exclude, extra, caps = request.tier, request.preset, request.exclude, request.extra, request.caps
+    memory_budget = request.memory_budget
     if tier is not None and preset is not None:
         raise ValueError("pass either tier=... or preset=..., not both")
     if memory_budget is None and preset is not None:
@@ -223,15 +245,17 @@ def make_plan(
             continue
         eligible.append(Step(optimization, optimization.resolve(anatomy, caps, config), source_label))
 
-    winners = _without_conflicts([step for step in eligible if not step.optimization.budgeted], result.skipped)
-    budgeted = [step for step in eligible if step.optimization.budgeted]
+    winners = _without_conflicts(
+        [step for step in eligible if step.optimization.offload_regime is None], result.skipped
+    )
+    budgeted = [step for step in eligible if step.optimization.offload_regime is not None]
     # Settling the budget can drop speed steps (conflicts, companions), which changes the footprint:
     # repeat until the speed steps the estimate assumed are the ones planned.
     carried: list[Decision] = []  # why speed steps dropped in an earlier round were dropped
     for _ in range(3):
         decided: list[Decision] = []
         footprint, steps = _settle_budget(anatomy, caps, winners, budgeted, decided, budget_gb)
-        speed = [step for step in steps if not step.optimization.budgeted]
+        speed = [step for step in steps if step.optimization.offload_regime is None]
         dropped = {step.name for step in winners} - {step.name for step in speed}
         if not dropped:
             break
@@ -239,13 +263,13 @@ def make_plan(
         winners = speed
     result.footprint, result.steps = footprint, steps
     result.skipped += carried + decided
-    low_memory = tier is not None and tier.partition("@")[0] == _LOW_MEMORY  # pinned or latest
+    low_memory = tier is not None and tier.partition("@")[0] == LOW_MEMORY  # pinned or latest
     if not result.fits and budget_gb is not None and low_memory:
         raise _below_any_plan(result, budget_gb)
     if not low_memory and not result.fits:
         # With a caller's budget, this raises when even the low-memory tier cannot fit it.
-        lowest = make_plan(pipe, tier=_LOW_MEMORY, exclude=exclude, caps=caps, memory_budget=memory_budget)
-        instead = f"tier {_LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {_LOW_MEMORY!r} fits"
+        lowest = make_plan(pipe, Request(tier=LOW_MEMORY, exclude=exclude, caps=caps, memory_budget=memory_budget))
+        instead = f"tier {LOW_MEMORY!r} would fit" if lowest.fits else f"not even tier {LOW_MEMORY!r} fits"
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}; {instead}",)
     elif not result.fits:
         result.notes += (f"this plan does not fit in memory: {result.footprint.describe()}",)
@@ -310,16 +334,6 @@ def _settle_budget(
             why = f"{rival.name} is required by the memory budget: {footprint.describe()}"
             skipped.append(_skip(step.optimization, step.source, f"conflicts with {why}", step.config))
     return footprint, _ordered(_with_companions(kept, anatomy, caps, skipped))
-
-
-_LOW_MEMORY = "low-memory"
-# Offloads that bring the peak down to what each regime allows (a stronger one also does).
-_OFFLOADS_FOR = {
-    "none": (),
-    "model": ("model_offload", "group_offload", "sequential_offload"),
-    "group": ("group_offload", "sequential_offload"),
-    "sequential": ("sequential_offload",),
-}
 
 
 def _without_conflicts(steps: list[Step], skipped: list[Decision]) -> list[Step]:

@@ -1,8 +1,10 @@
-"""The registry of optimizations, keyed by name.
+"""The registry of optimizations, keyed by name: queries, and loading the built-ins and plugins.
 
 Built-in optimizations are the modules of ``sdopt.optimizations`` (every module there is
 imported; an import error is raised, never swallowed); third-party packages add theirs
-through the ``sdopt.optimizations`` entry-point group or by calling :func:`register`.
+through the ``sdopt.optimizations`` entry-point group or by calling :func:`sdopt.optimization.register`
+(also importable from here). The store itself sits low, in :mod:`sdopt.optimization`, so an
+optimization registers without importing this module.
 Relations are stated once, on one side: ``conflicts`` and ``before``/``after`` are read in
 both directions here.
 """
@@ -15,38 +17,23 @@ import importlib.metadata
 import pkgutil
 from typing import Any
 
-from sdopt.errors import PlanningError, UnknownOptimizationError
-from sdopt.optimizations.base import EFFECTS, KINDS, Optimization
+from sdopt.errors import UnknownOptimizationError
+from sdopt.optimization import STORE as _registry
+from sdopt.optimization import Optimization, register
 
-_registry: dict[str, Optimization] = {}
+__all__ = [
+    "by_config_type",
+    "conflicts_between",
+    "get",
+    "list_optimizations",
+    "must_precede",
+    "names",
+    "register",
+    "unregister",
+]
+
 _loaded = False
 _loading = False
-
-
-def register(cls: type[Optimization], *, replace: bool = False) -> type[Optimization]:
-    """Add an optimization class to the registry (usable as a class decorator).
-
-    Examples:
-        >>> from sdopt.optimizations.base import Optimization
-        >>> from sdopt.registry import register, unregister, get
-        >>> @register
-        ... class Nothing(Optimization):
-        ...     name = "nothing"
-        ...     kind = "memory"
-        ...     def apply(self, pipe, anatomy, caps, config):
-        ...         return lambda: None
-        >>> get("nothing").kind
-        'memory'
-        >>> unregister("nothing")
-    """
-    _validate(cls)
-    if cls.name in _registry and not replace and type(_registry[cls.name]) is not cls:
-        raise ValueError(
-            f"an optimization named {cls.name!r} is already registered "
-            f"({type(_registry[cls.name]).__qualname__}); pass replace=True to override it"
-        )
-    _registry[cls.name] = cls()
-    return cls
 
 
 def unregister(name: str) -> None:
@@ -127,31 +114,6 @@ def _default_of(item: dataclasses.Field[Any]) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _validate(cls: type[Optimization]) -> None:
-    where = f"{cls.__module__}.{cls.__qualname__}"
-    if not isinstance(cls, type) or not issubclass(cls, Optimization):
-        raise TypeError(f"{where} must subclass sdopt.optimizations.base.Optimization")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise PlanningError(f"{where}: `name` must be a snake_case identifier, got {name!r}")
-    if getattr(cls, "kind", None) not in KINDS:
-        raise PlanningError(f"{where}: `kind` must be one of {', '.join(KINDS)}, got {getattr(cls, 'kind', None)!r}")
-    if cls.effect not in EFFECTS:
-        raise PlanningError(f"{where}: `effect` must be one of {', '.join(EFFECTS)}, got {cls.effect!r}")
-    params = getattr(cls.Config, "__dataclass_params__", None)
-    if params is None or not params.frozen:
-        raise PlanningError(f"{where}: `Config` must be a frozen dataclass")
-    for item in dataclasses.fields(cls.Config):
-        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
-            raise PlanningError(f"{where}: config option {item.name!r} needs a default")
-    for relation in ("conflicts", "after", "before"):
-        value = getattr(cls, relation)
-        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise PlanningError(f"{where}: `{relation}` must be a tuple of optimization names")
-        if name in value:
-            raise PlanningError(f"{where}: `{relation}` names the optimization itself")
-
-
 def _ensure_loaded() -> None:
     global _loaded, _loading
     if _loaded or _loading:
@@ -168,7 +130,7 @@ def _load_builtins_and_plugins() -> None:
     import sdopt.optimizations as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base" and not module.name.startswith("_"):  # _name: shared helpers
+        if not module.name.startswith("_"):  # _name: shared helpers
             importlib.import_module(f"{package.__name__}.{module.name}")
     for entry_point in importlib.metadata.entry_points(group="sdopt.optimizations"):
         try:

@@ -1,14 +1,15 @@
-"""Decisions and the report of one ``optimize`` call, with its undo stack."""
+"""Decisions and the report of one ``optimize`` call, with its way back (:mod:`sdopt.undo`)."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sdopt import undo as ledger
+from sdopt.calls import after_calls
 from sdopt.errors import UndoError
-from sdopt.optimizations.base import Undo
+from sdopt.undo import UndoStack
 
 if TYPE_CHECKING:
     from sdopt.originals import Originals
@@ -55,44 +56,6 @@ def format_table(decisions: Sequence[Decision]) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Gone:
-    """A live optimize() whose report cannot undo: made with undoable=False, or dropped by the caller."""
-
-    source: str | None
-    why: str
-
-
-# The optimize() calls whose changes are live on each pipeline, oldest first: undo must go newest
-# first. Reports are held weakly (a report the caller drops takes its originals, spill files
-# included, with it) and leave a _Gone marker behind, so an older report still refuses to undo.
-_live_reports: weakref.WeakKeyDictionary[Any, list[weakref.ref[Report] | _Gone]] = weakref.WeakKeyDictionary()
-
-
-# What call-time optimizations did during the pipeline's calls (static int8's builds), per pipeline:
-# each applied optimization that acts at call time registers a function describing it now.
-_after_calls: weakref.WeakKeyDictionary[Any, dict[str, Callable[[], str]]] = weakref.WeakKeyDictionary()
-
-
-def note_after_calls(pipe: Any, name: str, describe: Callable[[], str]) -> Undo:
-    """Make ``describe()`` the live account of what optimization ``name`` did during ``pipe``'s
-    calls (:attr:`Report.after_calls`); the returned undo withdraws it."""
-    _after_calls.setdefault(pipe, {})[name] = describe
-
-    def undo() -> None:
-        _after_calls.get(pipe, {}).pop(name, None)
-
-    return undo
-
-
-def _newest(pipe: Any) -> Report | _Gone | None:
-    entries = _live_reports.get(pipe, [])
-    if not entries:
-        return None
-    newest = entries[-1]
-    return newest if isinstance(newest, _Gone) else newest()
-
-
 @dataclass
 class Report:
     """The outcome of :func:`sdopt.optimize`: every decision, and the way back.
@@ -124,7 +87,7 @@ class Report:
     """The memory budget the plan was made under (recorded by :meth:`to_preset`)."""
     tuning: Tuning | None = None
     """With ``tier="auto"``: what was measured and decided (:class:`sdopt.tuning.Tuning`)."""
-    _undo_stack: list[tuple[str, Undo]] | None = field(default=None, repr=False)
+    _undo_stack: UndoStack | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
     _originals: Originals | None = field(default=None, repr=False)
@@ -147,6 +110,11 @@ class Report:
             return "none kept"
         return self._originals.describe()
 
+    @property
+    def originals_in_memory_bytes(self) -> int:
+        """Bytes of :attr:`originals` held in memory now (what a benchmark adds to a tier's host peak)."""
+        return self._originals.resident_bytes() if self._originals is not None else 0
+
     def undo(self) -> None:
         """Restore the pipeline exactly as it was before ``optimize``.
 
@@ -166,8 +134,8 @@ class Report:
                 "this report was made with optimize(..., undoable=False), which keeps no originals; "
                 "reload the pipeline instead, or optimize with undoable=True (the default) to be able to undo"
             )
-        newest = _newest(self._pipeline)
-        if isinstance(newest, _Gone):
+        newest = ledger.newest(self._pipeline)
+        if isinstance(newest, ledger.Gone):
             raise UndoError(
                 f"a later optimize() on this pipeline ({newest.source or 'explicit optimizations'}, {newest.why}) "
                 "is still applied and cannot be undone; reload the pipeline instead"
@@ -177,34 +145,24 @@ class Report:
                 f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
             )
         stack, self._undo_stack = self._undo_stack, None
-        entries = _live_reports.get(self._pipeline, [])
-        entries[:] = [e for e in entries if isinstance(e, _Gone) or (e() is not None and e() is not self)]
+        ledger.forget(self._pipeline, self)
         self._undone = True
         try:
-            run_undo_stack(stack)
+            stack()
         except Exception as error:
             self._broken = f"{type(error).__name__}: {error}"
             raise
         if self._originals is not None:
             self._originals.close()
 
-    def _track(self, pipe: Any, stack: list[tuple[str, Undo]], keep: bool, originals: Originals | None = None) -> None:
-        """Attach the undo stack (or drop it when the caller opted out) and record the report as live."""
+    def track_undo(self, pipe: Any, stack: UndoStack, *, keep: bool, originals: Originals | None = None) -> None:
+        """For the engine: attach the undo stack of the steps applied to ``pipe`` (dropped without
+        ``keep``) and record this report as the newest live one on ``pipe``."""
         self._pipeline = pipe
         self._undo_stack = stack if keep else None
         self._originals = originals
-        if not stack:
-            return
-        entries = _live_reports.setdefault(pipe, [])
-        if not keep:
-            entries.append(_Gone(self.source, "made with undoable=False"))
-            return
-        source = self.source
-
-        def dropped(ref: weakref.ref[Report]) -> None:  # the caller let the report go: its changes stay
-            entries[:] = [_Gone(source, "its report was discarded") if e is ref else e for e in entries]
-
-        entries.append(weakref.ref(self, dropped))
+        if len(stack):
+            ledger.track(pipe, self, self.source, keep=keep)
 
     def to_preset(self, name: str, *, version: int = 1, description: str = "") -> Preset:
         """Freeze exactly what was applied (or planned, in a dry run) into a preset to pin.
@@ -221,7 +179,7 @@ class Report:
             >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
             ('half_precision', 'bfloat16', 'balanced@2')
         """
-        from sdopt import __version__
+        from sdopt._version import __version__
         from sdopt.presets import Entry, Preset
 
         decisions = self.planned if self.dry_run else self.applied
@@ -243,7 +201,7 @@ class Report:
         (e.g. static int8: the shapes built, cold or from the cache, and the fidelity measured)."""
         if self._pipeline is None or self._undone or self.dry_run:
             return {}
-        notes = _after_calls.get(self._pipeline, {})
+        notes = after_calls(self._pipeline)
         return {decision.name: notes[decision.name]() for decision in self.applied if decision.name in notes}
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,56 +241,3 @@ class Report:
             how = "from the tuning cache" if self.tuning.from_cache else f"measured in {self.tuning.seconds:.1f} s"
             notes += f"\ntuned: {self.tuning.quality} at {self.tuning.shape}, {how}"
         return header + notes + "\n" + format_table(self.decisions)
-
-
-def with_tuning(report: Report, tuning: Tuning) -> Report:
-    """``report`` of applying ``tuning.preset``, told as the tuning's decisions: each applied step's
-    reason starts with its measurement, dropped candidates are skipped with theirs, and candidates the
-    quality tier could not use here keep the planner's reason."""
-    from sdopt import registry
-
-    report.source = f"auto:{tuning.quality}"
-    report.tuning = tuning
-    applied = []
-    for decision in report.applied:
-        trial = tuning.trial_for(decision.name)
-        reason = f"{trial.reason}; {decision.reason}" if trial is not None else decision.reason
-        applied.append(replace(decision, reason=reason, source=report.source))
-    report.applied = applied
-    decided = {d.name for d in (*report.applied, *report.failed, *report.skipped)}
-    for trial in (*tuning.fixed, *tuning.trials):
-        for name in trial.names:
-            if name in decided:
-                continue
-            optimization = registry.get(name)
-            config = optimization.config_to_dict(optimization.make_config({}))
-            report.skipped.append(
-                Decision(name, "skipped", trial.reason, config, optimization.kind, optimization.lossy, report.source)
-            )
-            decided.add(name)
-    report.skipped += [Decision(**data) for data in tuning.skipped if data["name"] not in decided]
-    if tuning.interrupted:
-        report.warnings += ("auto: the tuning was interrupted; only the decisions made before it stopped apply",)
-    if tuning.unmeasured:
-        report.warnings += (
-            f"auto: the time budget of {tuning.budget_s:g} s ran out before {', '.join(tuning.unmeasured)} could be "
-            "measured (left out; not cached: a larger budget_s measures them)",
-        )
-    return report
-
-
-def run_undo_stack(stack: list[tuple[str, Undo]]) -> None:
-    """Undo every entry newest first; if some raise, finish the others and then report them all."""
-    from sdopt.errors import RollbackError
-
-    errors = []
-    while stack:
-        name, undo = stack.pop()
-        try:
-            undo()
-        except Exception as error:  # keep undoing the rest: a partial undo is worse
-            errors.append(f"{name}: {type(error).__name__}: {error}")
-    if errors:
-        raise RollbackError(
-            "undoing some optimizations raised, the pipeline may not be fully restored; reload it. " + "; ".join(errors)
-        )

@@ -16,6 +16,7 @@ from sdopt.requirements import Requirements
 
 DEFAULT_TIER = "balanced"
 AUTO = "auto"
+LOW_MEMORY = "low-memory"
 """Not a list of steps: the steps of a quality tier that measure faster here (see :mod:`sdopt.tuning`)."""
 
 

@@ -12,7 +12,7 @@ import torch
 
 from sdopt import optimize, plan
 from sdopt.errors import OptimizationFailed, StrictModeError, UndoError, UnknownTierError
-from sdopt.optimizations.base import Optimization
+from sdopt.optimization import Optimization
 from sdopt.registry import register, unregister
 from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
 from sdopt.tiers import list_tiers

@@ -188,7 +188,7 @@ def test_tiers_are_optimized_with_the_defaults_users_get_unless_no_undo() -> Non
 
 def test_tier_copies_share_the_loaded_pipelines_unchanged_weights() -> None:
     from sdopt import optimize
-    from sdopt.bench import _light_copy
+    from sdopt.bench.instruments import light_copy as _light_copy
     from sdopt.testing import fake_capabilities, resident_tensor_bytes, tiny_pipeline
 
     base = tiny_pipeline("sd")
@@ -203,7 +203,7 @@ def test_tier_copies_share_the_loaded_pipelines_unchanged_weights() -> None:
 
 
 def test_tiers_run_one_after_another_when_they_would_not_fit_together(monkeypatch) -> None:
-    from sdopt import bench as bench_module
+    from sdopt.bench import runner as bench_module
 
     monkeypatch.setattr(bench_module, "_why_not_interleaved", lambda *args: "pretend RAM is short")
     messages: list[str] = []
@@ -217,9 +217,9 @@ def test_tiers_run_one_after_another_when_they_would_not_fit_together(monkeypatc
 
 def test_arch_benches_time_replacement_models_offline_with_their_published_architecture() -> None:
     from sdopt import optimize
-    from sdopt.architectures import real_pipeline
-    from sdopt.optimizations._pretrained import stand_ins
+    from sdopt.simulation.architectures import real_pipeline
     from sdopt.testing import fake_capabilities, tiny_pipeline
+    from sdopt.weights import stand_ins
 
     caps = fake_capabilities("cpu")
     outside = optimize(tiny_pipeline("sd"), tier=None, extra=["tiny_vae"], caps=caps)

@@ -12,6 +12,9 @@ import pytest
 
 from sdopt import capabilities, detect, plan
 from sdopt.capabilities import CudaDevice, arch_in_build, parse_cpuinfo
+from sdopt.probes import accelerators
+from sdopt.probes import cpu as cpu_probe
+from sdopt.probes import packages as package_probe
 from sdopt.testing import PROFILES, fake_capabilities, tiny_pipeline
 
 X86_CPUINFO = """\
@@ -139,7 +142,7 @@ def test_avx512_bf16_without_amx_is_decided_by_measurement(monkeypatch) -> None:
     assert not parse_cpuinfo(text, "x86_64").bf16_accelerated  # the flags alone do not prove it
     monkeypatch.setattr(capabilities, "Path", lambda path: type("P", (), {"read_text": lambda *a, **k: text})())
     for measured, accelerated in ((0.66, False), (1.8, True)):
-        monkeypatch.setattr(capabilities, "_bf16_speedup", lambda model, flags=(), m=measured: m)
+        monkeypatch.setattr(cpu_probe, "bf16_speedup", lambda model, flags=(), m=measured: m)
         cpu = capabilities._detect_cpu()
         assert (cpu.bf16_accelerated, cpu.bf16_speedup) == (accelerated, measured)
 
@@ -147,8 +150,8 @@ def test_avx512_bf16_without_amx_is_decided_by_measurement(monkeypatch) -> None:
 def test_the_bf16_measurement_runs_and_is_cached(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     runs = []
-    monkeypatch.setattr(capabilities, "_time_bf16_against_fp32", lambda: runs.append(1) or 0.5)
-    assert capabilities._bf16_speedup("cpu x") == capabilities._bf16_speedup("cpu x") == 0.5
+    monkeypatch.setattr(cpu_probe, "time_bf16_against_fp32", lambda: runs.append(1) or 0.5)
+    assert cpu_probe.bf16_speedup("cpu x") == cpu_probe.bf16_speedup("cpu x") == 0.5
     assert runs == [1]  # clearly below the threshold: one timing decides
 
 
@@ -157,10 +160,10 @@ def test_a_borderline_bf16_timing_is_taken_again_in_later_processes(monkeypatch,
     # timing (up to five) and the median decides.
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     timings = iter([1.15, 0.9, 0.95, 1.0, 0.92, 2.0])
-    monkeypatch.setattr(capabilities, "_time_bf16_against_fp32", lambda: next(timings))
-    medians = [capabilities._bf16_speedup("cpu y", ("avx512_bf16",)) for _ in range(6)]
+    monkeypatch.setattr(cpu_probe, "time_bf16_against_fp32", lambda: next(timings))
+    medians = [cpu_probe.bf16_speedup("cpu y", ("avx512_bf16",)) for _ in range(6)]
     assert medians == [1.15, 1.15, 0.95, 1.0, 0.95, 0.95]  # five samples, then the decision holds
-    assert capabilities._bf16_speedup("cpu y", ("avx512_bf16", "amx_bf16")) == 2.0  # other flags: measured anew
+    assert cpu_probe.bf16_speedup("cpu y", ("avx512_bf16", "amx_bf16")) == 2.0  # other flags: measured anew
 
 
 def test_package_probes_are_keyed_by_the_gpu_and_driver(monkeypatch, tmp_path) -> None:
@@ -168,9 +171,9 @@ def test_package_probes_are_keyed_by_the_gpu_and_driver(monkeypatch, tmp_path) -
     t4 = fake_capabilities("t4-16gb").cuda
     h100 = fake_capabilities("h100-80gb").cuda
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(capabilities, "_dist_version", lambda name: {"xformers": "9.9", "torch": "2.13"}.get(name))
+    monkeypatch.setattr(package_probe, "dist_version", lambda name: {"xformers": "9.9", "torch": "2.13"}.get(name))
     calls = []
-    monkeypatch.setattr(capabilities, "probe_package", lambda name, device: calls.append(name) or (True, "", []))
+    monkeypatch.setattr(package_probe, "probe_package", lambda name, device: calls.append(name) or (True, "", []))
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", t4)
     capabilities._packages("cuda", h100)
@@ -195,7 +198,7 @@ def _fake_torch_cuda(monkeypatch, capability, arch_list, name="NVIDIA GeForce RT
     import torch
 
     props = SimpleNamespace(name=name, major=capability[0], minor=capability[1], total_memory=memory_gb * 2**30)
-    monkeypatch.setattr(capabilities, "_accelerator_torch", lambda: torch)
+    monkeypatch.setattr(accelerators, "accelerator_torch", lambda: torch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
@@ -205,7 +208,7 @@ def _fake_torch_cuda(monkeypatch, capability, arch_list, name="NVIDIA GeForce RT
 def test_a_gpu_newer_than_the_build_falls_back_to_cpu_with_the_fix(monkeypatch) -> None:
     _fake_torch_cuda(monkeypatch, (12, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"])
     probed = []
-    monkeypatch.setattr(capabilities, "probe_cuda_devices", lambda: probed.append(1) or [{"usable": True}])
+    monkeypatch.setattr(accelerators, "probe_cuda_devices", lambda: probed.append(1) or [{"usable": True}])
     with pytest.warns(RuntimeWarning, match="sm_120 has no kernels"):
         caps = detect(refresh=True)
     try:
@@ -224,7 +227,7 @@ def test_a_gpu_newer_than_the_build_falls_back_to_cpu_with_the_fix(monkeypatch) 
 def test_a_probe_hitting_no_kernel_image_marks_the_gpu_unusable(monkeypatch) -> None:
     _fake_torch_cuda(monkeypatch, (8, 6), ["sm_80", "sm_86"], name="NVIDIA GeForce RTX 3060")
     monkeypatch.setattr(
-        capabilities,
+        accelerators,
         "probe_cuda_devices",
         lambda: [{"usable": False, "reason": "RuntimeError: CUDA error: no kernel image is available for execution"}],
     )
@@ -241,7 +244,7 @@ def test_a_probe_hitting_no_kernel_image_marks_the_gpu_unusable(monkeypatch) -> 
 
 def test_a_working_gpu_is_chosen_with_its_facts(monkeypatch) -> None:
     _fake_torch_cuda(monkeypatch, (9, 0), ["sm_80", "sm_90"], name="NVIDIA H100 80GB HBM3", memory_gb=80)
-    monkeypatch.setattr(capabilities, "probe_cuda_devices", lambda: [{"usable": True, "free_gb": 79.0}])
+    monkeypatch.setattr(accelerators, "probe_cuda_devices", lambda: [{"usable": True, "free_gb": 79.0}])
     monkeypatch.setattr(capabilities, "_packages", lambda device, cuda=(): {})
     caps = detect(refresh=True)
     try:
@@ -259,8 +262,8 @@ def test_mps_present_is_chosen(monkeypatch) -> None:
     import torch
 
     monkeypatch.setattr(capabilities, "_cuda_devices", lambda: ())
-    monkeypatch.setattr(capabilities.sys, "platform", "darwin")
-    monkeypatch.setattr(capabilities, "_accelerator_torch", lambda: torch)
+    monkeypatch.setattr(accelerators.sys, "platform", "darwin")
+    monkeypatch.setattr(accelerators, "accelerator_torch", lambda: torch)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     real_ones = torch.ones
     monkeypatch.setattr(torch, "ones", lambda *a, device=None, **k: real_ones(*a, **k))
@@ -277,14 +280,14 @@ def test_mps_present_is_chosen(monkeypatch) -> None:
 
 def test_package_probes_run_in_a_subprocess_and_are_cached(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(capabilities, "_dist_version", lambda name: "9.9" if name == "xformers" else None)
+    monkeypatch.setattr(package_probe, "dist_version", lambda name: "9.9" if name == "xformers" else None)
     calls = []
 
     def probe(name, device):
         calls.append((name, device))
         return False, "xformers kernels need CUDA", ["Failed to load a kernel library"]
 
-    monkeypatch.setattr(capabilities, "probe_package", probe)
+    monkeypatch.setattr(package_probe, "probe_package", probe)
     first = capabilities._packages("cpu")
     second = capabilities._packages("cpu")
     assert calls == [("xformers", "cpu")]
@@ -303,7 +306,7 @@ def test_package_probes_run_in_a_subprocess_and_are_cached(monkeypatch, tmp_path
 
 
 def test_a_real_package_probe_reports_failure_with_the_reason() -> None:
-    usable, reason, _ = capabilities.probe_package("xformers", "cpu")
+    usable, reason, _ = package_probe.probe_package("xformers", "cpu")
     assert not usable and ("No module named 'xformers'" in reason or "need CUDA" in reason)
 
 

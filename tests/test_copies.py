@@ -8,8 +8,7 @@ import pickle
 import numpy as np
 import torch
 
-from sdopt import optimize
-from sdopt.optimizations import _call_wrapper
+from sdopt import calls, optimize
 from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
 
 STEPS = ["half_precision", {"name": "step_budget", "steps": 3}, "guidance", {"name": "resolution", "scale": 0.5}]
@@ -45,8 +44,8 @@ def test_pickle_round_trip_even_in_a_process_that_never_wrapped_the_class() -> N
     data = pickle.dumps(pipe)
     # Forget the wrapper class, as a fresh process would not have it: pickle rebuilds it by name.
     name = type(pipe).__qualname__
-    delattr(_call_wrapper, name)
-    _call_wrapper._wrapper_class.cache_clear()
+    delattr(calls, name)
+    calls._wrapper_class.cache_clear()
     loaded = pickle.loads(data)
     assert type(loaded).__name__ == "StableDiffusionPipeline" and type(loaded).__qualname__ == name
     assert np.array_equal(run_pipeline(loaded, "sd"), expected)
@@ -55,6 +54,6 @@ def test_pickle_round_trip_even_in_a_process_that_never_wrapped_the_class() -> N
 def test_wrapper_names_round_trip_and_unknown_classes_say_so() -> None:
     import pytest
 
-    assert _call_wrapper._unescape(_call_wrapper._escape("my_pkg.sub__mod")) == "my_pkg.sub__mod"
+    assert calls._unescape(calls._escape("my_pkg.sub__mod")) == "my_pkg.sub__mod"
     with pytest.raises(AttributeError, match="cannot be imported"):
-        _call_wrapper.__getattr__("Wrapped____umain___SMyPipeline")
+        calls.__getattr__("Wrapped____umain___SMyPipeline")

@@ -10,7 +10,7 @@ import pytest
 
 from sdopt import Preset, plan
 from sdopt.errors import ConfigError, PlanningError, UnknownOptimizationError, UnknownTierError
-from sdopt.optimizations.base import Optimization
+from sdopt.optimization import Optimization
 from sdopt.presets import Entry
 from sdopt.registry import register, unregister
 from sdopt.requirements import Requirements

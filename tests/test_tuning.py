@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdopt import optimize, tune
-from sdopt.optimizations.base import Optimization
+from sdopt.optimization import Optimization
 from sdopt.presets import Entry, Preset
 from sdopt.registry import register, unregister
 from sdopt.testing import fake_capabilities, pipeline_state, state_differences, tiny_pipeline

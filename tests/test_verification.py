@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sdopt import optimize, registry
-from sdopt.optimizations.base import Optimization
+from sdopt.optimization import Optimization
 from sdopt.testing import (
     fake_capabilities,
     pipeline_state,

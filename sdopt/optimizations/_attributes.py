@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sdopt.optimizations.base import Undo
+from sdopt.optimization import Undo
 
 _ABSENT = object()
 

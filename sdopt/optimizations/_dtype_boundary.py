@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from sdopt.optimizations.base import Undo
+from sdopt.optimization import Undo
 
 
 def add_dtype_boundary(model: torch.nn.Module, *, float32_outputs: bool = False) -> Undo:

@@ -1,4 +1,5 @@
-"""Shared by the offload optimizations: the regime the planned footprint calls for, and putting modules back."""
+"""Shared by the offload optimizations: their common declaration, the regime the planned footprint calls
+for, and putting modules back."""
 
 from __future__ import annotations
 
@@ -7,10 +8,28 @@ from typing import Any
 
 import torch
 
+from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import Footprint
+from sdopt.optimization import Optimization, Undo
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
-from sdopt.optimizations.base import Undo
+from sdopt.requirements import Requirements
+
+
+class OffloadBase(Optimization):
+    """What the three offloads declare alike: an accelerator, one offload per plan, no compile, memory
+    only, and decided by the memory budget (each sets :attr:`offload_regime`; ``Config`` has
+    ``only_if_needed``)."""
+
+    kind = "memory"
+    requires = Requirements(devices=("cuda", "xpu", "mps"))
+    group = "offload"
+    conflicts = ("torch_compile",)
+    effect = "memory"
+
+    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
+        assert self.offload_regime is not None
+        return check_regime(self.offload_regime, footprint, config.only_if_needed)
 
 
 def check_regime(wanted: str, footprint: Footprint, only_if_needed: bool) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sdopt.optimizations.base import Undo
+from sdopt.optimization import Undo
 
 _REDUCED = (torch.float16, torch.bfloat16)
 _BLACK = -0.99  # decoder output is in [-1, 1]; everything at the bottom is a black image

@@ -10,9 +10,8 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import restore_processor_backends, save_processor_backends
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 
 # Backends that run without CUDA; diffusers accepts the others on CPU and fails at the first forward.
 _RUNS_ON_CPU = {"native", "_native_math"}

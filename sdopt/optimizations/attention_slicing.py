@@ -7,9 +7,8 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 from sdopt.requirements import Requirements
 
 

@@ -9,9 +9,8 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._components import unknown_components
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 
 # Below this share of parameters in convolutions a module gains nothing measurable.
 _MIN_CONV_SHARE = 0.10

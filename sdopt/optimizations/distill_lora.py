@@ -11,14 +11,13 @@ import torch
 
 from sdopt._noise import diffusers_quiet
 from sdopt.anatomy import Anatomy
+from sdopt.calls import call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations._call_wrapper import call_layers, call_parameters, wrap_call
-from sdopt.optimizations.base import Optimization, Undo
 from sdopt.optimizations.scheduler import rebuild
 from sdopt.optimizations.step_budget import StepCount
 from sdopt.originals import keep
-from sdopt.registry import register
 from sdopt.requirements import Requirements
 
 # LCM-LoRA (Luo et al. 2023) for both families: published by the LCM authors for SD1.5 and SDXL
@@ -108,7 +107,7 @@ class DistillLora(Optimization):
             return "already active (a previous optimize() fused a distillation LoRA)"
         if "num_inference_steps" not in call_parameters(anatomy.pipeline):
             return f"{anatomy.pipeline_class} takes no num_inference_steps"
-        from sdopt.optimizations._pretrained import stand_ins_allowed
+        from sdopt.weights import stand_ins_allowed
 
         unavailable = _unavailable(self.resolve(anatomy, caps, config).source)
         return None if stand_ins_allowed() and PUBLISHED.get(anatomy.family) else unavailable
@@ -123,7 +122,7 @@ class DistillLora(Optimization):
         return what
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        from sdopt.optimizations._pretrained import stand_ins_allowed
+        from sdopt.weights import stand_ins_allowed
 
         unet = anatomy.denoiser
         scheduler_name = anatomy.scheduler_name or "scheduler"
@@ -241,7 +240,7 @@ def _unavailable(source: str) -> str | None:
         return None
     if constants.HF_HUB_OFFLINE:
         return f"{source} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
-    from sdopt.optimizations._pretrained import hub_unreachable
+    from sdopt.weights import hub_unreachable
 
     unreachable = hub_unreachable()
     return f"{source} is not in the local Hugging Face cache and {unreachable}" if unreachable else None

@@ -9,11 +9,10 @@ from typing import Any
 import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
+from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
-from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 
 _HOOK = "sdopt_deep_cache"
 

@@ -9,10 +9,9 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,8 @@ from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import Footprint
-from sdopt.optimizations._offload import check_regime, remember_placement, resolve_device
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
-from sdopt.requirements import Requirements
+from sdopt.optimization import Undo, register
+from sdopt.optimizations._offload import OffloadBase, remember_placement, resolve_device
 
 _HOOK_NAMES = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 
@@ -30,7 +27,7 @@ class GroupOffloadConfig:
 
 
 @register
-class GroupOffload(Optimization):
+class GroupOffload(OffloadBase):
     """diffusers' ``enable_group_offload`` on every model component; removed through diffusers'
     hook registry. Faster than sequential offload at a similar footprint when streams overlap
     transfers with compute.
@@ -47,14 +44,9 @@ class GroupOffload(Optimization):
     """
 
     name = "group_offload"
-    kind = "memory"
     summary = "groups of layers move to the accelerator just in time (streams overlap the copies)"
     Config = GroupOffloadConfig
-    requires = Requirements(devices=("cuda", "xpu", "mps"))
-    group = "offload"
-    conflicts = ("torch_compile",)
-    effect = "memory"
-    budgeted = True
+    offload_regime = "group"
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if not hasattr(anatomy.pipeline, "enable_group_offload"):
@@ -69,9 +61,6 @@ class GroupOffload(Optimization):
         device = resolve_device(config.device, caps)
         use_stream = config.use_stream and device.split(":")[0] in ("cuda", "xpu")
         return GroupOffloadConfig(config.level, config.blocks_per_group, use_stream, device, config.only_if_needed)
-
-    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
-        return check_regime("group", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         stream = ", prefetching on a stream" if config.use_stream else ""

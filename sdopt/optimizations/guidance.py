@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
+from sdopt.calls import CallLayer, call_default, call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._call_wrapper import CallLayer, call_default, call_layers, call_parameters, wrap_call
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
+from sdopt.optimization import Optimization, Undo, register
 
 # Pipelines whose CFG state lives entirely in `_callback_tensor_inputs` (diffusers' own dynamic-CFG
 # recipe works there); others, e.g. inpainting, double more tensors than they hand to callbacks.

@@ -9,12 +9,11 @@ import torch
 
 from sdopt.anatomy import Anatomy, inspect_pipeline
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._components import chosen_components, unknown_components
 from sdopt.optimizations._dtype_boundary import add_dtype_boundary, has_dtype_boundary
 from sdopt.optimizations._vae_guard import guard_vae
-from sdopt.optimizations.base import Optimization, Undo
 from sdopt.originals import Kept, keep
-from sdopt.registry import register
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -103,6 +102,9 @@ class HalfPrecision(Optimization):
             )
             sizes[names[id(module)]] -= saved
         return sizes
+
+    def compute_itemsize(self, config: Any) -> int | None:
+        return 2 if config.dtype in ("bfloat16", "float16") else None
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         vae = anatomy.vae

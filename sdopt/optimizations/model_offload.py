@@ -7,11 +7,8 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import Footprint
-from sdopt.optimizations._offload import accelerate_offload, check_regime, resolve_device
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
-from sdopt.requirements import Requirements
+from sdopt.optimization import Undo, register
+from sdopt.optimizations._offload import OffloadBase, accelerate_offload, resolve_device
 
 
 @dataclass(frozen=True)
@@ -24,7 +21,7 @@ class ModelOffloadConfig:
 
 
 @register
-class ModelOffload(Optimization):
+class ModelOffload(OffloadBase):
     """diffusers' ``enable_model_cpu_offload``: peak memory of the largest component, small slowdown.
 
     Examples:
@@ -36,14 +33,9 @@ class ModelOffload(Optimization):
     """
 
     name = "model_offload"
-    kind = "memory"
     summary = "components wait in CPU memory and move to the accelerator one at a time"
     Config = ModelOffloadConfig
-    requires = Requirements(devices=("cuda", "xpu", "mps"))
-    group = "offload"
-    conflicts = ("torch_compile",)
-    effect = "memory"
-    budgeted = True
+    offload_regime = "model"
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if getattr(anatomy.pipeline, "model_cpu_offload_seq", None) is None:
@@ -51,9 +43,6 @@ class ModelOffload(Optimization):
         if getattr(anatomy.pipeline, "_all_hooks", None):
             return "already active"
         return None
-
-    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
-        return check_regime("model", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"model CPU offload (onto {config.device})"

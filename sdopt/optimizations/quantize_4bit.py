@@ -9,10 +9,9 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
-from sdopt.optimizations.base import Optimization, Undo
 from sdopt.originals import keep, own_tensors
-from sdopt.registry import register
 from sdopt.requirements import Requirements
 
 _COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -11,11 +11,10 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
-from sdopt.optimizations.base import Optimization, Undo
 from sdopt.originals import keep, own_tensors
-from sdopt.registry import register
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdopt.anatomy import Anatomy
+from sdopt.calls import (
+    CallLayer,
+    call_layers,
+    call_parameters,
+    default_size,
+    latents_per_token,
+    pixels_per_latent,
+    wrap_call,
+)
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import default_size, latents_per_token, pixels_per_latent
-from sdopt.optimizations._call_wrapper import CallLayer, call_layers, call_parameters, wrap_call
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.requirements import Requirements
 
 

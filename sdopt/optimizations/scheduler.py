@@ -7,8 +7,7 @@ from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
+from sdopt.optimization import Optimization, Undo, register
 
 # solver name -> (diffusers class, settings it needs on top of the original config)
 SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -7,11 +7,8 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import Footprint
-from sdopt.optimizations._offload import accelerate_offload, check_regime, resolve_device
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
-from sdopt.requirements import Requirements
+from sdopt.optimization import Undo, register
+from sdopt.optimizations._offload import OffloadBase, accelerate_offload, resolve_device
 
 
 @dataclass(frozen=True)
@@ -24,7 +21,7 @@ class SequentialOffloadConfig:
 
 
 @register
-class SequentialOffload(Optimization):
+class SequentialOffload(OffloadBase):
     """diffusers' ``enable_sequential_cpu_offload`` (accelerate hooks on every leaf module).
 
     Examples:
@@ -36,22 +33,14 @@ class SequentialOffload(Optimization):
     """
 
     name = "sequential_offload"
-    kind = "memory"
     summary = "weights stream to the accelerator leaf module by leaf module (smallest footprint, slow)"
     Config = SequentialOffloadConfig
-    requires = Requirements(devices=("cuda", "xpu", "mps"))
-    group = "offload"
-    conflicts = ("torch_compile",)
-    effect = "memory"
-    budgeted = True
+    offload_regime = "sequential"
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if any(hasattr(module, "_hf_hook") for module in anatomy.modules().values()):
             return "accelerate offload hooks are already installed"
         return None
-
-    def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
-        return check_regime("sequential", footprint, config.only_if_needed)
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         return f"sequential CPU offload (onto {config.device})"

@@ -9,15 +9,13 @@ from typing import Any
 import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
+from sdopt.calls import CallLayer, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
-from sdopt.int8 import cache
-from sdopt.int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
-from sdopt.report import note_after_calls
+from sdopt.optimizations._int8 import cache
+from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
 from sdopt.requirements import Requirements
 
 # Left in floating point by published int8 diffusion recipes (and measured here: see the class

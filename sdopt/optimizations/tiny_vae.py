@@ -7,10 +7,9 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimizations._pretrained import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.requirements import Requirements
+from sdopt.weights import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
 
 DEFAULT_SOURCES = {
     "sd1": "madebyollin/taesd",

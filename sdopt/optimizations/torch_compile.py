@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy, is_compiled
+from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations._call_wrapper import CallLayer, wrap_call
 from sdopt.optimizations._inductor import inductor_cache_dir
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 
 CPU_FIRST_CALL_NOTE = (
     "SD1.5-size UNet on 2 cores: first call +40 s cold, +11 s with a warm cache; then ~1.35x per step "

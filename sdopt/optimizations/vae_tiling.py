@@ -7,9 +7,8 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 from sdopt.requirements import Requirements
 
 _TILE_ATTRIBUTES = ("use_tiling", "tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor")
@@ -48,6 +47,7 @@ class VaeTiling(Optimization):
     requires = Requirements(needs_vae=True)
     effect = "memory"
     lossy = True  # tiles are blended where they overlap: close to, not equal to, an untiled decode
+    tiles_decode = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         vae = anatomy.vae

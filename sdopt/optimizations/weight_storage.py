@@ -10,11 +10,10 @@ import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations._components import chosen_components, unknown_components
-from sdopt.optimizations.base import Optimization, Undo
 from sdopt.originals import keep
-from sdopt.registry import register
 
 _HOOK = "layerwise_casting"  # diffusers' name for its LayerwiseCastingHook
 _STORAGE_DTYPES = {

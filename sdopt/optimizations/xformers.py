@@ -6,14 +6,13 @@ from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
+from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import (
     restore_processor_backends,
     restore_processors,
     save_processor_backends,
     save_processors,
 )
-from sdopt.optimizations.base import Optimization, Undo
-from sdopt.registry import register
 from sdopt.requirements import Requirements
 
 

@@ -12,6 +12,9 @@ schedulers), so code that works on them works on the real ones.
 - :func:`fake_capabilities`: imaginary machines; :func:`pipeline_state` / :func:`state_differences`:
   exact before/after comparisons.
 
+The tiny pipelines, tokenizers and machine profiles live in :mod:`sdopt.simulation` (the product uses
+them too); they are re-exported here so tests import everything from one place.
+
 Examples:
     >>> import torch
     >>> from sdopt.testing import tiny_pipeline, call_kwargs
@@ -21,12 +24,12 @@ Examples:
     (64, 64, 3)
 """
 
-from sdopt.testing.capabilities import PROFILES, fake_capabilities
-from sdopt.testing.families import FAMILIES, call_kwargs, run_pipeline, tiny_pipeline
+from sdopt.simulation.families import FAMILIES, call_kwargs, run_pipeline, tiny_pipeline
+from sdopt.simulation.machines import PROFILES, fake_capabilities
+from sdopt.simulation.parts import tiny_autoencoder_tiny
+from sdopt.simulation.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.memory import resident_tensor_bytes
-from sdopt.testing.parts import tiny_autoencoder_tiny
 from sdopt.testing.state import pipeline_state, state_differences
-from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo import run_zoo_pipeline, zoo_call_kwargs, zoo_entry, zoo_names, zoo_pipeline
 
 __all__ = [

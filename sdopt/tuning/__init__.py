@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from sdopt import registry
+from sdopt._version import __version__
+from sdopt.calls import CallShape
+from sdopt.engine import apply_plan
 from sdopt.logging import get_logger, progress_bar
+from sdopt.planning import Request, as_tuple, make_plan
 from sdopt.presets import Entry, Preset
+from sdopt.report import Decision, Report
+from sdopt.tiers import resolve_tier
 from sdopt.tuning import cache as stored_tunings
 from sdopt.tuning.record import Trial, Tuning
-from sdopt.tuning.shape import CallShape
+from sdopt.weights import offline
 
 _logger = get_logger(__name__)
 
-__all__ = ["FIDELITY_FLOORS", "CallShape", "Trial", "Tuning", "clear_cache", "tune"]
+__all__ = ["FIDELITY_FLOORS", "CallShape", "Trial", "Tuning", "clear_cache", "optimize_tuned", "tune", "with_tuning"]
 
 FIDELITY_FLOORS: dict[str, float | None] = {
     "conservative": 45.0,
@@ -72,10 +80,7 @@ def tune(
         >>> all(trial.reason.startswith(("kept", "dropped")) for trial in tuning.trials)
         True
     """
-    from sdopt import __version__
-    from sdopt.api import plan as make_plan
     from sdopt.capabilities import detect
-    from sdopt.tiers import resolve_tier
     from sdopt.tuning import search
     from sdopt.tuning.measure import full_output
 
@@ -87,7 +92,9 @@ def tune(
         raise ValueError("quality must be a tier that lists steps (conservative, balanced, fast, ultra, low-memory)")
     floor = min_psnr_db if min_psnr_db is not None else FIDELITY_FLOORS.get(base.name, 40.0)
     shape = CallShape.of(pipe, call)
-    candidates = make_plan(pipe, tier=None, preset=base, exclude=exclude, caps=caps, memory_budget=memory_budget)
+    request = Request(preset=base, exclude=as_tuple(exclude, "exclude"), caps=caps, memory_budget=memory_budget)
+    with offline():  # pure and offline: replacement weights not on disk are planned, not downloaded
+        candidates = make_plan(pipe, request)
     fixed, grouped = search.groups(candidates, base.names())
     facts = {
         "caps": caps.fingerprint,
@@ -164,6 +171,79 @@ def tune(
     if cache and not record.interrupted and not record.unmeasured:
         stored_tunings.store(root, key, record.to_dict())
     return record
+
+
+def optimize_tuned(
+    pipe: Any,
+    request: Request,
+    quality: str,
+    *,
+    call: Mapping[str, Any] | None = None,
+    budget_s: float | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+    undoable: bool = True,
+    verify: bool = False,
+) -> Report:
+    """``optimize(pipe, tier="auto")``: :func:`tune` the ``quality`` tier (or read its cache), then apply
+    the tuned preset with ``request``'s ``extra`` and ``exclude``; the report tells the tuning's decisions.
+
+    Examples:
+        >>> from sdopt.planning import Request
+        >>> from sdopt.tuning import optimize_tuned
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> pipe = tiny_pipeline("sd")
+        >>> request = Request(caps=fake_capabilities("cpu"))
+        >>> report = optimize_tuned(pipe, request, "conservative", call={"steps": 2}, dry_run=True)
+        >>> report.source
+        'auto:conservative'
+    """
+    tuning = tune(
+        pipe,
+        quality,
+        call=call,
+        budget_s=budget_s,
+        caps=request.caps,
+        exclude=request.exclude,
+        memory_budget=request.memory_budget,
+    )
+    tuned = replace(request, tier=None, preset=tuning.preset)
+    report = apply_plan(pipe, tuned, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify)
+    return with_tuning(report, tuning)
+
+
+def with_tuning(report: Report, tuning: Tuning) -> Report:
+    """``report`` of applying ``tuning.preset``, told as the tuning's decisions: each applied step's
+    reason starts with its measurement, dropped candidates are skipped with theirs, and candidates the
+    quality tier could not use here keep the planner's reason."""
+    report.source = f"auto:{tuning.quality}"
+    report.tuning = tuning
+    applied = []
+    for decision in report.applied:
+        trial = tuning.trial_for(decision.name)
+        reason = f"{trial.reason}; {decision.reason}" if trial is not None else decision.reason
+        applied.append(replace(decision, reason=reason, source=report.source))
+    report.applied = applied
+    decided = {d.name for d in (*report.applied, *report.failed, *report.skipped)}
+    for trial in (*tuning.fixed, *tuning.trials):
+        for name in trial.names:
+            if name in decided:
+                continue
+            optimization = registry.get(name)
+            config = optimization.config_to_dict(optimization.make_config({}))
+            report.skipped.append(
+                Decision(name, "skipped", trial.reason, config, optimization.kind, optimization.lossy, report.source)
+            )
+            decided.add(name)
+    report.skipped += [Decision(**data) for data in tuning.skipped if data["name"] not in decided]
+    if tuning.interrupted:
+        report.warnings += ("auto: the tuning was interrupted; only the decisions made before it stopped apply",)
+    if tuning.unmeasured:
+        report.warnings += (
+            f"auto: the time budget of {tuning.budget_s:g} s ran out before {', '.join(tuning.unmeasured)} could be "
+            "measured (left out; not cached: a larger budget_s measures them)",
+        )
+    return report
 
 
 def clear_cache() -> int:

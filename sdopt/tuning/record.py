@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sdopt.calls import CallShape
 from sdopt.presets import Preset
-from sdopt.tuning.shape import CallShape
 
 NOT_MEASURED = "not measured"
 """How the reason of a candidate the time budget left out begins."""

@@ -1,8 +1,8 @@
 """Greedy forward selection: each candidate of the quality tier is timed against the best configuration
 so far and kept only when it is faster by more than the noise and faithful enough.
 
-The pipeline changes only inside :func:`_applied` (an ``optimize`` with the configuration as a preset,
-undone on the way out), so whatever happens during a measurement, an error or Ctrl-C, the pipeline
+The pipeline changes only inside :func:`_applied` (the engine applies the configuration as a preset,
+strictly, and it is undone on the way out), so whatever happens during a measurement, an error or Ctrl-C, the pipeline
 leaves each measurement exactly as it entered it.
 """
 
@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdopt import registry
+from sdopt.calls import CallShape
 from sdopt.capabilities import Capabilities
-from sdopt.planning import Plan, Step
+from sdopt.engine import apply_plan
+from sdopt.fidelity import psnr
+from sdopt.planning import Plan, Request, Step
 from sdopt.presets import Entry, Preset
 from sdopt.tuning.measure import Sample, full_output, timed_call
 from sdopt.tuning.record import NOT_MEASURED, Trial
-from sdopt.tuning.shape import CallShape
 
 MIN_GAIN = 0.02
 """A candidate must make the call at least this much faster (2%), beyond the noise, to be kept."""
@@ -54,7 +57,7 @@ class BudgetSpent(Exception):
 def groups(plan: Plan, order: Sequence[str]) -> tuple[list[Step], list[list[Step]]]:
     """The plan's steps split into those kept untimed (the memory budget's, memory-only steps) and the
     timed candidate groups, in the tier's order; a step and the companions it needs form one group."""
-    fixed = [s for s in plan.steps if s.optimization.budgeted or s.optimization.effect == "memory"]
+    fixed = [s for s in plan.steps if s.optimization.offload_regime is not None or s.optimization.effect == "memory"]
     timed = [s for s in plan.steps if s not in fixed]
     rank = {name: index for index, name in enumerate(order)}
     timed.sort(key=lambda step: rank.get(step.name, len(rank)))
@@ -86,12 +89,9 @@ def _applied(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> I
     if not configuration:
         yield
         return
-    from sdopt.api import optimize
-
     trial = Preset("auto-trial", tuple(configuration))
-    report = optimize(
-        pipe, tier=None, preset=trial, caps=settings.caps, strict=True, memory_budget=settings.memory_budget
-    )
+    request = Request(preset=trial, caps=settings.caps, memory_budget=settings.memory_budget)
+    report = apply_plan(pipe, request, strict=True)
     try:
         yield
     finally:
@@ -102,8 +102,6 @@ def _warm_up(
     pipe: Any, configuration: Sequence[Entry], kwargs: dict[str, Any], settings: Settings, *, short: bool
 ) -> None:
     """A whole first call where a step calibrates on it (static int8), else a short one if ``short``."""
-    from sdopt import registry
-
     if any(registry.get(entry.name).calibrates_on_first_call for entry in configuration):
         full_output(pipe, kwargs, settings.clock)
     elif short:
@@ -177,8 +175,6 @@ def try_group(
 ) -> Trial:
     """Time ``best + group`` against ``best`` in alternating blocks until the difference is outside the
     noise (or the rounds or the budget run out), then check the fidelity of a faster one."""
-    from sdopt.bench import psnr
-
     names = tuple(step.name for step in group)
     candidate = [*best, *entries(group)]
     best_samples: list[Sample] = []

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from sdopt import optimize, plan
-from sdopt.optimizations._pretrained import stand_ins
 from sdopt.optimizations.distill_lora import RANK, random_lora
 from sdopt.testing import tiny_pipeline
 from sdopt.testing.state import pipeline_state, state_differences
+from sdopt.weights import stand_ins
 
 pytest.importorskip("peft")
 

@@ -37,7 +37,7 @@ def test_the_footprint_counts_weights_in_the_dtype_they_will_be_stored_in() -> N
 
 
 def test_a_speed_step_that_adds_weights_goes_when_memory_is_short(monkeypatch) -> None:
-    from sdopt.optimizations.base import Optimization
+    from sdopt.optimization import Optimization
     from sdopt.registry import register, unregister
 
     class Lookup(Optimization):  # a plugin's step that keeps a second copy of the UNet's weights

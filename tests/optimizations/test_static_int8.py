@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sdopt import optimize, plan
-from sdopt.int8 import cache
-from sdopt.int8.runner import Int8Runner
+from sdopt.optimizations._int8 import cache
+from sdopt.optimizations._int8.runner import Int8Runner
 from sdopt.testing import fake_capabilities, tiny_pipeline
 
 pytest.importorskip("torchao")
@@ -226,7 +226,7 @@ def _optimized_tiny(cache_dir: Path):
 def _fake_build(monkeypatch, lowered: int, snr_ok: bool) -> None:
     """Stand-ins for quantize and compile (the "program" is the float module itself, perturbed when
     ``snr_ok`` is False), so the runner's decisions are tested without a compile."""
-    import sdopt.int8.runner as runner_module
+    import sdopt.optimizations._int8.runner as runner_module
 
     def compile_frozen(module):
         def run(*args, **kwargs):
@@ -260,7 +260,7 @@ def test_no_int8_kernels_or_fidelity_below_the_floor_keeps_float32(monkeypatch, 
 
 
 def test_a_failing_build_never_fails_the_call(monkeypatch, tmp_path) -> None:
-    import sdopt.int8.runner as runner_module
+    import sdopt.optimizations._int8.runner as runner_module
 
     def broken(module, samples, exclude):
         raise RuntimeError("export failed on data-dependent control flow")
@@ -325,10 +325,10 @@ def test_sdopts_own_verification_call_neither_calibrates_nor_builds(monkeypatch,
 
 
 def test_too_little_free_memory_for_a_build_keeps_float32(monkeypatch, tmp_path) -> None:
-    import sdopt.capabilities
+    import sdopt.probes.cpu
 
     _fake_build(monkeypatch, lowered=5, snr_ok=True)
-    monkeypatch.setattr(sdopt.capabilities, "_ram_gb", lambda: (24.0, 0.000001))
+    monkeypatch.setattr(sdopt.probes.cpu, "ram_gb", lambda: (24.0, 0.000001))
     pipe, reference, report = _optimized_tiny(tmp_path)
     with pytest.warns(UserWarning, match="not enough free memory to build int8"):
         _image(pipe)

@@ -91,7 +91,7 @@ def test_zero_means_by_device(sd_pipe, cpu_caps, steps) -> None:
 
 @pytest.mark.parametrize("name", ["step_budget", "guidance", "resolution"])
 def test_a_second_optimize_does_not_wrap_the_call_again(name, cpu_caps) -> None:
-    from sdopt.optimizations._call_wrapper import call_layers
+    from sdopt.calls import call_layers
     from sdopt.testing import tiny_pipeline
 
     pipe = tiny_pipeline("sd")

@@ -117,7 +117,7 @@ def _fake_hub(monkeypatch, cached: set[str], reachable: bool) -> list[tuple[str,
 
 
 def test_a_hub_model_in_the_local_cache_loads_without_touching_the_network(monkeypatch) -> None:
-    from sdopt.optimizations._pretrained import load_pretrained
+    from sdopt.weights import load_pretrained
 
     calls = _fake_hub(monkeypatch, cached={"someone/taesd"}, reachable=False)
     assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"
@@ -125,7 +125,7 @@ def test_a_hub_model_in_the_local_cache_loads_without_touching_the_network(monke
 
 
 def test_an_unreachable_hub_fails_at_once_with_the_reason(monkeypatch) -> None:
-    from sdopt.optimizations._pretrained import load_pretrained
+    from sdopt.weights import load_pretrained
 
     calls = _fake_hub(monkeypatch, cached=set(), reachable=False)
     with pytest.raises(OSError, match="not in the local Hugging Face cache and .* cannot be reached"):
@@ -137,7 +137,7 @@ def test_an_unreachable_hub_fails_at_once_with_the_reason(monkeypatch) -> None:
 
 
 def test_behind_a_proxy_the_download_is_left_to_huggingface_hub(monkeypatch) -> None:
-    from sdopt.optimizations._pretrained import load_pretrained
+    from sdopt.weights import load_pretrained
 
     calls = _fake_hub(monkeypatch, cached=set(), reachable=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
@@ -146,7 +146,7 @@ def test_behind_a_proxy_the_download_is_left_to_huggingface_hub(monkeypatch) -> 
 
 
 def test_a_reachable_hub_is_used_for_a_model_not_cached_yet(monkeypatch) -> None:
-    from sdopt.optimizations._pretrained import load_pretrained
+    from sdopt.weights import load_pretrained
 
     calls = _fake_hub(monkeypatch, cached=set(), reachable=True)
     assert load_pretrained("FakeTinyVae", "someone/taesd").repo_id == "someone/taesd"

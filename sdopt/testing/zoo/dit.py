@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.testing.families import flux_components, flux_transformer, pixart_components, sd3_components
-from sdopt.testing.parts import TEXT_DIM, gemma2_text_encoder, kl_vae, t5_text_encoder
-from sdopt.testing.tokenizers import tiny_bert_tokenizer, tiny_gemma_tokenizer, tiny_t5_tokenizer
+from sdopt.simulation.families import flux_components, flux_transformer, pixart_components, sd3_components
+from sdopt.simulation.parts import TEXT_DIM, gemma2_text_encoder, kl_vae, t5_text_encoder
+from sdopt.simulation.tokenizers import tiny_bert_tokenizer, tiny_gemma_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, mask, register, text_call
 
 

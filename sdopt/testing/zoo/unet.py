@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from sdopt.testing.families import NO_SAFETY_CHECKER, sd_components, sdxl_components
-from sdopt.testing.parts import TEXT_DIM, clip_text_encoder, clip_vision_encoder, t5_text_encoder
-from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+from sdopt.simulation.families import NO_SAFETY_CHECKER, sd_components, sdxl_components
+from sdopt.simulation.parts import TEXT_DIM, clip_text_encoder, clip_vision_encoder, t5_text_encoder
+from sdopt.simulation.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, mask, register, text_call
 
 _SD_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D")

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from sdopt.testing.families import PIXART_TRANSFORMER
-from sdopt.testing.parts import TEXT_DIM, clip_vision_encoder, kl_vae, t5_text_encoder
-from sdopt.testing.tokenizers import tiny_t5_tokenizer
+from sdopt.simulation.families import PIXART_TRANSFORMER
+from sdopt.simulation.parts import TEXT_DIM, clip_vision_encoder, kl_vae, t5_text_encoder
+from sdopt.simulation.tokenizers import tiny_t5_tokenizer
 from sdopt.testing.zoo._registry import image, register, text_call, video
 
 

@@ -79,7 +79,7 @@ def key(weights: str, call_signature: str, exclude: Sequence[str]) -> str:
     """The cache key of one converted program."""
     import torchao
 
-    from sdopt import __version__
+    from sdopt._version import __version__
 
     facts = {
         "weights": weights,
@@ -100,7 +100,7 @@ def load(root: Path, entry: str) -> tuple[Any, dict[str, Any]] | None:
     if not (folder / _PROGRAM).is_file() or not (folder / _META).is_file():
         return None
     meta = json.loads((folder / _META).read_text(encoding="utf-8"))
-    from sdopt.int8.quantizer import register_int8_fusions
+    from sdopt.optimizations._int8.quantizer import register_int8_fusions
 
     register_int8_fusions()  # the program's quantize/dequantize ops must be registered to deserialize it
     return torch.export.load(str(folder / _PROGRAM)), meta

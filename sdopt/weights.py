@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sdopt.optimizations.base import Undo
+from sdopt.undo import Undo
 
 # (class name, source) -> loaded model or the error it raised; a failed download is not retried
 # on every plan of the same process. Stand-ins are kept under ("stand-in", class name, source).
@@ -37,7 +37,7 @@ def offline() -> Iterator[None]:
 def stand_ins() -> Iterator[None]:
     """Within this context a published replacement model that cannot be loaded (not cached, no
     network) is replaced by a random-weight model of its architecture
-    (:func:`sdopt.architectures.stand_in`): for timing ``--arch`` pipelines, whose own weights are
+    (:func:`sdopt.simulation.architectures.stand_in`): for timing ``--arch`` pipelines, whose own weights are
     random too. Outside it, nothing is ever made up."""
     token = _stand_ins_allowed.set(True)
     try:
@@ -64,7 +64,7 @@ def load_pretrained(class_name: str, source: str) -> Any:
     except Exception:
         if not _stand_ins_allowed.get():
             raise
-        from sdopt.architectures import stand_in
+        from sdopt.simulation.architectures import stand_in
 
         key = ("stand-in", class_name, source)
         if key not in _cache:

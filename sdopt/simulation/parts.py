@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from sdopt.testing.tokenizers import tiny_clip_tokenizer
+from sdopt.simulation.tokenizers import tiny_clip_tokenizer
 
 TEXT_DIM = 32
 """Hidden size of every tiny text encoder."""

@@ -61,7 +61,7 @@ def fake_capabilities(
         >>> fake_capabilities("rtx5090-no-kernels").device
         'cpu'
     """
-    from sdopt.capabilities import MpsInfo, _cpu_info, choose_device, no_kernel_fix
+    from sdopt.capabilities import MpsInfo, choose_device, cpu_info, no_kernel_fix
 
     base = {"cpu": "cpu-avx2", "cuda": "rtx4090-24gb", "mps": "apple-m2-16gb"}.get(profile, profile)
     if base not in _PROFILES:
@@ -71,7 +71,7 @@ def fake_capabilities(
     if bf16_accelerated is not None:
         flag_set = set(_X86_AMX if bf16_accelerated else _X86_AVX2)
     machine = "arm64" if device == "mps" else "x86_64"
-    cpu = _cpu_info(cpu_model, flag_set, 8, machine)
+    cpu = cpu_info(cpu_model, flag_set, 8, machine)
     cpu = dataclasses.replace(cpu, logical_cores=16)
     cuda: tuple[CudaDevice, ...] = ()
     if gpu_spec is not None:

@@ -1,4 +1,4 @@
-"""The base class every optimization derives from.
+"""The base class every optimization derives from, and the store it registers in.
 
 An optimization is declared, not dispatched: class attributes say what it is, what it needs,
 what it conflicts with and what it must run after; ``check`` decides (purely) whether it
@@ -7,8 +7,8 @@ function that undoes exactly that change.
 
 Example (a complete optimization, registered for the duration of the example):
     >>> from dataclasses import dataclass
-    >>> from sdopt.optimizations.base import Optimization
-    >>> from sdopt.registry import register, unregister
+    >>> from sdopt.optimization import Optimization, register
+    >>> from sdopt.registry import unregister
     >>> class EvalMode(Optimization):
     ...     name = "eval_mode"
     ...     kind = "layout"
@@ -27,20 +27,19 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sdopt.errors import ConfigError
+from sdopt.errors import ConfigError, PlanningError
 from sdopt.requirements import Requirements
+from sdopt.undo import Undo
 
 if TYPE_CHECKING:
     from sdopt.anatomy import Anatomy
     from sdopt.capabilities import Capabilities
     from sdopt.footprint import Footprint
 
-Undo = Callable[[], None]
-"""Restores exactly what one ``apply`` changed. Called at most once."""
 
 KINDS: tuple[str, ...] = (
     "scheduler",
@@ -82,9 +81,15 @@ class Optimization:
         effect: what it buys: "speed", "memory" or "speed+memory".
         calibrates_on_first_call: whether its first pipeline call is a whole float call it learns
             from (static int8's calibration): a tuning warms it up with a whole call, not a short one.
-        budgeted: whether the memory budget decides it (offloads): planning then asks
-            :meth:`check_budget` with the planned footprint, and it wins conflicts against steps
-            that only buy speed.
+        offload_regime: for offloads, the regime of :data:`sdopt.footprint.REGIMES` it brings the
+            peak down to ("model", "group", "sequential"). The memory budget decides such a step:
+            planning asks :meth:`check_budget` with the planned footprint, and it wins conflicts
+            against steps that only buy speed.
+        tiles_decode: whether it bounds the VAE decode's activations to one tile (planning's
+            memory estimate).
+        version: the version of the meaning of its options, recorded in presets; bump it when an
+            option's meaning changes, so a pinned preset made before says it was made for another
+            version instead of silently doing something else.
     """
 
     name: ClassVar[str]
@@ -98,7 +103,9 @@ class Optimization:
     before: ClassVar[tuple[str, ...]] = ()
     lossy: ClassVar[bool] = False
     effect: ClassVar[str] = "speed"
-    budgeted: ClassVar[bool] = False
+    offload_regime: ClassVar[str | None] = None
+    tiles_decode: ClassVar[bool] = False
+    version: ClassVar[int] = 1
     calibrates_on_first_call: ClassVar[bool] = False
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
@@ -118,8 +125,13 @@ class Optimization:
         (planning's memory estimate; steps that cast, quantize or add weights say so). Pure."""
         return sizes
 
+    def compute_itemsize(self, config: Any) -> int | None:
+        """Bytes per element the denoiser computes in once this step is applied (``None``: unchanged);
+        planning's activation estimate. Pure."""
+        return None
+
     def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
-        """For :attr:`budgeted` steps: why the planned ``footprint`` does not call for this one. Pure."""
+        """For offloads (:attr:`offload_regime`): why the planned ``footprint`` does not call for this one. Pure."""
         return None
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
@@ -196,3 +208,61 @@ def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
     if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise ConfigError(optimization, f"option {key} expects {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+# ---- the registration store: low in the layers, so optimizations register here without importing the
+# registry (which imports them); sdopt.registry answers the queries and loads the built-ins and plugins.
+
+STORE: dict[str, Optimization] = {}
+"""Registered optimizations by name (read through :mod:`sdopt.registry`, which loads them first)."""
+
+
+def register(cls: type[Optimization], *, replace: bool = False) -> type[Optimization]:
+    """Add an optimization class to the registry (usable as a class decorator).
+
+    Examples:
+        >>> from sdopt.optimization import Optimization, register
+        >>> from sdopt.registry import unregister, get
+        >>> @register
+        ... class Nothing(Optimization):
+        ...     name = "nothing"
+        ...     kind = "memory"
+        ...     def apply(self, pipe, anatomy, caps, config):
+        ...         return lambda: None
+        >>> get("nothing").kind
+        'memory'
+        >>> unregister("nothing")
+    """
+    _validate(cls)
+    if cls.name in STORE and not replace and type(STORE[cls.name]) is not cls:
+        raise ValueError(
+            f"an optimization named {cls.name!r} is already registered "
+            f"({type(STORE[cls.name]).__qualname__}); pass replace=True to override it"
+        )
+    STORE[cls.name] = cls()
+    return cls
+
+
+def _validate(cls: type[Optimization]) -> None:
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not isinstance(cls, type) or not issubclass(cls, Optimization):
+        raise TypeError(f"{where} must subclass sdopt.optimization.Optimization")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PlanningError(f"{where}: `name` must be a snake_case identifier, got {name!r}")
+    if getattr(cls, "kind", None) not in KINDS:
+        raise PlanningError(f"{where}: `kind` must be one of {', '.join(KINDS)}, got {getattr(cls, 'kind', None)!r}")
+    if cls.effect not in EFFECTS:
+        raise PlanningError(f"{where}: `effect` must be one of {', '.join(EFFECTS)}, got {cls.effect!r}")
+    params = getattr(cls.Config, "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        raise PlanningError(f"{where}: `Config` must be a frozen dataclass")
+    for item in dataclasses.fields(cls.Config):
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            raise PlanningError(f"{where}: config option {item.name!r} needs a default")
+    for relation in ("conflicts", "after", "before"):
+        value = getattr(cls, relation)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise PlanningError(f"{where}: `{relation}` must be a tuple of optimization names")
+        if name in value:
+            raise PlanningError(f"{where}: `{relation}` names the optimization itself")

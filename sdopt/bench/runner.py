@@ -1,4 +1,4 @@
-"""``sdopt.bench``: what each tier buys on this machine, measured side by side in one run.
+"""The bench runner: what each tier buys on this machine, measured side by side in one run.
 
 Every tier gets its own fresh copy of the pipeline; runs are interleaved (baseline, tier A,
 tier B, baseline, ...) so machine drift hits all tiers alike; every tier renders the same prompts
@@ -7,246 +7,34 @@ with the same seeds, so fidelity is measured against the baseline image by image
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import gc
-import json
 import statistics
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from sdopt.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.anatomy import inspect_pipeline
+from sdopt.bench.instruments import host_tensor_bytes, light_copy, peak_memory, timed_parts
+from sdopt.bench.results import (
+    BASELINE,
+    DEFAULT_PROMPTS,
+    RANDOM_WEIGHTS_NOTE,
+    BenchResult,
+    Peer,
+    TierResult,
+    summarize,
+)
+from sdopt.calls import default_height
+from sdopt.fidelity import max_abs_difference, psnr, to_uint8
+from sdopt.loading import place, stand_ins_for
 from sdopt.logging import progress_bar
-from sdopt.optimizations._pretrained import stand_ins
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.tiers import AUTO, DEFAULT_TIER
-
-BASELINE = "baseline"
-DEFAULT_PROMPTS = (
-    "a lighthouse on a cliff at dawn, oil painting",
-    "a red fox in fresh snow, photograph",
-    "an isometric city block at night, neon signs",
-)
-RANDOM_WEIGHTS_NOTE = (
-    "random weights: images are noise, so fidelity measures numerical drift between tiers, not image quality"
-)
-
-
-@dataclass
-class PeerImage:
-    """What a :class:`Peer` returns per image: the uint8 HxWx3 image and what it could time itself."""
-
-    image: np.ndarray
-    denoiser_calls_s: list[float] = field(default_factory=list)
-    decode_calls_s: list[float] = field(default_factory=list)
-    peak_memory_gb: float = 0.0
-
-
-class Peer(Protocol):
-    """Another runtime timed in the same interleaved loop as the tiers (OpenVINO, say, which lives in
-    its own environment; see ``benchmarks/openvino_peer.py``). It renders the same prompts with the
-    same seeds; its result row is named ``name`` and its load time shows as the optimize time."""
-
-    name: str
-
-    def load(self) -> dict[str, Any]:
-        """Get ready to render; return a description of what runs (shown as the row's report)."""
-        ...
-
-    def render(self, prompt: str, *, seed: int, steps: int, guidance: float, height: int, width: int) -> PeerImage:
-        """Render one image."""
-        ...
-
-    def close(self) -> None:
-        """Release what ``load`` took."""
-        ...
-
-
-@dataclass
-class TierResult:
-    """One tier's measurements. Times in seconds, memory in GB, fidelity vs the baseline's images."""
-
-    tier: str
-    optimize_s: float = 0.0
-    first_call_s: float = 0.0
-    latencies_s: list[float] = field(default_factory=list)
-    median_s: float = 0.0
-    min_s: float = 0.0
-    max_s: float = 0.0
-    denoiser_step_s: float | None = None
-    decode_s: float | None = None
-    host_peak_gb: float = 0.0
-    """Host memory the tier holds at its peak: the RSS high-water during its calls less the RSS before,
-    plus its host-resident weights and any originals kept in memory (as if it ran alone)."""
-    device_peak_gb: float | None = None
-    """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
-    speedup: float | None = None
-    tuning_s: float | None = None
-    """``auto`` tiers: the seconds spent measuring (only the cache lookup when it came from the cache), not in
-    optimize_s."""
-    psnr_db: float | None = None
-    max_abs_diff: int | None = None
-    applied: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BenchResult:
-    """Every tier's :class:`TierResult` and the settings they were measured with."""
-
-    source: str
-    pipeline: str
-    device: str
-    settings: dict[str, Any]
-    machine: dict[str, Any]
-    tiers: list[TierResult]
-    memory_kind: str
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save_json(self, path: str | Path) -> None:
-        """Strict JSON: an infinite PSNR (identical images) is written as the string "inf"."""
-        Path(path).write_text(json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n")
-
-    def rows(self) -> list[tuple[str, ...]]:
-        def seconds(value: float | None) -> str:
-            return "-" if value is None else f"{value:.3f}"
-
-        rows: list[tuple[str, ...]] = []
-        batch = self.settings.get("batch", 1)
-        for t in self.tiers:
-            rows.append(
-                (
-                    t.tier,
-                    f"{t.median_s:.3f} ({t.min_s:.3f}-{t.max_s:.3f})",
-                    "-" if not t.median_s else f"{batch / t.median_s:.3g}",
-                    "-" if t.speedup is None else f"{t.speedup:.2f}x",
-                    seconds(t.first_call_s),
-                    seconds(t.denoiser_step_s),
-                    seconds(t.decode_s),
-                    f"{t.host_peak_gb:.2f}",
-                    "-" if t.device_peak_gb is None else f"{t.device_peak_gb:.2f}",
-                    "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
-                    "-" if t.max_abs_diff is None else str(t.max_abs_diff),
-                    seconds(t.optimize_s),
-                    seconds(t.tuning_s),
-                    ", ".join(t.applied) or "-",
-                )
-            )
-        return rows
-
-    HEADERS = (
-        "tier",
-        "s/call median (min-max)",
-        "images/s",
-        "speedup",
-        "first call s",
-        "denoiser s/step",
-        "decode s",
-        "host peak GB",
-        "device peak GB",
-        "PSNR dB",
-        "max diff",
-        "optimize s",
-        "tune s",
-        "applied",
-    )
-
-    def table(self) -> str:
-        """A plain-text table for the terminal."""
-        rows = [self.HEADERS, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADERS) - 1)]
-        lines = [
-            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1] for row in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 7)
-        return "\n".join([self._title(), *lines, *(f"note: {note}" for note in self.notes)])
-
-    def to_markdown(self) -> str:
-        """The same table in Markdown, with the settings."""
-        lines = [
-            f"**{self._title()}**",
-            "",
-            "| " + " | ".join(self.HEADERS) + " |",
-            "|" + "---|" * len(self.HEADERS),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
-        lines += ["", *(f"- {note}" for note in self.notes)]
-        return "\n".join(lines) + "\n"
-
-    def plot(self, path: str | Path) -> None:
-        """A PNG bar chart of latency and peak memory per tier (needs ``pip install sdopt[bench]``)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError("the plot needs matplotlib: pip install sdopt[bench]") from error
-        names = [t.tier for t in self.tiers]
-        figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
-        latency.bar(names, [t.median_s for t in self.tiers], color="tab:blue")
-        latency.set_ylabel("seconds per image (median)")
-        on_device = any(t.device_peak_gb is not None for t in self.tiers)
-        peaks = [(t.device_peak_gb or 0.0) if on_device else t.host_peak_gb for t in self.tiers]
-        memory.bar(names, peaks, color="tab:orange")
-        memory.set_ylabel(f"peak memory, GB ({self.memory_kind})")
-        figure.suptitle(self._title(), fontsize=9)
-        figure.tight_layout()
-        figure.savefig(path)
-        plt.close(figure)
-
-    def _title(self) -> str:
-        s = self.settings
-        return (
-            f"sdopt bench: {self.source} ({self.pipeline}) on {self.device}, {s['height']}x{s['width']}, "
-            f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} runs"
-            + (f", batch {s['batch']} (images per call)" if s.get("batch", 1) > 1 else "")
-        )
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
-def summarize(results: Sequence[TierResult]) -> None:
-    """Fill median/min/max from the latencies, and speedup as the ratio of medians to the baseline's."""
-    for result in results:
-        if result.latencies_s:
-            result.median_s = statistics.median(result.latencies_s)
-            result.min_s = min(result.latencies_s)
-            result.max_s = max(result.latencies_s)
-    baseline = next((r for r in results if r.tier == BASELINE), None)
-    for result in results:
-        if baseline is not None and result.median_s > 0:
-            result.speedup = baseline.median_s / result.median_s
-
-
-def psnr(reference: np.ndarray, image: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images, in dB (``inf`` when identical)."""
-    error = np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
-
-
-def max_abs_difference(reference: np.ndarray, image: np.ndarray) -> int:
-    """The largest per-pixel difference of two uint8 images (0-255)."""
-    return int(np.abs(reference.astype(int) - image.astype(int)).max())
 
 
 def bench(
@@ -294,7 +82,7 @@ def bench(
     """
     # A random-weight architecture gets random-weight replacement models (TAESD...) when their real
     # weights are not cached, so fast and ultra are timed with the parts a user with a network gets.
-    with stand_ins() if source in REAL_ARCHES or source in TINY_ARCHES else contextlib.nullcontext():
+    with stand_ins_for(source):
         return _bench(
             source,
             tiers,
@@ -378,8 +166,8 @@ def _bench(
         # On CUDA the loaded pipeline waits on the host: only the tier being measured is on the device.
         loaded_pipe: list[Any] = [load_pipeline(source, "cpu" if target == "cuda" else target)]
         base = loaded_pipe[0]
-        height = height or _default_size(base)
-        width = width or _default_size(base)
+        height = height or default_height(inspect_pipeline(base)) or 512
+        width = width or height
         images = _Images(prompts, steps, guidance, height, width, seed, batch)
         results = [TierResult(_row_name(tier)) for tier in tiers]
         pipeline_name = type(base).__name__
@@ -391,13 +179,13 @@ def _bench(
         def lane(tier: str, result: TierResult) -> Callable[[int], _Rendered]:
             if loaded_pipe:
                 shared = loaded_pipe[0]
-                pipe = shared if tier == BASELINE and target != "cuda" else _light_copy(shared)
+                pipe = shared if tier == BASELINE and target != "cuda" else light_copy(shared)
             else:  # the loaded pipeline is gone (CPU, one tier at a time): the tier builds its own
                 say(f"building {source} for {tier}")
                 pipe = load_pipeline(source, target)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own bar over the images instead
-            if target == "cuda" and not _plans_offload(pipe, how.get(tier), caps, memory_budget):
-                pipe.to("cuda")
+            if target == "cuda":  # on the device unless the tier's plan offloads
+                place(pipe, caps, **(how.get(tier) or {"tier": None}), memory_budget=memory_budget)
             if tier != BASELINE:
                 started = clock()
                 measured: dict[str, Any] = {"call": images.call_shape()} if how[tier]["tier"] == AUTO else {}
@@ -546,8 +334,8 @@ def _pipeline_renderer(
 ) -> Callable[[int], _Rendered]:
     # The RSS delta of a call misses what is resident before it: the weights on the host, and undo's
     # originals when they had to stay in memory.
-    kept = report._originals.resident_bytes() if report is not None and report._originals is not None else 0
-    host_gb = (_host_tensor_bytes(pipe) + kept) / 1e9
+    kept = report.originals_in_memory_bytes if report is not None else 0
+    host_gb = (host_tensor_bytes(pipe) + kept) / 1e9
 
     def render(index: int) -> _Rendered:
         kwargs = {
@@ -561,7 +349,7 @@ def _pipeline_renderer(
         }
         if images.batch > 1:
             kwargs["num_images_per_prompt"] = images.batch
-        with _timed_parts(pipe, clock) as (denoiser_calls, decode_calls), _peak_memory(device) as peaks:
+        with timed_parts(pipe, clock) as (denoiser_calls, decode_calls), peak_memory(device) as peaks:
             started = clock()
             with torch.inference_mode():
                 output = pipe(**kwargs).images
@@ -587,11 +375,6 @@ def _peer_renderer(peer: Peer, images: _Images, clock: Callable[[], float]) -> C
         return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb, None)
 
     return render
-
-
-def to_uint8(image: Any) -> np.ndarray:
-    """A float image in [0, 1] (``output_type="np"``) as uint8, as the fidelity columns compare them."""
-    return (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
 
 
 def _run_interleaved(
@@ -653,28 +436,13 @@ def _record_memory(result: TierResult, out: _Rendered) -> None:
         result.device_peak_gb = max(result.device_peak_gb or 0.0, out.device_memory_gb)
 
 
-def _light_copy(pipe: Any) -> Any:
-    """A deep copy of ``pipe`` whose tensors share the original's memory: new tensor objects, so
-    optimizing the copy rebinds the copy's tensors only (sdopt's steps never write into a tensor's
-    memory in place), and a tier costs only what it changes."""
-    memo: dict[int, Any] = {}
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                if isinstance(tensor, torch.nn.Parameter):
-                    memo[id(tensor)] = torch.nn.Parameter(tensor.data, requires_grad=tensor.requires_grad)
-                else:
-                    memo[id(tensor)] = tensor.detach()
-    return copy.deepcopy(pipe, memo)
-
-
 def _why_not_interleaved(
     base: Any, tiers: Sequence[str], how: dict[str, dict[str, Any]], caps: Any, memory_budget: float | str | None
 ) -> str:
     """Why the tiers cannot all stay in host memory at once (empty when they can). Interleaved lanes
     share the loaded pipeline's unchanged weights, but each holds the weights its tier changed."""
     from sdopt.api import plan
-    from sdopt.capabilities import _ram_gb
+    from sdopt.probes.machine import ram_gb
 
     before = plan(base, tier=None, caps=caps).footprint
     if before is None:
@@ -688,7 +456,7 @@ def _why_not_interleaved(
             activations = max(activations, footprint.activations_gb)
             if abs(footprint.total_gb - before.total_gb) > 1e-6:  # its weights differ from the shared ones
                 extra += footprint.total_gb
-    available = _ram_gb()[1]
+    available = ram_gb()[1]
     needed = extra + activations + 1.0  # a GB of headroom for the process itself
     if needed <= available:
         return ""
@@ -696,119 +464,3 @@ def _why_not_interleaved(
         f"interleaving would hold ~{extra:.1f} GB of the tiers' own weights (+ ~{activations:.1f} GB of "
         f"activations) beside the loaded pipeline, with {available:.1f} GB of RAM available"
     )
-
-
-def _plans_offload(pipe: Any, how: dict[str, Any] | None, caps: Any, memory_budget: float | str | None) -> bool:
-    """Whether optimizing ``pipe`` as ``how`` says places components itself (an offload), as
-    :func:`sdopt.load` decides whether to move the pipeline to the device first."""
-    if how is None:
-        return False
-    from sdopt.api import plan
-
-    return plan(pipe, **how, caps=caps, memory_budget=memory_budget).offloads
-
-
-def _default_size(pipe: Any) -> int:
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    sample = getattr(getattr(denoiser, "config", None), "sample_size", None) or 64
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    if type(pipe).__name__.startswith("Flux") and sample == 1:
-        return 1024
-    return int(sample * scale) if isinstance(sample, int) else 512
-
-
-@contextmanager
-def _timed_parts(pipe: Any, clock: Callable[[], float]) -> Iterator[tuple[list[float], list[float]]]:
-    """Time each denoiser call (forward hooks) and each VAE decode (a temporary wrapper)."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    vae = getattr(pipe, "vae", None)
-    denoiser_calls: list[float] = []
-    decode_calls: list[float] = []
-    started: list[float] = []
-    handles = []
-    if denoiser is not None:
-        handles.append(denoiser.register_forward_pre_hook(lambda *args: started.append(clock())))
-        handles.append(denoiser.register_forward_hook(lambda *args: denoiser_calls.append(clock() - started.pop())))
-    previous = vae.__dict__.get("decode") if vae is not None else None
-    if vae is not None:
-        inner = vae.decode
-
-        def timed_decode(*args: Any, **kwargs: Any) -> Any:
-            begin = clock()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                decode_calls.append(clock() - begin)
-
-        vae.decode = timed_decode
-    try:
-        yield denoiser_calls, decode_calls
-    finally:
-        for handle in handles:
-            handle.remove()
-        if vae is not None:
-            if previous is None:
-                del vae.decode
-            else:
-                vae.decode = previous
-
-
-def _rss_gb() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-        import os
-
-        return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
-    except (OSError, ValueError):  # not Linux: the high-water mark of the whole process
-        import resource
-
-        scale = 1e9 if sys.platform == "darwin" else 1e6
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-@contextmanager
-def _peak_memory(device: str) -> Iterator[Callable[[], tuple[float, float | None]]]:
-    """Peak memory of the enclosed call: the host RSS increase sampled every 5 ms, and on CUDA the
-    device's max allocated."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    before = _rss_gb()
-    peak = [before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.005):
-            peak[0] = max(peak[0], _rss_gb())
-
-    def peaks() -> tuple[float, float | None]:
-        on_device = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-        return max(0.0, peak[0] - before), on_device
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peaks
-    finally:
-        stop.set()
-        sampler.join()
-        peak[0] = max(peak[0], _rss_gb())
-
-
-def _host_tensor_bytes(pipe: Any) -> int:
-    """Bytes of the distinct host-memory storages of the pipeline's modules (shared ones once)."""
-    storages: dict[int, int] = {}
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                if tensor.device.type == "cpu" and type(tensor.data) is torch.Tensor:
-                    storage = tensor.untyped_storage()
-                    storages[storage.data_ptr()] = storage.nbytes()
-            # PyTorch's dynamic int8 layers keep packed weights outside any parameter: count them from
-            # the state dict, which unpacks them.
-            for value in component.state_dict().values():
-                for tensor in value if isinstance(value, tuple) else (value,):
-                    if isinstance(tensor, torch.Tensor) and tensor.is_quantized and tensor.device.type == "cpu":
-                        storages[id(tensor)] = tensor.numel() * tensor.element_size()
-    return sum(storages.values())

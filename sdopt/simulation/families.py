@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from sdopt.testing.parts import TEXT_DIM, clip_pair, clip_text_encoder, kl_vae, t5_text_encoder
-from sdopt.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+from sdopt.simulation.parts import TEXT_DIM, clip_pair, clip_text_encoder, kl_vae, t5_text_encoder
+from sdopt.simulation.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "pixart")
 """Names accepted by :func:`tiny_pipeline` and :func:`call_kwargs`."""

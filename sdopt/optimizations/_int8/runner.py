@@ -22,8 +22,15 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
-from sdopt.int8 import cache
-from sdopt.int8.quantizer import Sample, compile_frozen, compiling, int8_lowerings, quantize, quantized_node_count
+from sdopt.optimizations._int8 import cache
+from sdopt.optimizations._int8.quantizer import (
+    Sample,
+    compile_frozen,
+    compiling,
+    int8_lowerings,
+    quantize,
+    quantized_node_count,
+)
 from sdopt.verification import verifying
 
 _MAX_RECORDED = 64
@@ -120,7 +127,7 @@ class Int8Runner:
     # ---- building and loading
 
     def _build(self, call_signature: str, samples: list[tuple[Sample, Any]]) -> None:
-        from sdopt.capabilities import _ram_gb
+        from sdopt.probes.cpu import ram_gb as _ram_gb
 
         needed = BUILD_MEMORY_FACTOR * sum(t.numel() * t.element_size() for t in self.module.parameters()) / 2**30
         available = _ram_gb()[1]

@@ -1,0 +1,220 @@
+"""What a bench run found: a row per tier or peer, and the run as a table, markdown, JSON or a plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+BASELINE = "baseline"
+DEFAULT_PROMPTS = (
+    "a lighthouse on a cliff at dawn, oil painting",
+    "a red fox in fresh snow, photograph",
+    "an isometric city block at night, neon signs",
+)
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: images are noise, so fidelity measures numerical drift between tiers, not image quality"
+)
+
+
+@dataclass
+class PeerImage:
+    """What a :class:`Peer` returns per image: the uint8 HxWx3 image and what it could time itself."""
+
+    image: np.ndarray
+    denoiser_calls_s: list[float] = field(default_factory=list)
+    decode_calls_s: list[float] = field(default_factory=list)
+    peak_memory_gb: float = 0.0
+
+
+class Peer(Protocol):
+    """Another runtime timed in the same interleaved loop as the tiers (OpenVINO, say, which lives in
+    its own environment; see ``benchmarks/openvino_peer.py``). It renders the same prompts with the
+    same seeds; its result row is named ``name`` and its load time shows as the optimize time."""
+
+    name: str
+
+    def load(self) -> dict[str, Any]:
+        """Get ready to render; return a description of what runs (shown as the row's report)."""
+        ...
+
+    def render(self, prompt: str, *, seed: int, steps: int, guidance: float, height: int, width: int) -> PeerImage:
+        """Render one image."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``load`` took."""
+        ...
+
+
+@dataclass
+class TierResult:
+    """One tier's measurements. Times in seconds, memory in GB, fidelity vs the baseline's images."""
+
+    tier: str
+    optimize_s: float = 0.0
+    first_call_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    median_s: float = 0.0
+    min_s: float = 0.0
+    max_s: float = 0.0
+    denoiser_step_s: float | None = None
+    decode_s: float | None = None
+    host_peak_gb: float = 0.0
+    """Host memory the tier holds at its peak: the RSS high-water during its calls less the RSS before,
+    plus its host-resident weights and any originals kept in memory (as if it ran alone)."""
+    device_peak_gb: float | None = None
+    """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
+    speedup: float | None = None
+    tuning_s: float | None = None
+    """``auto`` tiers: the seconds spent measuring (only the cache lookup when it came from the cache), not in
+    optimize_s."""
+    psnr_db: float | None = None
+    max_abs_diff: int | None = None
+    applied: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """Every tier's :class:`TierResult` and the settings they were measured with."""
+
+    source: str
+    pipeline: str
+    device: str
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    tiers: list[TierResult]
+    memory_kind: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> None:
+        """Strict JSON: an infinite PSNR (identical images) is written as the string "inf"."""
+        Path(path).write_text(json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n")
+
+    def rows(self) -> list[tuple[str, ...]]:
+        def seconds(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        rows: list[tuple[str, ...]] = []
+        batch = self.settings.get("batch", 1)
+        for t in self.tiers:
+            rows.append(
+                (
+                    t.tier,
+                    f"{t.median_s:.3f} ({t.min_s:.3f}-{t.max_s:.3f})",
+                    "-" if not t.median_s else f"{batch / t.median_s:.3g}",
+                    "-" if t.speedup is None else f"{t.speedup:.2f}x",
+                    seconds(t.first_call_s),
+                    seconds(t.denoiser_step_s),
+                    seconds(t.decode_s),
+                    f"{t.host_peak_gb:.2f}",
+                    "-" if t.device_peak_gb is None else f"{t.device_peak_gb:.2f}",
+                    "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
+                    "-" if t.max_abs_diff is None else str(t.max_abs_diff),
+                    seconds(t.optimize_s),
+                    seconds(t.tuning_s),
+                    ", ".join(t.applied) or "-",
+                )
+            )
+        return rows
+
+    HEADERS = (
+        "tier",
+        "s/call median (min-max)",
+        "images/s",
+        "speedup",
+        "first call s",
+        "denoiser s/step",
+        "decode s",
+        "host peak GB",
+        "device peak GB",
+        "PSNR dB",
+        "max diff",
+        "optimize s",
+        "tune s",
+        "applied",
+    )
+
+    def table(self) -> str:
+        """A plain-text table for the terminal."""
+        rows = [self.HEADERS, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADERS) - 1)]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1] for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 7)
+        return "\n".join([self._title(), *lines, *(f"note: {note}" for note in self.notes)])
+
+    def to_markdown(self) -> str:
+        """The same table in Markdown, with the settings."""
+        lines = [
+            f"**{self._title()}**",
+            "",
+            "| " + " | ".join(self.HEADERS) + " |",
+            "|" + "---|" * len(self.HEADERS),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        lines += ["", *(f"- {note}" for note in self.notes)]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> None:
+        """A PNG bar chart of latency and peak memory per tier (needs ``pip install sdopt[bench]``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise ImportError("the plot needs matplotlib: pip install sdopt[bench]") from error
+        names = [t.tier for t in self.tiers]
+        figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
+        latency.bar(names, [t.median_s for t in self.tiers], color="tab:blue")
+        latency.set_ylabel("seconds per image (median)")
+        on_device = any(t.device_peak_gb is not None for t in self.tiers)
+        peaks = [(t.device_peak_gb or 0.0) if on_device else t.host_peak_gb for t in self.tiers]
+        memory.bar(names, peaks, color="tab:orange")
+        memory.set_ylabel(f"peak memory, GB ({self.memory_kind})")
+        figure.suptitle(self._title(), fontsize=9)
+        figure.tight_layout()
+        figure.savefig(path)
+        plt.close(figure)
+
+    def _title(self) -> str:
+        s = self.settings
+        return (
+            f"sdopt bench: {self.source} ({self.pipeline}) on {self.device}, {s['height']}x{s['width']}, "
+            f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} runs"
+            + (f", batch {s['batch']} (images per call)" if s.get("batch", 1) > 1 else "")
+        )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def summarize(results: Sequence[TierResult]) -> None:
+    """Fill median/min/max from the latencies, and speedup as the ratio of medians to the baseline's."""
+    for result in results:
+        if result.latencies_s:
+            result.median_s = statistics.median(result.latencies_s)
+            result.min_s = min(result.latencies_s)
+            result.max_s = max(result.latencies_s)
+    baseline = next((r for r in results if r.tier == BASELINE), None)
+    for result in results:
+        if baseline is not None and result.median_s > 0:
+            result.speedup = baseline.median_s / result.median_s

@@ -1,0 +1,203 @@
+"""The apply loop: a plan's steps applied to a pipeline, each in a transaction, verified on request.
+
+``apply_plan(pipe, request)`` plans (pure), applies each step inside a record of the pipeline's state
+(:mod:`sdopt.transaction`), pushes each step's undo on one :class:`~sdopt.undo.UndoStack`, and returns
+the :class:`~sdopt.report.Report`. A step that raises is rolled back with every step before it, is
+recorded as failed, and the request is planned again without it (at most one attempt per step). The
+public entry is :func:`sdopt.optimize`; tuning uses this module directly for its trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sdopt.anatomy import inspect_pipeline
+from sdopt.capabilities import Capabilities
+from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
+from sdopt.logging import get_logger
+from sdopt.originals import Originals, active
+from sdopt.planning import Plan, Request, Step, make_plan
+from sdopt.report import Decision, Report
+from sdopt.transaction import Restore, record
+from sdopt.undo import UndoStack
+from sdopt.verification import run_verification
+from sdopt.weights import offline
+
+_logger = get_logger(__name__)
+
+
+def _check_strict(current: Plan) -> None:
+    """Raise, changing nothing, when a strict request cannot be applied as asked: a frozen preset made
+    on other capabilities, or an explicitly requested step this plan skips."""
+    refused = {d.name: d.reason for d in current.skipped if d.name in current.requested}
+    if current.preset_differences:
+        raise PresetMismatchError(current.source or "preset", current.preset_differences, refused)
+    if refused:
+        raise StrictModeError(refused)
+
+
+def _empty_report(current: Plan, *, dry_run: bool) -> Report:
+    """The report of ``current`` before anything is applied."""
+    return Report(
+        source=current.source,
+        pipeline_class=current.anatomy.pipeline_class,
+        family=current.anatomy.family,
+        device=current.device,
+        fingerprint=current.caps.fingerprint,
+        made_on=current.caps.fingerprint_facts(),
+        dry_run=dry_run,
+        warnings=current.warnings,
+        memory_budget_gb=current.memory_budget_gb,
+    )
+
+
+def apply_plan(
+    pipe: Any,
+    request: Request,
+    *,
+    strict: bool = False,
+    dry_run: bool = False,
+    undoable: bool = True,
+    verify: bool = False,
+) -> Report:
+    """Plan ``request`` for ``pipe`` and apply it (with ``dry_run``, only plan it, offline, and report
+    the steps as "planned"); see :func:`sdopt.optimize` for the arguments.
+
+    Examples:
+        >>> from sdopt.engine import apply_plan
+        >>> from sdopt.planning import Request
+        >>> from sdopt.testing import tiny_pipeline, fake_capabilities
+        >>> pipe = tiny_pipeline("sd")
+        >>> report = apply_plan(pipe, Request(tier=None, extra=("fuse_qkv",), caps=fake_capabilities("cpu")))
+        >>> [d.name for d in report.applied]
+        ['fuse_qkv']
+        >>> report.undo()
+    """
+    failed: dict[str, Decision] = {}
+    with offline() if dry_run else contextlib.nullcontext():
+        current = make_plan(pipe, request)
+    if strict:
+        _check_strict(current)
+    report = _empty_report(current, dry_run=dry_run)
+    if dry_run:
+        report.planned = [step.planned(current.anatomy) for step in current.steps]
+        report.skipped = list(current.skipped)
+        return report
+    # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
+    # without undo they are kept only while this call runs, for its rollback.
+    store = Originals("spill" if undoable else "transient")
+    # Each failure removes one step, so this ends after at most len(steps) + 1 attempts.
+    while True:
+        stack = UndoStack()
+        applied: list[Decision] = []
+        # By reference, only while this attempt runs; tensors on an accelerator are left to the steps'
+        # own undos (each step's apply is still recorded whole by _apply_step), so the originals
+        # of a cast or offloaded pipeline do not stay in device memory during the attempt.
+        before = record(pipe, accelerator_data=False)
+        try:
+            with active(store):
+                for step in current.steps:
+                    applied.append(_apply_step(pipe, step, current.caps, stack))
+                if verify and current.steps:
+                    applied = _verified(pipe, current, stack, before, applied, report)
+            break
+        except _StepFailed as failure:
+            _roll_back(stack, before)
+            if strict:
+                raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
+            when = "in the verification call after it was applied" if failure.verified else "while applied"
+            cause = f"{type(failure.cause).__name__}: {failure.cause}"
+            reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
+            failed[failure.step.name] = failure.step.decision("failed", reason)
+            current = make_plan(pipe, request, failed=_reasons(failed))
+        finally:
+            del before  # the attempt's references to the originals go now, not when optimize returns
+
+    verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
+    report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
+    report.applied = applied
+    report.skipped = list(current.skipped)
+    report.failed = list(failed.values())
+    report.track_undo(pipe, stack, keep=undoable, originals=store)
+    _log_decisions(report)
+    return report
+
+
+def _reasons(failed: Mapping[str, Decision]) -> dict[str, str]:
+    return {name: decision.reason for name, decision in failed.items()}
+
+
+def _log_decisions(report: Report) -> None:
+    for decision in report.applied:
+        _logger.info("applied %s in %.2f s: %s", decision.name, decision.seconds or 0.0, decision.reason)
+    for decision in report.failed:
+        _logger.warning("%s failed and was rolled back: %s", decision.name, decision.reason)
+    for decision in report.skipped:
+        _logger.debug("skipped %s: %s", decision.name, decision.reason)
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: Step, cause: BaseException, *, verified: bool = False) -> None:
+        super().__init__(step.name)
+        self.step = step
+        self.cause = cause
+        self.verified = verified
+
+
+def _verified(
+    pipe: Any, current: Plan, stack: UndoStack, before: Restore, applied: list[Decision], report: Report
+) -> list[Decision]:
+    """The decisions of the applied steps once the pipeline is known to run; raises ``_StepFailed``
+    naming the first step after which the verification call fails."""
+    try:
+        run_verification(pipe)
+        return applied
+    except Exception:
+        pass
+    _roll_back(stack, before)
+    try:
+        run_verification(pipe)
+    except Exception as error:  # the call itself cannot be made: nothing to blame on a step
+        report.warnings += (
+            f"verify: inconclusive, the untouched pipeline cannot make the verification call either "
+            f"({type(error).__name__}: {error}); the steps were applied unverified",
+        )
+        return [_apply_step(pipe, step, current.caps, stack) for step in current.steps]
+    applied = []
+    for step in current.steps:
+        applied.append(_apply_step(pipe, step, current.caps, stack))
+        try:
+            run_verification(pipe)
+        except Exception as error:
+            raise _StepFailed(step, error, verified=True) from error
+    return applied
+
+
+def _roll_back(stack: UndoStack, before: Restore) -> None:
+    """Undo the steps applied so far, newest first, then put back the recorded state: it also covers
+    what an undo missed."""
+    try:
+        stack()
+    finally:
+        before()
+
+
+def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: UndoStack) -> Decision:
+    # Re-read the anatomy: an earlier step may have swapped a component.
+    anatomy = inspect_pipeline(pipe)
+    started = time.perf_counter()
+    restore = record(pipe)
+    try:
+        undo = step.optimization.apply(pipe, anatomy, caps, step.config)
+    except Exception as error:
+        restore()  # whatever the apply touched before raising (the core guarantees it, not the apply)
+        raise _StepFailed(step, error) from error
+    if not callable(undo):
+        restore()
+        raise _StepFailed(step, TypeError(f"{step.name}.apply returned {undo!r} instead of an undo function"))
+    stack.push(undo, step.name)
+    seconds = time.perf_counter() - started
+    return step.decision("applied", step.optimization.describe(step.config, inspect_pipeline(pipe)), seconds)

@@ -1,0 +1,95 @@
+"""CPU probes: whether bf16 beats float32 here (timed, cached), macOS's sysctl facts, and the RAM."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from typing import Any
+
+from sdopt.probes.run import dist_version, read_cache, write_cache
+
+BF16_MIN_SPEEDUP = 1.1
+
+
+# The bf16 decision is the median of several timings taken in different processes (one per
+# process, so a busy moment does not decide for good): up to _BF16_SAMPLES while the median is
+# within _BF16_MARGIN of the threshold, and taken again after _BF16_MAX_AGE_S.
+_BF16_SAMPLES, _BF16_MARGIN, _BF16_MAX_AGE_S = 5, 0.15, 30 * 24 * 3600
+
+
+def bf16_speedup(model: str, flags: tuple[str, ...] = ()) -> float:
+    """fp32 time / bf16 time of a 3x3 convolution on this CPU (cached on disk per CPU, its flags,
+    torch and the thread count; see the sampling rule above)."""
+    import time
+
+    flags_digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    key = f"bf16-speedup|{model}|flags={flags_digest}|torch=={dist_version('torch')}|threads={os.cpu_count()}"
+    cache = read_cache()
+    entry = cache.get(key)
+    if not isinstance(entry, dict) or time.time() - entry.get("measured", 0) > _BF16_MAX_AGE_S:
+        entry = {"samples": [], "measured": time.time()}
+    samples = [float(x) for x in entry.get("samples", [])]
+    median = sorted(samples)[len(samples) // 2] if samples else None
+    borderline = median is not None and abs(median - BF16_MIN_SPEEDUP) <= _BF16_MARGIN * BF16_MIN_SPEEDUP
+    if median is None or (borderline and len(samples) < _BF16_SAMPLES):
+        samples.append(round(time_bf16_against_fp32(), 3))
+        cache[key] = {"samples": samples, "measured": entry.get("measured", time.time())}
+        write_cache(cache)
+        median = sorted(samples)[len(samples) // 2]
+    return float(median)
+
+
+def time_bf16_against_fp32() -> float:
+    import time
+
+    import torch
+
+    def median_ms(dtype: torch.dtype) -> float:
+        conv: Any = torch.nn.Conv2d(256, 256, 3, padding=1).to(dtype)
+        conv = conv.to(memory_format=torch.channels_last)
+        x = torch.randn(1, 256, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        times = []
+        with torch.inference_mode():
+            for index in range(8):
+                started = time.perf_counter()
+                conv(x)
+                if index >= 2:  # the first calls pick and compile oneDNN kernels
+                    times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
+    return median_ms(torch.float32) / median_ms(torch.bfloat16)
+
+
+def sysctl_cpu() -> tuple[str, set[str], int]:
+    """On macOS (no /proc): the CPU's model, its Arm flags (FEAT_BF16, FEAT_I8MM) and physical cores."""
+    machine = platform.machine()
+    keys = ["machdep.cpu.brand_string", "hw.physicalcpu", "hw.optional.arm.FEAT_BF16", "hw.optional.arm.FEAT_I8MM"]
+    values = {}
+    for key in keys:
+        try:
+            values[key] = subprocess.run(
+                ["sysctl", "-n", key], capture_output=True, text=True, timeout=2, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            values[key] = ""
+    flags = {"asimd", "neon"} if machine == "arm64" else set()
+    flags |= {"bf16"} if values["hw.optional.arm.FEAT_BF16"] == "1" else set()
+    flags |= {"i8mm"} if values["hw.optional.arm.FEAT_I8MM"] == "1" else set()
+    physical = int(values["hw.physicalcpu"]) if values["hw.physicalcpu"].isdigit() else os.cpu_count() or 1
+    return values["machdep.cpu.brand_string"] or machine, flags, physical
+
+
+def ram_gb() -> tuple[float, float]:
+    """Total and available RAM in GB (0 when neither /proc/meminfo nor sysconf says)."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            info = {line.split(":")[0]: line.split()[1] for line in handle}
+        return int(info["MemTotal"]) / 2**20, int(info.get("MemAvailable", info["MemTotal"])) / 2**20
+    except (OSError, KeyError, IndexError, ValueError):
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+            return total, total
+        except (ValueError, OSError, AttributeError):
+            return 0.0, 0.0

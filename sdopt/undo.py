@@ -1,0 +1,110 @@
+"""The way back: undo functions, a stack of them, and the ledger of which reports are live on a pipeline.
+
+An optimization's ``apply`` returns an :data:`Undo`; one made of several changes pushes each change's
+undo on an :class:`UndoStack` and returns the stack (it is itself an undo). The engine keeps one stack
+per ``optimize`` call, named by step, and the report runs it. The ledger remembers, per pipeline,
+which ``optimize`` calls are live, so an older report refuses to undo before a newer one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sdopt.errors import RollbackError
+
+Undo = Callable[[], None]
+"""Restores exactly what one ``apply`` changed. Called at most once."""
+
+
+class UndoStack:
+    """Undo functions in the order their changes were made; calling the stack undoes them newest first.
+
+    If some undos raise, the others still run (a partial undo is worse) and one
+    :class:`~sdopt.errors.RollbackError` then names them all. Calling it empties the stack.
+
+    Examples:
+        >>> from sdopt.undo import UndoStack
+        >>> done = []
+        >>> stack = UndoStack()
+        >>> stack.push(lambda: done.append("first"))
+        >>> stack.push(lambda: done.append("second"))
+        >>> stack()
+        >>> done
+        ['second', 'first']
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, Undo]] = []
+
+    def push(self, undo: Undo, name: str = "") -> None:
+        """Add the undo of a change just made (``name`` says whose, in errors)."""
+        self._entries.append((name, undo))
+
+    def names(self) -> list[str]:
+        """The names given to :meth:`push`, oldest first."""
+        return [name for name, _ in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __call__(self) -> None:
+        errors = []
+        while self._entries:
+            name, undo = self._entries.pop()
+            try:
+                undo()
+            except Exception as error:  # keep undoing the rest: a partial undo is worse
+                errors.append(f"{name or 'an undo'}: {type(error).__name__}: {error}")
+        if errors:
+            raise RollbackError(
+                "undoing some optimizations raised, the pipeline may not be fully restored; reload it. "
+                + "; ".join(errors)
+            )
+
+
+# ---- the ledger of live optimize() calls per pipeline
+
+
+@dataclass(frozen=True)
+class Gone:
+    """A live optimize() whose report cannot undo: made with undoable=False, or dropped by the caller."""
+
+    source: str | None
+    why: str
+
+
+# The optimize() calls whose changes are live on each pipeline, oldest first: undo must go newest
+# first. Reports are held weakly (a report the caller drops takes its originals, spill files
+# included, with it) and leave a Gone marker behind, so an older report still refuses to undo.
+_live: weakref.WeakKeyDictionary[Any, list[weakref.ref[Any] | Gone]] = weakref.WeakKeyDictionary()
+
+
+def track(pipe: Any, report: Any, source: str | None, *, keep: bool) -> None:
+    """Record ``report`` as the newest live optimize() on ``pipe`` (a :class:`Gone` marker without ``keep``)."""
+    entries = _live.setdefault(pipe, [])
+    if not keep:
+        entries.append(Gone(source, "made with undoable=False"))
+        return
+
+    def dropped(ref: weakref.ref[Any]) -> None:  # the caller let the report go: its changes stay
+        entries[:] = [Gone(source, "its report was discarded") if e is ref else e for e in entries]
+
+    entries.append(weakref.ref(report, dropped))
+
+
+def newest(pipe: Any) -> Any:
+    """The newest live report on ``pipe``, a :class:`Gone` marker, or ``None``."""
+    entries = _live.get(pipe, [])
+    if not entries:
+        return None
+    last = entries[-1]
+    return last if isinstance(last, Gone) else last()
+
+
+def forget(pipe: Any, report: Any) -> None:
+    """``report`` is being undone: it is no longer live on ``pipe``."""
+    entries = _live.get(pipe, [])
+    entries[:] = [e for e in entries if isinstance(e, Gone) or (e() is not None and e() is not report)]
