@@ -29,8 +29,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "sdopt", "tests", "examples", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "sdopt", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "sdopt", "tests", "examples", "benchmarks", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "sdopt", "tests", "examples", "benchmarks", "tools", "noxfile.py")
 
 
 @nox.session

@@ -9,11 +9,14 @@ from typing import Any
 
 from sdopt.capabilities import Capabilities
 from sdopt.engine import apply_plan
+from sdopt.logging import get_logger
 from sdopt.planning import ExtraItem, Plan, Request, as_tuple, make_plan
 from sdopt.presets import Preset
 from sdopt.report import Report
 from sdopt.tiers import DEFAULT_TIER, is_auto
 from sdopt.weights import offline
+
+_logger = get_logger(__name__)
 
 
 def plan(
@@ -116,23 +119,18 @@ def optimize(
         >>> report.undo()
     """
     request = _request(tier, preset, exclude, extra, caps, memory_budget)
+    options: dict[str, Any] = {"strict": strict, "dry_run": dry_run, "undoable": undoable, "verify": verify}
     if is_auto(tier):
         from sdopt.tuning import optimize_tuned
 
         if preset is not None:
             raise ValueError("pass either tier='auto' or preset=..., not both")
-        return optimize_tuned(
-            pipe,
-            request,
-            quality,
-            call=call,
-            budget_s=budget_s,
-            strict=strict,
-            dry_run=dry_run,
-            undoable=undoable,
-            verify=verify,
-        )
-    return apply_plan(pipe, request, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify)
+        report = optimize_tuned(pipe, request, quality, call=call, budget_s=budget_s, **options)
+    else:
+        report = apply_plan(pipe, request, **options)
+    if not dry_run:
+        _log_decisions(report)
+    return report
 
 
 def _request(
@@ -146,3 +144,12 @@ def _request(
     if preset is not None and tier == DEFAULT_TIER:
         tier = None  # a preset replaces the default tier
     return Request(tier, preset, as_tuple(exclude, "exclude"), as_tuple(extra, "extra"), caps, memory_budget)
+
+
+def _log_decisions(report: Report) -> None:
+    for decision in report.applied:
+        _logger.info("applied %s in %.2f s: %s", decision.name, decision.seconds or 0.0, decision.reason)
+    for decision in report.failed:
+        _logger.warning("%s failed and was rolled back: %s", decision.name, decision.reason)
+    for decision in report.skipped:
+        _logger.debug("skipped %s: %s", decision.name, decision.reason)

@@ -17,7 +17,6 @@ from typing import Any
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
 from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
-from sdopt.logging import get_logger
 from sdopt.originals import Originals, active
 from sdopt.planning import Plan, Request, Step, make_plan
 from sdopt.report import Decision, Report
@@ -25,8 +24,6 @@ from sdopt.transaction import Restore, record
 from sdopt.undo import UndoStack
 from sdopt.verification import run_verification
 from sdopt.weights import offline
-
-_logger = get_logger(__name__)
 
 
 def _check_strict(current: Plan) -> None:
@@ -122,21 +119,11 @@ def apply_plan(
     report.skipped = list(current.skipped)
     report.failed = list(failed.values())
     report.track_undo(pipe, stack, keep=undoable, originals=store)
-    _log_decisions(report)
     return report
 
 
 def _reasons(failed: Mapping[str, Decision]) -> dict[str, str]:
     return {name: decision.reason for name, decision in failed.items()}
-
-
-def _log_decisions(report: Report) -> None:
-    for decision in report.applied:
-        _logger.info("applied %s in %.2f s: %s", decision.name, decision.seconds or 0.0, decision.reason)
-    for decision in report.failed:
-        _logger.warning("%s failed and was rolled back: %s", decision.name, decision.reason)
-    for decision in report.skipped:
-        _logger.debug("skipped %s: %s", decision.name, decision.reason)
 
 
 class _StepFailed(Exception):

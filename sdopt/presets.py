@@ -46,6 +46,10 @@ class Entry:
     when: Requirements = Requirements()
     why: str = ""
     """The rationale (a measurement or a source), shown in the tier table; not part of the behaviour."""
+    config_version: int | None = None
+    """The optimization's :attr:`~sdopt.optimization.Optimization.version` the options were written for
+    (frozen presets record it): loading refuses an entry made for another version of the options'
+    meaning, so a pinned preset never silently does something else."""
 
     def __post_init__(self) -> None:
         # One canonical form (lists as tuples), so an entry read back from a file equals the original.
@@ -60,6 +64,8 @@ class Entry:
             data["when"] = self.when.to_dict()
         if self.why:
             data["why"] = self.why
+        if self.config_version is not None:
+            data["config_version"] = self.config_version
         return data
 
 
@@ -145,7 +151,7 @@ class Preset:
             if not isinstance(step, Mapping) or not isinstance(step.get("name"), str):
                 raise PresetError(f"{where}: each step needs a string 'name'")
             where = f"{where} ({step['name']})"
-            _reject_unknown(where, "step", step, {"name", "config", "when", "why"})
+            _reject_unknown(where, "step", step, {"name", "config", "when", "why", "config_version"})
             try:
                 optimization = registry.get(step["name"])
                 config = dict(step.get("config", {}))
@@ -156,7 +162,16 @@ class Preset:
             why = step.get("why", "")
             if not isinstance(why, str):
                 raise PresetError(f"{where}: key 'why' must be a string")
-            entries.append(Entry(step["name"], config, when, why))
+            made_for = step.get("config_version")
+            if made_for is not None and (not isinstance(made_for, int) or isinstance(made_for, bool)):
+                raise PresetError(f"{where}: key 'config_version' must be an integer, got {made_for!r}")
+            if made_for is not None and made_for != optimization.version:
+                raise PresetError(
+                    f"{where}: its options were written for version {made_for} of {step['name']}'s options, and "
+                    f"this sdopt has version {optimization.version} (what an option means changed); freeze "
+                    "the preset again on this version (sdopt freeze), or pin the sdopt that made it"
+                )
+            entries.append(Entry(step["name"], config, when, why, made_for))
         for key in ("description", "sdopt_version", "based_on", "fingerprint"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise PresetError(f"{source}: key {key!r} must be a string, got {data[key]!r}")

@@ -179,13 +179,14 @@ class Report:
             >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
             ('half_precision', 'bfloat16', 'balanced@2')
         """
+        from sdopt import registry
         from sdopt._version import __version__
         from sdopt.presets import Entry, Preset
 
         decisions = self.planned if self.dry_run else self.applied
         return Preset(
             name,
-            tuple(Entry(d.name, d.config) for d in decisions),
+            tuple(Entry(d.name, d.config, config_version=registry.get(d.name).version) for d in decisions),
             version=version,
             description=description or f"frozen from {self.source or 'explicit optimizations'} on {self.device}",
             sdopt_version=__version__,

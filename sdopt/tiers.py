@@ -16,13 +16,46 @@ from sdopt.requirements import Requirements
 
 DEFAULT_TIER = "balanced"
 AUTO = "auto"
-LOW_MEMORY = "low-memory"
 """Not a list of steps: the steps of a quality tier that measure faster here (see :mod:`sdopt.tuning`)."""
+LOW_MEMORY = "low-memory"
+"""The tier planning measures a plan that does not fit in memory against."""
 
 
 def is_auto(tier: str | None) -> bool:
     """Whether ``tier`` names the measured tier (``"auto"``, pinned or not)."""
     return isinstance(tier, str) and tier.partition("@")[0] == AUTO
+
+
+def without(entries: tuple[Entry, ...], name: str, *, devices: tuple[str, ...] | None = None) -> tuple[Entry, ...]:
+    """``entries`` less those naming ``name`` (with ``devices``: only those whose condition is exactly
+    those devices).
+
+    Examples:
+        >>> from sdopt.presets import Entry
+        >>> from sdopt.tiers import without
+        >>> [e.name for e in without((Entry("sdpa"), Entry("scheduler")), "scheduler")]
+        ['sdpa']
+    """
+
+    def dropped(entry: Entry) -> bool:
+        if entry.name != name:
+            return False
+        return devices is None or (entry.when is not None and entry.when.devices == devices)
+
+    return tuple(entry for entry in entries if not dropped(entry))
+
+
+def insert_before(entries: tuple[Entry, ...], name: str, *new: Entry) -> tuple[Entry, ...]:
+    """``entries`` with ``new`` inserted before the first entry naming ``name`` (which must be there).
+
+    Examples:
+        >>> from sdopt.presets import Entry
+        >>> from sdopt.tiers import insert_before
+        >>> [e.name for e in insert_before((Entry("sdpa"), Entry("scheduler")), "scheduler", Entry("tiny_vae"))]
+        ['sdpa', 'tiny_vae', 'scheduler']
+    """
+    at = next(index for index, entry in enumerate(entries) if entry.name == name)
+    return (*entries[:at], *new, *entries[at:])
 
 
 _CUDA = Requirements(devices=("cuda",))
@@ -113,7 +146,7 @@ _BALANCED_1 = (
 # buy ~5%, so the swap moves to fast@2, where fewer steps are the point. The VAE decodes
 # channels-last on CPUs whose float32 convolutions prefer it (the UNet does not).
 _BALANCED_2 = (
-    *(entry for entry in _BALANCED_1 if entry.name != "scheduler"),
+    *without(_BALANCED_1, "scheduler"),
     Entry(
         "channels_last",
         {"components": ["vae"]},
@@ -129,8 +162,8 @@ _SOLVER_SWAP = Entry(
     "latents: 29.5 dB against PNDM at 4 steps, 42.3 dB at 20 (benchmarks/RESULTS.md), so it belongs with fewer steps",
 )
 
-_FAST_1 = (
-    *_BALANCED_1,
+# What fast adds to balanced.
+_FAST_OWN = (
     Entry(
         "tiny_vae",
         why="TAESD decode 20.0 s -> 3.1 s for an fp32 SD1.5-size probe here; slightly softer images",
@@ -147,9 +180,10 @@ _FAST_1 = (
         "2 of 3 steps",
     ),
 )
+_FAST_1 = (*_BALANCED_1, *_FAST_OWN)
 
-# fast@2: balanced@2 plus the solver swap balanced@1 carried, then fast@1's own steps.
-_FAST_2 = (*_BALANCED_2, _SOLVER_SWAP, *_FAST_1[len(_BALANCED_1) :])
+# fast@2: balanced@2 plus the solver swap balanced@1 carried, then fast's own steps.
+_FAST_2 = (*_BALANCED_2, _SOLVER_SWAP, *_FAST_OWN)
 
 # fast@3: static int8 (PT2E, oneDNN VNNI kernels) for UNets of real size on x86 CPUs without AMX,
 # where neither bf16 nor dynamic int8 was the lever: the SD1.5 UNet call (batch 2, 64x64, 2 threads)
@@ -169,18 +203,8 @@ _STATIC_INT8 = Entry(
 )
 
 
-def _with_static_int8(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
-    """``entries`` with static_int8 ahead of half_precision and without the CPU's dynamic int8."""
-    at = next(index for index, entry in enumerate(entries) if entry.name == "half_precision")
-    kept = [
-        entry
-        for entry in entries
-        if not (entry.name == "quantize_int8" and entry.when is not None and entry.when.devices == ("cpu",))
-    ]
-    return (*kept[:at], _STATIC_INT8, *kept[at:])
-
-
-_FAST_3 = _with_static_int8(_FAST_2)
+# static_int8 ahead of half_precision, and the CPU's dynamic int8 out.
+_FAST_3 = insert_before(without(_FAST_2, "quantize_int8", devices=("cpu",)), "half_precision", _STATIC_INT8)
 
 _RESOLUTION = Entry("resolution", {"scale": 0.75}, why="56% of the denoising work, upscaled back; clearly lossy")
 
@@ -196,9 +220,7 @@ _ULTRA_1 = (
 )
 # ultra@2: on a CPU without bf16 units torch_compile gains nothing per step (float32, measured) but
 # conflicts with feature_cache, which halves the average UNet call: @1 traded the cache for it.
-_ULTRA_2 = (
-    *_FAST_1,
-    _RESOLUTION,
+_ULTRA_2_COMPILE = (
     Entry(
         "torch_compile",
         {"accept_cpu_first_call": True},
@@ -213,6 +235,7 @@ _ULTRA_2 = (
         "~1.0x (benchmarks/RESULTS.md), so there feature caching is kept instead",
     ),
 )
+_ULTRA_2 = (*_FAST_1, _RESOLUTION, *_ULTRA_2_COMPILE)
 
 # ultra@3: step distillation first (it wins the solver swap, the step budget and CFG truncation),
 # then fast@3 (static int8 on CPUs without AMX), the resolution scale and ultra@2's compile entries.
@@ -224,7 +247,7 @@ _ULTRA_3 = (
     ),
     *_FAST_3,
     _RESOLUTION,
-    *_ULTRA_2[len(_FAST_1) + 1 :],
+    *_ULTRA_2_COMPILE,
 )
 
 _LOW_MEMORY_1 = (
@@ -245,7 +268,7 @@ _LOW_MEMORY_1 = (
 # low-memory@2: weights in the device's half dtype first (half the bytes of @1's float32 weights on
 # GPUs, which @1 left to the other tiers): the fit table (docs/fit.md) showed @1 planning SDXL at
 # 12.9 GB of float32 weights on a 6 GB GPU, where 6.6 GB of bf16/fp16 weights would have been offloaded.
-_LOW_MEMORY_2 = (
+_HALF_WEIGHTS = (
     Entry(
         "half_precision",
         why="bfloat16/float16 weights take half the memory of float32; the dtype follows the hardware, as in "
@@ -255,14 +278,14 @@ _LOW_MEMORY_2 = (
         "vae_fp16_fix",
         why="with float16 weights, SDXL's VAE would otherwise be kept in float32",
     ),
-    *_LOW_MEMORY_1,
 )
+_LOW_MEMORY_2 = (*_HALF_WEIGHTS, *_LOW_MEMORY_1)
 
 # low-memory@3: weights stored small where compute stays float32 (a CPU without bf16 units, where @2's
 # half_precision is skipped): bfloat16 storage halves the weights of the tiny SD pipeline's RAM at
 # 60 dB PSNR; components already in 16 bits are left alone (float8 storage is lossier).
 _LOW_MEMORY_3 = (
-    *_LOW_MEMORY_2[:2],
+    *_HALF_WEIGHTS,
     Entry(
         "weight_storage",
         why="bfloat16 storage, float32 compute layer by layer (diffusers' layerwise casting): half the RAM "

@@ -205,7 +205,8 @@ def test_the_time_budget_stops_measuring(fakes, clocked, monkeypatch, tmp_path) 
     assert all(t.why == "not measured: the time budget of 30 s was spent" for t in tuning.trials[len(reached) :])
     assert clock.now < 30.0 + 20  # one measurement block may run past the budget, not more
     assert list((tmp_path / "tune").glob("*.json")) == []  # an incomplete tuning is not cached
-    from sdopt.report import Report, with_tuning
+    from sdopt.report import Report
+    from sdopt.tuning import with_tuning
 
     report = with_tuning(Report("x", "StableDiffusionPipeline", "sd1", "cpu", "f"), tuning)
     assert any("time budget of 30 s ran out before" in warning for warning in report.warnings)

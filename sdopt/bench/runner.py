@@ -442,7 +442,7 @@ def _why_not_interleaved(
     """Why the tiers cannot all stay in host memory at once (empty when they can). Interleaved lanes
     share the loaded pipeline's unchanged weights, but each holds the weights its tier changed."""
     from sdopt.api import plan
-    from sdopt.probes.machine import ram_gb
+    from sdopt.probes.cpu import ram_gb
 
     before = plan(base, tier=None, caps=caps).footprint
     if before is None:

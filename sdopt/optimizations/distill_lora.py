@@ -15,8 +15,7 @@ from sdopt.calls import call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
-from sdopt.optimizations.scheduler import rebuild
-from sdopt.optimizations.step_budget import StepCount
+from sdopt.optimizations._sampling import StepCount, rebuild
 from sdopt.originals import keep
 from sdopt.requirements import Requirements
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimizations._sampling import rebuild
 
 # solver name -> (diffusers class, settings it needs on top of the original config)
 SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -105,11 +106,3 @@ class Scheduler(Optimization):
         class_name, settings = SOLVERS[config.solver]
         setattr(pipe, name, rebuild(original, class_name, settings))
         return lambda: setattr(pipe, name, original)
-
-
-def rebuild(scheduler: Any, class_name: str, settings: dict[str, Any]) -> Any:
-    """A ``class_name`` scheduler from ALL of ``scheduler``'s settings (plus ``settings``)."""
-    import diffusers
-
-    full_config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
-    return getattr(diffusers, class_name).from_config({**full_config, **settings})

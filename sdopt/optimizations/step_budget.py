@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdopt.anatomy import Anatomy
-from sdopt.calls import CallLayer, call_default, call_layers, call_parameters, wrap_call
+from sdopt.calls import call_default, call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimizations._sampling import StepCount
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,3 @@ class StepBudget(Optimization):
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         return wrap_call(pipe, StepCount(self.name, config.steps, config.cap))
-
-
-class StepCount(CallLayer):
-    """``num_inference_steps`` defaults to ``steps``; with ``cap``, a larger explicit value is lowered to it."""
-
-    def __init__(self, name: str, steps: int, cap: bool) -> None:
-        super().__init__(name)
-        self.steps, self.cap = steps, cap
-
-    def adjust(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        asked = kwargs.get("num_inference_steps")
-        if asked is None:
-            kwargs["num_inference_steps"] = self.steps
-        elif self.cap:
-            kwargs["num_inference_steps"] = min(asked, self.steps)
-        return kwargs

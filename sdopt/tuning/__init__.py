@@ -165,7 +165,11 @@ def tune(
         record.start_call_s = timed[0].best_s
         record.best_call_s = timed[-1].call_s if timed[-1].kept else timed[-1].best_s
     kept = {entry.name for entry in best}
-    frozen = tuple(entry for entry in search.entries(candidates.steps) if entry.name in kept)  # plan order
+    frozen = tuple(  # plan order, each with the version of its options' meaning, as Report.to_preset records
+        replace(entry, config_version=registry.get(entry.name).version)
+        for entry in search.entries(candidates.steps)
+        if entry.name in kept
+    )
     record.preset = _frozen(frozen, base, caps, candidates.memory_budget_gb, __version__)
     record.seconds = clock() - started
     if cache and not record.interrupted and not record.unmeasured:
@@ -196,7 +200,7 @@ def optimize_tuned(
         >>> request = Request(caps=fake_capabilities("cpu"))
         >>> report = optimize_tuned(pipe, request, "conservative", call={"steps": 2}, dry_run=True)
         >>> report.source
-        'auto:conservative'
+        'auto:conservative@1'
     """
     tuning = tune(
         pipe,

@@ -36,7 +36,7 @@ def test_a_same_class_rebuild_keeps_the_output_identical() -> None:
     """diffusers' from_config drops keys listed in _use_default_values; the rebuild must not."""
     from diffusers import DDIMScheduler
 
-    from sdopt.optimizations.scheduler import rebuild
+    from sdopt.optimizations._sampling import rebuild
 
     pipe = tiny_pipeline("sd")
     pipe.scheduler = DDIMScheduler(steps_offset=1, timestep_spacing="trailing", beta_schedule="scaled_linear")

@@ -90,7 +90,7 @@ def _fake_hub(monkeypatch, cached: set[str], reachable: bool) -> list[tuple[str,
     import diffusers
     from huggingface_hub import constants
 
-    from sdopt.optimizations import _pretrained
+    from sdopt import weights as _pretrained
 
     calls: list[tuple[str, bool]] = []
 
@@ -159,7 +159,7 @@ def test_plans_and_dry_runs_never_touch_the_network(monkeypatch, sd_pipe, cpu_ca
     from huggingface_hub import constants
 
     from sdopt import optimize, plan
-    from sdopt.optimizations import _pretrained
+    from sdopt import weights as _pretrained
 
     def no_network(*args, **kwargs):
         raise AssertionError("a plan tried the network")
