@@ -2,8 +2,9 @@
 
 Each page holds what the optimization declares (kind, effect, quality, requirements, conflicts,
 ordering, options with their types and defaults), the tiers that use it and when, and its class
-docstring: the diffusers mechanism it wraps and what it measured. ``docs/catalogue/`` is this
-module's output (``sdopt optimizations --write-docs docs/catalogue``); a test fails when it is stale.
+docstring: the diffusers mechanism it wraps and what it measured. The docs build generates
+``catalogue/`` from it (``tools/mkdocs_catalogue.py``, nothing committed); ``sdopt optimizations
+--write-docs DIR`` writes the same pages to a folder.
 
 Examples:
     >>> from sdopt.optimization_docs import optimization_page

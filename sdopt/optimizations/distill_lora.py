@@ -18,6 +18,7 @@ from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._sampling import StepCount, rebuild
 from sdopt.originals import keep
 from sdopt.requirements import Requirements
+from sdopt.undo import UndoStack
 
 # LCM-LoRA (Luo et al. 2023) for both families: published by the LCM authors for SD1.5 and SDXL
 # alike, loaded by diffusers' load_lora_weights as is, with diffusers' own LCMScheduler and a
@@ -131,36 +132,30 @@ class DistillLora(Optimization):
         stand_in = bool(_unavailable(config.source)) and stand_ins_allowed()
         if stand_in:  # a --arch bench: random weights of the published rank and layers
             lora = random_lora(unet, seed=0)
-        undo_steps: list[Undo] = []
+        undo = UndoStack()
         try:
             with diffusers_quiet():  # "no LoRA keys for the text encoder", LCMScheduler's unused settings
                 pipe.load_lora_weights(lora, adapter_name=_ADAPTER, **_weight_name(lora))
             targets = [module.base_layer for module in unet.modules() if hasattr(module, "base_layer")]
             weights = [tensor for layer in targets for tensor in (layer.weight, layer.bias) if tensor is not None]
             kept = keep(weights, owner=unet)
-            undo_steps.append(kept.restore)
+            undo.push(kept.restore)
             # safe_fusing: the fused weights are new tensors (and checked for NaN), the originals untouched.
             pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[_ADAPTER])
             pipe.unload_lora_weights()
             restore_attributes()
             if stand_in:
                 unet.__dict__[_STAND_IN] = True
-                undo_steps.append(restore_attributes)
+                undo.push(restore_attributes)
             with diffusers_quiet():
                 setattr(pipe, scheduler_name, rebuild(original_scheduler, "LCMScheduler", {}))
-            undo_steps.append(lambda: setattr(pipe, scheduler_name, original_scheduler))
-            undo_steps.append(wrap_call(pipe, _DistilledCall(self.name, config.steps, config.guidance_scale)))
+            undo.push(lambda: setattr(pipe, scheduler_name, original_scheduler))
+            undo.push(wrap_call(pipe, _DistilledCall(self.name, config.steps, config.guidance_scale)))
         except Exception:
             _remove_adapter(pipe)
-            for step in reversed(undo_steps):
-                step()
+            undo()
             restore_attributes()
             raise
-
-        def undo() -> None:
-            for step in reversed(undo_steps):
-                step()
-
         return undo
 
 

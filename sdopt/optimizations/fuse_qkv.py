@@ -12,6 +12,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
 from sdopt.optimizations._attributes import remember_attributes
+from sdopt.undo import UndoStack
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,11 @@ class FuseQKV(Optimization):
         return f"fused QKV projections in {' and '.join(config.targets)}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        undos: list[Undo] = []
-
-        def undo() -> None:
-            for undo_one in reversed(undos):
-                undo_one()
-
+        undo = UndoStack()
         try:
             for model in self._models(anatomy, config).values():
                 if _why_not_fusable(model) is None:
-                    undos.append(_fuse(model))
+                    undo.push(_fuse(model), type(model).__name__)
         except Exception:
             undo()  # the denoiser may be fused already when the VAE fails: leave nothing half-applied
             raise

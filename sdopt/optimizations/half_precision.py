@@ -13,7 +13,8 @@ from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._components import chosen_components, unknown_components
 from sdopt.optimizations._dtype_boundary import add_dtype_boundary, has_dtype_boundary
 from sdopt.optimizations._vae_guard import guard_vae
-from sdopt.originals import Kept, keep
+from sdopt.originals import keep
+from sdopt.undo import UndoStack
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -112,8 +113,6 @@ class HalfPrecision(Optimization):
         return f"weights in {config.dtype}" + (" (VAE kept in float32)" if kept else "")
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
-        kept: list[Kept] = []
-        unguard: list[Undo] = []
         # Pipelines cast components themselves during a call (SDXL img2img/inpaint move a force_upcast
         # VAE to float32 to encode, then to the UNet's float16), so undo also reverts what the pipeline
         # did while optimized: the tensors not cast here are kept too, in case (free for host memory).
@@ -128,23 +127,17 @@ class HalfPrecision(Optimization):
             )
             for module in anatomy.modules().values()
         ]
-
-        def undo() -> None:
-            for remove in reversed(unguard):
-                remove()
-            for originals in reversed(kept):
-                originals.restore()
-            for originals in untouched:
-                originals.restore()
-
+        undo = UndoStack()
+        for originals in untouched:  # restored last, after the casts' own originals and guards
+            undo.push(originals.restore)
         try:
             for module, dtype, tensors in casts:
-                kept.append(keep(tensors, owner=module))  # in the checkpoint or a spill file (sdopt.originals)
+                undo.push(keep(tensors, owner=module).restore)  # in the checkpoint or a spill file (sdopt.originals)
                 for tensor in tensors:
                     tensor.data = tensor.data.to(dtype)
                 if _needs_boundary(anatomy, module, dtype):
                     # Pixel-space pipelines (no VAE) turn the denoiser's output into the image itself.
-                    unguard.append(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
+                    undo.push(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
             reduced = any(dtype != torch.float32 and tensors for _, dtype, tensors in casts)
             if reduced:
                 # A denoiser or ControlNet left out of ``components`` gets the reduced-precision embeddings
@@ -153,10 +146,10 @@ class HalfPrecision(Optimization):
                 cast_modules = {id(module) for module, _, tensors in casts if tensors}
                 for module in _diffusers_models(anatomy):
                     if id(module) not in cast_modules and not has_dtype_boundary(module):
-                        unguard.append(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
+                        undo.push(add_dtype_boundary(module, float32_outputs=anatomy.vae is None))
             # The latents follow the encoders' dtype: once anything is cast, every VAE is guarded.
             for vae in _unguarded_vaes(inspect_pipeline(pipe), every=reduced):
-                unguard.append(guard_vae(vae))
+                undo.push(guard_vae(vae))
         except Exception:
             undo()
             raise

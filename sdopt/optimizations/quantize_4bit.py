@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.originals import keep, own_tensors
 from sdopt.requirements import Requirements
+from sdopt.undo import UndoStack
 
 _COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -81,12 +83,8 @@ class Quantize4bit(Optimization):
         layers = plain_linears(anatomy.denoiser, config.min_features)
         # The float layers leave the pipeline: their weights go where undo's originals are kept.
         kept = keep(own_tensors([linear for _, _, linear in layers], within=anatomy.denoiser), owner=anatomy.denoiser)
-        swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
-
-        def undo() -> None:
-            kept.restore()
-            for parent, attribute, original in reversed(swapped):
-                setattr(parent, attribute, original)
+        undo = UndoStack()
+        undo.push(kept.restore)  # last, once the float layers are back
 
         try:
             for parent, attribute, linear in layers:
@@ -110,7 +108,7 @@ class Quantize4bit(Optimization):
                     layer.bias = torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
                 layer = layer.to(device)  # quantizes the weight on the way
                 setattr(parent, attribute, layer)
-                swapped.append((parent, attribute, linear))
+                undo.push(functools.partial(setattr, parent, attribute, linear))
             kept.release()
         except Exception:
             undo()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.originals import keep, own_tensors
+from sdopt.undo import UndoStack
 
 
 @dataclass(frozen=True)
@@ -167,17 +169,12 @@ def _swap_linears(denoiser: torch.nn.Module, min_features: int) -> Undo:
     replacements = [DynamicInt8Linear(linear) for _, _, linear in layers]
     # The float layers leave the pipeline: their weights go where undo's originals are kept, and free memory.
     kept = keep(own_tensors([linear for _, _, linear in layers], within=denoiser), owner=denoiser)
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
-
-    def undo() -> None:
-        kept.restore()
-        for parent, attribute, original in reversed(swapped):
-            setattr(parent, attribute, original)
-
+    undo = UndoStack()
+    undo.push(kept.restore)  # last, once the float layers are back
     try:
         for (parent, attribute, linear), replacement in zip(layers, replacements, strict=True):
             setattr(parent, attribute, replacement)
-            swapped.append((parent, attribute, linear))
+            undo.push(functools.partial(setattr, parent, attribute, linear))
         kept.release()
     except Exception:
         undo()

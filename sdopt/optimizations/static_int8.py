@@ -17,6 +17,7 @@ from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
 from sdopt.requirements import Requirements
+from sdopt.undo import UndoStack
 
 # Left in floating point by published int8 diffusion recipes (and measured here: see the class
 # docstring): the timestep/condition embeddings feed every block, and the first and last
@@ -166,20 +167,15 @@ class StaticInt8(Optimization):
             root=Path(config.cache_dir),
         )
         denoiser.__dict__["forward"] = runner
-        undo_steps = [restore]
+        undo = UndoStack()
+        undo.push(runner.compiled.clear)  # last: the int8 programs go with it
+        undo.push(restore)
         try:
-            undo_steps.append(wrap_call(pipe, _BuildAfterCall(self.name, str(anatomy.denoiser_name))))
-            undo_steps.append(note_after_calls(pipe, self.name, runner.describe))
+            undo.push(wrap_call(pipe, _BuildAfterCall(self.name, str(anatomy.denoiser_name))))
+            undo.push(note_after_calls(pipe, self.name, runner.describe))
         except Exception:
-            for step in reversed(undo_steps):
-                step()
+            undo()
             raise
-
-        def undo() -> None:
-            for step in reversed(undo_steps):
-                step()
-            runner.compiled.clear()  # the int8 programs go with it
-
         return undo
 
 

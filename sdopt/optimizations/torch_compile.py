@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy, is_compiled
+from sdopt.cache_dir import cache_root
 from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
@@ -25,7 +25,8 @@ class TorchCompileConfig:
     """``mode``: torch.compile mode; ``regional``: "auto" compiles the model's repeated blocks where it
     declares them (much shorter first call), "yes"/"no" force it; ``fullgraph``; ``accept_cpu_first_call``:
     on CPU, compile only when the caller accepts the long first call; ``cache_dir``: inductor's on-disk
-    cache (default ``~/.cache/sdopt/inductor``), so a second process starts fast."""
+    cache (default ``inductor`` under :func:`sdopt.cache_dir.cache_root`: ``$SDOPT_CACHE_DIR`` or
+    ``~/.cache/sdopt``), so a second process starts fast."""
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     regional: Literal["auto", "yes", "no"] = "auto"
@@ -61,7 +62,7 @@ class TorchCompile(Optimization):
         regional = config.regional
         if regional == "auto":
             regional = "yes" if _repeated_blocks(anatomy.denoiser) else "no"
-        cache_dir = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "sdopt", "inductor")
+        cache_dir = config.cache_dir or str(cache_root("inductor"))
         return TorchCompileConfig(config.mode, regional, config.fullgraph, config.accept_cpu_first_call, cache_dir)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:

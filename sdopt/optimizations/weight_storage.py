@@ -14,6 +14,7 @@ from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 from sdopt.optimizations._components import chosen_components, unknown_components
 from sdopt.originals import keep
+from sdopt.undo import UndoStack
 
 _HOOK = "layerwise_casting"  # diffusers' name for its LayerwiseCastingHook
 _STORAGE_DTYPES = {
@@ -153,17 +154,12 @@ class WeightStorage(Optimization):
     def _cast(self, anatomy: Anatomy, config: Any) -> Undo:
         from diffusers.hooks import apply_layerwise_casting
 
-        undos: list[Undo] = []
-
-        def undo() -> None:
-            for undo_one in reversed(undos):
-                undo_one()
-
+        undo = UndoStack()
         try:
             for module, storage_dtype in self._targets(anatomy, config).values():
                 compute_dtype = _compute_dtype(module)
-                undos.append(_removable(module))
-                undos.append(keep(_stored_tensors(module), owner=module).restore)
+                undo.push(_removable(module))
+                undo.push(keep(_stored_tensors(module), owner=module).restore)
                 apply_layerwise_casting(
                     module,
                     storage_dtype=storage_dtype,
