@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sdopt.fidelity import max_abs_difference, psnr, to_uint8
 from sdopt.logging import get_logger
 from sdopt.presets import Preset
 from sdopt.report import Report
@@ -211,8 +212,6 @@ def generate(
         result.untouched_images = _to_pil(untouched[0])
         result.untouched_seconds = untouched[1]
         if reference.shape == candidate.shape:
-            from sdopt.fidelity import max_abs_difference, psnr
-
             result.psnr_db = psnr(reference, candidate)
             result.max_abs_diff = max_abs_difference(reference, candidate)
         else:  # a pipeline whose optimized call returns another size: no pixel-by-pixel comparison
@@ -291,8 +290,6 @@ def _frames(output: Any) -> list[Any]:
 def _to_uint8(image: Any) -> np.ndarray:
     if hasattr(image, "convert"):  # a PIL image
         return np.asarray(image.convert("RGB"))
-    from sdopt.fidelity import to_uint8
-
     return to_uint8(image)
 
 

@@ -180,3 +180,12 @@ def test_the_layer_test_sees_function_level_imports_and_skips_type_checking_ones
     # The rules above are only as good as the parser: a climb hidden in a function still counts.
     assert "sdopt.tuning" in GRAPH["sdopt.api"]  # `from sdopt.tuning import optimize_tuned` inside optimize()
     assert "sdopt.tuning" not in GRAPH["sdopt.report"]  # under TYPE_CHECKING only
+
+
+def test_plugins_written_for_the_old_base_module_still_import_it() -> None:
+    from sdopt import registry
+    from sdopt.optimization import Optimization
+    from sdopt.optimizations.base import Optimization as Old
+
+    assert Old is Optimization
+    assert "base" not in registry.names()
