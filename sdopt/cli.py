@@ -120,11 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch", type=int, default=1, help="images per call")
-    generate.add_argument("--runs", type=int, default=1, help="calls to time (the first includes any compilation)")
+    generate.add_argument(
+        "--runs", type=int, default=1, help="timed calls (without warm-up, the first includes any compilation)"
+    )
+    generate.add_argument(
+        "--warmup", type=int, help="untimed first calls (default: 1 with --compare, else 0), each side"
+    )
     generate.add_argument("--image", help="input image for image-to-image and inpainting pipelines")
     generate.add_argument("--mask-image", help="inpainting mask (white = repaint)")
     generate.add_argument("--device", help="run on this device type instead of the detected one")
-    generate.add_argument("--threads", type=int, help="torch CPU threads")
+    generate.add_argument("--threads", type=int, help="torch CPU threads (default: chosen by the machine's load)")
     generate.add_argument("--memory-budget", help="the most device memory the plan may use, e.g. 6GB")
     generate.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
     generate.add_argument(
@@ -389,10 +394,6 @@ def _generate(args: argparse.Namespace) -> int:
     from sdopt.generate import DEFAULT_PROMPT, check_image_path, generate
 
     check_image_path(args.output)  # before minutes of loading and rendering
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     for name in _names(args.exclude):
         registry.get(name)
     result = generate(
@@ -408,6 +409,8 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch=args.batch,
         runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
         device=args.device,
         compare=args.compare,
         memory_budget=args.memory_budget,
@@ -429,8 +432,12 @@ def _generate(args: argparse.Namespace) -> int:
             "call": result.call,
             "seconds": result.seconds,
             "per_image_s": result.per_image_s,
+            "warmup_seconds": result.warmup_seconds,
             "untouched_seconds": result.untouched_seconds,
+            "untouched_warmup_seconds": result.untouched_warmup_seconds,
             "speedup": result.speedup,
+            "speedup_spread": result.comparison.spread if result.comparison is not None else None,
+            "verdict": result.comparison.describe() if result.comparison is not None else None,
             "psnr_db": None if result.psnr_db in (None, float("inf")) else result.psnr_db,
             "identical": result.psnr_db == float("inf"),
             "max_abs_diff": result.max_abs_diff,

@@ -8,9 +8,10 @@ result also says how much faster the optimized pipeline is and how far its image
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from sdopt.logging import get_logger
 from sdopt.presets import Preset
 from sdopt.report import Report
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.timing import Speedup, choose_threads, interleave, speedup
 
 _logger = get_logger(__name__)
 
@@ -38,10 +40,12 @@ RANDOM_WEIGHTS = (
 class Generation:
     """What :func:`generate` made: the images, the optimization report, and how long it took.
 
-    ``seconds`` holds each timed call of the optimized pipeline (the first includes any compilation
-    or calibration); with ``compare=True``, ``untouched_seconds`` and ``untouched_images`` are the
-    same calls on the pipeline before it was optimized, and ``psnr_db``/``max_abs_diff`` compare the
-    first images (uint8).
+    ``seconds`` holds each timed call of the optimized pipeline and ``warmup_seconds`` its untimed
+    first calls (the first includes any compilation or calibration; without warm-up, the first timed
+    call does). With ``compare=True``, ``untouched_seconds`` (and ``untouched_warmup_seconds``) are the
+    same calls on the pipeline as it was loaded, interleaved with the optimized ones call by call so
+    that a machine getting busier hits both alike; ``comparison`` tells a speed-up from the noise, and
+    ``psnr_db``/``max_abs_diff`` compare the first images (uint8).
     """
 
     source: str
@@ -54,6 +58,8 @@ class Generation:
     optimize_s: float
     untouched_images: list[Any] | None = None
     untouched_seconds: list[float] | None = None
+    warmup_seconds: list[float] = field(default_factory=list)
+    untouched_warmup_seconds: list[float] = field(default_factory=list)
     psnr_db: float | None = None
     max_abs_diff: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -61,18 +67,34 @@ class Generation:
 
     @property
     def per_image_s(self) -> float:
-        """Seconds per image: the median warm call (the first call alone when there was one) / batch."""
-        return _per_image(self.seconds, self.batch)
+        """Seconds per image: the median warm call / batch (the first call alone when it is all there is)."""
+        return _per_image(self._warm(self.seconds, self.warmup_seconds), self.batch)
 
     @property
     def untouched_per_image_s(self) -> float | None:
-        return None if not self.untouched_seconds else _per_image(self.untouched_seconds, self.batch)
+        if not self.untouched_seconds:
+            return None
+        return _per_image(self._warm(self.untouched_seconds, self.untouched_warmup_seconds), self.batch)
 
     @property
     def speedup(self) -> float | None:
-        """Untouched seconds per image / optimized seconds per image (``compare=True`` only)."""
+        """Untouched seconds per image / optimized seconds per image (``compare=True`` only); whether it
+        is more than noise: :attr:`comparison`."""
         untouched = self.untouched_per_image_s
         return None if untouched is None or self.per_image_s <= 0 else untouched / self.per_image_s
+
+    @property
+    def comparison(self) -> Speedup | None:
+        """The optimized calls against the untouched ones, with the spread they show (``compare=True`` only)."""
+        if not self.untouched_seconds:
+            return None
+        warm = self._warm(self.seconds, self.warmup_seconds)
+        return speedup(self._warm(self.untouched_seconds, self.untouched_warmup_seconds), warm)
+
+    @staticmethod
+    def _warm(seconds: list[float], warmup: list[float]) -> list[float]:
+        """The calls that were warm: all timed ones after a warm-up, else all but the first (when more)."""
+        return seconds if warmup or len(seconds) == 1 else seconds[1:]
 
     def save(self, output: str | Path) -> list[Path]:
         """Write the images to ``output`` (``out-1.png``, ``out-2.png``... for several) and, with a
@@ -86,20 +108,23 @@ class Generation:
 
     def summary(self) -> str:
         """The timing and fidelity lines ``sdopt generate`` prints under the report."""
-        warm = len(self.seconds) > 1
+        warm = self._warm(self.seconds, self.warmup_seconds)
+        first = (self.warmup_seconds or self.seconds)[0]
         lines = [
             f"loaded in {self.load_s:.1f} s, optimized in {self.optimize_s:.1f} s",
             f"time per image: {self.per_image_s:.2f} s "
             + (
-                f"(median of {len(self.seconds) - 1} warm call(s); first call {self.seconds[0]:.2f} s)"
-                if warm
+                f"(median of {len(warm)} warm call(s); first call {first:.2f} s)"
+                if self.warmup_seconds or len(self.seconds) > 1
                 else "(one call, a first call: includes any compilation; --runs 2 times a warm one too)"
             ),
         ]
-        if self.untouched_per_image_s is not None:
-            speedup = self.speedup or 0.0
-            verdict = f"{speedup:.2f}x faster" if speedup >= 1 else f"{speedup:.2f}x the speed: slower here"
-            lines.append(f"untouched pipeline: {self.untouched_per_image_s:.2f} s per image (optimized: {verdict})")
+        comparison = self.comparison
+        if comparison is not None and self.untouched_per_image_s is not None:
+            lines.append(
+                f"untouched pipeline: {self.untouched_per_image_s:.2f} s per image, its calls interleaved with the "
+                f"optimized ones (optimized: {comparison.describe()})"
+            )
             if self.psnr_db is not None:
                 fidelity = "identical" if self.psnr_db == float("inf") else f"{self.psnr_db:.1f} dB PSNR"
                 lines.append(f"fidelity vs untouched: {fidelity} (max abs difference {self.max_abs_diff}/255)")
@@ -129,6 +154,8 @@ def generate(
     seed: int = 0,
     batch: int = 1,
     runs: int = 1,
+    warmup: int | None = None,
+    threads: int | None = None,
     device: str | None = None,
     compare: bool = False,
     memory_budget: float | str | None = None,
@@ -141,8 +168,11 @@ def generate(
 
     ``source`` is a local path or hub id (``from_pretrained``) or a built-in architecture
     (``tiny-sd``, ``sd15``, ``sdxl``... random weights, no download). ``None`` size, steps and
-    guidance take the pipeline's own defaults. ``runs`` calls are made (the first includes any
-    compilation); ``compare`` makes the same calls on the untouched pipeline first. ``image`` and
+    guidance take the pipeline's own defaults. ``warmup`` untimed calls (default: 1 with ``compare``,
+    else none) precede ``runs`` timed calls. ``compare`` times the untouched pipeline too, call for
+    call interleaved with the optimized one (a copy sharing the weights the optimization leaves alone).
+    On a CPU, ``threads`` (default: chosen by the machine's load, see :func:`sdopt.timing.choose_threads`)
+    is torch's thread count while this runs; the notes say which was used. ``image`` and
     ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
     such pipelines get a made-up input. The optimized pipeline is in ``.pipe``.
 
@@ -153,13 +183,15 @@ def generate(
         ((64, 64), True)
     """
     from sdopt.api import optimize
+    from sdopt.bench.instruments import light_copy
     from sdopt.calls import CallShape
     from sdopt.capabilities import detect
     from sdopt.loading import place, stand_ins_for
     from sdopt.tiers import is_auto, resolve_tier
 
-    if batch < 1 or runs < 1:
-        raise ValueError(f"batch and runs must be >= 1 (got batch={batch}, runs={runs})")
+    warmup = (1 if compare else 0) if warmup is None else warmup
+    if batch < 1 or runs < 1 or warmup < 0:
+        raise ValueError(f"batch and runs must be >= 1, warmup >= 0 (got batch={batch}, runs={runs}, warmup={warmup})")
     if isinstance(preset, (str, Path)):
         preset = Preset.load(preset)  # a malformed file fails here, before minutes of loading
     how: dict[str, Any] = {"preset": preset} if preset is not None else {"tier": tier}
@@ -168,9 +200,8 @@ def generate(
     caps = detect(device=device) if device else detect()
     built_in = source in TINY_ARCHES or source in REAL_ARCHES
     notes = [RANDOM_WEIGHTS] if built_in else []
-
     # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.
-    with stand_ins_for(source):
+    with _torch_threads(threads if caps.device == "cpu" else None, notes), stand_ins_for(source):
         started = time.perf_counter()
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
         placed = caps.device != "cuda" or place(pipe, caps, **how, exclude=list(exclude), memory_budget=memory_budget)
@@ -181,10 +212,9 @@ def generate(
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
         render = _renderer(pipe, kwargs, seed)
-        untouched: tuple[list[Any], list[float]] | None = None
-        if compare:
-            _logger.info("rendering %d call(s) on the untouched pipeline", runs)
-            untouched = _timed(render, runs)
+        # Copied before optimizing: the copy shares the weights the optimization leaves alone and keeps
+        # the ones it replaces (sdopt never writes into a tensor in place), so both can be timed in turn.
+        untouched_render = _renderer(light_copy(pipe), kwargs, seed) if compare else None
 
         started = time.perf_counter()
         measured: dict[str, Any] = {"call": shape} if how.get("tier") is not None and is_auto(how["tier"]) else {}
@@ -192,7 +222,17 @@ def generate(
             pipe, **how, **measured, caps=caps, memory_budget=memory_budget, undoable=undoable, exclude=list(exclude)
         )
         optimize_s = time.perf_counter() - started
-        images, seconds = _timed(render, runs)
+        lanes = [render] if untouched_render is None else [untouched_render, render]
+        names = ["optimized"] if untouched_render is None else ["untouched", "optimized"]
+
+        def say(lane: int, index: int, warming: bool) -> None:
+            what = "warm-up" if warming else f"run {index - warmup + 1}/{runs}"
+            _logger.info("%s call on the %s pipeline", what, names[lane])
+
+        timed = interleave(lanes, warmup=warmup, runs=runs, before_each=say)
+        outputs, seconds, warmup_seconds = timed[-1]
+        images = _frames(outputs[-1])
+        untouched = None if untouched_render is None else timed[0]
 
     result = Generation(
         source=source,
@@ -206,11 +246,14 @@ def generate(
         notes=notes,
         pipe=pipe,
     )
+    result.warmup_seconds = warmup_seconds
     if untouched is not None:
-        reference = _to_uint8(untouched[0][0])
+        untouched_images = _frames(untouched[0][-1])
+        reference = _to_uint8(untouched_images[0])
         candidate = _to_uint8(images[0])
-        result.untouched_images = _to_pil(untouched[0])
+        result.untouched_images = _to_pil(untouched_images)
         result.untouched_seconds = untouched[1]
+        result.untouched_warmup_seconds = untouched[2]
         if reference.shape == candidate.shape:
             result.psnr_db = psnr(reference, candidate)
             result.max_abs_diff = max_abs_difference(reference, candidate)
@@ -265,15 +308,19 @@ def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int) -> Callable[[], Any]
     return render
 
 
-def _timed(render: Callable[[], Any], runs: int) -> tuple[list[Any], list[float]]:
-    # output_type="np" copies the images to the host: the clock stops after the device finished.
-    seconds: list[float] = []
-    images: list[Any] = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        images = _frames(render())
-        seconds.append(time.perf_counter() - started)
-    return images, seconds
+@contextlib.contextmanager
+def _torch_threads(requested: int | None, notes: list[str]) -> Iterator[None]:
+    """torch's CPU thread count while generating (chosen by load unless ``requested``), noted, then put back."""
+    import torch
+
+    threads, why = choose_threads(requested)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    notes.append(why)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _frames(output: Any) -> list[Any]:
@@ -316,6 +363,5 @@ def _write(images: Sequence[Any], output: Path) -> list[Path]:
     return paths
 
 
-def _per_image(seconds: Sequence[float], batch: int) -> float:
-    warm = seconds[1:] or seconds
+def _per_image(warm: Sequence[float], batch: int) -> float:
     return statistics.median(warm) / batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,18 +39,21 @@ def test_the_readme_command_writes_a_png_and_compares(tmp_path) -> None:
     assert "Failed to load" not in done.stderr and "kernels-community" not in done.stderr
 
 
-def test_compare_renders_the_untouched_image_first_and_measures_the_drift() -> None:
+def test_compare_interleaves_warm_calls_of_both_sides_and_measures_the_drift() -> None:
     result = generate("tiny-sd", tier="balanced", steps=3, runs=2, compare=True)
     assert [d.name for d in result.report.applied]  # something was applied
-    assert len(result.seconds) == len(result.untouched_seconds or []) == 2
-    assert result.per_image_s == result.seconds[1] and result.speedup == pytest.approx(
-        result.untouched_seconds[1] / result.seconds[1]  # type: ignore[index]
+    assert len(result.seconds) == len(result.untouched_seconds or []) == 2  # timed, after...
+    assert len(result.warmup_seconds) == len(result.untouched_warmup_seconds) == 1  # ...a warm-up each
+    assert result.per_image_s == statistics.median(result.seconds) and result.speedup == pytest.approx(
+        statistics.median(result.untouched_seconds or []) / statistics.median(result.seconds)
     )
+    assert result.comparison is not None and result.comparison.describe() in result.summary()
     optimized = np.asarray(result.images[0])
     untouched = np.asarray(result.untouched_images[0])  # type: ignore[index]
     expected = int(np.abs(optimized.astype(int) - untouched.astype(int)).max())
     assert result.max_abs_diff == expected and 30 < (result.psnr_db or 0) < float("inf")
-    assert RANDOM_WEIGHTS in result.notes and "median of 1 warm call" in result.summary()
+    assert RANDOM_WEIGHTS in result.notes and "median of 2 warm call" in result.summary()
+    assert any(note.startswith("threads: ") for note in result.notes)
 
     # The pipeline it returns is the optimized one; its report undoes it to the untouched image exactly.
     before = pipeline_state(result.pipe)

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sdopt.transaction",
             "sdopt.undo",
             "sdopt.anatomy",
+            "sdopt.timing",
         ),
     ),
     ("machine facts", ("sdopt.probes", "sdopt.capabilities")),
@@ -183,9 +184,10 @@ def test_the_layer_test_sees_function_level_imports_and_skips_type_checking_ones
 
 
 def test_plugins_written_for_the_old_base_module_still_import_it() -> None:
+    from sdopt.optimizations.base import Optimization as Old
+
     from sdopt import registry
     from sdopt.optimization import Optimization
-    from sdopt.optimizations.base import Optimization as Old
 
     assert Old is Optimization
     assert "base" not in registry.names()

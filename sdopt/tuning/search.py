@@ -23,11 +23,9 @@ from sdopt.engine import apply_plan
 from sdopt.fidelity import psnr
 from sdopt.planning import Plan, Request, Step
 from sdopt.presets import Entry, Preset
+from sdopt.timing import MIN_GAIN, relative_range
 from sdopt.tuning.measure import Sample, full_output, timed_call
 from sdopt.tuning.record import NOT_MEASURED, Trial
-
-MIN_GAIN = 0.02
-"""A candidate must make the call at least this much faster (2%), beyond the noise, to be kept."""
 
 
 @dataclass
@@ -152,18 +150,14 @@ def compare(best: list[Sample], candidate: list[Sample]) -> Comparison:
     best_s = statistics.median(s.call_s for s in best)
     call_s = statistics.median(s.call_s for s in candidate)
     ratio = best_s / call_s
-    spread = ratio * (_half_range([s.call_s for s in best]) + _half_range([s.call_s for s in candidate]))
+    # Half the ranges: a search heuristic (a kept step is also checked for fidelity), not a printed claim.
+    spread = ratio * (relative_range([s.call_s for s in best]) + relative_range([s.call_s for s in candidate])) / 2
     calls_b = [s.denoiser_s for s in best if s.denoiser_s > 0]
     calls_c = [s.denoiser_s for s in candidate if s.denoiser_s > 0]
     denoiser = statistics.median(calls_b) / statistics.median(calls_c) if calls_b and calls_c else None
     enough = min(len(best), len(candidate)) >= 2
     decided = enough and (abs(ratio - 1) > spread or (spread < MIN_GAIN and abs(ratio - 1) < MIN_GAIN))
     return Comparison(ratio, spread, denoiser, len(candidate), decided, call_s, best_s)
-
-
-def _half_range(values: list[float]) -> float:
-    middle = statistics.median(values)
-    return (max(values) - min(values)) / 2 / middle if middle > 0 else 0.0
 
 
 def try_group(
