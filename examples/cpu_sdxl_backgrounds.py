@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from sdopt.bench import bench
+from sdopt.bench import TierResult, bench
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, help="background height (default: the model's)")
     parser.add_argument("--width", type=int, help="background width (default: the height)")
     parser.add_argument("--budget-s", type=float, help="seconds per image the service can afford")
-    parser.add_argument("--runs", type=int, default=1, help="timed images per tier and budget")
+    parser.add_argument("--runs", type=int, default=3, help="timed images per tier and budget (3 tell the noise)")
     args = parser.parse_args()
 
     height = _renderable(args.height) if args.height else None
@@ -56,9 +56,10 @@ def main() -> None:
     for steps, tier in rows:
         psnr = "inf" if tier.psnr_db == float("inf") else f"{tier.psnr_db:.1f}"
         print(
-            f"{steps:>5}  {tier.tier:<12} {tier.median_s:>8.2f} {tier.speedup:>7.2f}x {psnr:>8} "
+            f"{steps:>5}  {tier.tier:<12} {tier.median_s:>8.2f} {_speedup(tier):>8} {psnr:>8} "
             f"{tier.host_peak_gb:>8.2f}  {', '.join(tier.applied) or '-'}"
         )
+    print("speedup: 'same' when inside the noise of the runs, '?' with fewer than 3 runs (sdopt.timing)")
     if args.budget_s is not None:
         affordable = [(steps, tier) for steps, tier in rows if tier.median_s <= args.budget_s]
         if not affordable:
@@ -75,6 +76,12 @@ def main() -> None:
 
 def _renderable(side: int) -> int:
     return -(-side // 64) * 64
+
+
+def _speedup(tier: TierResult) -> str:
+    if tier.verdict in (None, "faster", "slower"):  # None: the baseline itself
+        return f"{tier.speedup:.2f}x"
+    return "same" if tier.verdict == "no measurable difference" else f"{tier.speedup:.2f}x?"
 
 
 if __name__ == "__main__":

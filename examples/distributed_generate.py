@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -38,20 +39,20 @@ PROMPTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", help="a built-in architecture, random weights (tiny-sd, sd15...)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--arch", default="tiny-sd", help="a built-in architecture, random weights (default tiny-sd)")
     source.add_argument("--model", help="a local path or hub id")
     parser.add_argument("--preset", help="a pinned preset file (default: freeze --tier on process 0)")
     parser.add_argument("--tier", default="balanced")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("-o", "--output", help="the folder for the images (default: a new temporary folder)")
     args = parser.parse_args()
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     # Without a GPU (or under `accelerate launch --cpu`), the processes meet on the CPU over gloo.
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu)
-    pipe = load_pipeline(args.arch or args.model, state.device.type)
+    pipe = load_pipeline(args.model or args.arch, state.device.type)
     pipe.set_progress_bar_config(disable=True)
     if args.preset:
         preset = Preset.load(args.preset)
@@ -73,7 +74,7 @@ def main() -> None:
             mine.append((index, state.process_index, buffer.getvalue()))
     everything = gather_object(mine) if state.num_processes > 1 else mine
     if state.is_main_process:
-        output = Path(args.output)
+        output = Path(args.output or tempfile.mkdtemp(prefix="sdopt-distributed-"))
         output.mkdir(parents=True, exist_ok=True)
         for index, _, png in sorted(everything):
             (output / f"{index:03d}.png").write_bytes(png)
@@ -84,6 +85,7 @@ def main() -> None:
         }
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary))
+        print(f"wrote {len(everything)} images and summary.json to {output}")
     state.wait_for_everyone()
 
 

@@ -563,9 +563,11 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from sdopt.bench import DEFAULT_PROMPTS, bench
+    from sdopt.timing import choose_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads, why = choose_threads(args.threads)
+    torch.set_num_threads(threads)
+    print(why, file=sys.stderr)
     prompts: Sequence[str] = DEFAULT_PROMPTS
     if args.prompts:
         prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -585,12 +587,18 @@ def _bench(args: argparse.Namespace) -> int:
         batch=args.batch,
     )
     print(result.table())
+    written = []
     if args.json_out:
         result.save_json(args.json_out)
+        written.append(args.json_out)
     if args.markdown:
         Path(args.markdown).write_text(result.to_markdown())
+        written.append(args.markdown)
     if args.plot:
         result.plot(args.plot)
+        written.append(args.plot)
+    if written:
+        print("wrote " + ", ".join(written))
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sdopt.timing import speedup
+
 BASELINE = "baseline"
 DEFAULT_PROMPTS = (
     "a lighthouse on a cliff at dawn, oil painting",
@@ -71,6 +73,10 @@ class TierResult:
     device_peak_gb: float | None = None
     """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
     speedup: float | None = None
+    speedup_spread: float | None = None
+    """The noise on :attr:`speedup` (see :class:`sdopt.timing.Speedup`); with ``verdict``, whether the
+    speed-up is more than that noise: "faster", "slower", "no measurable difference" or "too few runs"."""
+    verdict: str | None = None
     tuning_s: float | None = None
     """``auto`` tiers: the seconds spent measuring (only the cache lookup when it came from the cache), not in
     optimize_s."""
@@ -112,7 +118,7 @@ class BenchResult:
                     t.tier,
                     f"{t.median_s:.3f} ({t.min_s:.3f}-{t.max_s:.3f})",
                     "-" if not t.median_s else f"{batch / t.median_s:.3g}",
-                    "-" if t.speedup is None else f"{t.speedup:.2f}x",
+                    _speedup_cell(t),
                     seconds(t.first_call_s),
                     seconds(t.denoiser_step_s),
                     seconds(t.decode_s),
@@ -177,12 +183,15 @@ class BenchResult:
             raise ImportError("the plot needs matplotlib: pip install sdopt[bench]") from error
         names = [t.tier for t in self.tiers]
         figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
-        latency.bar(names, [t.median_s for t in self.tiers], color="tab:blue")
-        latency.set_ylabel("seconds per image (median)")
+        medians = [t.median_s for t in self.tiers]
+        spread = [[t.median_s - t.min_s for t in self.tiers], [t.max_s - t.median_s for t in self.tiers]]
+        latency.bar(names, medians, yerr=spread, capsize=4, color="tab:blue")
+        latency.set_ylabel("seconds per call (median; bars: min-max)")
         on_device = any(t.device_peak_gb is not None for t in self.tiers)
         peaks = [(t.device_peak_gb or 0.0) if on_device else t.host_peak_gb for t in self.tiers]
-        memory.bar(names, peaks, color="tab:orange")
-        memory.set_ylabel(f"peak memory, GB ({self.memory_kind})")
+        unit, scale = ("GB", 1.0) if max(peaks, default=0.0) >= 1.0 else ("MB", 1024.0)
+        memory.bar(names, [peak * scale for peak in peaks], color="tab:orange")
+        memory.set_ylabel(f"peak memory, {unit} ({self.memory_kind})")
         figure.suptitle(self._title(), fontsize=9)
         figure.tight_layout()
         figure.savefig(path)
@@ -218,3 +227,27 @@ def summarize(results: Sequence[TierResult]) -> None:
     for result in results:
         if baseline is not None and result.median_s > 0:
             result.speedup = baseline.median_s / result.median_s
+            if result is not baseline:
+                measured = speedup(baseline.latencies_s, result.latencies_s)
+                result.speedup_spread = measured.spread
+                result.verdict = (
+                    "faster"
+                    if measured.faster
+                    else "slower"
+                    if measured.slower
+                    else ("no measurable difference" if measured.measured else "too few runs")
+                )
+
+
+def _speedup_cell(result: TierResult) -> str:
+    """The speedup as the table shows it: with its noise, and never as a gain when it is inside it."""
+    if result.speedup is None:
+        return "-"
+    if result.verdict is None:  # the baseline itself
+        return f"{result.speedup:.2f}x"
+    noise = f"{result.speedup:.2f}x +-{result.speedup_spread or 0:.2f}"
+    if result.verdict in ("faster", "slower"):
+        return noise
+    if result.verdict == "too few runs":
+        return f"{result.speedup:.2f}x (too few runs to tell)"
+    return f"no difference ({noise})"

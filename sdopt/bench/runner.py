@@ -247,6 +247,10 @@ def _bench(
     if any("random weights of its published architecture" in str(t.report) for t in results):
         notes.append("replacement models not cached here (TAESD, the fp16-fix VAE) ran with random weights")
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
+    notes.append(
+        "speedup: the baseline's median over the tier's, with its noise (+-, from both sides' ranges over the "
+        "interleaved runs); a ratio inside the noise reads 'no difference', and fewer than 3 runs tell nothing"
+    )
     if peers:
         notes.append(
             f"peers ({', '.join(p.name for p in peers)}): 'optimize s' is their load time, peak memory and "
