@@ -187,6 +187,33 @@ class Capabilities:
         return gpu.capability if gpu is not None else None
 
     @property
+    def device_usable(self) -> bool:
+        """Whether the target device can run a pipeline here (a ``device`` forced on a machine without a
+        usable one can be planned for, not run on).
+
+        Examples:
+            >>> from sdopt.testing import fake_capabilities
+            >>> fake_capabilities("t4-16gb").device_usable, fake_capabilities("cpu").device_usable
+            (True, True)
+        """
+        if self.device == "cuda":
+            return any(gpu.usable for gpu in self.cuda)
+        if self.device == "mps":
+            return self.mps.usable
+        if self.device == "xpu":
+            return self.xpu_available
+        return True
+
+    def require_usable_device(self) -> None:
+        """Raise, naming the next step, when the target device cannot run a pipeline here."""
+        if not self.device_usable:
+            why = "; ".join(self.warnings) or f"no {self.device} device was found"
+            raise ValueError(
+                f"cannot run on {self.device} here ({why}); leave out --device to run on the device detect() "
+                f"chooses ({choose_device(self.cuda, self.mps, self.xpu_available)[0]})"
+            )
+
+    @property
     def half_dtype(self) -> str:
         """The fastest accurate reduced-precision dtype on the target device, or "float32".
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from sdopt.fidelity import max_abs_difference, psnr, to_uint8
 from sdopt.logging import get_logger
+from sdopt.outputs import IMAGE_SUFFIXES, checked
 from sdopt.presets import Preset
 from sdopt.report import Report
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
@@ -134,10 +135,7 @@ class Generation:
 
 def check_image_path(output: str | Path) -> Path:
     """``output`` as a path, if it names an image file :meth:`Generation.save` can write."""
-    output = Path(output)
-    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"{output}: the image file must end in .png, .jpg or .webp")
-    return output
+    return checked(output, IMAGE_SUFFIXES, "the image file")
 
 
 def generate(
@@ -198,6 +196,7 @@ def generate(
     if preset is None and tier is not None and not is_auto(tier):
         resolve_tier(tier)
     caps = detect(device=device) if device else detect()
+    caps.require_usable_device()  # before minutes of loading, not an AssertionError from torch after them
     built_in = source in TINY_ARCHES or source in REAL_ARCHES
     notes = [RANDOM_WEIGHTS] if built_in else []
     # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.

@@ -8,6 +8,7 @@ it is *worth* it. A published version is never edited: a change is a new version
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from sdopt.errors import UnknownTierError
@@ -347,7 +348,9 @@ def resolve_tier(spec: str) -> Preset:
             "sdopt.tune(pipe) or `sdopt tune`; to see its candidates, plan the quality tier (e.g. 'balanced')",
         )
     if name not in _TIERS:
-        raise UnknownTierError(spec, f"unknown tier {spec!r}; valid tiers: {', '.join([*_TIERS, AUTO])}")
+        close = difflib.get_close_matches(name, [*_TIERS, AUTO], n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise UnknownTierError(spec, f"unknown tier {spec!r}; {hint}valid tiers: {', '.join([*_TIERS, AUTO])}")
     versions = _TIERS[name]
     if not version_text:
         return versions[max(versions)]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -8,10 +10,17 @@ from sdopt.cli import main
 
 
 def test_tiers_lists_every_tier(capsys) -> None:
-    assert main(["tiers"]) == 0
+    assert main(["tiers", "--all"]) == 0
     out = capsys.readouterr().out
     for tier in ("conservative@1", "balanced@1", "balanced@2 (default)", "fast@3", "ultra@3", "low-memory@3"):
         assert tier in out
+
+
+def test_tiers_shows_the_current_versions_unless_asked_for_all(capsys) -> None:
+    assert main(["tiers"]) == 0
+    out = capsys.readouterr().out
+    assert "balanced@2 (default)" in out and "fast@3" in out
+    assert "balanced@1" not in out and "(old)" not in out and "sdopt tiers --all" in out
 
 
 def test_plan_on_a_tiny_arch_as_json(capsys) -> None:
@@ -104,3 +113,63 @@ def test_plan_auto_shows_the_quality_tiers_candidates(capsys) -> None:
     assert main(["plan", "--arch", "tiny-sd", "--tier", "auto", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["source"].startswith("balanced@") and any(w.startswith("auto: these are") for w in data["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--arch", "tiny-sd", "--steps", "0"], "0 is not a positive whole number"),
+        (["generate", "--arch", "tiny-sd", "--steps", "-3"], "-3 is not a positive whole number"),
+        (["generate", "--arch", "tiny-sd", "--threads", "-1"], "-1 is not a positive whole number"),
+        (["generate", "--arch", "tiny-sd", "--height", "100"], "not a multiple of 8 (the VAEs halve the image"),
+        (["generate", "--arch", "tiny-sd", "--tier", "balancd"], "did you mean 'balanced'?"),
+        (["generate", "--arch", "tiny-sd", "-o", "out.gif"], "must end in .png"),
+        (["generate", "--model", "./no/such/folder"], "no such folder"),
+        (["bench", "--arch", "tiny-sd", "--runs", "0"], "0 is not a positive whole number"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line_before_any_heavy_import(argv, message) -> None:
+    code = (
+        "import sys\nfrom sdopt.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print(code, 'torch' in sys.modules, 'diffusers' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "False", "False"]  # refused before torch or diffusers is imported
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("sdopt")]) == 1
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys) -> None:
+    from sdopt import commands
+
+    def interrupted(args):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "tiers_command", interrupted)
+    assert main(["tiers"]) == 130
+    assert capsys.readouterr().err == "sdopt: interrupted\n"
+
+
+def test_version(capsys) -> None:
+    from sdopt import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"sdopt {__version__}\n"
+
+
+def test_real_size_architectures_are_planned_from_their_structure_alone(capsys) -> None:
+    assert main(["plan", "--arch", "sdxl", "--tier", "low-memory", "--device", "cuda", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pipeline"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert data["footprint"]["total_gb"] > 5  # SDXL's real size, though no weight was allocated
+
+
+def test_running_on_a_device_this_machine_cannot_use_is_one_line(capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a usable CUDA device")
+    assert main(["generate", "--arch", "tiny-sd", "--device", "cuda", "-o", "unused.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdopt: error: cannot run on cuda here") and "leave out --device" in err

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sdopt.undo",
             "sdopt.anatomy",
             "sdopt.timing",
+            "sdopt.outputs",
         ),
     ),
     ("machine facts", ("sdopt.probes", "sdopt.capabilities")),
@@ -42,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tuning", ("sdopt.tuning",)),
     ("facade", ("sdopt.api",)),
     ("measurement and loading", ("sdopt.loading", "sdopt.bench", "sdopt.optimization_docs")),
-    ("apps", ("sdopt.cli", "sdopt.generate", "sdopt.serve", "sdopt.distributed", "sdopt.fit")),
+    ("apps", ("sdopt.cli", "sdopt.commands", "sdopt.generate", "sdopt.serve", "sdopt.distributed", "sdopt.fit")),
     ("for users' tests and scripts", ("sdopt.testing", "sdopt.architectures")),
     ("package root (re-exports only)", ("sdopt",)),
 ]

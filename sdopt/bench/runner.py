@@ -33,6 +33,7 @@ from sdopt.calls import default_height
 from sdopt.fidelity import max_abs_difference, psnr, to_uint8
 from sdopt.loading import place, stand_ins_for
 from sdopt.logging import progress_bar
+from sdopt.outputs import PRESET_SUFFIXES
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
 from sdopt.tiers import AUTO, DEFAULT_TIER
 
@@ -137,6 +138,7 @@ def _bench(
     if not prompts:
         raise ValueError("no prompts to render")
     caps = detect(device=device) if device else detect()
+    caps.require_usable_device()
     target = caps.device
     names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
     if len(set(names)) != len(names):
@@ -282,7 +284,7 @@ def _bench(
 
 
 def _is_preset_file(tier: str) -> bool:
-    return Path(tier).suffix in (".toml", ".json")
+    return Path(tier).suffix in PRESET_SUFFIXES
 
 
 def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str, Any]:

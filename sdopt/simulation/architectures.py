@@ -9,7 +9,9 @@ weights images are noise, but every layer runs at its real size, so timings and 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported when a pipeline is built, not when the CLI starts
@@ -354,6 +356,41 @@ def load_pipeline(source: str, device: str = "cpu") -> Any:
 
         from sdopt._noise import hub_deprecations_silenced
 
-        with hub_deprecations_silenced():
-            pipe = DiffusionPipeline.from_pretrained(source)
+        check_source(source)
+        try:
+            with hub_deprecations_silenced():
+                pipe = DiffusionPipeline.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise OSError(_load_failure(source, error)) from error
     return pipe.to(device) if device != "cpu" else pipe
+
+
+def _looks_like_a_path(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1) or source.count("/") != 1
+    )
+
+
+def check_source(source: str) -> None:
+    """A local path that is not a pipeline folder fails here, saying what was looked for."""
+    path = Path(source).expanduser()
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise OSError(f"{source} holds no model_index.json: pass the folder a pipeline was saved to (save_pretrained)")
+    if not path.exists() and _looks_like_a_path(source):
+        raise OSError(
+            f"{source}: no such folder (looked for {path.resolve()}/model_index.json); a hub id has the form "
+            "'owner/name'"
+        )
+
+
+def _load_failure(source: str, error: Exception) -> str:
+    """Why ``source`` could not be loaded, in one line, with the next step."""
+    text = str(error)
+    if "cached" not in text and "connect" not in text.lower():  # found, but broken: say what broke
+        first = (text.strip().splitlines() or [type(error).__name__])[0]
+        return f"could not load {source!r}: {first}"
+    return (
+        f"could not load {source!r}: no local folder of that name, not in the local Hugging Face cache, and "
+        f"not downloadable here; on a machine with network run `hf download {source}` (or from_pretrained "
+        "once), or pass the folder that holds its model_index.json"
+    )
