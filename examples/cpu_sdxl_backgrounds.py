@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 
+import sdopt.logging
 from sdopt.bench import TierResult, bench
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--arch", default="tiny-sdxl", help="tiny-sdxl (default) or sdxl, random weights")

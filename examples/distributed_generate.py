@@ -23,6 +23,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
+import sdopt.logging
 from sdopt import Preset, plan
 from sdopt.distributed import optimize_everywhere
 from sdopt.presets import Entry
@@ -38,6 +39,7 @@ PROMPTS = [
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser()
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--arch", default="tiny-sd", help="a built-in architecture, random weights (default tiny-sd)")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 
+import sdopt.logging
 from sdopt import detect, plan
 from sdopt.testing import fake_capabilities, tiny_pipeline
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", action="store_true", help="this machine instead of the simulated one")
     parser.add_argument("--tier", default="balanced")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import sdopt.logging
 from sdopt import optimize, plan
 from sdopt.errors import MemoryBudgetError
 from sdopt.simulation.architectures import real_pipeline
@@ -26,6 +27,7 @@ from sdopt.testing import fake_capabilities
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an inpainting checkpoint (hub id or path); default: a tiny one")
     parser.add_argument("--budget", default="6GB", help="the device memory the service may use")

@@ -13,11 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import sdopt.logging
 from sdopt import Preset, optimize
 from sdopt.testing import tiny_pipeline
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "sdopt-preset.toml"
 
     if not path.exists():  # done once, e.g. by `sdopt freeze --tier balanced --model ... -o FILE`

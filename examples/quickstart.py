@@ -11,11 +11,13 @@ import sys
 import numpy as np
 import torch
 
+import sdopt.logging
 from sdopt import detect, optimize
 from sdopt.testing import call_kwargs, tiny_pipeline
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     if len(sys.argv) > 1:
         from diffusers import DiffusionPipeline
 

@@ -18,12 +18,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import sdopt.logging
 from sdopt.generate import generate
 
 TRICKS = ("tiny_vae", "vae_fp16_fix", "torch_compile", "model_offload", "step_budget", "guidance")
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an SDXL-Turbo checkpoint (hub id or path); default: a tiny one")
     parser.add_argument("--tiers", default="balanced,fast", help="tiers to compare with the untouched pipeline")

@@ -19,11 +19,14 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+import sdopt.logging
+import sdopt.serve
 from sdopt import optimize
 from sdopt.simulation.architectures import load_pipeline
 
 
 def main() -> None:
+    sdopt.logging.quiet_third_party_imports()  # their import noise off the terminal, as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-sd", help="a hub id, a local path or a built-in architecture")
     parser.add_argument("--tier", default="balanced")
@@ -43,8 +46,6 @@ def main() -> None:
     # 2. Serve it on a local Ray cluster.
     import ray
     from ray import serve
-
-    import sdopt.serve
 
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -86,7 +86,7 @@ def _unbind(buffer: io.StringIO, stream: object) -> None:
 
 def quiet_imports(imports: Sequence[tuple[str, str]] = NOISY_IMPORTS) -> dict[str, list[str]]:
     """Import each ``(package, module)`` not imported yet with its output captured; what each package
-    printed is kept for :func:`heard`. A module that fails to import is left for its real user."""
+    printed is kept for `heard`. A module that fails to import is left for its real user."""
     for package, module in imports:
         if module in sys.modules or importlib.util.find_spec(package) is None:
             continue
@@ -98,7 +98,7 @@ def quiet_imports(imports: Sequence[tuple[str, str]] = NOISY_IMPORTS) -> dict[st
 
 
 def heard() -> dict[str, list[str]]:
-    """What each package printed while :func:`quiet_imports` imported it."""
+    """What each package printed while `quiet_imports` imported it."""
     return {package: list(lines) for package, lines in _heard.items()}
 
 

@@ -93,7 +93,7 @@ _ADVERSARIAL_MARKERS = ("turbo", "lightning", "hyper-sd", "hypersd", "schnell", 
 class Anatomy:
     """The parts of one pipeline, by component name, plus its family.
 
-    Built by :func:`inspect_pipeline`; optimizations read modules through it
+    Built by `inspect_pipeline`; optimizations read modules through it
     (``anatomy.denoiser``, ``anatomy.vae``) so they never guess component names.
     """
 
@@ -114,7 +114,7 @@ class Anatomy:
 
     @property
     def vae(self) -> Any:
-        """The main VAE (the first of :attr:`vae_names`), if any."""
+        """The main VAE (the first of `vae_names`), if any."""
         return getattr(self.pipeline, self.vae_names[0]) if self.vae_names else None
 
     @property

@@ -1,6 +1,6 @@
-"""The facade: ``optimize`` and ``plan`` turn their arguments into one :class:`~sdopt.planning.Request`;
-``tier="auto"`` goes to :mod:`sdopt.tuning`, everything else to :mod:`sdopt.planning` (pure) and
-:mod:`sdopt.engine` (the transactional apply loop)."""
+"""The facade: ``optimize`` and ``plan`` turn their arguments into one `Request`;
+``tier="auto"`` goes to `sdopt.tuning`, everything else to `sdopt.planning` (pure) and
+`sdopt.engine` (the transactional apply loop)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def plan(
     memory_budget: float | str | None = None,
     quality: str = "balanced",
 ) -> Plan:
-    """Decide what :func:`optimize` would do, without changing ``pipe``.
+    """Decide what `optimize` would do, without changing ``pipe``.
 
     ``memory_budget`` (GB, or "6GB"/"512MB") caps the device memory the plan may use, for a service
     that shares its GPU; without it the plan uses what the device has free. ``tier="auto"`` cannot
@@ -78,19 +78,19 @@ def optimize(
         pipe: any diffusers ``DiffusionPipeline``.
         tier: "conservative", "balanced" (default), "fast", "ultra", "low-memory", optionally
             pinned ("balanced@1"); "auto" measures the ``quality`` tier's steps on this pipeline
-            and keeps those that help (:func:`sdopt.tune`; the result is cached on disk, so a later
+            and keeps those that help (`sdopt.tune`; the result is cached on disk, so a later
             "auto" for the same machine, pipeline and call shape measures nothing); ``None``
             applies only ``extra``.
-        preset: a :class:`Preset` to replay instead of a tier.
+        preset: a `Preset` to replay instead of a tier.
         exclude: optimization names never to apply (they are reported as skipped).
         extra: more optimizations to apply: names, ``{"name": ..., **options}`` or config
             instances. They win conflicts against the tier's choices.
-        caps: the machine's capabilities (default: :func:`sdopt.detect`).
+        caps: the machine's capabilities (default: `sdopt.detect`).
         strict: raise instead of recording failures, and raise (changing nothing) when an
             explicitly requested optimization (``extra`` or a preset's) cannot apply here, or
             when a frozen preset was made on a machine with other capabilities.
         dry_run: plan only; the report lists the steps as "planned".
-        undoable: keep what :meth:`Report.undo` needs. With ``False`` the originals are still
+        undoable: keep what `Report.undo` needs. With ``False`` the originals are still
             kept while ``optimize`` runs (so a failure rolls back), then released.
         memory_budget: the most device memory the plan may use (GB, or "6GB"/"512MB"), e.g. for a
             service given 6 GB of a 24 GB GPU; offloads, slicing and tiling follow from it.
@@ -102,7 +102,7 @@ def optimize(
             (or reads its cache) even with ``dry_run``: the pipeline is left as it was in between.
         verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
             if it fails, the step that breaks it is found, rolled back and reported failed with the
-            error, and the others are kept (see :mod:`sdopt.verification`).
+            error, and the others are kept (see `sdopt.verification`).
 
     If a step raises, whatever it changed before raising is put back (the core records the
     pipeline's state by reference before each step), and every step applied before it is undone

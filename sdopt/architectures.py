@@ -1,5 +1,5 @@
 """Real-size architectures with random weights: kept at this path for scripts that import it
-(``sdopt.architectures.real_pipeline``); the code lives in :mod:`sdopt.simulation.architectures`."""
+(``sdopt.architectures.real_pipeline``); the code lives in `sdopt.simulation.architectures`."""
 
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline, real_pipeline, stand_in
 

@@ -3,14 +3,14 @@
 - **The call layer.** ``pipe(...)`` looks ``__call__`` up on the class, so an instance attribute would
   be ignored. For call-time optimizations (step budget, guidance, resolution...) the pipeline
   instance gets a subclass of its own class (same ``__name__``, so diffusers saves it under its own
-  name) whose ``__call__`` runs the instance's :class:`CallLayer` objects around the original call;
+  name) whose ``__call__`` runs the instance's `CallLayer` objects around the original call;
   the undo removes the layer, and the last one gives the instance its original class back. Layers
   keep their settings and state in their own attributes (no closures), so ``copy.deepcopy`` of an
   optimized pipeline gets layers of its own, and ``pickle`` finds the subclass by name.
-- **What happened during calls** (:func:`note_after_calls`): kept on the pipeline itself, so the
+- **What happened during calls** (`note_after_calls`): kept on the pipeline itself, so the
   engine's transaction records and restores it like any other change.
 - **Defaults and made-up calls**: the pipeline's default size and steps, the keyword arguments of a
-  minimal real call (:func:`verification_kwargs`), placeholder images, and :class:`CallShape` (the
+  minimal real call (`verification_kwargs`), placeholder images, and `CallShape` (the
   shape of an app's calls, which tuning, bench and generate measure).
 """
 
@@ -153,7 +153,7 @@ _NOTES = "_sdopt_after_calls"
 
 def note_after_calls(pipe: Any, name: str, describe: Callable[[], str]) -> Undo:
     """Make ``describe()`` the live account of what optimization ``name`` did during ``pipe``'s calls
-    (:attr:`sdopt.Report.after_calls`); the returned undo withdraws it. The notes live on the pipeline
+    (`sdopt.Report.after_calls`); the returned undo withdraws it. The notes live on the pipeline
     and are rebound, never mutated, so the engine's record of the pipeline restores them."""
     pipe.__dict__[_NOTES] = {**pipe.__dict__.get(_NOTES, {}), name: describe}
 
@@ -168,7 +168,7 @@ def note_after_calls(pipe: Any, name: str, describe: Callable[[], str]) -> Undo:
 
 
 def after_calls(pipe: Any) -> dict[str, Callable[[], str]]:
-    """The notes :func:`note_after_calls` left on ``pipe``, by optimization name."""
+    """The notes `note_after_calls` left on ``pipe``, by optimization name."""
     return dict(pipe.__dict__.get(_NOTES, {}))
 
 
@@ -189,7 +189,7 @@ def default_size(anatomy: Anatomy) -> int | None:
 
 
 def default_height(anatomy: Anatomy) -> int | None:
-    """The height the pipeline generates when the caller gives none: :func:`default_size`, or the
+    """The height the pipeline generates when the caller gives none: `default_size`, or the
     default of its ``__call__``'s ``height`` (video pipelines such as Wan keep it there)."""
     side = default_size(anatomy) or call_default(anatomy.pipeline, "height")
     return side if isinstance(side, int) else None
@@ -295,7 +295,7 @@ _FIELDS = ("height", "width", "steps", "guidance", "batch")
 class CallShape:
     """The shape of the calls an app makes: what a tuning measures and what its cache is keyed by.
 
-    ``None`` fields take the pipeline's defaults (:meth:`of`); ``guidance`` and the size stay
+    ``None`` fields take the pipeline's defaults (`of`); ``guidance`` and the size stay
     ``None`` for pipelines that take none.
 
     Examples:

@@ -145,7 +145,7 @@ class MpsInfo:
 class Capabilities:
     """A snapshot of the machine: versions, the device to use, CPU/GPU features, packages.
 
-    Build one with :func:`detect` (or :func:`sdopt.testing.fake_capabilities` in tests).
+    Build one with `detect` (or `sdopt.testing.fake_capabilities` in tests).
     """
 
     versions: dict[str, str | None]
@@ -161,7 +161,7 @@ class Capabilities:
     cxx_compiler: str | None = None
     warnings: tuple[str, ...] = ()
     profile: str | None = None
-    """The :func:`sdopt.testing.fake_capabilities` profile these were made from; ``None`` when detected."""
+    """The `sdopt.testing.fake_capabilities` profile these were made from; ``None`` when detected."""
 
     # ---- derived facts used by requirements, checks and resolution
     @property
@@ -261,7 +261,7 @@ class Capabilities:
         }
 
     def fingerprint_facts(self) -> dict[str, Any]:
-        """The facts that change which optimizations apply, readable (what :attr:`fingerprint` hashes).
+        """The facts that change which optimizations apply, readable (what `fingerprint` hashes).
 
         Free memory and patch versions are left out, so they are stable across runs on the same
         machine and setup.
@@ -282,13 +282,13 @@ class Capabilities:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of :meth:`fingerprint_facts`."""
+        """A short hash of `fingerprint_facts`."""
         digest = hashlib.sha256(json.dumps(self.fingerprint_facts(), sort_keys=True).encode()).hexdigest()
         return digest[:12]
 
 
 def fact_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """Readable differences between two :meth:`Capabilities.fingerprint_facts`, e.g. ``device: cuda -> cpu``."""
+    """Readable differences between two `Capabilities.fingerprint_facts`, e.g. ``device: cuda -> cpu``."""
     return [
         f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(set(before) | set(now))

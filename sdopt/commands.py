@@ -1,4 +1,4 @@
-"""What each ``sdopt`` command does, once :mod:`sdopt.cli` has parsed and checked its arguments."""
+"""What each ``sdopt`` command does, once `sdopt.cli` has parsed and checked its arguments."""
 
 from __future__ import annotations
 

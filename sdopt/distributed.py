@@ -1,7 +1,7 @@
 """Data-parallel generation with accelerate: every process applies the same pinned preset strictly.
 
 Under ``accelerate launch`` (or ``torchrun``), each process holds a full pipeline on its device and
-renders its share of the prompts. :func:`optimize_everywhere` applies one preset on every process
+renders its share of the prompts. `optimize_everywhere` applies one preset on every process
 with ``strict=True`` (a process on a machine with other capabilities raises instead of serving
 different images) and then checks that every process applied exactly the same steps with the same
 options, naming the processes that differ. ``examples/distributed_generate.py`` is a complete run.
@@ -24,7 +24,7 @@ def optimize_everywhere(pipe: Any, preset: Preset | str, *, state: Any = None, *
     """``optimize(pipe, preset=preset, strict=True)`` on this process, then the same check on all of them.
 
     Every process must call it (it gathers each process's applied steps); raises
-    :class:`ReplicasDisagree` on every process when any applied something else.
+    `ReplicasDisagree` on every process when any applied something else.
 
     Example (one process: nothing to disagree with):
         >>> from sdopt import Preset

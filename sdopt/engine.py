@@ -1,10 +1,10 @@
 """The apply loop: a plan's steps applied to a pipeline, each in a transaction, verified on request.
 
 ``apply_plan(pipe, request)`` plans (pure), applies each step inside a record of the pipeline's state
-(:mod:`sdopt.transaction`), pushes each step's undo on one :class:`~sdopt.undo.UndoStack`, and returns
-the :class:`~sdopt.report.Report`. A step that raises is rolled back with every step before it, is
+(`sdopt.transaction`), pushes each step's undo on one `UndoStack`, and returns
+the `Report`. A step that raises is rolled back with every step before it, is
 recorded as failed, and the request is planned again without it (at most one attempt per step). The
-public entry is :func:`sdopt.optimize`; tuning uses this module directly for its trials.
+public entry is `sdopt.optimize`; tuning uses this module directly for its trials.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def apply_plan(
     verify: bool = False,
 ) -> Report:
     """Plan ``request`` for ``pipe`` and apply it (with ``dry_run``, only plan it, offline, and report
-    the steps as "planned"); see :func:`sdopt.optimize` for the arguments.
+    the steps as "planned"); see `sdopt.optimize` for the arguments.
 
     Examples:
         >>> from sdopt.engine import apply_plan

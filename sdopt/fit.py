@@ -1,8 +1,8 @@
 """Whether each tier's plan fits each GPU, for the real-size architectures: the table of docs/fit.md.
 
 Every architecture is built on the ``meta`` device (its structure, no weights allocated) and planned
-for each named machine of :func:`sdopt.testing.fake_capabilities`; the planned peak is the weights in
-their planned storage dtype plus one call's activations at the default size (:mod:`sdopt.footprint`).
+for each named machine of `sdopt.testing.fake_capabilities`; the planned peak is the weights in
+their planned storage dtype plus one call's activations at the default size (`sdopt.footprint`).
 
 Examples:
     >>> from sdopt.fit import fit_rows

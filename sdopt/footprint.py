@@ -1,7 +1,7 @@
 """How much device memory a plan will need, estimated before anything changes.
 
 Planning settles the steps that change what weights weigh (``half_precision``, quantization,
-``fuse_qkv``...: each says so through :meth:`Optimization.storage`), then estimates the footprint:
+``fuse_qkv``...: each says so through `Optimization.storage`), then estimates the footprint:
 every component's weights in their planned storage dtype, plus the peak activations of one call at
 the pipeline's default size, against the device memory free *now* (read again at planning time on a
 real CUDA device, not taken from the first ``detect()``). Steps driven by the budget (offloads) are
@@ -45,8 +45,8 @@ _DENOISER_LIVE, _DECODER_LIVE = 20, 4
 
 
 REGIMES = ("none", "model", "group", "sequential")
-"""Offload regimes, weakest first: what a footprint needs (:attr:`Footprint.regime`) and what an
-offload step provides (:attr:`sdopt.optimization.Optimization.offload_regime`)."""
+"""Offload regimes, weakest first: what a footprint needs (`Footprint.regime`) and what an
+offload step provides (`sdopt.optimization.Optimization.offload_regime`)."""
 
 
 def covers(provided: str | None, needed: str) -> bool:

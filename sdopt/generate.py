@@ -39,7 +39,7 @@ RANDOM_WEIGHTS = (
 
 @dataclass
 class Generation:
-    """What :func:`generate` made: the images, the optimization report, and how long it took.
+    """What `generate` made: the images, the optimization report, and how long it took.
 
     ``seconds`` holds each timed call of the optimized pipeline and ``warmup_seconds`` its untimed
     first calls (the first includes any compilation or calibration; without warm-up, the first timed
@@ -80,7 +80,7 @@ class Generation:
     @property
     def speedup(self) -> float | None:
         """Untouched seconds per image / optimized seconds per image (``compare=True`` only); whether it
-        is more than noise: :attr:`comparison`."""
+        is more than noise: `comparison`."""
         untouched = self.untouched_per_image_s
         return None if untouched is None or self.per_image_s <= 0 else untouched / self.per_image_s
 
@@ -134,7 +134,7 @@ class Generation:
 
 
 def check_image_path(output: str | Path) -> Path:
-    """``output`` as a path, if it names an image file :meth:`Generation.save` can write."""
+    """``output`` as a path, if it names an image file `Generation.save` can write."""
     return checked(output, IMAGE_SUFFIXES, "the image file")
 
 
@@ -169,7 +169,7 @@ def generate(
     guidance take the pipeline's own defaults. ``warmup`` untimed calls (default: 1 with ``compare``,
     else none) precede ``runs`` timed calls. ``compare`` times the untouched pipeline too, call for
     call interleaved with the optimized one (a copy sharing the weights the optimization leaves alone).
-    On a CPU, ``threads`` (default: chosen by the machine's load, see :func:`sdopt.timing.choose_threads`)
+    On a CPU, ``threads`` (default: chosen by the machine's load, see `sdopt.timing.choose_threads`)
     is torch's thread count while this runs; the notes say which was used. ``image`` and
     ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
     such pipelines get a made-up input. The optimized pipeline is in ``.pipe``.

@@ -1,7 +1,7 @@
 """Loading: ``sdopt.load`` (load a pipeline with the options its plan implies, then optimize it), and
 the two rules every command that loads a pipeline follows: built-in architectures get random-weight
-stand-ins of replacement models (:func:`stand_ins_for`), and a pipeline goes on the device unless its
-plan offloads (:func:`place`)."""
+stand-ins of replacement models (`stand_ins_for`), and a pipeline goes on the device unless its
+plan offloads (`place`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from sdopt.weights import stand_ins
 
 
 class Loaded(NamedTuple):
-    """What :func:`load` returns: the optimized pipeline and the report of what was done."""
+    """What `load` returns: the optimized pipeline and the report of what was done."""
 
     pipe: Any
     report: Report
@@ -53,8 +53,8 @@ def load(
 
     Unless the plan offloads (the offload places each component itself), the pipeline is moved to
     the planned device before it is optimized. ``verify`` (default on) makes one minimal real call
-    inside the transaction and rolls back the step that breaks it (see :mod:`sdopt.verification`).
-    ``memory_budget`` ("6GB") caps the device memory the plan may use, as in :func:`sdopt.optimize`.
+    inside the transaction and rolls back the step that breaks it (see `sdopt.verification`).
+    ``memory_budget`` ("6GB") caps the device memory the plan may use, as in `sdopt.optimize`.
 
     ``quantize="4bit"`` loads the denoiser's weights as bitsandbytes NF4: on CUDA straight from
     the files through diffusers' ``PipelineQuantizationConfig`` (the full-precision weights never
@@ -118,7 +118,7 @@ def load(
 
 
 def place(pipe: Any, caps: Capabilities, **how: Any) -> bool:
-    """Put ``pipe`` on ``caps.device`` unless optimizing it as ``how`` says (:func:`sdopt.plan`'s keyword
+    """Put ``pipe`` on ``caps.device`` unless optimizing it as ``how`` says (`sdopt.plan`'s keyword
     arguments: ``tier``, ``preset``, ``exclude``, ``extra``, ``memory_budget``, ``quality``) would
     offload: an offload places each component itself. Returns whether the pipeline is on the device.
 

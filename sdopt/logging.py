@@ -1,13 +1,13 @@
 """sdopt's messages and progress bars, the way diffusers and transformers do theirs.
 
-Messages go through the standard :mod:`logging` module under the ``sdopt`` logger (one child per
+Messages go through the standard `logging` module under the ``sdopt`` logger (one child per
 module: ``sdopt.api``, ``sdopt.tuning``...). By default warnings and errors reach stderr through
 sdopt's own handler; ``SDOPT_VERBOSITY=info`` (or ``debug``, ``warning``, ``error``) sets the
 starting level, and the helpers below change it at run time. ``enable_propagation()`` hands the
 records to your own logging configuration instead.
 
 Progress bars (``sdopt.tune``, ``sdopt.bench``, ``sdopt generate``) show only while both sdopt's
-switch (:func:`disable_progress_bar`) and diffusers' (``diffusers.utils.logging.disable_progress_bar``)
+switch (`disable_progress_bar`) and diffusers' (``diffusers.utils.logging.disable_progress_bar``)
 are on; a pipeline whose own bar was turned off with ``pipe.set_progress_bar_config(disable=True)``
 gets none from sdopt either.
 
@@ -129,7 +129,7 @@ def set_verbosity_error() -> None:
 
 
 def disable_default_handler() -> None:
-    """Stop sdopt's own stderr handler (your handlers, with :func:`enable_propagation`, take over)."""
+    """Stop sdopt's own stderr handler (your handlers, with `enable_propagation`, take over)."""
     _root().removeHandler(_handler)  # type: ignore[arg-type]
 
 
@@ -138,6 +138,24 @@ def enable_default_handler() -> None:
     root = _root()
     if _handler not in root.handlers:
         root.addHandler(_handler)  # type: ignore[arg-type]
+
+
+def quiet_third_party_imports() -> dict[str, list[str]]:
+    """Import the optional third-party packages that print on import (torchao, bitsandbytes, the
+    transformers image processors...) now, with their output kept off the terminal, as the ``sdopt``
+    command does; returns what each printed. Call it first in a script.
+
+    Examples:
+        >>> import sdopt.logging
+        >>> isinstance(sdopt.logging.quiet_third_party_imports(), dict)
+        True
+    """
+    import os
+
+    from sdopt._noise import quiet_imports
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its image-processor notices, printed at load time
+    return quiet_imports()
 
 
 def enable_propagation() -> None:
@@ -180,7 +198,7 @@ def is_progress_bar_enabled(pipe: Any = None) -> bool:
 
 
 def progress_bar(*, total: int, desc: str, unit: str = "it", pipe: Any = None, enabled: bool = True) -> Any:
-    """A tqdm bar that shows only where :func:`is_progress_bar_enabled` (and ``enabled``) say so."""
+    """A tqdm bar that shows only where `is_progress_bar_enabled` (and ``enabled``) say so."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and is_progress_bar_enabled(pipe)))

@@ -69,10 +69,10 @@ class Optimization:
 
     Metadata (class attributes):
         name: registry key, snake_case.
-        kind: one of :data:`KINDS`.
+        kind: one of `KINDS`.
         summary: one line for tables and reports.
         Config: a frozen dataclass of options with defaults.
-        requires: :class:`~sdopt.requirements.Requirements` on machine and pipeline.
+        requires: `Requirements` on machine and pipeline.
         conflicts: names that can never be applied together with this one (stated once:
             the registry derives the reverse direction).
         group: an exclusive group (e.g. ``"attention"``): at most one member per plan.
@@ -81,9 +81,9 @@ class Optimization:
         effect: what it buys: "speed", "memory" or "speed+memory".
         calibrates_on_first_call: whether its first pipeline call is a whole float call it learns
             from (static int8's calibration): a tuning warms it up with a whole call, not a short one.
-        offload_regime: for offloads, the regime of :data:`sdopt.footprint.REGIMES` it brings the
+        offload_regime: for offloads, the regime of `sdopt.footprint.REGIMES` it brings the
             peak down to ("model", "group", "sequential"). The memory budget decides such a step:
-            planning asks :meth:`check_budget` with the planned footprint, and it wins conflicts
+            planning asks `check_budget` with the planned footprint, and it wins conflicts
             against steps that only buy speed.
         tiles_decode: whether it bounds the VAE decode's activations to one tile (planning's
             memory estimate).
@@ -131,7 +131,7 @@ class Optimization:
         return None
 
     def check_budget(self, anatomy: Anatomy, caps: Capabilities, config: Any, footprint: Footprint) -> str | None:
-        """For offloads (:attr:`offload_regime`): why the planned ``footprint`` does not call for this one. Pure."""
+        """For offloads (`offload_regime`): why the planned ``footprint`` does not call for this one. Pure."""
         return None
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
@@ -143,7 +143,7 @@ class Optimization:
         raise NotImplementedError
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
-        """What applying with ``config`` to this pipeline does, for the report (defaults to :attr:`summary`)."""
+        """What applying with ``config`` to this pipeline does, for the report (defaults to `summary`)."""
         return self.summary
 
     # ---- configuration
@@ -214,7 +214,7 @@ def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
 # registry (which imports them); sdopt.registry answers the queries and loads the built-ins and plugins.
 
 STORE: dict[str, Optimization] = {}
-"""Registered optimizations by name (read through :mod:`sdopt.registry`, which loads them first)."""
+"""Registered optimizations by name (read through `sdopt.registry`, which loads them first)."""
 
 
 def register(cls: type[Optimization], *, replace: bool = False) -> type[Optimization]:

@@ -2,7 +2,7 @@
 
 A step that replaces weights (a cast to bfloat16, int8 or 4-bit layers, a swapped VAE, weights
 stored in float8) hands the tensors it is about to replace to the store of the ``optimize`` call
-in progress (:func:`keep`, then :meth:`Kept.release` for layers taken out of the pipeline), which
+in progress (`keep`, then `Kept.release` for layers taken out of the pipeline), which
 keeps their data in the first place that does not sit in RAM or device memory:
 
 1. **the checkpoint** the component was loaded from (``from_pretrained`` records the directory):
@@ -102,7 +102,7 @@ class _Entry:
 
 
 class Kept:
-    """The originals of some tensors; :meth:`restore` puts them back (once)."""
+    """The originals of some tensors; `restore` puts them back (once)."""
 
     def __init__(self, store: Originals, entries: list[_Entry], files: list[str], *, changed_only: bool) -> None:
         self._store = store  # keeps the spill dir alive as long as an undo may need it
@@ -112,7 +112,7 @@ class Kept:
 
     def release(self) -> None:
         """Free the kept tensors' memory once they are out of use (a layer swapped out of the
-        pipeline): each tensor's data becomes an empty tensor until :meth:`restore`."""
+        pipeline): each tensor's data becomes an empty tensor until `restore`."""
         for entry in self._entries:
             entry.tensor.data = torch.empty(0, dtype=entry.dtype, device=entry.device)
 
@@ -177,7 +177,7 @@ class Originals:
         self, tensors: Sequence[torch.Tensor], *, owner: torch.nn.Module | None = None, in_case: bool = False
     ) -> Kept:
         """Keep the current data of ``tensors`` (parameters or buffers of the component ``owner``,
-        which says where it was loaded from) so that the returned :class:`Kept` can put it back.
+        which says where it was loaded from) so that the returned `Kept` can put it back.
 
         Tensors sharing memory (tied weights, the views ``fuse_qkv`` makes) are kept as the one
         storage they share, and come back sharing it.
@@ -243,7 +243,7 @@ class Originals:
             self._finalizer()
 
     def check_readable(self, block: _Block) -> None:
-        """Raise :class:`~sdopt.errors.UndoError` if ``block``'s file is gone or, for a checkpoint, changed."""
+        """Raise `UndoError` if ``block``'s file is gone or, for a checkpoint, changed."""
         from sdopt.errors import UndoError
 
         if block.place == "memory":
@@ -356,7 +356,7 @@ class Originals:
 
 @contextlib.contextmanager
 def active(store: Originals) -> Iterator[Originals]:
-    """Make ``store`` the one :func:`keep` uses while the block runs."""
+    """Make ``store`` the one `keep` uses while the block runs."""
     token = _active.set(store)
     try:
         yield store
@@ -371,7 +371,7 @@ def current() -> Originals:
 
 
 def keep(tensors: Sequence[torch.Tensor], *, owner: torch.nn.Module | None = None, in_case: bool = False) -> Kept:
-    """Keep the current data of ``tensors`` in the current store (see :meth:`Originals.keep`)."""
+    """Keep the current data of ``tensors`` in the current store (see `Originals.keep`)."""
     return current().keep(tensors, owner=owner, in_case=in_case)
 
 

@@ -30,7 +30,7 @@ from sdopt.report import Decision, format_table
 from sdopt.tiers import LOW_MEMORY, resolve_tier
 
 ExtraItem = str | Mapping[str, Any] | Entry | Any
-"""An extra optimization: its name, ``{"name": ..., **options}``, an :class:`Entry`, or a config instance."""
+"""An extra optimization: its name, ``{"name": ..., **options}``, an `Entry`, or a config instance."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Step:
 
 @dataclass
 class Plan:
-    """What :func:`sdopt.optimize` would do to a pipeline on a machine, decided without changing it.
+    """What `sdopt.optimize` would do to a pipeline on a machine, decided without changing it.
 
     Examples:
         >>> from sdopt import plan
@@ -85,7 +85,7 @@ class Plan:
     preset_differences: tuple[str, ...] = ()
     """How this machine differs from the one a frozen preset was made on (empty when the same)."""
     footprint: Footprint | None = None
-    """The planned memory footprint on the target device (see :mod:`sdopt.footprint`)."""
+    """The planned memory footprint on the target device (see `sdopt.footprint`)."""
     notes: tuple[str, ...] = ()
     """What planning found the user must know (e.g. that the plan does not fit in memory)."""
     memory_budget_gb: float | None = None
@@ -106,7 +106,7 @@ class Plan:
     @property
     def offloads(self) -> bool:
         """Whether the plan offloads (the offload places each component itself, so the pipeline is
-        not moved to the device first: :func:`sdopt.load`, ``sdopt generate``)."""
+        not moved to the device first: `sdopt.load`, ``sdopt generate``)."""
         return any(step.optimization.offload_regime is not None for step in self.steps)
 
     @property
@@ -155,7 +155,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Request:
-    """What a caller asks :func:`sdopt.optimize` / :func:`sdopt.plan` for, in one object.
+    """What a caller asks `sdopt.optimize` / `sdopt.plan` for, in one object.
 
     ``tier`` or ``preset`` (not both) gives the candidates; ``exclude`` names never to apply;
     ``extra`` more optimizations (they win conflicts); ``caps`` the machine (default: detected);

@@ -47,7 +47,7 @@ class Entry:
     why: str = ""
     """The rationale (a measurement or a source), shown in the tier table; not part of the behaviour."""
     config_version: int | None = None
-    """The optimization's :attr:`~sdopt.optimization.Optimization.version` the options were written for
+    """The optimization's `version` the options were written for
     (frozen presets record it): loading refuses an entry made for another version of the options'
     meaning, so a pinned preset never silently does something else."""
 
@@ -71,7 +71,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named, versioned list of :class:`Entry` (a tier, or an app's pinned choice).
+    """A named, versioned list of `Entry` (a tier, or an app's pinned choice).
 
     Examples:
         >>> from sdopt import Preset
@@ -88,7 +88,7 @@ class Preset:
     based_on: str | None = None
     fingerprint: str | None = None
     made_on: Mapping[str, Any] | None = None
-    """The capabilities facts (:meth:`Capabilities.fingerprint_facts`) a frozen preset was made with."""
+    """The capabilities facts (`Capabilities.fingerprint_facts`) a frozen preset was made with."""
     memory_budget_gb: float | None = None
     """The memory budget (GB) the preset was planned under; a replay plans under it too unless the
     caller passes another ``memory_budget``."""

@@ -2,8 +2,8 @@
 
 Built-in optimizations are the modules of ``sdopt.optimizations`` (every module there is
 imported; an import error is raised, never swallowed); third-party packages add theirs
-through the ``sdopt.optimizations`` entry-point group or by calling :func:`sdopt.optimization.register`
-(also importable from here). The store itself sits low, in :mod:`sdopt.optimization`, so an
+through the ``sdopt.optimizations`` entry-point group or by calling `sdopt.optimization.register`
+(also importable from here). The store itself sits low, in `sdopt.optimization`, so an
 optimization registers without importing this module.
 Relations are stated once, on one side: ``conflicts`` and ``before``/``after`` are read in
 both directions here.

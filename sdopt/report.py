@@ -1,4 +1,4 @@
-"""Decisions and the report of one ``optimize`` call, with its way back (:mod:`sdopt.undo`)."""
+"""Decisions and the report of one ``optimize`` call, with its way back (`sdopt.undo`)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def format_table(decisions: Sequence[Decision]) -> str:
 
 @dataclass
 class Report:
-    """The outcome of :func:`sdopt.optimize`: every decision, and the way back.
+    """The outcome of `sdopt.optimize`: every decision, and the way back.
 
     Examples:
         >>> from sdopt import optimize
@@ -82,11 +82,11 @@ class Report:
     dry_run: bool = False
     warnings: tuple[str, ...] = ()
     made_on: dict[str, Any] = field(default_factory=dict)
-    """The capabilities facts the decisions were made with (see :meth:`to_preset`)."""
+    """The capabilities facts the decisions were made with (see `to_preset`)."""
     memory_budget_gb: float | None = None
-    """The memory budget the plan was made under (recorded by :meth:`to_preset`)."""
+    """The memory budget the plan was made under (recorded by `to_preset`)."""
     tuning: Tuning | None = None
-    """With ``tier="auto"``: what was measured and decided (:class:`sdopt.tuning.Tuning`)."""
+    """With ``tier="auto"``: what was measured and decided (`sdopt.tuning.Tuning`)."""
     _undo_stack: UndoStack | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
@@ -99,12 +99,12 @@ class Report:
 
     @property
     def undoable(self) -> bool:
-        """Whether :meth:`undo` can restore the pipeline now."""
+        """Whether `undo` can restore the pipeline now."""
         return self._undo_stack is not None and not self._undone
 
     @property
     def originals(self) -> str:
-        """Where what :meth:`undo` puts back is kept: the checkpoint files, a spill file in a temp dir
+        """Where what `undo` puts back is kept: the checkpoint files, a spill file in a temp dir
         (removed with this report), memory, or nothing (``undoable=False``). See docs/memory.md."""
         if self._originals is None or self._undone:
             return "none kept"
@@ -112,13 +112,13 @@ class Report:
 
     @property
     def originals_in_memory_bytes(self) -> int:
-        """Bytes of :attr:`originals` held in memory now (what a benchmark adds to a tier's host peak)."""
+        """Bytes of `originals` held in memory now (what a benchmark adds to a tier's host peak)."""
         return self._originals.resident_bytes() if self._originals is not None else 0
 
     def undo(self) -> None:
         """Restore the pipeline exactly as it was before ``optimize``.
 
-        Raises :class:`~sdopt.errors.UndoError` if the report was made with ``undoable=False``,
+        Raises `UndoError` if the report was made with ``undoable=False``,
         is already undone, or a later ``optimize`` on the same pipeline is still live (undo
         that one first).
         """

@@ -17,7 +17,7 @@ from sdopt.requirements import Requirements
 
 DEFAULT_TIER = "balanced"
 AUTO = "auto"
-"""Not a list of steps: the steps of a quality tier that measure faster here (see :mod:`sdopt.tuning`)."""
+"""Not a list of steps: the steps of a quality tier that measure faster here (see `sdopt.tuning`)."""
 LOW_MEMORY = "low-memory"
 """The tier planning measures a plan that does not fit in memory against."""
 

@@ -75,7 +75,7 @@ class Speedup:
 
 
 def speedup(baseline_s: Sequence[float], candidate_s: Sequence[float]) -> Speedup:
-    """The :class:`Speedup` of ``candidate_s`` over ``baseline_s`` (seconds of comparable calls)."""
+    """The `Speedup` of ``candidate_s`` over ``baseline_s`` (seconds of comparable calls)."""
     ratio = statistics.median(baseline_s) / statistics.median(candidate_s)
     samples = min(len(baseline_s), len(candidate_s))
     widen = (samples + 1) / (samples - 1) if samples > 1 else 1.0

@@ -1,7 +1,7 @@
 """The way back: undo functions, a stack of them, and the ledger of which reports are live on a pipeline.
 
-An optimization's ``apply`` returns an :data:`Undo`; one made of several changes pushes each change's
-undo on an :class:`UndoStack` and returns the stack (it is itself an undo). The engine keeps one stack
+An optimization's ``apply`` returns an `Undo`; one made of several changes pushes each change's
+undo on an `UndoStack` and returns the stack (it is itself an undo). The engine keeps one stack
 per ``optimize`` call, named by step, and the report runs it. The ledger remembers, per pipeline,
 which ``optimize`` calls are live, so an older report refuses to undo before a newer one.
 """
@@ -23,7 +23,7 @@ class UndoStack:
     """Undo functions in the order their changes were made; calling the stack undoes them newest first.
 
     If some undos raise, the others still run (a partial undo is worse) and one
-    :class:`~sdopt.errors.RollbackError` then names them all. Calling it empties the stack.
+    `RollbackError` then names them all. Calling it empties the stack.
 
     Examples:
         >>> from sdopt.undo import UndoStack
@@ -44,7 +44,7 @@ class UndoStack:
         self._entries.append((name, undo))
 
     def names(self) -> list[str]:
-        """The names given to :meth:`push`, oldest first."""
+        """The names given to `push`, oldest first."""
         return [name for name, _ in self._entries]
 
     def __len__(self) -> int:
@@ -83,7 +83,7 @@ _live: weakref.WeakKeyDictionary[Any, list[weakref.ref[Any] | Gone]] = weakref.W
 
 
 def track(pipe: Any, report: Any, source: str | None, *, keep: bool) -> None:
-    """Record ``report`` as the newest live optimize() on ``pipe`` (a :class:`Gone` marker without ``keep``)."""
+    """Record ``report`` as the newest live optimize() on ``pipe`` (a `Gone` marker without ``keep``)."""
     entries = _live.setdefault(pipe, [])
     if not keep:
         entries.append(Gone(source, "made with undoable=False"))
@@ -96,7 +96,7 @@ def track(pipe: Any, report: Any, source: str | None, *, keep: bool) -> None:
 
 
 def newest(pipe: Any) -> Any:
-    """The newest live report on ``pipe``, a :class:`Gone` marker, or ``None``."""
+    """The newest live report on ``pipe``, a `Gone` marker, or ``None``."""
     entries = _live.get(pipe, [])
     if not entries:
         return None

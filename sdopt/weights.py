@@ -24,8 +24,8 @@ class NotDownloaded(OSError):
 
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
-    """Within this context :func:`load_pretrained` uses local files only and raises
-    :class:`NotDownloaded` for the rest (``plan()`` and dry runs are pure and offline)."""
+    """Within this context `load_pretrained` uses local files only and raises
+    `NotDownloaded` for the rest (``plan()`` and dry runs are pure and offline)."""
     token = _downloads_allowed.set(False)
     try:
         yield
@@ -37,7 +37,7 @@ def offline() -> Iterator[None]:
 def stand_ins() -> Iterator[None]:
     """Within this context a published replacement model that cannot be loaded (not cached, no
     network) is replaced by a random-weight model of its architecture
-    (:func:`sdopt.simulation.architectures.stand_in`): for timing ``--arch`` pipelines, whose own weights are
+    (`sdopt.simulation.architectures.stand_in`): for timing ``--arch`` pipelines, whose own weights are
     random too. Outside it, nothing is ever made up."""
     token = _stand_ins_allowed.set(True)
     try:
@@ -47,18 +47,18 @@ def stand_ins() -> Iterator[None]:
 
 
 def stand_ins_allowed() -> bool:
-    """Whether this code runs inside :func:`stand_ins`."""
+    """Whether this code runs inside `stand_ins`."""
     return _stand_ins_allowed.get()
 
 
 def is_stand_in(model: Any) -> bool:
-    """Whether ``model`` is a random-weight stand-in (see :func:`stand_ins`)."""
+    """Whether ``model`` is a random-weight stand-in (see `stand_ins`)."""
     return bool(getattr(model, "_sdopt_stand_in", False))
 
 
 def load_pretrained(class_name: str, source: str) -> Any:
     """``diffusers.<class_name>.from_pretrained(source)``, cached; raises what loading raised (or,
-    inside :func:`stand_ins`, returns a random-weight stand-in of a published replacement)."""
+    inside `stand_ins`, returns a random-weight stand-in of a published replacement)."""
     try:
         return _load_pretrained(class_name, source)
     except Exception:
@@ -154,7 +154,7 @@ def swap_vae(pipe: Any, vae_name: str, class_name: str, source: str) -> Undo:
     """Replace the pipeline's VAE by a private copy of the cached model; the undo puts the original
     object back (DiffusionPipeline.__setattr__ keeps the pipeline's config entry in step both ways).
 
-    The original's weights go where undo's originals are kept (:mod:`sdopt.originals`) and its
+    The original's weights go where undo's originals are kept (`sdopt.originals`) and its
     memory is freed: a reference to the old VAE held elsewhere sees empty weights until undo."""
     from sdopt.originals import keep
 

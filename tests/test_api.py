@@ -32,6 +32,7 @@ def test_balanced_then_undo_is_bit_identical(pipe, family: str, device: str) -> 
     snapshot.assert_identical()
 
 
+@pytest.mark.slow
 def test_every_tier_and_every_builtin_undoes_exactly(pipe, family: str) -> None:
     snapshot = Snapshot(pipe, family)
     for tier in TIERS:

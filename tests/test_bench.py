@@ -15,6 +15,7 @@ from sdopt.presets import Entry, Preset
 from sdopt.testing import tiny_pipeline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["tiny-sd", "tiny-flux"])
 def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
     messages: list[str] = []

@@ -86,6 +86,7 @@ def test_this_cpu_reports_its_bf16_units_truthfully() -> None:
     assert caps.half_dtype == ("bfloat16" if expected else "float32") or caps.device != "cpu"
 
 
+@pytest.mark.slow
 def test_doctor_json_in_a_fresh_process_is_quick() -> None:
     started = time.perf_counter()
     done = subprocess.run(

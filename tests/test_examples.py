@@ -6,6 +6,10 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole file runs in CI and with -m slow, not in the quick default
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

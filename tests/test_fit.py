@@ -15,6 +15,7 @@ def rows() -> list[FitRow]:
     return fit_rows()
 
 
+@pytest.mark.slow
 def test_every_plan_fits_or_names_the_tier_that_would(rows) -> None:
     assert len(rows) == 5 * 7 * 5
     for row in rows:

@@ -20,6 +20,7 @@ from sdopt.generate import RANDOM_WEIGHTS, generate
 from sdopt.testing import pipeline_state, state_differences
 
 
+@pytest.mark.slow
 def test_the_readme_command_writes_a_png_and_compares(tmp_path) -> None:
     """Exactly the README's first command, through the installed console script."""
     out = tmp_path / "out.png"

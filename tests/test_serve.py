@@ -19,6 +19,8 @@ from sdopt.testing import fake_capabilities
 
 PRESET = Preset("serving", ("vae_slicing",))
 
+pytestmark = pytest.mark.slow  # the whole file runs in CI and with -m slow, not in the quick default
+
 
 @pytest.mark.parametrize(
     ("body", "field"),

@@ -108,6 +108,7 @@ def _apply_of(optimization: Any) -> Callable[..., Any]:
     return type(optimization).apply.__get__(optimization)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "family", "profile", "options"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, options, local_models, monkeypatch):
     profile, _, package = profile.partition("+")  # "profile+package": a fake machine with that package usable

@@ -27,6 +27,8 @@ from sdopt.testing import (
 )
 from sdopt.tiers import tier_names
 
+pytestmark = pytest.mark.slow  # the whole file runs in CI and with -m slow, not in the quick default
+
 # SDOPT_ZOO_PROFILES=all also runs the CPU without fast bf16 ("cpu": int8, a channels-last VAE,
 # weight_storage) and the CUDA profile for real, on this machine's CPU (left out of CI for time).
 RUN_PROFILES = ("here", "cpu-amx", *(("cpu", "t4-16gb") if os.environ.get("SDOPT_ZOO_PROFILES") == "all" else ()))

@@ -4,10 +4,10 @@ Every tier gets its own fresh copy of the pipeline; runs are interleaved (baseli
 tier B, baseline, ...) so machine drift hits all tiers alike; every tier renders the same prompts
 with the same seeds, so fidelity is measured against the baseline image by image.
 
-- :mod:`sdopt.bench.runner`: :func:`bench` itself (loading, optimizing, the interleaved loop);
-- :mod:`sdopt.bench.results`: a row per tier (:class:`TierResult`) and the run (:class:`BenchResult`:
-  table, markdown, JSON, plot), and the :class:`Peer` protocol for other runtimes;
-- :mod:`sdopt.bench.instruments`: per-part timers, peak memory, pipeline copies that share weights.
+- `sdopt.bench.runner`: `bench` itself (loading, optimizing, the interleaved loop);
+- `sdopt.bench.results`: a row per tier (`TierResult`) and the run (`BenchResult`:
+  table, markdown, JSON, plot), and the `Peer` protocol for other runtimes;
+- `sdopt.bench.instruments`: per-part timers, peak memory, pipeline copies that share weights.
 """
 
 from sdopt.bench.results import (

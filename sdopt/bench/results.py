@@ -26,7 +26,7 @@ RANDOM_WEIGHTS_NOTE = (
 
 @dataclass
 class PeerImage:
-    """What a :class:`Peer` returns per image: the uint8 HxWx3 image and what it could time itself."""
+    """What a `Peer` returns per image: the uint8 HxWx3 image and what it could time itself."""
 
     image: np.ndarray
     denoiser_calls_s: list[float] = field(default_factory=list)
@@ -74,7 +74,7 @@ class TierResult:
     """CUDA max allocated during the tier's calls, the tier alone on the device (None off CUDA)."""
     speedup: float | None = None
     speedup_spread: float | None = None
-    """The noise on :attr:`speedup` (see :class:`sdopt.timing.Speedup`); with ``verdict``, whether the
+    """The noise on `speedup` (see `sdopt.timing.Speedup`); with ``verdict``, whether the
     speed-up is more than that noise: "faster", "slower", "no measurable difference" or "too few runs"."""
     verdict: str | None = None
     tuning_s: float | None = None
@@ -88,7 +88,7 @@ class TierResult:
 
 @dataclass
 class BenchResult:
-    """Every tier's :class:`TierResult` and the settings they were measured with."""
+    """Every tier's `TierResult` and the settings they were measured with."""
 
     source: str
     pipeline: str

@@ -34,7 +34,7 @@ def restore_processor_backends(saved: list[tuple[Any, Any]]) -> None:
 
 
 def save_processors(model: torch.nn.Module) -> list[tuple[Any, Any]]:
-    """The processor object of each attention module, to give back with :func:`restore_processors`."""
+    """The processor object of each attention module, to give back with `restore_processors`."""
     return [(module, module.processor) for module in attention_modules(model)]
 
 

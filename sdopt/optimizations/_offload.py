@@ -18,7 +18,7 @@ from sdopt.requirements import Requirements
 
 class OffloadBase(Optimization):
     """What the three offloads declare alike: an accelerator, one offload per plan, no compile, memory
-    only, and decided by the memory budget (each sets :attr:`offload_regime`; ``Config`` has
+    only, and decided by the memory budget (each sets `offload_regime`; ``Config`` has
     ``only_if_needed``)."""
 
     kind = "memory"

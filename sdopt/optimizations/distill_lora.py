@@ -53,7 +53,7 @@ _STAND_IN = "_sdopt_stand_in_lora"
 
 @dataclass(frozen=True)
 class DistillLoraConfig:
-    """``source``: a hub id or local path of the LoRA ("auto": the family's LCM-LoRA, :data:`PUBLISHED`);
+    """``source``: a hub id or local path of the LoRA ("auto": the family's LCM-LoRA, `PUBLISHED`);
     ``steps``: the step count calls run with (an explicit larger value is lowered to it; LCM-LoRA
     is made for 4-8); ``guidance_scale``: 1.0 turns classifier-free guidance off (one UNet batch per step)."""
 

@@ -21,7 +21,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 @dataclass(frozen=True)
 class HalfPrecisionConfig:
-    """``dtype``: "auto" (by device: see :attr:`Capabilities.half_dtype`), "bfloat16" or "float16".
+    """``dtype``: "auto" (by device: see `Capabilities.half_dtype`), "bfloat16" or "float16".
 
     ``vae``: "auto" keeps SDXL's VAE in float32 under float16 (it overflows to NaN/black images),
     "half" casts it anyway, "float32" always keeps the VAE in float32.

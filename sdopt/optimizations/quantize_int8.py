@@ -58,7 +58,7 @@ class QuantizeInt8(Optimization):
     kind = "quantization"
     summary = "int8 weights and activations for the denoiser's Linear layers"
     Config = QuantizeInt8Config
-    lossy = False  # numerical drift comparable to bf16; no visible change
+    lossy = True  # int8 weights and activations: more than the float drift of a cast (static_int8: 36.9 dB)
     effect = "speed+memory"
     conflicts = ("quantize_4bit",)
 

@@ -31,7 +31,7 @@ _DPM_FAMILIES = ("sd1", "sd2", "sdxl", "pixart")
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """``solver``: "auto" (by family and weights) or one of :data:`SOLVERS`."""
+    """``solver``: "auto" (by family and weights) or one of `SOLVERS`."""
 
     solver: Literal["auto", "dpmpp_2m", "unipc", "euler", "lcm", "flow_euler", "flow_unipc"] = "auto"
 

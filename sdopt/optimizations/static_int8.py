@@ -41,7 +41,7 @@ class StaticInt8Config:
     """``min_snr_db``: the int8 denoiser's output, compared with float32 on the calibration call's own
     inputs, must keep at least this signal-to-noise ratio, else that shape stays float32 (refused,
     with the figure); ``keep_float``: top-level submodules of the denoiser left in floating point
-    (``"auto"``: those of :data:`SENSITIVE` it has); ``calibration_calls``: denoiser calls of the
+    (``"auto"``: those of `SENSITIVE` it has); ``calibration_calls``: denoiser calls of the
     first pipeline call that calibrate activation ranges, spread over its steps; ``cache_dir``:
     where converted programs and inductor's kernels are kept (default ``~/.cache/sdopt/int8``,
     or ``$SDOPT_CACHE_DIR/int8``)."""
@@ -61,7 +61,7 @@ class StaticInt8(Optimization):
     the recorded float32 outputs (refused below ``min_snr_db``) and stored on disk, keyed by the
     weights' hash, the input signature and the torch/torchao/sdopt versions and CPU; a new process
     loads it at its first call. Later calls at that shape run int8; other shapes and anything with
-    gradients run float32. :meth:`Report.after_calls` says what happened (cold and warm first-call
+    gradients run float32. `Report.after_calls` says what happened (cold and warm first-call
     costs, the fidelity measured). Undo removes the int8 program; the float weights were never
     touched.
 

@@ -25,7 +25,7 @@ class TorchCompileConfig:
     """``mode``: torch.compile mode; ``regional``: "auto" compiles the model's repeated blocks where it
     declares them (much shorter first call), "yes"/"no" force it; ``fullgraph``; ``accept_cpu_first_call``:
     on CPU, compile only when the caller accepts the long first call; ``cache_dir``: inductor's on-disk
-    cache (default ``inductor`` under :func:`sdopt.cache_dir.cache_root`: ``$SDOPT_CACHE_DIR`` or
+    cache (default ``inductor`` under `sdopt.cache_dir.cache_root`: ``$SDOPT_CACHE_DIR`` or
     ``~/.cache/sdopt``), so a second process starts fast."""
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

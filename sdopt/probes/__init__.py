@@ -1,10 +1,10 @@
-"""Probes: how :func:`sdopt.detect` learns the facts it cannot read from package metadata.
+"""Probes: how `sdopt.detect` learns the facts it cannot read from package metadata.
 
-- :mod:`sdopt.probes.run`: a probe in a fresh interpreter with a time limit (a driver or ABI crash
+- `sdopt.probes.run`: a probe in a fresh interpreter with a time limit (a driver or ABI crash
   costs a reason, never the process), and the on-disk cache of probe results;
-- :mod:`sdopt.probes.cpu`: the bf16 micro-benchmark, macOS's sysctl, the RAM;
-- :mod:`sdopt.probes.accelerators`: CUDA devices (a kernel in a subprocess), MPS and XPU;
-- :mod:`sdopt.probes.packages`: whether each optional package works on the target device.
+- `sdopt.probes.cpu`: the bf16 micro-benchmark, macOS's sysctl, the RAM;
+- `sdopt.probes.accelerators`: CUDA devices (a kernel in a subprocess), MPS and XPU;
+- `sdopt.probes.packages`: whether each optional package works on the target device.
 
-Probes return plain data; :mod:`sdopt.capabilities` turns it into facts.
+Probes return plain data; `sdopt.capabilities` turns it into facts.
 """

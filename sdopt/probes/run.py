@@ -42,7 +42,7 @@ def run_probe(code: str, *args: str) -> tuple[Any, str, list[str]]:
 
 
 def cache_path() -> Path:
-    """Where probe results are kept (see :func:`sdopt.cache_dir.cache_root`)."""
+    """Where probe results are kept (see `sdopt.cache_dir.cache_root`)."""
     return cache_root("probes.json")
 
 

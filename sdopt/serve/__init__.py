@@ -41,7 +41,7 @@ def deployment(
     """A Ray Serve application serving ``model`` with ``preset`` applied on every replica.
 
     ``model`` is a hub id, a local directory (``from_pretrained(model, **from_pretrained_kwargs)``) or
-    an ``--arch`` name; ``preset`` a preset file, a :class:`~sdopt.Preset` or its dict. The preset is
+    an ``--arch`` name; ``preset`` a preset file, a `Preset` or its dict. The preset is
     checked here first (a malformed file fails now, naming file, line and key), and sent to the
     replicas as data, so every replica applies the very same steps. ``max_batch_size`` and
     ``batch_wait_timeout_s`` drive Serve's request batching (the throughput lever on GPUs); a

@@ -1,4 +1,4 @@
-"""The Ray Serve deployment around :class:`~sdopt.serve.replica.Replica` (imported only with Ray installed).
+"""The Ray Serve deployment around `Replica` (imported only with Ray installed).
 
 HTTP: ``POST /`` (or ``/generate``) with a JSON body -> ``image/png``; a malformed body -> 422 with
 the field at fault; ``GET /report`` -> this replica's report and capabilities fingerprint (each
@@ -64,7 +64,7 @@ class SdoptDeployment:
 
     async def generate(self, body: dict[str, Any]) -> bytes:
         """The same from Python: ``await handle.generate.remote({...})`` -> PNG bytes (raises
-        :class:`~sdopt.serve.requests.InvalidRequest` on a malformed body)."""
+        `InvalidRequest` on a malformed body)."""
         return await self._batched(GenerateRequest.parse(body))
 
     def report(self) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def application(
     deployment_options: dict[str, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Any:
-    """The bound application :func:`sdopt.serve.deployment` describes (its arguments, checked there)."""
+    """The bound application `sdopt.serve.deployment` describes (its arguments, checked there)."""
     pinned = as_preset(preset)
     data = pinned.to_dict() if isinstance(pinned, Preset) else None
     options: dict[str, Any] = {
@@ -109,5 +109,5 @@ def application(
 
 def build(args: dict[str, Any]) -> Any:
     """The application builder for ``serve run`` config files (``import_path: sdopt.serve.app:build``):
-    ``args`` are :func:`sdopt.serve.deployment`'s keyword arguments."""
+    ``args`` are `sdopt.serve.deployment`'s keyword arguments."""
     return application(**args)

@@ -1,7 +1,7 @@
 """One serving replica, without Ray: load, apply the pinned preset strictly, warm up, generate.
 
-:mod:`sdopt.serve.app` wraps it in a Ray Serve deployment; keeping the work here means it is tested
-and usable without Ray (a FastAPI app or a queue worker can hold a :class:`Replica` too).
+`sdopt.serve.app` wraps it in a Ray Serve deployment; keeping the work here means it is tested
+and usable without Ray (a FastAPI app or a queue worker can hold a `Replica` too).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from sdopt.presets import Preset
 from sdopt.serve.requests import GenerateRequest
 
 PresetSource = str | Path | Preset | Mapping[str, Any] | None
-"""A preset file, a :class:`Preset`, its ``to_dict()`` form, or ``None`` (the pipeline as loaded)."""
+"""A preset file, a `Preset`, its ``to_dict()`` form, or ``None`` (the pipeline as loaded)."""
 
 
 class Replica:
     """A pipeline loaded, optimized with one preset (``strict``: refused on a machine it was not made
-    for) and warmed up; :meth:`generate` turns requests into PNG bytes.
+    for) and warmed up; `generate` turns requests into PNG bytes.
 
     Examples:
         >>> from sdopt.serve.replica import Replica
@@ -99,7 +99,7 @@ class Replica:
             return list(self.pipe(**kwargs).images)
 
     def check(self) -> None:
-        """A real minimal call (see :mod:`sdopt.verification`), unless a request is being served right
+        """A real minimal call (see `sdopt.verification`), unless a request is being served right
         now (which shows the pipeline works); raises what the pipeline raises."""
         from sdopt.verification import run_verification
 
@@ -152,7 +152,7 @@ class Replica:
 
 
 def as_preset(source: PresetSource) -> Preset | None:
-    """A :class:`Preset` from a file path, its dict form or itself."""
+    """A `Preset` from a file path, its dict form or itself."""
     if source is None or isinstance(source, Preset):
         return source
     if isinstance(source, Mapping):

@@ -52,7 +52,7 @@ class GenerateRequest:
 
     @classmethod
     def parse(cls, body: bytes | str | Mapping[str, Any]) -> GenerateRequest:
-        """Validate a JSON body (bytes, text or an already decoded mapping); raises :class:`InvalidRequest`."""
+        """Validate a JSON body (bytes, text or an already decoded mapping); raises `InvalidRequest`."""
         if isinstance(body, (bytes, str)):
             try:
                 body = json.loads(body or b"{}")

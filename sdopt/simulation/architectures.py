@@ -2,7 +2,7 @@
 
 The configurations are those of the published models (Stable Diffusion 1.5, SDXL base, SD3
 medium, FLUX.1-dev, PixArt-alpha), text encoders included; tokenizers are the small in-memory
-ones of :mod:`sdopt.testing` (token ids stay within the encoders' vocabularies). With random
+ones of `sdopt.testing` (token ids stay within the encoders' vocabularies). With random
 weights images are noise, but every layer runs at its real size, so timings and memory are real.
 """
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported when a pipeline is built, not when the CL
     import torch
 
 REAL_ARCHES: tuple[str, ...] = ("sd15", "sdxl", "sd3", "flux", "pixart")
-"""Names accepted by :func:`real_pipeline`."""
+"""Names accepted by `real_pipeline`."""
 
 TINY_ARCHES: dict[str, str] = {
     "tiny-sd": "sd",
@@ -27,7 +27,7 @@ TINY_ARCHES: dict[str, str] = {
     "tiny-flux": "flux",
     "tiny-pixart": "pixart",
 }
-"""The test-size architectures (``--arch tiny-sd``), by the :func:`sdopt.testing.tiny_pipeline` family they build."""
+"""The test-size architectures (``--arch tiny-sd``), by the `sdopt.testing.tiny_pipeline` family they build."""
 
 
 def _clip_tokenizer() -> Any:

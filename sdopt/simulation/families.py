@@ -11,7 +11,7 @@ from sdopt.simulation.parts import TEXT_DIM, clip_pair, clip_text_encoder, kl_va
 from sdopt.simulation.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "pixart")
-"""Names accepted by :func:`tiny_pipeline` and :func:`call_kwargs`."""
+"""Names accepted by `tiny_pipeline` and `call_kwargs`."""
 
 
 def sd_unet(**overrides: Any) -> Any:
@@ -256,7 +256,7 @@ def _check_family(family: str) -> None:
 def tiny_pipeline(family: str = "sd", *, seed: int = 0) -> Any:
     """Build a tiny random-weight pipeline of ``family`` offline, in eval mode, on the CPU.
 
-    ``family`` is one of :data:`FAMILIES`. The same ``seed`` gives the same weights.
+    ``family`` is one of `FAMILIES`. The same ``seed`` gives the same weights.
 
     Examples:
         >>> from sdopt.testing import tiny_pipeline
@@ -276,7 +276,7 @@ def tiny_pipeline(family: str = "sd", *, seed: int = 0) -> Any:
 
 
 def call_kwargs(family: str = "sd", *, seed: int = 0, steps: int = 2, size: int = 64) -> dict[str, Any]:
-    """Keyword arguments for a quick deterministic call of a :func:`tiny_pipeline`.
+    """Keyword arguments for a quick deterministic call of a `tiny_pipeline`.
 
     Returns a fresh dict (with a fresh seeded ``generator``) on each call, so two calls with
     the same arguments give the same image.
@@ -307,7 +307,7 @@ def call_kwargs(family: str = "sd", *, seed: int = 0, steps: int = 2, size: int 
 
 
 def run_pipeline(pipe: Any, family: str, **overrides: Any) -> Any:
-    """Call ``pipe`` with :func:`call_kwargs` (plus ``overrides``) and return the image array."""
+    """Call ``pipe`` with `call_kwargs` (plus ``overrides``) and return the image array."""
     kwargs = call_kwargs(family)
     kwargs.update(overrides)
     with torch.inference_mode():

@@ -27,7 +27,7 @@ _PROFILES: dict[str, tuple[str, str, tuple[str, ...], float, tuple[str, tuple[in
     "rtx5090-no-kernels": ("cuda", "AMD Ryzen 9", _X86_AVX2, 64, ("NVIDIA GeForce RTX 5090", (12, 0), 32.0), False),
 }
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
-"""Named machines for :func:`fake_capabilities`."""
+"""Named machines for `fake_capabilities`."""
 
 
 def fake_capabilities(
@@ -42,7 +42,7 @@ def fake_capabilities(
 ) -> Capabilities:
     """Capabilities of an imaginary machine, to test hardware-dependent choices anywhere.
 
-    ``profile`` is one of :data:`PROFILES` (``cpu-avx2``, ``cpu-amx``, ``apple-m2-16gb``,
+    ``profile`` is one of `PROFILES` (``cpu-avx2``, ``cpu-amx``, ``apple-m2-16gb``,
     ``t4-16gb``, ``gtx1060-6gb``, ``rtx3060ti-8gb``, ``rtx4090-24gb``, ``a100-80gb``,
     ``h100-80gb``, ``rtx5090-no-kernels``: an sm_120 GPU visible to a torch build made for
     sm_50..sm_90, so unusable, and the plan falls back to the CPU), or a bare device type
@@ -50,7 +50,7 @@ def fake_capabilities(
     accelerates bf16, the GPU's compute capability and memory, which optional packages count
     as installed and usable, and whether the installed torch has kernels for the GPU (``kernels``:
     default the profile's; ``fake_capabilities("rtx5090-no-kernels", kernels=True)`` is that card once
-    torch supports it). Any other :class:`~sdopt.capabilities.Capabilities` field can be
+    torch supports it). Any other `Capabilities` field can be
     overridden by name. Versions are this machine's.
 
     Examples:

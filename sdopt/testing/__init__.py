@@ -6,13 +6,13 @@ a second on one CPU core, yet they keep the structure of the real models (VAEs w
 resolution levels so ``vae_scale_factor`` is 8, CLIP and T5 text encoders, the real
 schedulers), so code that works on them works on the real ones.
 
-- :func:`tiny_pipeline` / :func:`call_kwargs`: the five text-to-image families sdopt is tuned for;
-- :func:`zoo_pipeline` / :func:`zoo_call_kwargs`: many more pipeline classes (img2img, inpaint,
+- `tiny_pipeline` / `call_kwargs`: the five text-to-image families sdopt is tuned for;
+- `zoo_pipeline` / `zoo_call_kwargs`: many more pipeline classes (img2img, inpaint,
   ControlNet, adapters, video, audio, other families), for "works on any pipeline" tests;
-- :func:`fake_capabilities`: imaginary machines; :func:`pipeline_state` / :func:`state_differences`:
+- `fake_capabilities`: imaginary machines; `pipeline_state` / `state_differences`:
   exact before/after comparisons.
 
-The tiny pipelines, tokenizers and machine profiles live in :mod:`sdopt.simulation` (the product uses
+The tiny pipelines, tokenizers and machine profiles live in `sdopt.simulation` (the product uses
 them too); they are re-exported here so tests import everything from one place.
 
 Examples:

@@ -17,7 +17,7 @@ def pipeline_state(pipe: Any) -> dict[str, Any]:
     (name, dtype, device, shape, stride and a copy of the values), attention processor classes
     and identities, forward hooks and diffusers hook-registry entries, and attribute flags such
     as ``use_slicing``; plus the scheduler's class and config and diffusers' process-wide
-    attention backend. Compare two snapshots with :func:`state_differences`.
+    attention backend. Compare two snapshots with `state_differences`.
 
     Examples:
         >>> from sdopt.testing import tiny_pipeline, pipeline_state, state_differences
@@ -109,7 +109,7 @@ def _module_state(module: torch.nn.Module) -> dict[str, Any]:
 
 
 def state_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between two :func:`pipeline_state` snapshots ([] if identical)."""
+    """Human-readable differences between two `pipeline_state` snapshots ([] if identical)."""
     differences: list[str] = []
     _diff("", before, after, differences)
     return differences

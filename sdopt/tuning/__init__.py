@@ -2,12 +2,12 @@
 
 The candidates are the steps the quality tier plans here (so every requirement, conflict and memory
 rule still applies). In the tier's order, each is timed against the best configuration so far, at
-the caller's call shape, in alternating blocks of short calls (:mod:`sdopt.tuning.measure`), until
+the caller's call shape, in alternating blocks of short calls (`sdopt.tuning.measure`), until
 the difference is outside the measured noise; a faster one is kept if a whole image made with it
 stays within the quality's fidelity floor (PSNR against the untouched pipeline's image, same seed).
 Steps that only pay together (a declared companion) are timed together; steps the memory budget or
 this machine's memory calls for are kept untimed. The result is a frozen preset plus a record of
-every measurement, cached on disk (:mod:`sdopt.tuning.cache`).
+every measurement, cached on disk (`sdopt.tuning.cache`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def tune(
     an error or Ctrl-C in the middle undoes it too). ``call`` is the app's call shape (``height``,
     ``width``, ``steps``, ``guidance``, ``batch``; missing ones are the pipeline's defaults);
     ``budget_s`` bounds the measuring time (candidates not reached are dropped, said so);
-    ``min_psnr_db`` overrides the quality's fidelity floor (:data:`FIDELITY_FLOORS`). With ``cache``
+    ``min_psnr_db`` overrides the quality's fidelity floor (`FIDELITY_FLOORS`). With ``cache``
     a result measured before for the same machine, pipeline, call shape and quality is returned
     without measuring. Apply the result with ``optimize(pipe, preset=tuning.preset)``, or let
     ``optimize(pipe, tier="auto")`` do both.
@@ -189,7 +189,7 @@ def optimize_tuned(
     undoable: bool = True,
     verify: bool = False,
 ) -> Report:
-    """``optimize(pipe, tier="auto")``: :func:`tune` the ``quality`` tier (or read its cache), then apply
+    """``optimize(pipe, tier="auto")``: `tune` the ``quality`` tier (or read its cache), then apply
     the tuned preset with ``request``'s ``extra`` and ``exclude``; the report tells the tuning's decisions.
 
     Examples:
@@ -275,7 +275,7 @@ def _stored(root: Any, key: str) -> Tuning | None:
 
 
 def _frozen(frozen: tuple[Entry, ...], base: Preset, caps: Any, budget_gb: float | None, version: str) -> Preset:
-    """The kept steps (resolved configs, in plan order) as a preset in :meth:`Report.to_preset`'s format."""
+    """The kept steps (resolved configs, in plan order) as a preset in `Report.to_preset`'s format."""
     return Preset(
         "auto",
         frozen,

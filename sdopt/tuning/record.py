@@ -1,4 +1,4 @@
-"""What a tuning measured and decided: one :class:`Trial` per candidate, and the preset it made."""
+"""What a tuning measured and decided: one `Trial` per candidate, and the preset it made."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class Trial:
 
 @dataclass
 class Tuning:
-    """The outcome of :func:`sdopt.tune`: the frozen preset and, per candidate, why it was kept or dropped.
+    """The outcome of `sdopt.tune`: the frozen preset and, per candidate, why it was kept or dropped.
 
     Examples:
         >>> from sdopt import tune
@@ -85,7 +85,7 @@ class Tuning:
     min_psnr_db: float | None = None
     budget_s: float | None = None
     seconds: float = 0.0
-    """What this tuning took: the measuring, or only the cache lookup when :attr:`from_cache`."""
+    """What this tuning took: the measuring, or only the cache lookup when `from_cache`."""
     baseline_s: float | None = None
     """The untouched pipeline's whole first call at the call shape (the fidelity reference)."""
     start_call_s: float | None = None

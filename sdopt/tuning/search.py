@@ -1,7 +1,7 @@
 """Greedy forward selection: each candidate of the quality tier is timed against the best configuration
 so far and kept only when it is faster by more than the noise and faithful enough.
 
-The pipeline changes only inside :func:`_applied` (the engine applies the configuration as a preset,
+The pipeline changes only inside `_applied` (the engine applies the configuration as a preset,
 strictly, and it is undone on the way out), so whatever happens during a measurement, an error or Ctrl-C, the pipeline
 leaves each measurement exactly as it entered it.
 """

@@ -144,6 +144,7 @@ def test_conflicts_with_other_quantizers_and_compile() -> None:
     assert {d.name for d in result.skipped} == {"torch_compile", "quantize_int8"}
 
 
+@pytest.mark.slow
 def test_first_call_runs_float32_then_int8_kernels_run(built) -> None:
     *_, cold = built
     assert cold["first_is_float"]  # the calibration call itself is float32
@@ -154,6 +155,7 @@ def test_first_call_runs_float32_then_int8_kernels_run(built) -> None:
     assert "built cold" in cold["after_calls"] and "dB SNR" in cold["after_calls"]
 
 
+@pytest.mark.slow
 def test_the_cached_program_runs_int8_from_the_first_call(built) -> None:
     pipe, report, _, reference, loaded, _ = built
     runner = pipe.unet.__dict__["forward"]
@@ -166,6 +168,7 @@ def test_the_cached_program_runs_int8_from_the_first_call(built) -> None:
     assert "after calls, static_int8: int8 (" in str(report)
 
 
+@pytest.mark.slow
 def test_the_converted_program_has_int8_weights_except_the_sensitive_layers(built) -> None:
     _, _, root, *_ = built
     (entry,) = [folder for folder in root.iterdir() if folder.name != "inductor"]
@@ -199,6 +202,7 @@ def _in_a_new_process(root: Path, tmp_path: Path) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_a_new_process_loads_the_cache_without_compiling_cxx(built, tmp_path) -> None:
     _, _, root, *_ = built
     warm = _in_a_new_process(root, tmp_path)
@@ -207,6 +211,7 @@ def test_a_new_process_loads_the_cache_without_compiling_cxx(built, tmp_path) ->
     assert "from the on-disk cache" in warm["after_calls"] and not warm["first_is_float"]
 
 
+@pytest.mark.slow
 def test_undo_removes_the_runner_and_restores_float32_exactly(built) -> None:
     pipe, report, _, reference, *_ = built
     report.undo()

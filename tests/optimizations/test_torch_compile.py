@@ -50,6 +50,7 @@ def test_compile_conflicts_with_offload_and_caches(sd_pipe) -> None:
     assert "conflicts with feature_cache" in result.skipped[0].reason
 
 
+@pytest.mark.slow
 def test_a_real_regional_compile_on_cpu(sd_pipe, tmp_path, fresh_dynamo) -> None:
     snapshot = Snapshot(sd_pipe, "sd")
     extra = [{"name": "torch_compile", "accept_cpu_first_call": True, "cache_dir": str(tmp_path)}]

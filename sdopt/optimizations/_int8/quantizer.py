@@ -73,7 +73,7 @@ def quantized_node_count(program: Any) -> int:
 
 def compile_frozen(program: Any) -> Callable[..., Any]:
     """``torch.compile`` of the program's module; it compiles at its first call, which must run
-    inside :func:`compiling` so that weights are frozen and the int8 fusions fire."""
+    inside `compiling` so that weights are frozen and the int8 fusions fire."""
     register_int8_fusions()
     return torch.compile(program.module(), dynamic=False)
 

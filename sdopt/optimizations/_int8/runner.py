@@ -6,7 +6,7 @@ program, inductor compiles it, and its output is checked against the recorded fl
 Later calls at that signature run the compiled int8 program. A program already in the on-disk
 cache is loaded at the first denoiser call instead, so that call already runs int8.
 Nothing here raises at call time: a build that fails or misses the fidelity floor leaves that
-signature in float32, with the reason in :meth:`Int8Runner.describe` and a warning.
+signature in float32, with the reason in `Int8Runner.describe` and a warning.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def zoo_pipeline(name: str, *, seed: int = 0) -> Any:
 
 
 def zoo_call_kwargs(name: str, *, seed: int = 0) -> dict[str, Any]:
-    """Fresh keyword arguments (with a fresh seeded generator) for a quick call of :func:`zoo_pipeline`."""
+    """Fresh keyword arguments (with a fresh seeded generator) for a quick call of `zoo_pipeline`."""
     return zoo_entry(name).call_kwargs(seed)
 
 

@@ -16,7 +16,7 @@ Kwargs = Callable[[int], dict[str, Any]]
 class ZooEntry:
     """One buildable pipeline class: its builder, its quick call and where its result is.
 
-    ``family`` is what :func:`sdopt.anatomy.inspect_pipeline` should call it.
+    ``family`` is what `sdopt.anatomy.inspect_pipeline` should call it.
     """
 
     name: str
