@@ -166,6 +166,7 @@ def generate_command(args: argparse.Namespace) -> int:
         image=args.image,
         mask_image=args.mask_image,
         exclude=names(args.exclude),
+        progress=None if args.verbosity < 0 else lambda message: print(f"sdopt: {message}", file=sys.stderr),
     )
     written = result.save(args.output)
     if args.verbosity >= 0:

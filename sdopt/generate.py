@@ -161,6 +161,7 @@ def generate(
     mask_image: Any = None,
     undoable: bool = True,
     exclude: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> Generation:
     """Load ``source``, optimize it with ``tier`` (or ``preset``), render ``prompt`` and time it.
 
@@ -172,7 +173,8 @@ def generate(
     On a CPU, ``threads`` (default: chosen by the machine's load, see `sdopt.timing.choose_threads`)
     is torch's thread count while this runs; the notes say which was used. ``image`` and
     ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
-    such pipelines get a made-up input. The optimized pipeline is in ``.pipe``.
+    such pipelines get a made-up input. The optimized pipeline is in ``.pipe``. ``progress`` is told each
+    phase as it starts (loading, optimizing, each call and which pipeline makes it).
 
     Examples:
         >>> from sdopt.generate import generate
@@ -199,9 +201,12 @@ def generate(
     caps.require_usable_device()  # before minutes of loading, not an AssertionError from torch after them
     built_in = source in TINY_ARCHES or source in REAL_ARCHES
     notes = [RANDOM_WEIGHTS] if built_in else []
+    measured_tier = how.get("tier") is not None and is_auto(how["tier"])
     # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.
+    say = progress or (lambda message: _logger.info("%s", message))
     with _torch_threads(threads if caps.device == "cpu" else None, notes), stand_ins_for(source):
         started = time.perf_counter()
+        say(f"loading {source}" + (" (random weights, no download)" if built_in else ""))
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
         placed = caps.device != "cuda" or place(pipe, caps, **how, exclude=list(exclude), memory_budget=memory_budget)
         if compare and not placed:
@@ -210,13 +215,14 @@ def generate(
         call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
-        render = _renderer(pipe, kwargs, seed)
+        render = _renderer(pipe, kwargs, seed, "optimized")
         # Copied before optimizing: the copy shares the weights the optimization leaves alone and keeps
         # the ones it replaces (sdopt never writes into a tensor in place), so both can be timed in turn.
-        untouched_render = _renderer(light_copy(pipe), kwargs, seed) if compare else None
+        untouched_render = _renderer(light_copy(pipe), kwargs, seed, "untouched") if compare else None
 
         started = time.perf_counter()
-        measured: dict[str, Any] = {"call": shape} if how.get("tier") is not None and is_auto(how["tier"]) else {}
+        say(f"optimizing with {how.get('tier') or 'the preset'}" + (" (measuring: tier auto)" if measured_tier else ""))
+        measured: dict[str, Any] = {"call": shape} if measured_tier else {}
         report = optimize(
             pipe, **how, **measured, caps=caps, memory_budget=memory_budget, undoable=undoable, exclude=list(exclude)
         )
@@ -224,11 +230,11 @@ def generate(
         lanes = [render] if untouched_render is None else [untouched_render, render]
         names = ["optimized"] if untouched_render is None else ["untouched", "optimized"]
 
-        def say(lane: int, index: int, warming: bool) -> None:
-            what = "warm-up" if warming else f"run {index - warmup + 1}/{runs}"
-            _logger.info("%s call on the %s pipeline", what, names[lane])
+        def announce(lane: int, index: int, warming: bool) -> None:
+            what = "warm-up call" if warming else f"timed call {index - warmup + 1}/{runs}"
+            say(f"{what} on the {names[lane]} pipeline")
 
-        timed = interleave(lanes, warmup=warmup, runs=runs, before_each=say)
+        timed = interleave(lanes, warmup=warmup, runs=runs, before_each=announce)
         outputs, seconds, warmup_seconds = timed[-1]
         images = _frames(outputs[-1])
         untouched = None if untouched_render is None else timed[0]
@@ -293,8 +299,11 @@ def _open_image(given: Any, mode: str) -> Any:
     return given
 
 
-def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int) -> Callable[[], Any]:
+def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int, label: str) -> Callable[[], Any]:
     import torch
+
+    # The bars say which pipeline is working; diffusers' setter replaces the whole config, so keep the rest.
+    pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": label})
 
     def render() -> Any:
         call = dict(kwargs)
