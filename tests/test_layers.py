@@ -100,7 +100,10 @@ def imports_of(module: str) -> set[str]:
     for name in found:
         while name not in MODULES and "." in name:
             name = name.rpartition(".")[0]
-        if name in MODULES and name != module and name.startswith("sdopt"):
+        # A module importing a package above it (other than the root) adds no dependency: Python has
+        # run that package's __init__ before the module itself (sdopt.serve.app -> sdopt.serve).
+        own_package = module.startswith(name + ".") and name != "sdopt"
+        if name in MODULES and name != module and name.startswith("sdopt") and not own_package:
             resolved.add(name)
     return resolved
 

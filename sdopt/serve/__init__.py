@@ -16,10 +16,12 @@ Example (needs Ray; see docs/serving.md)::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from sdopt.presets import Preset
 from sdopt.serve.replica import PresetSource, Replica, as_preset
-from sdopt.serve.requests import DEFAULT_BATCH_WAIT_TIMEOUT_S, DEFAULT_MAX_BATCH_SIZE, GenerateRequest, InvalidRequest
+from sdopt.serve.requests import GenerateRequest, InvalidRequest
 
 __all__ = ["GenerateRequest", "InvalidRequest", "Replica", "deployment", "reports"]
 
@@ -30,8 +32,8 @@ def deployment(
     *,
     strict: bool = True,
     num_replicas: int = 1,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
+    max_batch_size: int = 4,
+    batch_wait_timeout_s: float = 0.05,
     device: str | None = None,
     name: str = "sdopt",
     ray_actor_options: dict[str, Any] | None = None,
@@ -49,24 +51,25 @@ def deployment(
     ``deployment_options`` go to ``serve.deployment`` as is (autoscaling, health-check period...).
     """
     try:
-        from sdopt.serve.app import application
+        from sdopt.serve.app import SdoptDeployment
     except ImportError as error:
         raise ImportError(
             f"sdopt.serve needs Ray Serve ({error.name or error} is missing): pip install sdopt[serve]"
         ) from error
-    return application(
-        model,
-        as_preset(preset),  # a malformed file fails here, before Ray starts anything
-        strict=strict,
-        num_replicas=num_replicas,
-        max_batch_size=max_batch_size,
-        batch_wait_timeout_s=batch_wait_timeout_s,
-        device=device,
-        name=name,
-        ray_actor_options=ray_actor_options,
-        deployment_options=deployment_options,
-        **from_pretrained_kwargs,
-    )
+    pinned = as_preset(preset)
+    data = pinned.to_dict() if isinstance(pinned, Preset) else None
+    options: dict[str, Any] = {
+        "name": name,
+        "num_replicas": num_replicas,
+        "user_config": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
+        "max_constructor_retry_count": 1,  # a strict refusal does not go away on a retry
+        **(deployment_options or {}),
+    }
+    if ray_actor_options is not None:
+        options["ray_actor_options"] = ray_actor_options
+    kwargs = {key: str(value) if isinstance(value, Path) else value for key, value in from_pretrained_kwargs.items()}
+    # serve.deployment made the class a Deployment, which mypy cannot see through the decorator.
+    return SdoptDeployment.options(**options).bind(model, data, strict, device, kwargs)  # type: ignore[attr-defined]
 
 
 def reports(app_name: str = "default", deployment_name: str = "sdopt", replicas: int = 1) -> list[dict[str, Any]]:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sdopt.presets import Preset
-from sdopt.serve.replica import PresetSource, Replica, as_preset
-from sdopt.serve.requests import DEFAULT_BATCH_WAIT_TIMEOUT_S, DEFAULT_MAX_BATCH_SIZE, GenerateRequest, InvalidRequest
+from sdopt.serve.replica import PresetSource, Replica
+from sdopt.serve.requests import GenerateRequest, InvalidRequest
+
+DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.05
 
 
 @serve.deployment
@@ -76,38 +77,8 @@ class SdoptDeployment:
         return await asyncio.to_thread(self.replica.generate, requests)
 
 
-def application(
-    model: str,
-    preset: PresetSource = None,
-    *,
-    strict: bool = True,
-    num_replicas: int = 1,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
-    device: str | None = None,
-    name: str = "sdopt",
-    ray_actor_options: dict[str, Any] | None = None,
-    deployment_options: dict[str, Any] | None = None,
-    **from_pretrained_kwargs: Any,
-) -> Any:
-    """The bound application `sdopt.serve.deployment` describes (its arguments, checked there)."""
-    pinned = as_preset(preset)
-    data = pinned.to_dict() if isinstance(pinned, Preset) else None
-    options: dict[str, Any] = {
-        "name": name,
-        "num_replicas": num_replicas,
-        "user_config": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
-        "max_constructor_retry_count": 1,  # a strict refusal does not go away on a retry
-        **(deployment_options or {}),
-    }
-    if ray_actor_options is not None:
-        options["ray_actor_options"] = ray_actor_options
-    kwargs = {key: str(value) if isinstance(value, Path) else value for key, value in from_pretrained_kwargs.items()}
-    # serve.deployment made the class a Deployment, which mypy cannot see through the decorator.
-    return SdoptDeployment.options(**options).bind(model, data, strict, device, kwargs)  # type: ignore[attr-defined]
-
-
 def build(args: dict[str, Any]) -> Any:
-    """The application builder for ``serve run`` config files (``import_path: sdopt.serve.app:build``):
-    ``args`` are `sdopt.serve.deployment`'s keyword arguments."""
-    return application(**args)
+    """The application builder for ``serve run`` config files (``import_path: sdopt.serve.app:build``)."""
+    from sdopt.serve import deployment
+
+    return deployment(**args)

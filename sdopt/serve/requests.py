@@ -15,11 +15,6 @@ from typing import Any
 MAX_SIDE = 4096
 MAX_STEPS = 500
 
-DEFAULT_MAX_BATCH_SIZE = 4
-"""Requests a replica batches into one pipeline call, at most (a deployment's ``user_config`` may change it)."""
-DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.05
-"""How long a replica waits for a batch to fill."""
-
 
 class InvalidRequest(ValueError):
     """A request the replica refuses; ``errors`` follow FastAPI's 422 body: ``loc``, ``msg``, ``type``."""
