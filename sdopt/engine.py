@@ -104,12 +104,17 @@ def apply_plan(
         except _StepFailed as failure:
             _roll_back(stack, before)
             if strict:
+                store.close()
                 raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
             when = "in the verification call after it was applied" if failure.verified else "while applied"
             cause = f"{type(failure.cause).__name__}: {failure.cause}"
             reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
             current = make_plan(pipe, request, failed=_reasons(failed))
+        except BaseException:  # Ctrl-C, SystemExit: the pipeline goes back exactly as it was, then it propagates
+            _roll_back_fully(stack, before)
+            store.close()
+            raise
         finally:
             del before  # the attempt's references to the originals go now, not when optimize returns
 
@@ -172,6 +177,17 @@ def _roll_back(stack: UndoStack, before: Restore) -> None:
         before()
 
 
+def _roll_back_fully(stack: UndoStack, before: Restore) -> None:
+    """:func:`_roll_back` that a second Ctrl-C cannot leave half done: interrupted, it carries on (the undo
+    stack keeps what it has not finished), and the first interrupt propagates afterwards."""
+    while True:
+        try:
+            _roll_back(stack, before)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: UndoStack) -> Decision:
     # Re-read the anatomy: an earlier step may have swapped a component.
     anatomy = inspect_pipeline(pipe)
@@ -179,8 +195,10 @@ def _apply_step(pipe: Any, step: Step, caps: Capabilities, stack: UndoStack) -> 
     restore = record(pipe)
     try:
         undo = step.optimization.apply(pipe, anatomy, caps, step.config)
-    except Exception as error:
+    except BaseException as error:
         restore()  # whatever the apply touched before raising (the core guarantees it, not the apply)
+        if not isinstance(error, Exception):
+            raise  # Ctrl-C: the caller rolls back the steps before this one
         raise _StepFailed(step, error) from error
     if not callable(undo):
         restore()

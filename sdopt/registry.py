@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import pkgutil
+import threading
 from typing import Any
 
 from sdopt.errors import UnknownOptimizationError
@@ -34,6 +35,7 @@ __all__ = [
 
 _loaded = False
 _loading = False
+_load_lock = threading.RLock()
 
 
 def unregister(name: str) -> None:
@@ -116,14 +118,19 @@ def _default_of(item: dataclasses.Field[Any]) -> Any:
 
 def _ensure_loaded() -> None:
     global _loaded, _loading
-    if _loaded or _loading:
+    if _loaded:
         return
-    _loading = True
-    try:
-        _load_builtins_and_plugins()
-        _loaded = True
-    finally:
-        _loading = False
+    # Another thread's first use waits for the load instead of seeing a half-filled registry; the loading
+    # thread itself (an optimization module asking while it is imported) gets through (a re-entrant lock).
+    with _load_lock:
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            _load_builtins_and_plugins()
+            _loaded = True
+        finally:
+            _loading = False
 
 
 def _load_builtins_and_plugins() -> None:

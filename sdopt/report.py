@@ -144,16 +144,22 @@ class Report:
             raise UndoError(
                 f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
             )
-        stack, self._undo_stack = self._undo_stack, None
-        ledger.forget(self._pipeline, self)
-        self._undone = True
         try:
-            stack()
-        except Exception as error:
+            self._undo_stack()
+        except Exception as error:  # every undo ran; some raised: the pipeline may not be fully restored
+            self._finish_undo()
             self._broken = f"{type(error).__name__}: {error}"
             raise
+        # An interrupt (Ctrl-C) propagates with the report still live and the rest of its undos kept:
+        # undo() again finishes the job.
+        self._finish_undo()
         if self._originals is not None:
             self._originals.close()
+
+    def _finish_undo(self) -> None:
+        self._undo_stack = None
+        ledger.forget(self._pipeline, self)
+        self._undone = True
 
     def track_undo(self, pipe: Any, stack: UndoStack, *, keep: bool, originals: Originals | None = None) -> None:
         """For the engine: attach the undo stack of the steps applied to ``pipe`` (dropped without

@@ -23,7 +23,8 @@ class UndoStack:
     """Undo functions in the order their changes were made; calling the stack undoes them newest first.
 
     If some undos raise, the others still run (a partial undo is worse) and one
-    `RollbackError` then names them all. Calling it empties the stack.
+    `RollbackError` then names them all. Calling it empties the stack; an interrupt (Ctrl-C) leaves the
+    undos not yet finished on it, the interrupted one included, so calling it again completes the job.
 
     Examples:
         >>> from sdopt.undo import UndoStack
@@ -53,11 +54,12 @@ class UndoStack:
     def __call__(self) -> None:
         errors = []
         while self._entries:
-            name, undo = self._entries.pop()
+            name, undo = self._entries[-1]
             try:
                 undo()
             except Exception as error:  # keep undoing the rest: a partial undo is worse
                 errors.append(f"{name or 'an undo'}: {type(error).__name__}: {error}")
+            self._entries.pop()  # done (or failed for good); an interrupt above leaves it for the next call
         if errors:
             raise RollbackError(
                 "undoing some optimizations raised, the pipeline may not be fully restored; reload it. "

@@ -26,3 +26,26 @@ def test_alone_it_applies_for_real_or_says_why_not(family: str, name: str, profi
     else:
         assert report.skipped[0].reason
     snapshot.assert_identical()
+
+
+def test_the_registry_first_used_from_two_threads_is_whole_in_both() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, threading
+from sdopt import registry
+barrier = threading.Barrier(4)
+seen = []
+def first_use():
+    barrier.wait()
+    seen.append(len(registry.names()))
+threads = [threading.Thread(target=first_use) for _ in range(4)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(json.dumps(seen))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(counts) == 4 and len(set(counts)) == 1 and counts[0] >= 25

@@ -36,12 +36,14 @@ class InjectedFault(Exception):
     pass
 
 
-def _traced_apply(apply: Callable[..., Any], fault_at: int | None, counter: list[int]) -> Callable[..., Any]:
+def _traced_apply(
+    apply: Callable[..., Any], fault_at: int | None, counter: list[int], fault: type[BaseException] = InjectedFault
+) -> Callable[..., Any]:
     def local(frame: Any, event: str, arg: Any) -> Any:
         if event == "line":
             counter[0] += 1
             if fault_at is not None and counter[0] == fault_at:
-                raise InjectedFault(f"fault at line event {fault_at}")
+                raise fault(f"fault at line event {fault_at}")
         return local
 
     def global_(frame: Any, event: str, arg: Any) -> Any:
@@ -146,6 +148,57 @@ def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, opt
         assert differences == [], f"{name}: fault at line {point} of {lines} left {differences[:5]}"
     assert faults >= len(points) - 2
     assert np.array_equal(run_pipeline(pipe, family), expected)
+
+
+_CTRL_C_CASES = [case for case in CASES if case[0] in ("half_precision", "fuse_qkv", "quantize_int8", "step_budget")]
+
+
+@pytest.mark.parametrize(("name", "family", "profile", "options"), _CTRL_C_CASES, ids=[c[0] for c in _CTRL_C_CASES])
+def test_ctrl_c_anywhere_in_an_apply_leaves_the_pipeline_as_it_was_and_propagates(
+    name, family, profile, options, monkeypatch
+):
+    # A step applied before the interrupted one (channels_last) is rolled back too, and nothing is reported:
+    # the interrupt reaches the caller, with the pipeline exactly as it was.
+    caps = fake_capabilities(profile)
+    optimization = registry.get(name)
+    pipe = tiny_pipeline(family)
+    before = pipeline_state(pipe)
+    extra = [{"name": name, **options}, "channels_last"]
+    optimize(pipe, tier=None, extra=extra, caps=caps).undo()  # lazy set-up once, untraced
+    counter = [0]
+    monkeypatch.setattr(optimization, "apply", _traced_apply(_apply_of(optimization), None, counter))
+    optimize(pipe, tier=None, extra=extra, caps=caps).undo()
+    lines = counter[0]
+    for point in sorted({1, lines, *np.linspace(1, lines, 6).round().astype(int).tolist()}):
+        counter[0] = 0
+        traced = _traced_apply(_apply_of(optimization), point, counter, KeyboardInterrupt)
+        monkeypatch.setattr(optimization, "apply", traced)
+        with pytest.raises(KeyboardInterrupt):
+            optimize(pipe, tier=None, extra=extra, caps=caps)
+        assert state_differences(before, pipeline_state(pipe)) == [], f"{name}: Ctrl-C at line {point} of {lines}"
+
+
+def test_ctrl_c_inside_undo_leaves_the_report_live_and_a_retry_restores_exactly(monkeypatch) -> None:
+    pipe = tiny_pipeline("sd")
+    before = pipeline_state(pipe)
+    report = optimize(pipe, tier=None, extra=["fuse_qkv", "channels_last"], caps=fake_capabilities("cpu"))
+    stack = report._undo_stack
+    assert stack is not None and stack.names() == ["channels_last", "fuse_qkv"]
+    name, oldest_undo = stack._entries[0]  # the step applied first: its undo runs last
+    calls = [0]
+
+    def interrupted_once() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        oldest_undo()
+
+    stack._entries[0] = (name, interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        report.undo()  # fuse_qkv was undone, channels_last's undo was interrupted
+    assert report.undoable and stack.names() == ["channels_last"]
+    report.undo()
+    assert not report.undoable and state_differences(before, pipeline_state(pipe)) == []
 
 
 def test_a_replaced_tensor_in_an_unchanged_sized_dict_is_put_back() -> None:

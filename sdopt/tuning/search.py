@@ -93,7 +93,18 @@ def _applied(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> I
     try:
         yield
     finally:
-        report.undo()
+        _undo_fully(report)
+
+
+def _undo_fully(report: Any) -> None:
+    """``report.undo()``, carried on through a Ctrl-C that lands in it (its stack keeps what is left), so a
+    measurement always leaves the pipeline as it found it; the first interrupt is already on its way up."""
+    while True:
+        try:
+            report.undo()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _warm_up(
