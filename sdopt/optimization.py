@@ -58,6 +58,13 @@ what changes weights' dtype or identity comes before what rearranges them, and c
 
 EFFECTS: tuple[str, ...] = ("speed", "memory", "speed+memory")
 
+LOCAL_ONLY: Mapping[str, bool] = {"local_only": True}
+"""Metadata of a config option only code may set, never a preset file: a directory sdopt would load
+compiled programs from (``dataclasses.field(default="", metadata=LOCAL_ONLY)``). Frozen presets leave
+such options out (a replay uses its own machine's default) and loading a file that sets one to anything
+but its default is refused,
+so a preset, which is plain data, cannot make sdopt run code from a place it names."""
+
 
 @dataclass(frozen=True)
 class NoConfig:
@@ -166,6 +173,15 @@ class Optimization:
             return self.Config(**converted)
         except (TypeError, ValueError) as error:
             raise ConfigError(self.name, str(error)) from error
+
+    def local_only_options(self) -> set[str]:
+        """The options of :attr:`Config` a preset file may not set (see :data:`LOCAL_ONLY`)."""
+        return {item.name for item in dataclasses.fields(self.Config) if item.metadata.get("local_only")}
+
+    def portable(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` without the local-only ones: what a frozen preset records."""
+        local = self.local_only_options()
+        return {key: value for key, value in options.items() if key not in local}
 
     def config_to_dict(self, config: Any) -> dict[str, Any]:
         """A JSON-safe dict of every option of ``config``."""

@@ -155,6 +155,14 @@ class Preset:
             try:
                 optimization = registry.get(step["name"])
                 config = dict(step.get("config", {}))
+                defaults = optimization.config_to_dict(optimization.make_config({}))
+                local = sorted(k for k in set(config) & optimization.local_only_options() if config[k] != defaults[k])
+                if local:
+                    raise PresetError(
+                        f"{where}: {', '.join(local)} cannot come from a preset file (a directory sdopt would "
+                        "load compiled code from); leave it out to use this machine's cache, or set it in code "
+                        f"with extra=[{{'name': {step['name']!r}, {local[0]!r}: ...}}]"
+                    )
                 optimization.make_config(config)  # validates names and types
                 when = Requirements.from_dict(step.get("when", {}))
             except (SdoptError, ValueError, TypeError) as error:

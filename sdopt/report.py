@@ -187,12 +187,12 @@ class Report:
         """
         from sdopt import registry
         from sdopt._version import __version__
-        from sdopt.presets import Entry, Preset
+        from sdopt.presets import Preset
 
         decisions = self.planned if self.dry_run else self.applied
         return Preset(
             name,
-            tuple(Entry(d.name, d.config, config_version=registry.get(d.name).version) for d in decisions),
+            tuple(self._frozen_entry(registry.get(d.name), d) for d in decisions),
             version=version,
             description=description or f"frozen from {self.source or 'explicit optimizations'} on {self.device}",
             sdopt_version=__version__,
@@ -201,6 +201,12 @@ class Report:
             made_on=dict(self.made_on),
             memory_budget_gb=self.memory_budget_gb,
         )
+
+    @staticmethod
+    def _frozen_entry(optimization: Any, decision: Decision) -> Any:
+        from sdopt.presets import Entry
+
+        return Entry(decision.name, optimization.portable(decision.config), config_version=optimization.version)
 
     @property
     def after_calls(self) -> dict[str, str]:

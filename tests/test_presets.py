@@ -181,3 +181,33 @@ def test_the_docs_hold_the_current_tier_tables() -> None:
 
     docs = (Path(__file__).parent.parent / "docs" / "tiers.md").read_text()
     assert tiers_markdown() in docs, "docs/tiers.md is stale: paste the output of `sdopt tiers --markdown`"
+
+
+def test_a_preset_file_cannot_name_the_directory_code_is_loaded_from(tmp_path) -> None:
+    from sdopt.presets import PresetError
+
+    path = tmp_path / "planted.toml"
+    path.write_text('name = "x"\n\n[[steps]]\nname = "static_int8"\n\n[steps.config]\ncache_dir = "/tmp/evil"\n')
+    with pytest.raises(PresetError, match=r"steps\[0\] \(static_int8\): cache_dir cannot come from a preset file"):
+        Preset.load(path)
+
+
+def test_frozen_presets_leave_out_local_only_options_and_record_their_version() -> None:
+    from sdopt import optimize
+    from sdopt.testing import fake_capabilities, tiny_pipeline
+
+    extra = [{"name": "torch_compile", "accept_cpu_first_call": True, "cache_dir": "/somewhere/mine"}]
+    report = optimize(tiny_pipeline("sd"), tier=None, extra=extra, caps=fake_capabilities("cpu-amx"), dry_run=True)
+    assert report.planned[0].config["cache_dir"] == "/somewhere/mine"  # used here...
+    (entry,) = report.to_preset("app").entries
+    assert "cache_dir" not in entry.config and entry.config_version == 1  # ...never written into the preset
+    again = Preset.from_dict(report.to_preset("app").to_dict())
+    assert again.entries[0].config == entry.config
+
+
+def test_a_step_written_for_another_version_of_its_options_is_refused() -> None:
+    from sdopt.presets import PresetError
+
+    data = {"name": "old", "steps": [{"name": "vae_tiling", "config": {"tile_size": 64}, "config_version": 7}]}
+    with pytest.raises(PresetError, match="written for version 7 of vae_tiling's options"):
+        Preset.from_dict(data)

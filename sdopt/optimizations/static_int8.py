@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.calls import CallLayer, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
@@ -49,7 +49,7 @@ class StaticInt8Config:
     min_snr_db: float = 20.0
     keep_float: tuple[str, ...] = ("auto",)
     calibration_calls: int = 8
-    cache_dir: str = ""
+    cache_dir: str = field(default="", metadata=LOCAL_ONLY)  # code only: presets cannot name where code loads from
 
 
 @register

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import cache_root
 from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._inductor import inductor_cache_dir
 
@@ -32,7 +32,7 @@ class TorchCompileConfig:
     regional: Literal["auto", "yes", "no"] = "auto"
     fullgraph: bool = False
     accept_cpu_first_call: bool = False
-    cache_dir: str = ""
+    cache_dir: str = field(default="", metadata=LOCAL_ONLY)  # code only: presets cannot name where code loads from
 
 
 @register

@@ -166,7 +166,9 @@ def tune(
         record.best_call_s = timed[-1].call_s if timed[-1].kept else timed[-1].best_s
     kept = {entry.name for entry in best}
     frozen = tuple(  # plan order, each with the version of its options' meaning, as Report.to_preset records
-        replace(entry, config_version=registry.get(entry.name).version)
+        Entry(
+            entry.name, registry.get(entry.name).portable(entry.config), config_version=registry.get(entry.name).version
+        )
         for entry in search.entries(candidates.steps)
         if entry.name in kept
     )
