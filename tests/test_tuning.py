@@ -196,6 +196,23 @@ def test_a_cached_tuning_measures_nothing(fakes, clocked, monkeypatch, tmp_path)
     assert clear_cache() == 2
 
 
+def test_a_planted_tuning_entry_cannot_add_a_step_outside_the_candidates(fakes, clocked, monkeypatch, tmp_path) -> None:
+    import json
+
+    pipe, clock, calls = clocked
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    first = _tune(pipe, clock, cache=True)
+    (stored,) = list(tmp_path.rglob("*.json"))
+    data = json.loads(stored.read_text())
+    data["preset"]["steps"].append({"name": "resolution", "config": {"scale": 0.25}})  # not a candidate
+    stored.write_text(json.dumps(data))
+    calls["denoiser"] = 0
+    again = _tune(pipe, clock, cache=True)
+    assert not again.from_cache and calls["denoiser"] > 0  # measured again, the planted step never applied
+    assert "resolution" not in [entry.name for entry in again.preset.entries]
+    assert again.preset.to_dict() == first.preset.to_dict()
+
+
 def test_the_time_budget_stops_measuring(fakes, clocked, monkeypatch, tmp_path) -> None:
     pipe, clock, calls = clocked
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))

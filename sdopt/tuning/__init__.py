@@ -110,8 +110,10 @@ def tune(
     root = stored_tunings.default_root()
     if cache:
         found = _stored(root, key)
-        if found is not None:
+        if found is not None and _only_candidates(found.preset, search.entries(candidates.steps)):
             return dataclasses.replace(found, from_cache=True, seconds=clock() - started)
+        if found is not None:
+            _logger.warning("the stored tuning %s names steps outside its candidates: ignored, measured again", key)
 
     settings = search.Settings(
         shape=shape,
@@ -264,6 +266,13 @@ def clear_cache() -> int:
         >>> del os.environ["SDOPT_CACHE_DIR"]
     """
     return stored_tunings.clear()
+
+
+def _only_candidates(preset: Preset, candidates: list[Entry]) -> bool:
+    """Whether every step of a stored tuning is one of the candidates its key was made from, with the very
+    same options: an entry planted or damaged on disk cannot add a step (resolution 0.25 under balanced)."""
+    allowed = {entry.name: registry.get(entry.name).portable(entry.config) for entry in candidates}
+    return all(entry.name in allowed and dict(entry.config) == allowed[entry.name] for entry in preset.entries)
 
 
 def _stored(root: Any, key: str) -> Tuning | None:
