@@ -20,7 +20,8 @@ def _install(session: nox.Session, extras: str = "test") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, exactly as the README and CI run it."""
+    """The quick test selection, as the README's first command runs it (`nox -s tests -- -m "slow or not slow"`:
+    everything, as CI runs it)."""
     _install(session)
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 

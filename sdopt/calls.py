@@ -225,7 +225,7 @@ def verification_kwargs(pipe: Any) -> dict[str, Any]:
 
     Examples:
         >>> from sdopt.testing import tiny_pipeline
-        >>> from sdopt.verification import verification_kwargs
+        >>> from sdopt.calls import verification_kwargs
         >>> kwargs = verification_kwargs(tiny_pipeline("sd"))
         >>> kwargs["num_inference_steps"], kwargs["height"], kwargs["width"]
         (2, 64, 64)
@@ -271,7 +271,7 @@ def placeholder_image(height: int, width: int | None = None, *, mask: bool = Fal
     """A made-up input image (a colour gradient) or mask (right half white) for calls sdopt makes itself.
 
     Examples:
-        >>> from sdopt.verification import placeholder_image
+        >>> from sdopt.calls import placeholder_image
         >>> placeholder_image(64, 32).size
         (32, 64)
     """

@@ -149,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--memory-budget", help="the most device memory the plan may use, e.g. 6GB")
     generate.add_argument("--exclude", default="", help="comma-separated optimization names to leave out")
     generate.add_argument(
-        "--compare", action="store_true", help="render the same image untouched first: speedup and fidelity"
+        "--compare",
+        action="store_true",
+        help="time the untouched pipeline too, calls interleaved: the speedup (or none) and the fidelity",
     )
     generate.add_argument("--json", dest="json_out", help="also write the report and timings as JSON")
     generate.add_argument(
@@ -171,7 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     optimizations = subcommands.add_parser("optimizations", help="list the registered optimizations")
     optimizations.add_argument("--json", action="store_true", help="print JSON instead of a table")
     optimizations.add_argument(
-        "--write-docs", metavar="DIR", help="write the documentation page of each optimization (docs/catalogue)"
+        "--write-docs",
+        metavar="DIR",
+        help="write the documentation page of each optimization to DIR (the docs build makes its own)",
     )
     optimizations.set_defaults(handler=commands.optimizations_command)
 

@@ -140,9 +140,8 @@ def _print_import_noise(caps: Any, *, verbose: bool) -> None:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from sdopt.generate import DEFAULT_PROMPT, check_image_path, generate
+    from sdopt.generate import DEFAULT_PROMPT, generate
 
-    check_image_path(args.output)  # before minutes of loading and rendering
     for name in names(args.exclude):
         registry.get(name)
     result = generate(
@@ -256,8 +255,6 @@ def tune_command(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    import torch
-
     from sdopt.capabilities import detect
     from sdopt.loading import place, stand_ins_for
     from sdopt.tiers import resolve_tier
@@ -272,8 +269,7 @@ def tune_command(args: argparse.Namespace) -> int:
     resolve_tier(args.quality)
     for name in names(args.exclude):
         registry.get(name)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     caps = detect(device=args.device) if args.device else detect()
     caps.require_usable_device()
     call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": args.guidance}
@@ -307,14 +303,9 @@ def tune_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from sdopt.bench import DEFAULT_PROMPTS, bench
-    from sdopt.timing import choose_threads
 
-    threads, why = choose_threads(args.threads)
-    torch.set_num_threads(threads)
-    print(why, file=sys.stderr)
+    _set_threads(args.threads)
     prompts: Sequence[str] = DEFAULT_PROMPTS
     if args.prompts:
         prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -357,3 +348,16 @@ def pipeline_to_plan(args: argparse.Namespace) -> Any:
 
         return real_pipeline(args.arch, device="meta")
     return load_pipeline(args.arch or args.model)
+
+
+def _set_threads(requested: int | None) -> None:
+    """torch's thread count for a command that times calls: ``--threads``, else chosen by the machine's load
+    over its physical cores (torch's own default); said on stderr."""
+    import torch
+
+    from sdopt.capabilities import detect
+    from sdopt.timing import choose_threads
+
+    threads, why = choose_threads(requested, cores=detect().cpu.physical_cores)
+    torch.set_num_threads(threads)
+    print(why, file=sys.stderr)

@@ -85,7 +85,12 @@ class StrictModeError(SdoptError, RuntimeError):
 
 
 class RollbackError(SdoptError, RuntimeError):
-    """Undoing an optimization raised; the pipeline may be left partly optimized."""
+    """Undoing an optimization raised; the pipeline may be left partly optimized. ``failures`` names each
+    undo that raised, with its error."""
+
+    def __init__(self, message: str, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 class UndoError(SdoptError, RuntimeError):

@@ -2,8 +2,9 @@
 
 ``generate`` loads a pipeline (a checkpoint, or a built-in architecture with random weights),
 optimizes it with a tier or a pinned preset, renders the prompt and times it. With
-``compare=True`` the same pipeline renders the same prompt and seed untouched first, so the
-result also says how much faster the optimized pipeline is and how far its image drifted.
+``compare=True`` the untouched pipeline renders the same prompt and seed too, its calls interleaved
+with the optimized ones on a CPU, so the result also says whether the optimized pipeline is faster
+beyond the noise of the runs and how far its image drifted.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Generation:
     def speedup(self) -> float | None:
         """Untouched seconds per image / optimized seconds per image (``compare=True`` only); whether it
         is more than noise: `comparison`."""
-        untouched = self.untouched_per_image_s
-        return None if untouched is None or self.per_image_s <= 0 else untouched / self.per_image_s
+        comparison = self.comparison
+        return None if comparison is None else comparison.ratio
 
     @property
     def comparison(self) -> Speedup | None:
@@ -170,8 +171,8 @@ def generate(
     guidance take the pipeline's own defaults. ``warmup`` untimed calls (default: 1 with ``compare``,
     else none) precede ``runs`` timed calls. ``compare`` times the untouched pipeline too, call for
     call interleaved with the optimized one (a copy sharing the weights the optimization leaves alone).
-    On a CPU, ``threads`` (default: chosen by the machine's load, see `sdopt.timing.choose_threads`)
-    is torch's thread count while this runs; the notes say which was used. ``image`` and
+    ``threads`` is torch's CPU thread count while this runs (default on a CPU: chosen by the machine's
+    load, see `sdopt.timing.choose_threads`; elsewhere left as it is); the notes say which was used. ``image`` and
     ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
     such pipelines get a made-up input. The optimized pipeline is in ``.pipe``. ``progress`` is told each
     phase as it starts (loading, optimizing, each call and which pipeline makes it).
@@ -204,7 +205,7 @@ def generate(
     measured_tier = how.get("tier") is not None and is_auto(how["tier"])
     # Random-weight architectures get random-weight replacement models (tiny VAE...), as in `sdopt bench`.
     say = progress or (lambda message: _logger.info("%s", message))
-    with _torch_threads(threads if caps.device == "cpu" else None, notes), stand_ins_for(source):
+    with _torch_threads(threads, caps, notes), stand_ins_for(source):
         started = time.perf_counter()
         say(f"loading {source}" + (" (random weights, no download)" if built_in else ""))
         pipe = load_pipeline(source, "cpu" if caps.device == "cuda" else caps.device)
@@ -216,9 +217,25 @@ def generate(
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
         render = _renderer(pipe, kwargs, seed, "optimized")
-        # Copied before optimizing: the copy shares the weights the optimization leaves alone and keeps
-        # the ones it replaces (sdopt never writes into a tensor in place), so both can be timed in turn.
-        untouched_render = _renderer(light_copy(pipe), kwargs, seed, "untouched") if compare else None
+
+        def announce(names: list[str]) -> Callable[[int, int, bool], None]:
+            def before_each(lane: int, index: int, warming: bool) -> None:
+                what = "warm-up call" if warming else f"timed call {index - warmup + 1}/{runs}"
+                say(f"{what} on the {names[lane]} pipeline")
+
+            return before_each
+
+        # On a CPU the untouched pipeline is a copy sharing the weights the optimization leaves alone (it keeps
+        # the ones it replaces: sdopt never writes into a tensor in place), so both are timed call for call in
+        # turn. On an accelerator the copy would hold the original weights beside the optimized ones in device
+        # memory: the untouched calls come first there, on the pipeline itself, warm-up included.
+        interleaved = compare and caps.device == "cpu"
+        untouched_render = _renderer(light_copy(pipe), kwargs, seed, "untouched") if interleaved else None
+        untouched = None
+        if compare and not interleaved:
+            notes.append(f"on {caps.device} the untouched calls ran before optimizing, not interleaved (memory)")
+            timed_first = interleave([render], warmup=warmup, runs=runs, before_each=announce(["untouched"]))
+            untouched = timed_first[0]
 
         started = time.perf_counter()
         say(f"optimizing with {how.get('tier') or 'the preset'}" + (" (measuring: tier auto)" if measured_tier else ""))
@@ -229,15 +246,11 @@ def generate(
         optimize_s = time.perf_counter() - started
         lanes = [render] if untouched_render is None else [untouched_render, render]
         names = ["optimized"] if untouched_render is None else ["untouched", "optimized"]
-
-        def announce(lane: int, index: int, warming: bool) -> None:
-            what = "warm-up call" if warming else f"timed call {index - warmup + 1}/{runs}"
-            say(f"{what} on the {names[lane]} pipeline")
-
-        timed = interleave(lanes, warmup=warmup, runs=runs, before_each=announce)
+        timed = interleave(lanes, warmup=warmup, runs=runs, before_each=announce(names))
         outputs, seconds, warmup_seconds = timed[-1]
         images = _frames(outputs[-1])
-        untouched = None if untouched_render is None else timed[0]
+        if untouched_render is not None:
+            untouched = timed[0]
 
     result = Generation(
         source=source,
@@ -317,11 +330,15 @@ def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int, label: str) -> Calla
 
 
 @contextlib.contextmanager
-def _torch_threads(requested: int | None, notes: list[str]) -> Iterator[None]:
-    """torch's CPU thread count while generating (chosen by load unless ``requested``), noted, then put back."""
+def _torch_threads(requested: int | None, caps: Any, notes: list[str]) -> Iterator[None]:
+    """torch's CPU thread count while generating, noted, then put back: ``requested``, else on a CPU target
+    chosen by load over its physical cores (torch's own default), else left as it is."""
     import torch
 
-    threads, why = choose_threads(requested)
+    if requested is None and caps.device != "cpu":
+        yield
+        return
+    threads, why = choose_threads(requested, cores=caps.cpu.physical_cores)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     notes.append(why)

@@ -276,6 +276,11 @@ def _validate(cls: type[Optimization]) -> None:
     for item in dataclasses.fields(cls.Config):
         if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
             raise PlanningError(f"{where}: config option {item.name!r} needs a default")
+    if getattr(cls, "budgeted", False):
+        raise PlanningError(
+            f'{where}: `budgeted = True` was replaced by `offload_regime` ("model", "group" or "sequential": '
+            "the peak it brings memory down to); set that instead"
+        )
     for relation in ("conflicts", "after", "before"):
         value = getattr(cls, relation)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):

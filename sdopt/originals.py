@@ -102,7 +102,8 @@ class _Entry:
 
 
 class Kept:
-    """The originals of some tensors; `restore` puts them back (once)."""
+    """The originals of some tensors; `restore` puts them back (once; run again after an interrupt, it
+    reads them again)."""
 
     def __init__(self, store: Originals, entries: list[_Entry], files: list[str], *, changed_only: bool) -> None:
         self._store = store  # keeps the spill dir alive as long as an undo may need it

@@ -2,7 +2,8 @@
 spread the samples show, a verdict that calls a difference inside that spread what it is, and a
 thread count chosen with the machine's load in view.
 
-Used wherever sdopt prints a speed-up (``sdopt generate --compare``, ``sdopt bench``, ``tier="auto"``).
+Used where sdopt prints a speed-up (``sdopt generate --compare``, ``sdopt bench``); ``tier="auto"`` shares
+its noise measure (`relative_range`, `MIN_GAIN`) with a search heuristic of its own (`sdopt.tuning.search`).
 """
 
 from __future__ import annotations

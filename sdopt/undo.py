@@ -16,7 +16,8 @@ from typing import Any
 from sdopt.errors import RollbackError
 
 Undo = Callable[[], None]
-"""Restores exactly what one ``apply`` changed. Called at most once."""
+"""Restores exactly what one ``apply`` changed. Called once; if an interrupt (Ctrl-C) stops it midway it
+is called again to finish, so an undo puts back what it saved rather than toggling state."""
 
 
 class UndoStack:
@@ -57,13 +58,16 @@ class UndoStack:
             name, undo = self._entries[-1]
             try:
                 undo()
+            except RollbackError as error:  # a stack within this one: its failures, each named once
+                errors += [f"{name}: {failure}" if name else failure for failure in error.failures]
             except Exception as error:  # keep undoing the rest: a partial undo is worse
                 errors.append(f"{name or 'an undo'}: {type(error).__name__}: {error}")
             self._entries.pop()  # done (or failed for good); an interrupt above leaves it for the next call
         if errors:
             raise RollbackError(
                 "undoing some optimizations raised, the pipeline may not be fully restored; reload it. "
-                + "; ".join(errors)
+                + "; ".join(errors),
+                tuple(errors),
             )
 
 

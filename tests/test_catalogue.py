@@ -49,3 +49,36 @@ print(json.dumps(seen))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(counts) == 4 and len(set(counts)) == 1 and counts[0] >= 25
+
+
+def test_a_plugin_still_declaring_budgeted_is_told_to_use_offload_regime() -> None:
+    from sdopt.errors import PlanningError
+    from sdopt.optimization import Optimization, register
+
+    class OldStyleOffload(Optimization):
+        name = "old_style_offload"
+        kind = "memory"
+        budgeted = True  # sdopt 0.1's flag, replaced by offload_regime
+
+        def apply(self, pipe, anatomy, caps, config):  # type: ignore[no-untyped-def]
+            return lambda: None
+
+    with pytest.raises(PlanningError, match="replaced by `offload_regime`"):
+        register(OldStyleOffload)
+
+
+def test_a_failing_undo_inside_a_nested_stack_is_named_once() -> None:
+    from sdopt.errors import RollbackError
+    from sdopt.undo import UndoStack
+
+    def broken() -> None:
+        raise OSError("spill file gone")
+
+    inner = UndoStack()
+    inner.push(broken, "restore weights")
+    outer = UndoStack()
+    outer.push(inner, "half_precision")
+    with pytest.raises(RollbackError) as raised:
+        outer()
+    assert raised.value.failures == ("half_precision: restore weights: OSError: spill file gone",)
+    assert str(raised.value).count("undoing some optimizations raised") == 1

@@ -251,7 +251,7 @@ def _bench(
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
     notes.append(
         "speedup: the baseline's median over the tier's, with its noise (+-, from both sides' ranges over the "
-        "interleaved runs); a ratio inside the noise reads 'no difference', and fewer than 3 runs tell nothing"
+        "runs); a ratio inside the noise reads 'no difference', and fewer than 3 runs tell nothing"
     )
     if peers:
         notes.append(
