@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
+from sdopt.cache_dir import check_trusted
 from sdopt.calls import CallLayer, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
@@ -156,6 +157,7 @@ class StaticInt8(Optimization):
         )
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        check_trusted(Path(config.cache_dir))  # programs and kernels are loaded from there: only this user's
         denoiser = anatomy.denoiser
         restore = remember_attributes(denoiser, ("forward",))
         runner = Int8Runner(

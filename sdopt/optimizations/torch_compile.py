@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy, is_compiled
-from sdopt.cache_dir import cache_root
+from sdopt.cache_dir import cache_root, check_trusted
 from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register
@@ -103,6 +104,7 @@ class TorchCompile(Optimization):
         return f"torch.compile ({how}, mode {config.mode}); the first call compiles (CPU: {CPU_FIRST_CALL_NOTE})"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
+        check_trusted(Path(config.cache_dir))  # inductor loads compiled kernels from there: only this user's
         denoiser = anatomy.denoiser
         restore = [remember_attributes(m, ("_compiled_call_impl",)) for m in denoiser.modules()]
         options: dict[str, Any] = {"mode": config.mode, "fullgraph": config.fullgraph}

@@ -340,3 +340,38 @@ def test_too_little_free_memory_for_a_build_keeps_float32(monkeypatch, tmp_path)
     np.testing.assert_array_equal(_image(pipe), reference)
     assert pipe.unet.__dict__["forward"].builds == 0
     report.undo()
+
+
+def test_only_entries_this_users_sdopt_signed_are_ever_deserialised(tmp_path, monkeypatch) -> None:
+    from sdopt.cache_dir import UntrustedCacheError
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "home"))  # this user's secret lives here
+    root = tmp_path / "int8"
+    program = torch.export.export(torch.nn.Linear(4, 4).eval(), (torch.randn(1, 4),))
+    cache.store(root, "entry", program, {"snr_db": 50.0})
+    loaded, meta = cache.load(root, "entry")  # signed by this user's sdopt: loaded
+    assert meta == {"snr_db": 50.0} and loaded.graph_module is not None
+
+    (root / "entry" / "meta.json").write_text('{"snr_db": 99.0}')  # a changed measurement...
+    with pytest.raises(UntrustedCacheError, match="not signed by this user's sdopt"):
+        cache.load(root, "entry")
+    planted = root / "planted"  # ...or a program someone put there: never unpickled
+    planted.mkdir()
+    (planted / "program.pt2").write_bytes(b"PK\x03\x04 whatever would run on load")
+    (planted / "meta.json").write_text("{}")
+    loads = []
+    monkeypatch.setattr(torch.export, "load", lambda *args, **kwargs: loads.append(args))
+    with pytest.raises(UntrustedCacheError):
+        cache.load(root, "planted")
+    assert loads == []
+
+
+def test_a_cache_folder_others_can_write_to_is_refused(tmp_path) -> None:
+    from sdopt.testing import tiny_pipeline
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    pipe = tiny_pipeline("sd")
+    report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(shared)}], caps=VNNI)
+    assert report.applied == [] and "can be written by other users" in report.failed[0].reason

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
-from sdopt.cache_dir import cache_root
+from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
 
 _PROGRAM = "program.pt2"
 _META = "meta.json"
+_MAC = "mac"
 
 
 def default_root() -> Path:
@@ -95,10 +96,19 @@ def key(weights: str, call_signature: str, exclude: Sequence[str]) -> str:
 
 
 def load(root: Path, entry: str) -> tuple[Any, dict[str, Any]] | None:
-    """The converted program stored under ``entry`` and what was measured when it was made, or None."""
+    """The converted program stored under ``entry`` and what was measured when it was made, or None.
+
+    Loading a program unpickles it, so it is loaded only from a folder only this user can write
+    (`check_trusted` raises otherwise) and only when its MAC proves this user's sdopt wrote it unchanged;
+    an entry without one (planted, or from another user or machine) raises, to be rebuilt."""
     folder = root / entry
     if not (folder / _PROGRAM).is_file() or not (folder / _META).is_file():
         return None
+    check_trusted(folder)
+    files = (folder / _PROGRAM, folder / _META)
+    mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
+    if not signed(mac, *files):
+        raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt: not loaded (rebuilt instead)")
     meta = json.loads((folder / _META).read_text(encoding="utf-8"))
     from sdopt.optimizations._int8.quantizer import register_int8_fusions
 
@@ -107,12 +117,15 @@ def load(root: Path, entry: str) -> tuple[Any, dict[str, Any]] | None:
 
 
 def store(root: Path, entry: str, program: Any, meta: dict[str, Any]) -> None:
-    """Keep ``program`` under ``entry``; written to a temp folder and renamed, so readers never see half an entry."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Keep ``program`` under ``entry``, signed (see `load`); written to a temp folder and renamed, so readers
+    never see half an entry."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_trusted(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
     try:
         torch.export.save(program, str(staging / _PROGRAM))
         (staging / _META).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+        (staging / _MAC).write_text(sign(staging / _PROGRAM, staging / _META))
         with contextlib.suppress(OSError):  # another process stored the same entry first: theirs is as good
             staging.rename(root / entry)
     finally:
