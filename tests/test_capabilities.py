@@ -384,3 +384,21 @@ def test_cuda_device_facts_follow_the_compute_capability() -> None:
     assert hopper.to_dict()["arch"] == "sm_90" and hopper.bf16 and hopper.fp8 and hopper.tf32
     turing = CudaDevice.from_capability(0, "T4", (7, 5), 16)
     assert not turing.bf16 and turing.fp16 and not turing.flash_sdpa and turing.mem_efficient_sdpa
+
+
+def test_damaged_probe_cache_entries_are_probed_again_never_a_crash(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(package_probe, "dist_version", lambda name: {"xformers": "9.9", "torch": "2.13"}.get(name))
+    probes = []
+    monkeypatch.setattr(package_probe, "probe_package", lambda name, device: probes.append(name) or (True, "", []))
+    key = "xformers==9.9|torch==2.13|cpu"
+    (tmp_path / "probes.json").write_text(json.dumps({key: ["not", "a", "table"]}))
+    assert package_probe.package_states("cpu", "cpu")["xformers"]["usable"] is True and probes == ["xformers"]
+    timings = iter([0.5, 2.0])
+    monkeypatch.setattr(cpu_probe, "time_bf16_against_fp32", lambda: next(timings))
+    assert cpu_probe.bf16_speedup("cpu z") == 0.5  # measured and stored under its key...
+    stored = json.loads((tmp_path / "probes.json").read_text())
+    damaged = {key: {"samples": ["x"], "measured": "y"} for key in stored}  # ...then damaged in the file
+    (tmp_path / "probes.json").write_text(json.dumps(damaged))
+    assert cpu_probe.bf16_speedup("cpu z") == 2.0  # measured again, no crash
+    assert not list(tmp_path.glob(".probes-*"))  # written through a temp file and renamed: none left behind

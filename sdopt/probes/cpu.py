@@ -28,9 +28,12 @@ def bf16_speedup(model: str, flags: tuple[str, ...] = ()) -> float:
     key = f"bf16-speedup|{model}|flags={flags_digest}|torch=={dist_version('torch')}|threads={os.cpu_count()}"
     cache = read_cache()
     entry = cache.get(key)
-    if not isinstance(entry, dict) or time.time() - entry.get("measured", 0) > _BF16_MAX_AGE_S:
+    measured = entry.get("measured") if isinstance(entry, dict) else None
+    if not isinstance(measured, (int, float)) or time.time() - measured > _BF16_MAX_AGE_S:
         entry = {"samples": [], "measured": time.time()}
-    samples = [float(x) for x in entry.get("samples", [])]
+    stored = entry.get("samples", [])
+    well_formed = isinstance(stored, list) and all(isinstance(x, (int, float)) and x == x and x > 0 for x in stored)
+    samples = [float(x) for x in stored] if well_formed else []  # a damaged entry is measured again
     median = sorted(samples)[len(samples) // 2] if samples else None
     borderline = median is not None and abs(median - BF16_MIN_SPEEDUP) <= _BF16_MARGIN * BF16_MIN_SPEEDUP
     if median is None or (borderline and len(samples) < _BF16_SAMPLES):

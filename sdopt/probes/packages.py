@@ -88,7 +88,7 @@ def package_states(device: str, hardware: str) -> dict[str, dict[str, Any]]:
             info["reason"] = "not installed"
         else:
             key = f"{name}=={version}|torch=={dist_version('torch')}|{hardware}"
-            if key not in cache:
+            if not _well_formed(cache.get(key)):  # absent, or damaged in the file: probed again
                 usable, reason, heard = probe_package(name, device)
                 cache[key] = {"usable": usable, "reason": reason, "messages": heard}
                 changed = True
@@ -97,3 +97,14 @@ def package_states(device: str, hardware: str) -> dict[str, dict[str, Any]]:
     if changed:
         write_cache(cache)
     return packages
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a stored probe result has the shape this module writes (anything else is probed again)."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("usable"), bool)
+        and isinstance(entry.get("reason"), str)
+        and isinstance(entry.get("messages"), list)
+        and all(isinstance(line, str) for line in entry["messages"])
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,18 @@ def read_cache() -> dict[str, Any]:
 
 
 def write_cache(cache: dict[str, Any]) -> None:
-    """Store ``cache`` (a read-only home only costs a re-probe next time)."""
+    """Store ``cache`` atomically (a reader sees the old file or the new one, never half of one); a
+    read-only home only costs a re-probe next time."""
     path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cache, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle, staging = tempfile.mkstemp(prefix=".probes-", suffix=".json", dir=path.parent)
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(cache, indent=1))
+        os.replace(staging, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(staging)
 
 
 def dist_version(name: str) -> str | None:
