@@ -200,23 +200,9 @@ def generate_command(args: argparse.Namespace) -> int:
 
 def plan_command(args: argparse.Namespace) -> int:
     from sdopt.api import plan
-    from sdopt.capabilities import detect
-    from sdopt.tiers import is_auto, resolve_tier
 
-    if not is_auto(args.tier):  # auto plans its quality tier's candidates (see plan())
-        resolve_tier(args.tier)  # fail on a bad tier before loading a model
-    for name in names(args.exclude) + names(args.extra):
-        registry.get(name)
-    caps = detect(device=args.device) if args.device else None
-    pipe = pipeline_to_plan(args)
-    result = plan(
-        pipe,
-        tier=args.tier,
-        exclude=names(args.exclude),
-        extra=names(args.extra),
-        caps=caps,
-        memory_budget=args.memory_budget,
-    )
+    pipe, how = _planning_inputs(args)  # auto plans its quality tier's candidates (see plan())
+    result = plan(pipe, **how)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0
 
@@ -225,24 +211,12 @@ def freeze_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sdopt.api import optimize
-    from sdopt.capabilities import detect
     from sdopt.tiers import resolve_tier
 
     output = Path(args.output)
-    resolve_tier(args.tier)
-    for name in names(args.exclude) + names(args.extra):
-        registry.get(name)
-    caps = detect(device=args.device) if args.device else None
-    pipe = pipeline_to_plan(args)
-    report = optimize(
-        pipe,
-        tier=args.tier,
-        exclude=names(args.exclude),
-        extra=names(args.extra),
-        caps=caps,
-        dry_run=True,
-        memory_budget=args.memory_budget,
-    )
+    resolve_tier(args.tier)  # "auto" is measured, not frozen from a plan: refused here with the way to tune it
+    pipe, how = _planning_inputs(args)
+    report = optimize(pipe, **how, dry_run=True)
     preset = report.to_preset(args.name or output.stem)
     preset.save(output)
     print(report)
@@ -338,6 +312,24 @@ def bench_command(args: argparse.Namespace) -> int:
     if written:
         print("wrote " + ", ".join(written))
     return 0
+
+
+def _planning_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The pipeline ``plan`` and ``freeze`` work on, and the keyword arguments of their request (names
+    checked against the registry before anything is loaded)."""
+    from sdopt.capabilities import detect
+
+    for name in names(args.exclude) + names(args.extra):
+        registry.get(name)
+    caps = detect(device=args.device) if args.device else None
+    how = {
+        "tier": args.tier,
+        "exclude": names(args.exclude),
+        "extra": names(args.extra),
+        "caps": caps,
+        "memory_budget": args.memory_budget,
+    }
+    return pipeline_to_plan(args), how
 
 
 def pipeline_to_plan(args: argparse.Namespace) -> Any:

@@ -28,8 +28,8 @@ def bf16_speedup(model: str, flags: tuple[str, ...] = ()) -> float:
     key = f"bf16-speedup|{model}|flags={flags_digest}|torch=={dist_version('torch')}|threads={os.cpu_count()}"
     cache = read_cache()
     entry = cache.get(key)
-    measured = entry.get("measured") if isinstance(entry, dict) else None
-    if not isinstance(measured, (int, float)) or time.time() - measured > _BF16_MAX_AGE_S:
+    fresh = isinstance(entry, dict) and isinstance(entry.get("measured"), (int, float))
+    if not isinstance(entry, dict) or not fresh or time.time() - entry["measured"] > _BF16_MAX_AGE_S:
         entry = {"samples": [], "measured": time.time()}
     stored = entry.get("samples", [])
     well_formed = isinstance(stored, list) and all(isinstance(x, (int, float)) and x == x and x > 0 for x in stored)
