@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sdopt import commands
 from sdopt.errors import SdoptError
@@ -98,13 +98,20 @@ def _print_heard() -> None:
             print(f"  {line}", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument told in one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from sdopt._version import __version__
 
-    parser = argparse.ArgumentParser(prog="sdopt", description=__doc__)
+    parser = _Parser(prog="sdopt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
     # -q/-v are accepted after any command: `sdopt generate ... --quiet`.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     loudness = common.add_mutually_exclusive_group()
     loudness.add_argument(
         "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="errors only, no progress bars"
