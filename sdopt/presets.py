@@ -270,12 +270,21 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        # A JSON string is a TOML basic string, once characters beyond the BMP are written as themselves
+        # (JSON's surrogate-pair escapes are not TOML) and DEL, which JSON leaves alone, is escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _toml_key(key: Any) -> str:
+    """``key`` bare where TOML allows it, else quoted: a key read from a file (``made_on``'s) can never
+    write more than itself."""
+    text = str(key)
+    return text if text and all(c.isascii() and (c.isalnum() or c in "_-") for c in text) else _toml_value(text)
 
 
 def _to_toml(data: Mapping[str, Any]) -> str:

@@ -211,3 +211,13 @@ def test_a_step_written_for_another_version_of_its_options_is_refused() -> None:
     data = {"name": "old", "steps": [{"name": "vae_tiling", "config": {"tile_size": 64}, "config_version": 7}]}
     with pytest.raises(PresetError, match="written for version 7 of vae_tiling's options"):
         Preset.from_dict(data)
+
+
+def test_saving_writes_back_exactly_what_was_read_whatever_the_keys_and_characters(tmp_path) -> None:
+    # A key that reads like TOML syntax must stay one key; emoji and DEL must survive the round trip.
+    made_on = {'x = 1, steps = [{name = "resolution"}], y': "z", "device": "cpu \U0001f600\x7f"}
+    preset = Preset("app", (Entry("vae_slicing"),), made_on=made_on, description="caf\u00e9 \U0001f680")
+    path = tmp_path / "app.toml"
+    preset.save(path)
+    again = Preset.load(path)
+    assert again == preset and [entry.name for entry in again.entries] == ["vae_slicing"]
