@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -178,8 +179,8 @@ def parse_memory(value: float | str) -> float:
         amount = float(match.group(1)) * _UNITS[unit]
     else:
         amount = float(value)
-    if amount <= 0:
-        raise ValueError(f"memory_budget must be positive, got {value!r}")
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"memory_budget must be a positive, finite amount, got {value!r}")
     return amount
 
 

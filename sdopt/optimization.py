@@ -25,6 +25,7 @@ Example (a complete optimization, registered for the duration of the example):
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -221,6 +222,9 @@ def _coerce(optimization: str, key: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # NaN compares false with everything: a NaN floor (static_int8's min_snr_db) would switch itself off.
+        raise ConfigError(optimization, f"option {key} must be a finite number, got {value!r}")
     if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise ConfigError(optimization, f"option {key} expects {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -221,3 +221,26 @@ def test_saving_writes_back_exactly_what_was_read_whatever_the_keys_and_characte
     preset.save(path)
     again = Preset.load(path)
     assert again == preset and [entry.name for entry in again.entries] == ["vae_slicing"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"name": "static_int8", "min_snr_db": float("nan")}, "min_snr_db must be a finite number"),
+        ({"name": "feature_cache", "threshold": float("inf")}, "threshold must be a finite number"),
+    ],
+)
+def test_non_finite_options_are_refused_naming_the_option(extra, message) -> None:
+    from sdopt.errors import ConfigError
+    from sdopt.testing import tiny_pipeline
+
+    with pytest.raises(ConfigError, match=message):
+        optimize(tiny_pipeline("sd"), tier=None, extra=[extra])
+
+
+def test_a_nan_memory_budget_is_refused() -> None:
+    from sdopt import plan
+    from sdopt.testing import tiny_pipeline
+
+    with pytest.raises(ValueError, match="positive, finite amount"):
+        plan(tiny_pipeline("sd"), memory_budget=float("nan"))
