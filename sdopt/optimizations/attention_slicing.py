@@ -46,6 +46,8 @@ class AttentionSlicing(Optimization):
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         if isinstance(config.slice_size, str) and config.slice_size not in ("auto", "max"):
             return f"slice_size must be 'auto', 'max' or an int, got {config.slice_size!r}"
+        if isinstance(config.slice_size, int) and config.slice_size < 1:  # 0 divided every later call by zero
+            return f"slice_size must be 'auto', 'max' or a head count >= 1, got {config.slice_size}"
         denoiser = anatomy.denoiser
         name = type(denoiser).__name__
         if not hasattr(denoiser, "set_attention_slice"):

@@ -43,3 +43,17 @@ def test_ip_adapter_processors_are_not_replaced(cpu_caps) -> None:
     pipe = zoo_pipeline("StableDiffusionPipeline+IPAdapter")
     result = plan(pipe, tier=None, extra=["attention_slicing"], caps=cpu_caps)
     assert "IP-Adapter attention processors" in result.skipped[0].reason
+
+
+def test_a_slice_size_under_one_is_refused_not_applied() -> None:
+    from sdopt import optimize
+    from sdopt.errors import StrictModeError
+    from sdopt.testing import fake_capabilities, tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    report = optimize(
+        pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], caps=fake_capabilities("cpu")
+    )
+    assert report.applied == [] and "head count >= 1, got 0" in report.skipped[0].reason
+    with pytest.raises(StrictModeError, match="head count >= 1"):
+        optimize(pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], strict=True)
