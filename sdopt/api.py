@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from os import PathLike
 from typing import Any
 
 from sdopt.capabilities import Capabilities
@@ -141,6 +142,15 @@ def _request(
     caps: Capabilities | None,
     memory_budget: float | str | None,
 ) -> Request:
+    if caps is not None and not isinstance(caps, Capabilities):
+        raise TypeError(
+            f"caps must be an sdopt.Capabilities (sdopt.detect(), or sdopt.testing.fake_capabilities(...)), "
+            f"got {type(caps).__name__}"
+        )
+    if isinstance(preset, (str, PathLike)):
+        raise TypeError(
+            f"preset must be an sdopt.Preset, got the path {str(preset)!r}: pass Preset.load({str(preset)!r})"
+        )
     if preset is not None and tier == DEFAULT_TIER:
         tier = None  # a preset replaces the default tier
     return Request(tier, preset, as_tuple(exclude, "exclude"), as_tuple(extra, "extra"), caps, memory_budget)

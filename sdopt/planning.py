@@ -378,6 +378,8 @@ def _with_companions(steps: list[Step], anatomy: Anatomy, caps: Capabilities, sk
 def _validated_names(names: Iterable[str]) -> set[str]:
     result = set()
     for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"exclude must list optimization names (strings), got {name!r}")
         registry.get(name)  # raises with the closest names
         result.add(name)
     return result

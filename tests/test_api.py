@@ -247,3 +247,21 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(sd_pipe, kwargs, error, 
 def test_non_pipelines_get_a_type_error(thing: Any) -> None:
     with pytest.raises(TypeError, match="expects a diffusers DiffusionPipeline"):
         optimize(thing)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"caps": object()}, "caps must be an sdopt.Capabilities"),
+        ({"preset": "app.toml"}, r"pass Preset.load\('app.toml'\)"),
+        ({"exclude": [None]}, "exclude must list optimization names"),
+    ],
+)
+def test_wrong_argument_types_name_the_argument_and_the_fix(arguments, message) -> None:
+    from sdopt.testing import pipeline_state, state_differences, tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    before = pipeline_state(pipe)
+    with pytest.raises(TypeError, match=message):
+        optimize(pipe, **arguments)
+    assert state_differences(before, pipeline_state(pipe)) == []
