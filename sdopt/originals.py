@@ -171,6 +171,7 @@ class Originals:
         self._checkpoints: dict[str, tuple[int, int]] = {}
         self._bytes = {"checkpoint": 0, "spill": 0, "memory": 0}
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._kept: list[weakref.ref[Kept]] = []  # weakly: the undos hold them; undoable=False drops them
 
     # ---- keeping
 
@@ -204,7 +205,9 @@ class Originals:
             flat = _flat(_first_view(block, entries))
             block.data = flat if flat.device.type == "cpu" else flat.to("cpu", copy=True)
             self._count(block, "memory")
-        return Kept(self, entries, files, changed_only=in_case)
+        kept = Kept(self, entries, files, changed_only=in_case)
+        self._kept.append(weakref.ref(kept))
+        return kept
 
     # ---- where they are
 
@@ -242,6 +245,14 @@ class Originals:
         """Remove the spill files (after undo, or when the originals are no longer wanted)."""
         if self._finalizer is not None:
             self._finalizer()
+
+    def check_all(self) -> None:
+        """Raise `UndoError` if any file holding originals of this store is gone or changed: an undo checks
+        before it touches anything, so it never stops halfway for a missing file."""
+        for reference in self._kept:
+            kept = reference()
+            for block in _blocks(kept._entries) if kept is not None else ():
+                self.check_readable(block)
 
     def check_readable(self, block: _Block) -> None:
         """Raise `UndoError` if ``block``'s file is gone or, for a checkpoint, changed."""

@@ -144,6 +144,8 @@ class Report:
             raise UndoError(
                 f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
             )
+        if self._originals is not None:
+            self._originals.check_all()  # a spill file or checkpoint gone: refused before anything is undone
         try:
             self._undo_stack()
         except Exception as error:  # every undo ran; some raised: the pipeline may not be fully restored

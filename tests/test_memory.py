@@ -13,7 +13,7 @@ from diffusers import StableDiffusionPipeline
 
 from sdopt import Preset, optimize, plan
 from sdopt.errors import MemoryBudgetError, RollbackError, UndoError
-from sdopt.testing import fake_capabilities, resident_tensor_bytes, tiny_pipeline
+from sdopt.testing import fake_capabilities, pipeline_state, resident_tensor_bytes, state_differences, tiny_pipeline
 from tests.helpers import Snapshot
 
 _SCHEDULER_TABLES = 64 * 1024
@@ -172,7 +172,7 @@ def test_undo_refuses_when_the_checkpoint_changed(tmp_path) -> None:
     report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
     os.utime(weights, ns=(0, 0))
-    with pytest.raises(RollbackError, match="changed since optimize"):
+    with pytest.raises(UndoError, match="changed since optimize"):  # checked before anything is undone
         report.undo()
     assert pipe.unet.dtype == torch.bfloat16  # the UNet's originals were not half put back
 
@@ -252,13 +252,29 @@ def test_an_older_report_refuses_while_a_later_change_it_cannot_see_is_live() ->
         second.undo()
 
 
-def test_a_failed_undo_is_not_reported_as_done_the_second_time(tmp_path) -> None:
+def test_an_undo_whose_originals_are_gone_refuses_before_touching_anything(tmp_path) -> None:
     pipe = tiny_pipeline("sd")
-    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    report = optimize(pipe, tier=None, extra=["half_precision", "channels_last"], caps=fake_capabilities("cpu-amx"))
+    optimized = pipeline_state(pipe)
     directory = report._originals.directory
     for name in os.listdir(directory):
         os.remove(os.path.join(directory, name))
-    with pytest.raises(RollbackError, match="is gone"):
+    for _ in range(2):  # refused, and still refused: never half undone (channels_last is not undone alone)
+        with pytest.raises(UndoError, match="is gone"):
+            report.undo()
+        assert state_differences(optimized, pipeline_state(pipe)) == []
+
+
+def test_a_failed_undo_is_not_reported_as_done_the_second_time(monkeypatch) -> None:
+    pipe = tiny_pipeline("sd")
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    _, undo = report._undo_stack._entries[0]
+
+    def broken() -> None:
+        raise OSError("disk error")
+
+    report._undo_stack._entries[0] = ("half_precision", broken)
+    with pytest.raises(RollbackError, match="disk error"):
         report.undo()
     with pytest.raises(UndoError, match="an earlier undo of this report failed"):
         report.undo()
