@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sdopt import undo as ledger
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
 from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
@@ -73,6 +74,13 @@ def apply_plan(
         ['fuse_qkv']
         >>> report.undo()
     """
+    if dry_run:
+        return _apply(pipe, request, strict=strict, dry_run=True, undoable=undoable, verify=verify)
+    with ledger.exclusive(pipe):
+        return _apply(pipe, request, strict=strict, dry_run=False, undoable=undoable, verify=verify)
+
+
+def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable: bool, verify: bool) -> Report:
     failed: dict[str, Decision] = {}
     with offline() if dry_run else contextlib.nullcontext():
         current = make_plan(pipe, request)

@@ -144,6 +144,11 @@ class Report:
             raise UndoError(
                 f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
             )
+        with ledger.exclusive(self._pipeline):
+            self._run_undo()
+
+    def _run_undo(self) -> None:
+        assert self._undo_stack is not None
         if self._originals is not None:
             self._originals.check_all()  # a spill file or checkpoint gone: refused before anything is undone
         try:

@@ -8,8 +8,10 @@ which ``optimize`` calls are live, so an older report refuses to undo before a n
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +116,30 @@ def forget(pipe: Any, report: Any) -> None:
     """``report`` is being undone: it is no longer live on ``pipe``."""
     entries = _live.get(pipe, [])
     entries[:] = [e for e in entries if isinstance(e, Gone) or (e() is not None and e() is not report)]
+
+
+# ---- one change at a time per pipeline
+
+_busy: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_busy_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(pipe: Any) -> Iterator[None]:
+    """Hold ``pipe`` for one ``optimize`` or ``undo``: another thread trying the same meanwhile gets a clear
+    error instead of a rollback that silently reverts this one's step (the same thread may nest)."""
+    try:
+        with _busy_guard:
+            lock = _busy.setdefault(pipe, threading.RLock())
+    except TypeError:  # not a pipeline at all (None, a string): planning says so
+        yield
+        return
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            "another thread is optimizing or undoing this pipeline right now; wait for it to finish (or give "
+            "each thread a pipeline of its own)"
+        )
+    try:
+        yield
+    finally:
+        lock.release()

@@ -265,3 +265,41 @@ def test_wrong_argument_types_name_the_argument_and_the_fix(arguments, message) 
     with pytest.raises(TypeError, match=message):
         optimize(pipe, **arguments)
     assert state_differences(before, pipeline_state(pipe)) == []
+
+
+def test_a_second_thread_optimizing_the_same_pipeline_is_told_never_silently_reverted() -> None:
+    import threading
+
+    from sdopt.optimization import Optimization, register
+    from sdopt.registry import unregister
+    from sdopt.testing import fake_capabilities, tiny_pipeline
+
+    inside, release = threading.Event(), threading.Event()
+
+    class Slow(Optimization):
+        name = "slow_for_threads"
+        kind = "layout"
+
+        def apply(self, pipe, anatomy, caps, config):  # type: ignore[no-untyped-def]
+            inside.set()
+            release.wait(10)
+            return lambda: None
+
+    register(Slow)
+    try:
+        pipe, caps = tiny_pipeline("sd"), fake_capabilities("cpu")
+        reports = []
+        first = threading.Thread(
+            target=lambda: reports.append(optimize(pipe, tier=None, extra=["slow_for_threads"], caps=caps))
+        )
+        first.start()
+        assert inside.wait(10)
+        with pytest.raises(RuntimeError, match="another thread is optimizing or undoing this pipeline"):
+            optimize(pipe, tier=None, extra=["channels_last"], caps=caps)
+        release.set()
+        first.join(10)
+        assert [d.name for d in reports[0].applied] == ["slow_for_threads"]
+        reports[0].undo()
+    finally:
+        release.set()
+        unregister("slow_for_threads")
