@@ -40,6 +40,31 @@ def test_a_malformed_request_names_the_field(body: bytes, field: str) -> None:
     assert caught.value.body()["detail"][0]["loc"][-1] == field
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "height": 4096, "width": 4096, "steps": 500}, "height"),  # hours of work, then OOM
+        ({"prompt": "x", "height": 2048, "width": 2048, "steps": 400}, "steps"),  # in size, too many steps for it
+        ({"prompt": "x" * 1_000_000}, "prompt"),  # a 1 MB prompt held a replica 21 s
+        ({"prompt": "x", "negative_prompt": "y" * 5000}, "negative_prompt"),
+    ],
+)
+def test_a_request_beyond_the_limits_is_refused_naming_the_field(body, field) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        GenerateRequest.parse(body)
+    (error,) = caught.value.body()["detail"]
+    assert error["loc"][-1] == field and error["type"] == "too_large"
+
+
+def test_limits_are_configurable_and_a_request_within_them_passes() -> None:
+    from sdopt.serve.requests import Limits
+
+    request = GenerateRequest.parse({"prompt": "x", "height": 1024, "width": 1024, "steps": 50})
+    assert request.height == 1024
+    with pytest.raises(InvalidRequest):
+        GenerateRequest.parse({"prompt": "x", "height": 64, "width": 64}, Limits(pixels=32 * 32))
+
+
 def test_two_replicas_make_identical_images_and_reports() -> None:
     first, second = Replica("tiny-sd", PRESET, warmup=False), Replica("tiny-sd", PRESET.to_dict(), warmup=False)
     requests = [GenerateRequest("a fox", steps=2, seed=3), GenerateRequest("a owl", steps=2, seed=4)]

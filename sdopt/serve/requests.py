@@ -16,6 +16,26 @@ MAX_SIDE = 4096
 MAX_STEPS = 500
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost a replica, refused with 422 beyond it: the prompts' bytes, the pixels of
+    the image, and pixels x steps (the denoising work: 1024x1024 at 50 steps fits the default, 4096x4096
+    at 500 steps is 160 times over it).
+
+    Examples:
+        >>> from sdopt.serve.requests import GenerateRequest, InvalidRequest, Limits
+        >>> try:
+        ...     GenerateRequest.parse({"prompt": "x", "height": 4096, "width": 4096, "steps": 500})
+        ... except InvalidRequest as error:
+        ...     print(error.errors[0]["loc"], error.errors[0]["type"])
+        ['body', 'height'] too_large
+    """
+
+    prompt_bytes: int = 4096
+    pixels: int = 2048 * 2048
+    pixel_steps: int = 1024 * 1024 * 100
+
+
 class InvalidRequest(ValueError):
     """A request the replica refuses; ``errors`` follow FastAPI's 422 body: ``loc``, ``msg``, ``type``."""
 
@@ -46,8 +66,9 @@ class GenerateRequest:
     seed: int = 0
 
     @classmethod
-    def parse(cls, body: bytes | str | Mapping[str, Any]) -> GenerateRequest:
-        """Validate a JSON body (bytes, text or an already decoded mapping); raises `InvalidRequest`."""
+    def parse(cls, body: bytes | str | Mapping[str, Any], limits: Limits = Limits()) -> GenerateRequest:
+        """Validate a JSON body (bytes, text or an already decoded mapping) against ``limits``; raises
+        `InvalidRequest`."""
         if isinstance(body, (bytes, str)):
             try:
                 body = json.loads(body or b"{}")
@@ -89,6 +110,7 @@ class GenerateRequest:
                 errors.append(_error(("body", name), f"must be a multiple of 8 from 8 to {MAX_SIDE}", "int_multiple"))
             else:
                 values[name] = value
+        errors += _over_limits(values, limits)
         if errors:
             raise InvalidRequest(errors)
         return cls(**values)
@@ -103,3 +125,23 @@ class GenerateRequest:
 
 def _error(loc: tuple[str, ...], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def _over_limits(values: Mapping[str, Any], limits: Limits) -> list[dict[str, Any]]:
+    """The fields of an otherwise valid request that make it cost more than ``limits`` allow."""
+    errors = []
+    for name in ("prompt", "negative_prompt"):
+        size = len(str(values.get(name) or "").encode())
+        if size > limits.prompt_bytes:
+            errors.append(_error(("body", name), f"{size} bytes; at most {limits.prompt_bytes}", "too_large"))
+    sides = [side for side in (values.get("height"), values.get("width")) if side is not None]
+    if sides:  # one side given: the other defaults to it (the pipeline's own size is its business)
+        pixels = sides[0] * sides[-1]
+        steps = values.get("steps", GenerateRequest.steps)
+        if pixels > limits.pixels:
+            errors.append(_error(("body", "height"), f"{pixels} pixels; at most {limits.pixels}", "too_large"))
+        elif pixels * steps > limits.pixel_steps:
+            errors.append(
+                _error(("body", "steps"), f"{pixels} pixels x {steps} steps; at most {limits.pixel_steps}", "too_large")
+            )
+    return errors
