@@ -74,10 +74,8 @@ def apply_plan(
         ['fuse_qkv']
         >>> report.undo()
     """
-    if dry_run:
-        return _apply(pipe, request, strict=strict, dry_run=True, undoable=undoable, verify=verify)
-    with ledger.exclusive(pipe):
-        return _apply(pipe, request, strict=strict, dry_run=False, undoable=undoable, verify=verify)
+    with contextlib.nullcontext() if dry_run else ledger.exclusive(pipe):  # a dry run changes nothing
+        return _apply(pipe, request, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify)
 
 
 def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable: bool, verify: bool) -> Report:

@@ -244,6 +244,21 @@ class Preset:
         path.write_text(text, encoding="utf-8")
 
 
+def frozen_entry(name: str, options: Mapping[str, Any]) -> Entry:
+    """The entry a frozen preset records for optimization ``name`` with its resolved ``options``: without
+    the local-only ones, with the version of the options' meaning (`Report.to_preset`, tuned presets).
+
+    Examples:
+        >>> from sdopt.presets import frozen_entry
+        >>> frozen_entry("torch_compile", {"mode": "default", "cache_dir": "/mine"}).to_dict()
+        {'name': 'torch_compile', 'config': {'mode': 'default'}, 'config_version': 1}
+    """
+    from sdopt import registry
+
+    optimization = registry.get(name)
+    return Entry(name, optimization.portable(options), config_version=optimization.version)
+
+
 def _with_line(message: str, source: str, text: str, kind: str) -> str:
     """Add the line of the step at fault (``steps[N]``) to an error about a TOML file."""
     match = re.match(re.escape(source) + r": steps\[(\d+)\]", message)

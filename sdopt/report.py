@@ -192,14 +192,13 @@ class Report:
             >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
             ('half_precision', 'bfloat16', 'balanced@2')
         """
-        from sdopt import registry
         from sdopt._version import __version__
-        from sdopt.presets import Preset
+        from sdopt.presets import Preset, frozen_entry
 
         decisions = self.planned if self.dry_run else self.applied
         return Preset(
             name,
-            tuple(self._frozen_entry(registry.get(d.name), d) for d in decisions),
+            tuple(frozen_entry(d.name, d.config) for d in decisions),
             version=version,
             description=description or f"frozen from {self.source or 'explicit optimizations'} on {self.device}",
             sdopt_version=__version__,
@@ -208,12 +207,6 @@ class Report:
             made_on=dict(self.made_on),
             memory_budget_gb=self.memory_budget_gb,
         )
-
-    @staticmethod
-    def _frozen_entry(optimization: Any, decision: Decision) -> Any:
-        from sdopt.presets import Entry
-
-        return Entry(decision.name, optimization.portable(decision.config), config_version=optimization.version)
 
     @property
     def after_calls(self) -> dict[str, str]:

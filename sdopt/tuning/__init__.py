@@ -23,7 +23,7 @@ from sdopt.calls import CallShape
 from sdopt.engine import apply_plan
 from sdopt.logging import get_logger, progress_bar
 from sdopt.planning import Request, as_tuple, make_plan
-from sdopt.presets import Entry, Preset
+from sdopt.presets import Entry, Preset, frozen_entry
 from sdopt.report import Decision, Report
 from sdopt.tiers import resolve_tier
 from sdopt.tuning import cache as stored_tunings
@@ -167,13 +167,8 @@ def tune(
         record.start_call_s = timed[0].best_s
         record.best_call_s = timed[-1].call_s if timed[-1].kept else timed[-1].best_s
     kept = {entry.name for entry in best}
-    frozen = tuple(  # plan order, each with the version of its options' meaning, as Report.to_preset records
-        Entry(
-            entry.name, registry.get(entry.name).portable(entry.config), config_version=registry.get(entry.name).version
-        )
-        for entry in search.entries(candidates.steps)
-        if entry.name in kept
-    )
+    # In plan order, recorded as Report.to_preset records its steps.
+    frozen = tuple(frozen_entry(e.name, e.config) for e in search.entries(candidates.steps) if e.name in kept)
     record.preset = _frozen(frozen, base, caps, candidates.memory_budget_gb, __version__)
     record.seconds = clock() - started
     if cache and not record.interrupted and not record.unmeasured:
