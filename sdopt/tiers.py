@@ -63,6 +63,12 @@ _CUDA = Requirements(devices=("cuda",))
 _SHORT_MEMORY = Requirements(max_memory_gb=8)
 _DISTILLED = Requirements(distillations=("lcm", "adversarial"))
 
+_CHANNELS_LAST_BF16_CPU = Entry(
+    "channels_last",
+    when=Requirements(devices=("cpu",), bf16_accelerated=True),
+    why="oneDNN's bf16 convolutions prefer NHWC; in float32 on this VM it measured slower per UNet step",
+)
+
 _CONSERVATIVE_1 = (
     Entry(
         "vae_fp16_fix",
@@ -85,11 +91,7 @@ _CONSERVATIVE_1 = (
         when=Requirements(devices=("cuda", "mps")),
         why="tensor-core convolutions want NHWC (PyTorch memory-format tutorial, diffusers speed docs)",
     ),
-    Entry(
-        "channels_last",
-        when=Requirements(devices=("cpu",), bf16_accelerated=True),
-        why="oneDNN's bf16 convolutions prefer NHWC; in float32 on this VM it measured slower per UNet step",
-    ),
+    _CHANNELS_LAST_BF16_CPU,
     Entry(
         "fuse_qkv",
         when=_CUDA,
@@ -251,6 +253,64 @@ _ULTRA_3 = (
     *_ULTRA_2_COMPILE,
 )
 
+# Version 3 of balanced (4 of fast and ultra, 2 of conservative): every CUDA entry rests on a GPU
+# measurement (issue 26). On an H200 (SDXL architecture, 1024x1024, 30 steps, fp16; benchmarks/RESULTS.md,
+# "H200, December 2026"): untouched fp16 + SDPA 1.99 s per image; balanced@2 5.45 s with a 263 s first
+# call, all of it torchao's dynamic int8 (regional compile does not make it pay at batch 1, and it made
+# fuse_qkv fail); balanced@2 without int8 1.54 s (1.29x); fast@3 without int8 1.83 s, slower than
+# balanced. What stays on CUDA is exactly that measured 1.29x set; nothing else is added without a figure.
+_H200_SDXL = "SDXL 1024/30 on an H200: 1.54 s vs 1.99 s untouched fp16 as part of balanced@2 less int8 (RESULTS.md)"
+
+_CONSERVATIVE_2 = (
+    _CONSERVATIVE_1[0],  # vae_fp16_fix
+    _CONSERVATIVE_1[1],  # half_precision
+    # attention_backend leaves CUDA: a no-op on UNets (the measured set), a guess elsewhere.
+    Entry("sdpa", why="PyTorch SDPA is diffusers' default since 0.20; acts only where classic processors are set"),
+    # channels_last leaves MPS: nothing measured there.
+    Entry("channels_last", when=_CUDA, why=f"tensor-core convolutions want NHWC; {_H200_SDXL}"),
+    _CHANNELS_LAST_BF16_CPU,
+    Entry("fuse_qkv", when=_CUDA, why=f"fewer, larger GEMMs; {_H200_SDXL}"),
+    Entry("vae_tiling", when=_SHORT_MEMORY, why="decoding 1024 px in one piece needs several GB"),
+)
+
+# balanced@3: conservative@2, then balanced@2's own steps less torchao int8 on CUDA (2.1x slower than
+# untouched fp16 on the H200, see above), regional compile citing the measured set.
+_BALANCED_OWN_2 = _BALANCED_2[1 + len(_CONSERVATIVE_1) :]  # after MPS slicing and conservative@1
+_REGIONAL_COMPILE = Entry(
+    "torch_compile",
+    when=_CUDA,
+    why=f"regional compile (repeated blocks): a fraction of full compile's first call; {_H200_SDXL}",
+)
+_BALANCED_3 = (
+    _BALANCED_2[0],  # attention_slicing on MPS (diffusers' memory advice for Apple GPUs)
+    *_CONSERVATIVE_2,
+    *(
+        _REGIONAL_COMPILE if entry.name == "torch_compile" else entry
+        for entry in without(_BALANCED_OWN_2, "quantize_int8", devices=("cuda",))
+    ),
+)
+
+# fast@4: balanced@3, the solver swap and fast's own steps, CFG truncation off CUDA: on the H200 fast@3
+# less int8 (its CFG truncation running under regional compile, the batch changing from 2 to 1 at 60% of
+# the steps) took 1.83 s against balanced's 1.54 s. Until truncation is measured to pay under compile on
+# a GPU it stays where it was measured (CPUs).
+_CFG_TRUNCATION_OFF_CUDA = Entry(
+    "guidance",
+    {"stop_at": 0.6},
+    when=Requirements(devices=("cpu", "mps", "xpu")),
+    why="CFG truncation: the last 40% of steps run one batch instead of two (diffusers' dynamic-CFG recipe); "
+    "not on CUDA, where fast@3 with it under compile measured slower than balanced on an H200 (RESULTS.md)",
+)
+_FAST_OWN_4 = tuple(_CFG_TRUNCATION_OFF_CUDA if entry.name == "guidance" else entry for entry in _FAST_OWN)
+_FAST_4 = insert_before(
+    without((*_BALANCED_3, _SOLVER_SWAP, *_FAST_OWN_4), "quantize_int8", devices=("cpu",)),
+    "half_precision",
+    _STATIC_INT8,
+)
+
+# ultra@4: ultra@3 built on fast@4.
+_ULTRA_4 = (_ULTRA_3[0], *_FAST_4, _RESOLUTION, *_ULTRA_2_COMPILE)
+
 _LOW_MEMORY_1 = (
     Entry("model_offload", why="by budget: the largest component fits, the whole pipeline does not"),
     Entry("group_offload", why="by budget: at least 2 GB free; overlaps transfers with compute (CUDA streams)"),
@@ -302,21 +362,30 @@ _TIERS: dict[str, dict[int, Preset]] = {
             _CONSERVATIVE_1,
             1,
             "output visually identical to the original (numerical drift only)",
-        )
+        ),
+        2: Preset(
+            "conservative",
+            _CONSERVATIVE_2,
+            2,
+            "output visually identical to the original (numerical drift only)",
+        ),
     },
     "balanced": {
         1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware"),
         2: Preset("balanced", _BALANCED_2, 2, "best speed with no visible quality loss on this hardware"),
+        3: Preset("balanced", _BALANCED_3, 3, "best speed with no visible quality loss on this hardware"),
     },
     "fast": {
         1: Preset("fast", _FAST_1, 1, "small visible cost accepted for more speed"),
         2: Preset("fast", _FAST_2, 2, "small visible cost accepted for more speed"),
         3: Preset("fast", _FAST_3, 3, "small visible cost accepted for more speed"),
+        4: Preset("fast", _FAST_4, 4, "small visible cost accepted for more speed"),
     },
     "ultra": {
         1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost"),
         2: Preset("ultra", _ULTRA_2, 2, "maximum speed, clear quality cost"),
         3: Preset("ultra", _ULTRA_3, 3, "maximum speed, clear quality cost"),
+        4: Preset("ultra", _ULTRA_4, 4, "maximum speed, clear quality cost"),
     },
     "low-memory": {
         1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs"),

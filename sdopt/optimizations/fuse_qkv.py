@@ -12,6 +12,7 @@ from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
 from sdopt.optimizations._attributes import remember_attributes
+from sdopt.optimizations._linear_layers import FUSED_PROJECTIONS
 from sdopt.undo import UndoStack
 
 
@@ -47,8 +48,10 @@ class FuseQKV(Optimization):
     kind = "attention"
     summary = "fused QKV projections in the denoiser's (and the VAE's) attention"
     Config = FuseQKVConfig
-    after = ("half_precision", "quantize_int8", "quantize_4bit")
-    before = ("torch_compile",)
+    # Fusion concatenates float weights: it goes before any quantizer that replaces them (torchao's
+    # int8 tensors have no ``aten.cat``: on an H200, int8 first made fusion fail and roll back).
+    after = ("half_precision",)
+    before = ("torch_compile", "quantize_int8", "quantize_4bit", "static_int8")
     # The separate projections are views of the fused weights; an offload moves each parameter on its
     # own (module.to), which turns the views into copies and holds attention weights twice.
     conflicts = ("model_offload", "group_offload", "sequential_offload")
@@ -113,16 +116,31 @@ def _why_not_fusable(model: Any) -> str | None:
         # Fusion sets its fused processor everywhere; it does not take the image embeddings (measured:
         # AttributeError at call time on SD1.5 with an IP-Adapter loaded).
         return f"{name} has IP-Adapter attention processors, which fusion would replace"
+    quantized = _quantized_projection(model)
+    if quantized:
+        return (
+            f"{name}'s attention projections are already quantized ({quantized}); fusion concatenates float "
+            "weights, so it must come before quantization"
+        )
     if not _fusable_modules(model):
         return f"{name} has no unfused attention layers with separate to_q/to_k/to_v Linear projections"
     return None
 
 
-_FUSED = {
-    "to_qkv": ("to_q", "to_k", "to_v"),
-    "to_kv": ("to_k", "to_v"),
-    "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
-}
+def _quantized_projection(model: Any) -> str | None:
+    """The type of the first quantized to_q/to_k/to_v of an unfused attention layer: a module swapped in
+    for the Linear layer (one with ``in_features``) or a Linear layer holding a tensor-subclass weight."""
+    for module in attention_modules(model):
+        if getattr(module, "fused_projections", False):
+            continue
+        for name in ("to_q", "to_k", "to_v"):
+            layer = getattr(module, name, None)
+            if isinstance(layer, torch.nn.Linear):
+                if type(layer.weight) not in (torch.Tensor, torch.nn.Parameter):
+                    return type(layer.weight).__name__
+            elif layer is not None and hasattr(layer, "in_features"):
+                return type(layer).__name__
+    return None
 
 
 def _share_fused_memory(modules: list[torch.nn.Module], before: dict[torch.nn.Module, set[str]]) -> list[torch.Tensor]:
@@ -134,7 +152,7 @@ def _share_fused_memory(modules: list[torch.nn.Module], before: dict[torch.nn.Mo
     Returns the tensors made views."""
     shared = []
     for module in modules:
-        for fused_name, names in _FUSED.items():
+        for fused_name, names in FUSED_PROJECTIONS.items():
             fused = module._modules.get(fused_name)
             if fused_name in before[module] or not isinstance(fused, torch.nn.Linear):
                 continue  # not added by this fusion

@@ -140,28 +140,27 @@ class DynamicInt8Linear(torch.nn.Module):
 
 
 def _count(denoiser: torch.nn.Module | None, min_features: int) -> int:
+    """The layers still to quantize plus those quantized (swapped modules, or torchao's tensor-subclass
+    weights, which `plain_linears` no longer lists once applied)."""
     if denoiser is None:
         return 0
-    swapped = sum(isinstance(module, DynamicInt8Linear) for module in denoiser.modules())
-    return len(plain_linears(denoiser, min_features)) + swapped
+    quantized = sum(_is_quantized_layer(module) for module in denoiser.modules())
+    return len(plain_linears(denoiser, min_features)) + quantized
+
+
+def _is_quantized_layer(module: torch.nn.Module) -> bool:
+    if isinstance(module, DynamicInt8Linear):
+        return True
+    weight = getattr(module, "weight", None)
+    return isinstance(module, torch.nn.Linear) and weight is not None and type(weight) not in _PLAIN_TENSORS
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _already_quantized(module: torch.nn.Module) -> bool:
-    for child in module.modules():
-        if isinstance(child, DynamicInt8Linear):
-            return True
-        weight = getattr(child, "weight", None)
-        if (
-            isinstance(child, torch.nn.Linear)
-            and weight is not None
-            and type(weight)
-            not in (
-                torch.Tensor,
-                torch.nn.Parameter,
-            )
-        ):
-            return True  # a tensor subclass: torchao or another quantizer got there first
-    return False
+    """Whether another quantizer (or this one) got there first."""
+    return any(_is_quantized_layer(child) for child in module.modules())
 
 
 def _swap_linears(denoiser: torch.nn.Module, min_features: int) -> Undo:

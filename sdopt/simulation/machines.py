@@ -24,6 +24,7 @@ _PROFILES: dict[str, tuple[str, str, tuple[str, ...], float, tuple[str, tuple[in
     "rtx4090-24gb": ("cuda", "AMD Ryzen 9", _X86_AVX2, 64, ("NVIDIA GeForce RTX 4090", (8, 9), 24.0), True),
     "a100-80gb": ("cuda", "AMD EPYC", _X86_AVX2, 256, ("NVIDIA A100-SXM4-80GB", (8, 0), 80.0), True),
     "h100-80gb": ("cuda", "Intel Xeon (AMX)", _X86_AMX, 512, ("NVIDIA H100 80GB HBM3", (9, 0), 80.0), True),
+    "h200-141gb": ("cuda", "Intel Xeon (AMX)", _X86_AMX, 128, ("NVIDIA H200", (9, 0), 139.8), True),
     "rtx5090-no-kernels": ("cuda", "AMD Ryzen 9", _X86_AVX2, 64, ("NVIDIA GeForce RTX 5090", (12, 0), 32.0), False),
 }
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
@@ -44,7 +45,7 @@ def fake_capabilities(
 
     ``profile`` is one of `PROFILES` (``cpu-avx2``, ``cpu-amx``, ``apple-m2-16gb``,
     ``t4-16gb``, ``gtx1060-6gb``, ``rtx3060ti-8gb``, ``rtx4090-24gb``, ``a100-80gb``,
-    ``h100-80gb``, ``rtx5090-no-kernels``: an sm_120 GPU visible to a torch build made for
+    ``h100-80gb``, ``h200-141gb`` (the GPU lent for this project's measurements), ``rtx5090-no-kernels``: an sm_120 GPU visible to a torch build made for
     sm_50..sm_90, so unusable, and the plan falls back to the CPU), or a bare device type
     ("cpu", "cuda" = an RTX 4090, "mps") to be adjusted with the keywords: whether the CPU
     accelerates bf16, the GPU's compute capability and memory, which optional packages count

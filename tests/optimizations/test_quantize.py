@@ -161,3 +161,73 @@ def test_lora_base_layers_are_left_to_their_wrapper(cpu_caps) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(256, 256), LoraLinear(torch.nn.Linear(256, 256)))
     found = [(type(parent).__name__, attribute) for parent, attribute, _ in plain_linears(model, 128)]
     assert found == [("Sequential", "0")]
+
+
+def test_int8_report_counts_the_layers_it_quantized(sd_pipe, cpu_caps) -> None:
+    planned = plan(sd_pipe, tier=None, extra=[INT8], caps=cpu_caps).steps[0]
+    count = len(_linears(sd_pipe.unet))
+    report = optimize(sd_pipe, tier=None, extra=[INT8], caps=cpu_caps)
+    swapped = sum(isinstance(m, DynamicInt8Linear) for m in sd_pipe.unet.modules())
+    assert swapped == count > 0
+    assert report.applied[0].reason.startswith(f"{swapped} Linear layers of the denoiser in int8")
+    assert planned.config.min_features == 0
+    report.undo()
+
+
+class _FakeQuantizedWeight(torch.Tensor):
+    """Stands in for torchao's tensor subclass (not installed here)."""
+
+
+def test_torchao_count_includes_the_weights_it_replaced(sd_pipe, monkeypatch) -> None:
+    # Before the fix the report said "0 Linear layers ... (torchao)": it counted what was left to swap.
+    from sdopt.optimizations import quantize_int8
+
+    def fake_torchao(denoiser, min_features):
+        layers = [layer for _, _, layer in quantize_int8.plain_linears(denoiser, min_features)]
+        originals = [layer.weight for layer in layers]
+        for layer in layers:
+            layer._parameters["weight"] = torch.Tensor._make_subclass(_FakeQuantizedWeight, layer.weight.detach())
+
+        def undo():
+            for layer, weight in zip(layers, originals, strict=True):
+                layer._parameters["weight"] = weight
+
+        return undo
+
+    monkeypatch.setattr(quantize_int8, "_torchao_int8", fake_torchao)
+    caps = fake_capabilities("cpu", packages={"torchao": True})
+    count = len(_linears(sd_pipe.unet))
+    report = optimize(sd_pipe, tier=None, extra=[{**INT8, "backend": "torchao"}], caps=caps)
+    assert report.applied[0].reason == f"{count} Linear layers of the denoiser in int8 (torchao)"
+    report.undo()
+
+
+def test_fusion_comes_before_a_quantizer_and_leaves_the_unused_projections_alone(sd_pipe, cpu_caps) -> None:
+    snapshot = Snapshot(sd_pipe, "sd")
+    report = optimize(sd_pipe, tier=None, extra=[INT8, {"name": "fuse_qkv", "targets": ["denoiser"]}], caps=cpu_caps)
+    assert [d.name for d in report.applied] == ["fuse_qkv", "quantize_int8"]
+    fused = [m for m in sd_pipe.unet.modules() if getattr(m, "fused_projections", False)]
+    assert fused
+    for module in fused:
+        if hasattr(module, "to_qkv"):  # self-attention: q, k and v fused
+            assert isinstance(module.to_qkv, DynamicInt8Linear)
+            unused, used = ("to_q", "to_k", "to_v"), ()
+        else:  # cross-attention: k and v fused, q still called on its own
+            assert isinstance(module.to_kv, DynamicInt8Linear)
+            unused, used = ("to_k", "to_v"), ("to_q",)
+        # The separate projections are never called once fused: they stay float views, not int8 copies.
+        assert all(type(getattr(module, name)) is torch.nn.Linear for name in unused)
+        assert all(isinstance(getattr(module, name), DynamicInt8Linear) for name in used)
+    count = sum(isinstance(m, DynamicInt8Linear) for m in sd_pipe.unet.modules())
+    assert report.applied[1].reason.startswith(f"{count} Linear layers")
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_fusion_after_a_quantizer_is_refused_with_the_reason(sd_pipe, cpu_caps) -> None:
+    first = optimize(sd_pipe, tier=None, extra=[INT8], caps=cpu_caps)
+    second = plan(sd_pipe, tier=None, extra=[{"name": "fuse_qkv", "targets": ["denoiser"]}], caps=cpu_caps)
+    assert second.steps == []
+    assert "already quantized (DynamicInt8Linear)" in second.skipped[0].reason
+    assert "before quantization" in second.skipped[0].reason
+    first.undo()
