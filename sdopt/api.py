@@ -72,6 +72,7 @@ def optimize(
     quality: str = "balanced",
     call: Mapping[str, Any] | None = None,
     budget_s: float | None = None,
+    guard: bool | None = None,
 ) -> Report:
     """Optimize ``pipe`` in place for this machine and return what was done.
 
@@ -97,10 +98,15 @@ def optimize(
             service given 6 GB of a 24 GB GPU; offloads, slicing and tiling follow from it.
         quality: with ``tier="auto"``: the tier whose steps are the candidates, and whose fidelity
             floor they must keep.
-        call: with ``tier="auto"``: the app's call shape (``height``, ``width``, ``steps``,
-            ``guidance``, ``batch``), defaulting to the pipeline's own defaults.
+        call: the app's call shape (``height``, ``width``, ``steps``, ``guidance``, ``batch``),
+            defaulting to the pipeline's own defaults: what ``tier="auto"`` and the speed guard time.
         budget_s: with ``tier="auto"``: the most seconds measuring may take. ``auto`` measures
             (or reads its cache) even with ``dry_run``: the pipeline is left as it was in between.
+        guard: the speed guard (`sdopt.speed_guard`): time the call before the speed steps and after
+            each, and roll back, with its figure in the report, any step (with the companions it needs)
+            that does not make the call faster beyond the noise. ``None`` (default): on GPUs, where a
+            call takes milliseconds; off on CPUs, where the report says it did not measure.
+            ``tier="auto"`` measures anyway and ignores it.
         verify: run a minimal real call (2 steps, a quarter of the default size) before returning;
             if it fails, the step that breaks it is found, rolled back and reported failed with the
             error, and the others are kept (see `sdopt.verification`).
@@ -128,7 +134,9 @@ def optimize(
             raise ValueError("pass either tier='auto' or preset=..., not both")
         report = optimize_tuned(pipe, request, quality, call=call, budget_s=budget_s, **options)
     else:
-        report = apply_plan(pipe, request, **options)
+        if guard is not None and not isinstance(guard, bool):
+            raise TypeError(f"guard must be True, False or None (on GPUs only), got {guard!r}")
+        report = apply_plan(pipe, request, guard=guard, call=call, **options)
     if not dry_run:
         _log_decisions(report)
     return report

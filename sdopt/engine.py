@@ -10,10 +10,12 @@ public entry is `sdopt.optimize`; tuning uses this module directly for its trial
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from sdopt import speed_guard
 from sdopt import undo as ledger
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
@@ -21,6 +23,7 @@ from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeErro
 from sdopt.originals import Originals, active
 from sdopt.planning import Plan, Request, Step, make_plan
 from sdopt.report import Decision, Report
+from sdopt.speed_guard import SpeedGuard, judged, units
 from sdopt.transaction import Restore, record
 from sdopt.undo import UndoStack
 from sdopt.verification import run_verification
@@ -60,9 +63,12 @@ def apply_plan(
     dry_run: bool = False,
     undoable: bool = True,
     verify: bool = False,
+    guard: bool | None = False,
+    call: Mapping[str, Any] | None = None,
 ) -> Report:
     """Plan ``request`` for ``pipe`` and apply it (with ``dry_run``, only plan it, offline, and report
-    the steps as "planned"); see `sdopt.optimize` for the arguments.
+    the steps as "planned"); see `sdopt.optimize` for the arguments (``guard=None``: on accelerators only;
+    ``call``: the call shape the speed guard times).
 
     Examples:
         >>> from sdopt.engine import apply_plan
@@ -75,10 +81,22 @@ def apply_plan(
         >>> report.undo()
     """
     with contextlib.nullcontext() if dry_run else ledger.exclusive(pipe):  # a dry run changes nothing
-        return _apply(pipe, request, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify)
+        return _apply(
+            pipe, request, strict=strict, dry_run=dry_run, undoable=undoable, verify=verify, guard=guard, call=call
+        )
 
 
-def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable: bool, verify: bool) -> Report:
+def _apply(
+    pipe: Any,
+    request: Request,
+    *,
+    strict: bool,
+    dry_run: bool,
+    undoable: bool,
+    verify: bool,
+    guard: bool | None,
+    call: Mapping[str, Any] | None,
+) -> Report:
     failed: dict[str, Decision] = {}
     with offline() if dry_run else contextlib.nullcontext():
         current = make_plan(pipe, request)
@@ -89,6 +107,7 @@ def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable
         report.planned = [step.planned(current.anatomy) for step in current.steps]
         report.skipped = list(current.skipped)
         return report
+    timer = _start_guard(pipe, current, report, guard, call)
     # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
     # without undo they are kept only while this call runs, for its rollback.
     store = Originals("spill" if undoable else "transient")
@@ -96,16 +115,20 @@ def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable
     while True:
         stack = UndoStack()
         applied: list[Decision] = []
+        rolled_back: list[Decision] = []
         # By reference, only while this attempt runs; tensors on an accelerator are left to the steps'
         # own undos (each step's apply is still recorded whole by _apply_step), so the originals
         # of a cast or offloaded pipeline do not stay in device memory during the attempt.
         before = record(pipe, accelerator_data=False)
         try:
             with active(store):
-                for step in current.steps:
-                    applied.append(_apply_step(pipe, step, current.caps, stack))
-                if verify and current.steps:
-                    applied = _verified(pipe, current, stack, before, applied, report)
+                if timer is None:
+                    kept = list(current.steps)
+                    applied = [_apply_step(pipe, step, current.caps, stack) for step in kept]
+                else:
+                    kept, applied, rolled_back = _apply_guarded(pipe, current, stack, timer)
+                if verify and kept:
+                    applied = _verified(pipe, kept, current.caps, stack, before, applied, report)
             break
         except _StepFailed as failure:
             _roll_back(stack, before)
@@ -117,6 +140,8 @@ def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable
             reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
             current = make_plan(pipe, request, failed=_reasons(failed))
+            if timer is not None:
+                timer.restart()
         except BaseException:  # Ctrl-C, SystemExit: the pipeline goes back exactly as it was, then it propagates
             _roll_back_fully(stack, before)
             store.close()
@@ -127,7 +152,9 @@ def _apply(pipe: Any, request: Request, *, strict: bool, dry_run: bool, undoable
     verification_notes = tuple(w for w in report.warnings if w.startswith("verify:"))
     report.warnings = (*current.warnings, *verification_notes)  # the final plan's, after any re-plan
     report.applied = applied
-    report.skipped = list(current.skipped)
+    report.skipped = [*rolled_back, *current.skipped]
+    if timer is not None:
+        report.guard = timer.summary()
     report.failed = list(failed.values())
     report.track_undo(pipe, stack, keep=undoable, originals=store)
     return report
@@ -145,8 +172,76 @@ class _StepFailed(Exception):
         self.verified = verified
 
 
+def _start_guard(
+    pipe: Any, current: Plan, report: Report, guard: bool | None, call: Mapping[str, Any] | None
+) -> SpeedGuard | None:
+    """The speed guard for this request, its untouched reference timed (`sdopt.speed_guard`); ``None``
+    when it is off or when the untouched pipeline cannot make the timed call (the report says which)."""
+    if not current.steps:
+        return None
+    if guard is False:
+        return None
+    if guard is None:
+        why_not = speed_guard.guard_by_default(current.caps.device, current.anatomy)
+        if why_not:
+            report.guard = f"speed guard: not measured ({why_not})"
+            return None
+    timer = SpeedGuard(current.caps.device, call)
+    try:
+        timer.start(pipe)
+    except Exception as error:
+        report.guard = (
+            f"speed guard: not measured, the untouched pipeline cannot make the timed call "
+            f"({type(error).__name__}: {error})"
+        )
+        return None
+    return timer
+
+
+def _apply_guarded(
+    pipe: Any, current: Plan, stack: UndoStack, timer: SpeedGuard
+) -> tuple[list[Step], list[Decision], list[Decision]]:
+    """Apply the plan unit by unit (a step with the companions it needs), timing each unit with a speed
+    step against the call before it; a unit that does not make the call faster is undone at once.
+    Returns the steps kept, their decisions, and the decisions of the steps rolled back."""
+    kept: list[Step] = []
+    applied: list[Decision] = []
+    rolled_back: list[Decision] = []
+
+    def companions(step: Step) -> list[str]:
+        return list(step.optimization.companions(current.anatomy, current.caps, step.config))
+
+    for unit in units(current.steps, companions):
+        members = [current.steps[at] for at in unit]
+        decisions = [_apply_step(pipe, step, current.caps, stack) for step in members]
+        if not any(judged(step.optimization) for step in members):
+            kept += members
+            applied += decisions
+            continue
+        try:
+            verdict = timer.judge(pipe, members)
+        except Exception as error:  # the timed call fails: blame the unit's last step, like verification
+            raise _StepFailed(members[-1], error, verified=True) from error
+        if verdict.kept:
+            kept += members
+            applied += [dataclasses.replace(d, reason=f"{d.reason}; {verdict.describe()}") for d in decisions]
+        else:
+            stack.unwind(len(members))
+            together = f" (with {', '.join(s.name for s in members)})" if len(members) > 1 else ""
+            rolled_back += [
+                step.decision("skipped", f"rolled back{together}: {verdict.describe()}") for step in members
+            ]
+    return kept, applied, rolled_back
+
+
 def _verified(
-    pipe: Any, current: Plan, stack: UndoStack, before: Restore, applied: list[Decision], report: Report
+    pipe: Any,
+    steps: list[Step],
+    caps: Capabilities,
+    stack: UndoStack,
+    before: Restore,
+    applied: list[Decision],
+    report: Report,
 ) -> list[Decision]:
     """The decisions of the applied steps once the pipeline is known to run; raises ``_StepFailed``
     naming the first step after which the verification call fails."""
@@ -163,10 +258,12 @@ def _verified(
             f"verify: inconclusive, the untouched pipeline cannot make the verification call either "
             f"({type(error).__name__}: {error}); the steps were applied unverified",
         )
-        return [_apply_step(pipe, step, current.caps, stack) for step in current.steps]
+        return [_apply_step(pipe, step, caps, stack) for step in steps]
+    reasons = {decision.name: decision.reason for decision in applied}  # the speed guard's figures stay
     applied = []
-    for step in current.steps:
-        applied.append(_apply_step(pipe, step, current.caps, stack))
+    for step in steps:
+        decision = _apply_step(pipe, step, caps, stack)
+        applied.append(dataclasses.replace(decision, reason=reasons.get(step.name, decision.reason)))
         try:
             run_verification(pipe)
         except Exception as error:

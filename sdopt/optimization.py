@@ -95,6 +95,10 @@ class Optimization:
             against steps that only buy speed.
         tiles_decode: whether it bounds the VAE decode's activations to one tile (planning's
             memory estimate).
+        speed_judged: whether the speed guard (`sdopt.speed_guard`) times a speed step and rolls it back
+            when it does not make the call faster. ``False`` for steps whose gain a call at a fixed
+            shape cannot show (a default step count, a solver whose point is fewer steps) or that exist
+            for another step's sake (the fp16-fix VAE lets half precision keep the VAE in float16).
         version: the version of the meaning of its options, recorded in presets; bump it when an
             option's meaning changes, so a pinned preset made before says it was made for another
             version instead of silently doing something else.
@@ -115,6 +119,7 @@ class Optimization:
     tiles_decode: ClassVar[bool] = False
     version: ClassVar[int] = 1
     calibrates_on_first_call: ClassVar[bool] = False
+    speed_judged: ClassVar[bool] = True
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         """Why this optimization would do nothing or cannot work here; ``None`` if it can. Pure."""

@@ -87,6 +87,8 @@ class Report:
     """The memory budget the plan was made under (recorded by `to_preset`)."""
     tuning: Tuning | None = None
     """With ``tier="auto"``: what was measured and decided (`sdopt.tuning.Tuning`)."""
+    guard: str = ""
+    """What the speed guard measured (`sdopt.speed_guard`), or that it did not measure."""
     _undo_stack: UndoStack | None = field(default=None, repr=False)
     _pipeline: Any = field(default=None, repr=False)
     _undone: bool = field(default=False, repr=False)
@@ -190,7 +192,7 @@ class Report:
             >>> report = optimize(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
             >>> preset = report.to_preset("my-app")
             >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
-            ('half_precision', 'bfloat16', 'balanced@2')
+            ('half_precision', 'bfloat16', 'balanced@3')
         """
         from sdopt._version import __version__
         from sdopt.presets import Preset, frozen_entry
@@ -232,6 +234,7 @@ class Report:
             "originals": self.originals,
             "after_calls": self.after_calls,
             "tuning": self.tuning.to_dict() if self.tuning is not None else None,
+            "guard": self.guard,
             "warnings": list(self.warnings),
             "applied": [d.to_dict() for d in self.applied],
             "planned": [d.to_dict() for d in self.planned],
@@ -250,6 +253,8 @@ class Report:
         if self.applied and not self.dry_run:
             notes += f"\noriginals: {self.originals}"
         notes += "".join(f"\nafter calls, {name}: {text}" for name, text in self.after_calls.items())
+        if self.guard:
+            notes += f"\n{self.guard}"
         if self.tuning is not None:
             how = "from the tuning cache" if self.tuning.from_cache else f"measured in {self.tuning.seconds:.1f} s"
             notes += f"\ntuned: {self.tuning.quality} at {self.tuning.shape}, {how}"

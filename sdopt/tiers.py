@@ -462,7 +462,7 @@ def tiers_markdown() -> str:
     Examples:
         >>> from sdopt.tiers import tiers_markdown
         >>> tiers_markdown().splitlines()[0]
-        '### `conservative@1`: output visually identical to the original (numerical drift only)'
+        '### `conservative@2`: output visually identical to the original (numerical drift only)'
     """
     from sdopt import registry
 

@@ -84,6 +84,30 @@ def speedup(baseline_s: Sequence[float], candidate_s: Sequence[float]) -> Speedu
     return Speedup(ratio, spread, samples)
 
 
+def device_clock(device: str) -> Callable[[], float]:
+    """A clock for timing work on ``device``: on an accelerator it waits for the queued kernels first, so
+    a call is timed to its end, not to its last launch.
+
+    Examples:
+        >>> from sdopt.timing import device_clock
+        >>> clock = device_clock("cpu")
+        >>> clock() <= clock()
+        True
+    """
+    import torch
+
+    module = getattr(torch, device, None) if device in ("cuda", "mps", "xpu") else None
+    synchronize = getattr(module, "synchronize", None)
+    if synchronize is None or not module.is_available():  # type: ignore[union-attr]
+        return time.perf_counter  # nothing queued anywhere (also: planned for a device this host lacks)
+
+    def clock() -> float:
+        synchronize()
+        return time.perf_counter()
+
+    return clock
+
+
 def interleave(
     lanes: Sequence[Callable[[], Any]],
     *,

@@ -55,8 +55,13 @@ class UndoStack:
         return len(self._entries)
 
     def __call__(self) -> None:
+        self.unwind(len(self._entries))
+
+    def unwind(self, count: int) -> None:
+        """Undo only the ``count`` newest changes (newest first), as calling the stack undoes them all."""
         errors = []
-        while self._entries:
+        stop = len(self._entries) - count
+        while len(self._entries) > stop:
             name, undo = self._entries[-1]
             try:
                 undo()

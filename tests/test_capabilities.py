@@ -325,6 +325,7 @@ def test_every_profile_is_consistent() -> None:
 EXPECTED_DTYPE = {
     "cpu-amx": "bfloat16",
     "h100-80gb": "bfloat16",
+    "h200-141gb": "bfloat16",
     "a100-80gb": "bfloat16",
     "rtx4090-24gb": "bfloat16",
     "rtx3060ti-8gb": "bfloat16",

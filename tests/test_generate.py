@@ -119,7 +119,7 @@ def test_cli_generate_quiet_json_and_errors(tmp_path, capsys, monkeypatch) -> No
     assert diffusers_logging.is_progress_bar_enabled() and sdopt.logging.is_progress_bar_enabled()  # put back
     data = json.loads(record.read_text())
     assert data["images"] == [str(out)] and data["call"]["num_inference_steps"] == 2
-    assert data["report"]["source"] == "conservative@1"
+    assert data["report"]["source"] == "conservative@2"
 
     # A bad tier or preset fails before anything is loaded.
     import sdopt.generate

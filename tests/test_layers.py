@@ -34,8 +34,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("machine facts", ("sdopt.probes", "sdopt.capabilities")),
-    ("calls and simulation", ("sdopt.calls", "sdopt.fidelity", "sdopt.originals", "sdopt.simulation")),
-    ("optimization kit", ("sdopt.weights", "sdopt.verification", "sdopt.footprint", "sdopt.optimization")),
+    (
+        "calls and simulation",
+        ("sdopt.calls", "sdopt.timed_calls", "sdopt.fidelity", "sdopt.originals", "sdopt.simulation"),
+    ),
+    (
+        "optimization kit",
+        ("sdopt.weights", "sdopt.verification", "sdopt.speed_guard", "sdopt.footprint", "sdopt.optimization"),
+    ),
     ("optimizations", ("sdopt.optimizations",)),
     ("registry and presets", ("sdopt.registry", "sdopt.presets", "sdopt.tiers")),
     ("planning", ("sdopt.report", "sdopt.planning")),

@@ -311,7 +311,7 @@ def test_auto_in_plan_and_in_errors() -> None:
 
 
 def test_the_fake_denoiser_is_really_short_circuited(clocked) -> None:
-    from sdopt.tuning.measure import timed_call
+    from sdopt.timed_calls import timed_call
 
     pipe, clock, calls = clocked
     kwargs = CallShape.of(pipe, {"steps": 10}).kwargs(pipe)

@@ -81,6 +81,7 @@ class DistillLora(Optimization):
     """
 
     name = "distill_lora"
+    speed_judged = False  # its gain is fewer steps without CFG, set by the call
     kind = "sampling"
     summary = "the family's step-distillation LoRA (LCM-LoRA) fused, LCM scheduler, 4 steps, no CFG"
     Config = DistillLoraConfig

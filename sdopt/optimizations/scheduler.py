@@ -56,6 +56,7 @@ class Scheduler(Optimization):
     """
 
     name = "scheduler"
+    speed_judged = False  # a solver for fewer steps: at the same count it computes the same
     kind = "scheduler"
     summary = "a faster solver suited to the model (DPM-Solver++, UniPC, LCM, flow solvers)"
     Config = SchedulerConfig

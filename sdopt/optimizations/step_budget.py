@@ -38,6 +38,7 @@ class StepBudget(Optimization):
     """
 
     name = "step_budget"
+    speed_judged = False  # fewer default steps: a call with an explicit count shows nothing
     kind = "sampling"
     summary = "fewer denoising steps by default (or capped)"
     Config = StepBudgetConfig

@@ -40,6 +40,7 @@ class VaeFp16Fix(Optimization):
     """
 
     name = "vae_fp16_fix"
+    speed_judged = False  # exists so half_precision can keep the VAE in float16
     kind = "vae"
     summary = "swap SDXL's VAE for the fp16-safe one so it can run in float16"
     Config = VaeFp16FixConfig

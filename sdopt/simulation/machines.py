@@ -45,8 +45,9 @@ def fake_capabilities(
 
     ``profile`` is one of `PROFILES` (``cpu-avx2``, ``cpu-amx``, ``apple-m2-16gb``,
     ``t4-16gb``, ``gtx1060-6gb``, ``rtx3060ti-8gb``, ``rtx4090-24gb``, ``a100-80gb``,
-    ``h100-80gb``, ``h200-141gb`` (the GPU lent for this project's measurements), ``rtx5090-no-kernels``: an sm_120 GPU visible to a torch build made for
-    sm_50..sm_90, so unusable, and the plan falls back to the CPU), or a bare device type
+    ``h100-80gb``, ``h200-141gb`` (the GPU lent for this project's measurements),
+    ``rtx5090-no-kernels``: an sm_120 GPU visible to a torch build made for sm_50..sm_90, so
+    unusable, and the plan falls back to the CPU), or a bare device type
     ("cpu", "cuda" = an RTX 4090, "mps") to be adjusted with the keywords: whether the CPU
     accelerates bf16, the GPU's compute capability and memory, which optional packages count
     as installed and usable, and whether the installed torch has kernels for the GPU (``kernels``:

@@ -2,7 +2,7 @@
 
 The candidates are the steps the quality tier plans here (so every requirement, conflict and memory
 rule still applies). In the tier's order, each is timed against the best configuration so far, at
-the caller's call shape, in alternating blocks of short calls (`sdopt.tuning.measure`), until
+the caller's call shape, in alternating blocks of short calls (`sdopt.timed_calls`), until
 the difference is outside the measured noise; a faster one is kept if a whole image made with it
 stays within the quality's fidelity floor (PSNR against the untouched pipeline's image, same seed).
 Steps that only pay together (a declared companion) are timed together; steps the memory budget or
@@ -76,13 +76,13 @@ def tune(
         >>> tuning = tune(tiny_pipeline("sd"), "balanced", call={"steps": 2}, caps=fake_capabilities("cpu"),
         ...               cache=False, progress=False)
         >>> tuning.preset.based_on
-        'auto:balanced@2'
+        'auto:balanced@3'
         >>> all(trial.reason.startswith(("kept", "dropped")) for trial in tuning.trials)
         True
     """
     from sdopt.capabilities import detect
+    from sdopt.timed_calls import full_output
     from sdopt.tuning import search
-    from sdopt.tuning.measure import full_output
 
     clock = clock or search.now
     started = clock()
@@ -199,7 +199,7 @@ def optimize_tuned(
         >>> request = Request(caps=fake_capabilities("cpu"))
         >>> report = optimize_tuned(pipe, request, "conservative", call={"steps": 2}, dry_run=True)
         >>> report.source
-        'auto:conservative@1'
+        'auto:conservative@2'
     """
     tuning = tune(
         pipe,

@@ -67,11 +67,11 @@ class Tuning:
         >>> tuning = tune(tiny_pipeline("sd"), "conservative", call={"steps": 2}, caps=fake_capabilities("cpu"),
         ...               cache=False, progress=False)
         >>> tuning.preset.based_on
-        'auto:conservative@1'
+        'auto:conservative@2'
         >>> [name for name in tuning.kept if name not in tuning.preset.names()]
         []
         >>> print(tuning)  # doctest: +ELLIPSIS
-        sdopt tune: conservative@1 at 64x64, 2 steps, guidance 7.5, batch 1; fidelity floor 45 dB; took ...
+        sdopt tune: conservative@2 at 64x64, 2 steps, guidance 7.5, batch 1; fidelity floor 45 dB; took ...
     """
 
     quality: str

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,7 @@ from sdopt.engine import apply_plan
 from sdopt.fidelity import psnr
 from sdopt.planning import Plan, Request, Step
 from sdopt.presets import Entry, Preset
-from sdopt.timing import MIN_GAIN, relative_range
-from sdopt.tuning.measure import Sample, full_output, timed_call
+from sdopt.timed_calls import Comparison, Sample, compare, full_output, timed_call
 from sdopt.tuning.record import NOT_MEASURED, Trial
 
 
@@ -134,41 +132,6 @@ def fidelity(pipe: Any, configuration: Sequence[Entry], settings: Settings) -> A
         _warm_up(pipe, configuration, settings.shape.kwargs(pipe, settings.seed), settings, short=False)
         image, _ = full_output(pipe, settings.shape.kwargs(pipe, settings.seed), settings.clock)  # fresh generator
     return image
-
-
-@dataclass(frozen=True)
-class Comparison:
-    ratio: float
-    spread: float
-    denoiser_ratio: float | None
-    samples: int
-    decided: bool
-    call_s: float
-    best_s: float
-
-    @property
-    def faster(self) -> bool:
-        return self.ratio - self.spread > 1 and self.ratio > 1 + MIN_GAIN
-
-    def describe(self) -> str:
-        text = f"call {self.ratio:.2f}x (+-{self.spread:.2f})"
-        if self.denoiser_ratio is not None:
-            text += f", denoiser call {self.denoiser_ratio:.2f}x"
-        return text
-
-
-def compare(best: list[Sample], candidate: list[Sample]) -> Comparison:
-    best_s = statistics.median(s.call_s for s in best)
-    call_s = statistics.median(s.call_s for s in candidate)
-    ratio = best_s / call_s
-    # Half the ranges: a search heuristic (a kept step is also checked for fidelity), not a printed claim.
-    spread = ratio * (relative_range([s.call_s for s in best]) + relative_range([s.call_s for s in candidate])) / 2
-    calls_b = [s.denoiser_s for s in best if s.denoiser_s > 0]
-    calls_c = [s.denoiser_s for s in candidate if s.denoiser_s > 0]
-    denoiser = statistics.median(calls_b) / statistics.median(calls_c) if calls_b and calls_c else None
-    enough = min(len(best), len(candidate)) >= 2
-    decided = enough and (abs(ratio - 1) > spread or (spread < MIN_GAIN and abs(ratio - 1) < MIN_GAIN))
-    return Comparison(ratio, spread, denoiser, len(candidate), decided, call_s, best_s)
 
 
 def try_group(

@@ -1,4 +1,5 @@
-"""Short timed calls and full-image fidelity for a tuning.
+"""Short timed calls, full-image outputs and the comparison of two sets of timings (the tuning and the
+speed guard measure with them).
 
 A timed call is a real pipeline call at the caller's shape in which only the first few denoiser
 calls per input signature run; the later ones return the output of the last real call with that
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from sdopt.anatomy import inspect_pipeline
+from sdopt.timing import MIN_GAIN, relative_range
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,38 @@ def _quiet_progress(pipe: Any) -> Iterator[None]:
             pipe._progress_bar_config = previous
         else:
             del pipe._progress_bar_config
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ratio: float
+    spread: float
+    denoiser_ratio: float | None
+    samples: int
+    decided: bool
+    call_s: float
+    best_s: float
+
+    @property
+    def faster(self) -> bool:
+        return self.ratio - self.spread > 1 and self.ratio > 1 + MIN_GAIN
+
+    def describe(self) -> str:
+        text = f"call {self.ratio:.2f}x (+-{self.spread:.2f})"
+        if self.denoiser_ratio is not None:
+            text += f", denoiser call {self.denoiser_ratio:.2f}x"
+        return text
+
+
+def compare(best: list[Sample], candidate: list[Sample]) -> Comparison:
+    best_s = statistics.median(s.call_s for s in best)
+    call_s = statistics.median(s.call_s for s in candidate)
+    ratio = best_s / call_s
+    # Half the ranges: a search heuristic (a kept step is also checked for fidelity), not a printed claim.
+    spread = ratio * (relative_range([s.call_s for s in best]) + relative_range([s.call_s for s in candidate])) / 2
+    calls_b = [s.denoiser_s for s in best if s.denoiser_s > 0]
+    calls_c = [s.denoiser_s for s in candidate if s.denoiser_s > 0]
+    denoiser = statistics.median(calls_b) / statistics.median(calls_c) if calls_b and calls_c else None
+    enough = min(len(best), len(candidate)) >= 2
+    decided = enough and (abs(ratio - 1) > spread or (spread < MIN_GAIN and abs(ratio - 1) < MIN_GAIN))
+    return Comparison(ratio, spread, denoiser, len(candidate), decided, call_s, best_s)
