@@ -72,7 +72,8 @@ def test_img2img_variant_of_the_tiny_sd_components() -> None:
 
 def test_report_accounts_for_every_candidate_and_serializes(sd_pipe, cpu_caps) -> None:
     report = optimize(sd_pipe, tier="balanced", caps=cpu_caps, extra=["vae_slicing"])
-    tier_names = {step["name"] for step in next(r for r in list_tiers() if r["latest"] and r["name"] == "balanced")["steps"]}
+    latest = next(row for row in list_tiers() if row["latest"] and row["name"] == "balanced")
+    tier_names = {step["name"] for step in latest["steps"]}
     decided = [d.name for d in report.applied + report.skipped + report.failed]
     assert sorted(decided) == sorted(tier_names | {"vae_slicing"})
     assert len(decided) == len(set(decided))
