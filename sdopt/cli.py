@@ -238,7 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--tiers",
         default="baseline,balanced",
-        help="comma-separated tiers, preset files (.toml/.json) or auto[:quality]; 'baseline' = as loaded",
+        help="comma-separated tiers, preset files (.toml/.json) or auto[:quality]; 'baseline' = as loaded, "
+        "'untouched-half' = as a GPU user loads it (float16/bfloat16), 'recipe' = the published hand recipe",
     )
     bench.add_argument("--steps", type=_positive, default=20)
     bench.add_argument("--height", type=_side)
@@ -259,6 +260,17 @@ def _parser() -> argparse.ArgumentParser:
         help="optimize with undoable=False (keeps nothing for undo) instead of the defaults users get",
     )
     bench.add_argument("--memory-budget", help="the most device memory each tier's plan may use, e.g. 6GB")
+    bench.add_argument(
+        "--no-gpu-references",
+        action="store_true",
+        help="on GPUs, do not add the untouched-half and recipe rows (speedups then against the baseline)",
+    )
+    bench.add_argument(
+        "--recipe-compile",
+        choices=("max-autotune", "default", "none"),
+        default="max-autotune",
+        help="how the recipe row compiles: as published (minutes on SDXL), inductor's default, or not at all",
+    )
     bench.set_defaults(handler=commands.bench_command)
     return parser
 

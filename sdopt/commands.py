@@ -297,6 +297,8 @@ def bench_command(args: argparse.Namespace) -> int:
         undoable=not args.no_undo,
         memory_budget=args.memory_budget,
         batch=args.batch,
+        gpu_references=not args.no_gpu_references,
+        recipe_compile=args.recipe_compile,
     )
     print(result.table())
     written = []

@@ -255,3 +255,48 @@ def test_batch_renders_several_images_per_call_and_reports_images_per_second() -
     assert float(row["images/s"]) == pytest.approx(3 / baseline.median_s, rel=1e-2)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         bench("tiny-sd", ["baseline"], batch=0)
+
+
+def test_reference_rows_render_the_untouched_half_pipeline_and_the_hand_recipe() -> None:
+    result = bench(
+        "tiny-sd",
+        ["baseline", "untouched-half", "recipe", "balanced"],
+        steps=2,
+        runs=1,
+        warmup=0,
+        recipe_compile="none",
+    )
+    rows = {t.tier: t for t in result.tiers}
+    assert rows["untouched-half"].applied == [
+        "the pipeline as loaded with torch_dtype=float16 (SDPA, diffusers' default)"
+    ]
+    assert rows["recipe"].applied[:3] == [
+        "bfloat16 weights",
+        "fused QKV projections (unet, vae)",
+        "channels-last (unet, vae)",
+    ]
+    assert rows["recipe"].applied[-1] == "not compiled (compile='none')"
+    assert 0 < rows["untouched-half"].psnr_db < float("inf")  # its own arithmetic: drift against float32
+    assert result.speedup_reference == "baseline"  # on a CPU the reference stays the pipeline as loaded
+    with pytest.raises(ValueError, match="recipe compile mode 'fastest'"):
+        bench("tiny-sd", ["recipe"], steps=2, runs=1, warmup=0, recipe_compile="fastest")
+
+
+def test_on_gpus_speedups_are_against_the_untouched_half_pipeline() -> None:
+    from sdopt.bench.results import TierResult, summarize
+    from sdopt.bench.runner import rows_for
+
+    assert rows_for(["baseline", "balanced", "fast"], "cuda") == [
+        "baseline",
+        "untouched-half",
+        "recipe",
+        "balanced",
+        "fast",
+    ]
+    assert rows_for(["balanced"], "mps", gpu_references=False) == ["balanced"]
+    rows = [TierResult("baseline"), TierResult("untouched-half"), TierResult("balanced")]
+    for row, seconds in zip(rows, ([8.0, 8.1, 8.2], [2.0, 2.0, 2.1], [1.5, 1.55, 1.6]), strict=True):
+        row.latencies_s = seconds
+    summarize(rows, "untouched-half")
+    assert rows[1].speedup == 1.0 and rows[2].speedup == pytest.approx(2.0 / 1.55)
+    assert rows[0].speedup == pytest.approx(2.0 / 8.1) and rows[0].verdict == "slower"

@@ -98,6 +98,9 @@ class BenchResult:
     tiers: list[TierResult]
     memory_kind: str
     notes: list[str] = field(default_factory=list)
+    speedup_reference: str = BASELINE
+    """The row the speedups are ratios to: the untouched pipeline as loaded, or on GPUs the untouched
+    pipeline in half precision (``untouched-half``), what a GPU user runs."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,14 +219,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def summarize(results: Sequence[TierResult]) -> None:
-    """Fill median/min/max from the latencies, and speedup as the ratio of medians to the baseline's."""
+def summarize(results: Sequence[TierResult], reference: str = BASELINE) -> None:
+    """Fill median/min/max from the latencies, and speedup as the ratio of medians to the
+    ``reference`` row's (the baseline unless told otherwise)."""
     for result in results:
         if result.latencies_s:
             result.median_s = statistics.median(result.latencies_s)
             result.min_s = min(result.latencies_s)
             result.max_s = max(result.latencies_s)
-    baseline = next((r for r in results if r.tier == BASELINE), None)
+    baseline = next((r for r in results if r.tier == reference), None)
     for result in results:
         if baseline is not None and result.median_s > 0:
             result.speedup = baseline.median_s / result.median_s

@@ -20,6 +20,7 @@ import torch
 
 from sdopt.anatomy import inspect_pipeline
 from sdopt.bench.instruments import host_tensor_bytes, light_copy, peak_memory, timed_parts
+from sdopt.bench.recipes import RECIPE, UNTOUCHED_HALF, apply_recipe, renderer_in_context, untouched_half
 from sdopt.bench.results import (
     BASELINE,
     DEFAULT_PROMPTS,
@@ -57,6 +58,8 @@ def bench(
     undoable: bool = True,
     memory_budget: float | str | None = None,
     batch: int = 1,
+    gpu_references: bool = True,
+    recipe_compile: str = "max-autotune",
 ) -> BenchResult:
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
@@ -65,6 +68,12 @@ def bench(
     file name, or ``auto`` / ``auto:<quality>`` (tuned for this bench's call shape; the measuring
     time is its own column, apart from the optimize time). ``peers`` are other runtimes rendering
     the same prompts and seeds in the same interleaved loop.
+
+    Two reference rows (`sdopt.bench.recipes`): ``untouched-half``, the pipeline as a GPU user loads
+    it (float16, or bfloat16 for models published in it), and ``recipe``, the family's published hand
+    recipe (diffusion-fast, flux-fast), compiled with ``recipe_compile``. On CUDA and MPS both are
+    added when not listed (``gpu_references=False``: not), and speedups are ratios to
+    ``untouched-half``; elsewhere to the baseline.
 
     Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
     docs/memory.md; ``undoable=False`` for ``--no-undo``), under ``memory_budget`` if given. On CPU
@@ -102,6 +111,8 @@ def bench(
             undoable=undoable,
             memory_budget=memory_budget,
             batch=batch,
+            gpu_references=gpu_references,
+            recipe_compile=recipe_compile,
         )
 
 
@@ -123,14 +134,16 @@ def _bench(
     peers: Sequence[Peer],
     undoable: bool,
     memory_budget: float | str | None,
-    batch: int = 1,
+    batch: int,
+    gpu_references: bool,
+    recipe_compile: str,
 ) -> BenchResult:
     from sdopt.api import optimize
     from sdopt.capabilities import detect
     from sdopt.tiers import resolve_tier
 
     # Bad tiers and presets fail here, before minutes of loading.
-    how = {tier: _how_to_optimize(tier, resolve_tier) for tier in tiers if tier != BASELINE}
+    how = {tier: _how_to_optimize(tier, resolve_tier) for tier in tiers if tier not in REFERENCE_ROWS}
     if runs < 1 or warmup < 0 or batch < 1:
         raise ValueError(f"runs and batch must be >= 1, warmup >= 0 (got runs={runs}, batch={batch}, warmup={warmup})")
     if batch > 1 and peers:
@@ -140,6 +153,7 @@ def _bench(
     caps = detect(device=device) if device else detect()
     caps.require_usable_device()
     target = caps.device
+    tiers = rows_for(tiers, target, gpu_references=gpu_references)
     names = [*map(_row_name, tiers), *(peer.name for peer in peers)]
     if len(set(names)) != len(names):
         raise ValueError(f"every tier and peer needs its own name (got {', '.join(names)})")
@@ -188,10 +202,20 @@ def _bench(
             pipe.set_progress_bar_config(disable=True)  # sdopt's own bar over the images instead
             if target == "cuda":  # on the device unless the tier's plan offloads
                 place(pipe, caps, **(how.get(tier) or {"tier": None}), memory_budget=memory_budget)
+            if tier in (UNTOUCHED_HALF, RECIPE):
+                started = clock()
+                if tier == UNTOUCHED_HALF:
+                    result.applied = [untouched_half(pipe)]
+                else:
+                    result.applied = apply_recipe(pipe, device=target, compile=recipe_compile)
+                result.optimize_s = clock() - started
+                result.report = {"reference": result.applied}
+                render = _pipeline_renderer(pipe, target, images, clock)
+                return renderer_in_context(render) if tier == RECIPE else render
             if tier != BASELINE:
                 started = clock()
-                measured: dict[str, Any] = {"call": images.call_shape()} if how[tier]["tier"] == AUTO else {}
-                report = optimize(pipe, **how[tier], **measured, **options)
+                # The bench's calls are what tier="auto" tunes for and what the speed guard times (on GPUs).
+                report = optimize(pipe, **how[tier], call=images.call_shape(), **options)
                 result.optimize_s = clock() - started
                 if report.tuning is not None:  # measuring is reported apart from applying
                     result.tuning_s = report.tuning.seconds
@@ -225,7 +249,8 @@ def _bench(
         bar.close()
         for peer in loaded:
             peer.close()
-    summarize(results)
+    reference = UNTOUCHED_HALF if target in GPU_DEVICES and UNTOUCHED_HALF in tiers else BASELINE
+    summarize(results, reference)
 
     notes = []
     if source in REAL_ARCHES or source in TINY_ARCHES:
@@ -249,8 +274,15 @@ def _bench(
     if any("random weights of its published architecture" in str(t.report) for t in results):
         notes.append("replacement models not cached here (TAESD, the fp16-fix VAE) ran with random weights")
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
+    if reference != BASELINE:
+        notes.append(f"speedup: against {reference} (the pipeline as a GPU user loads it), not the float32 baseline")
+    if RECIPE in tiers:
+        notes.append(
+            f"recipe: the family's published hand recipe (diffusion-fast / flux-fast, sdopt.bench.recipes), "
+            f"compiled with mode {recipe_compile!r}"
+        )
     notes.append(
-        "speedup: the baseline's median over the tier's, with its noise (+-, from both sides' ranges over the "
+        "speedup: the reference row's median over the tier's, with its noise (+-, from both sides' ranges over the "
         "runs); a ratio inside the noise reads 'no difference', and fewer than 3 runs tell nothing"
     )
     if peers:
@@ -280,7 +312,32 @@ def _bench(
         tiers=results,
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
+        speedup_reference=reference,
     )
+
+
+REFERENCE_ROWS = (BASELINE, UNTOUCHED_HALF, RECIPE)
+"""Rows that are not sdopt tiers: the pipeline as loaded, as a GPU user loads it, and the hand recipe."""
+
+
+GPU_DEVICES = ("cuda", "mps")
+
+
+def rows_for(tiers: Sequence[str], device: str, *, gpu_references: bool = True) -> list[str]:
+    """The rows a bench of ``tiers`` on ``device`` renders: on GPUs the reference rows are added when
+    missing (``gpu_references``), reference rows first.
+
+    Examples:
+        >>> from sdopt.bench.runner import rows_for
+        >>> rows_for(["balanced", "baseline"], "cuda")
+        ['baseline', 'untouched-half', 'recipe', 'balanced']
+        >>> rows_for(["balanced", "baseline"], "cpu")
+        ['balanced', 'baseline']
+    """
+    if device not in GPU_DEVICES or not gpu_references:
+        return list(tiers)
+    rows = [*tiers, *(row for row in (UNTOUCHED_HALF, RECIPE) if row not in tiers)]
+    return sorted(rows, key=lambda row: REFERENCE_ROWS.index(row) if row in REFERENCE_ROWS else len(REFERENCE_ROWS))
 
 
 def _is_preset_file(tier: str) -> bool:
@@ -455,7 +512,7 @@ def _why_not_interleaved(
         return ""
     extra, activations = 0.0, before.activations_gb
     for tier in tiers:
-        if tier == BASELINE:
+        if tier in REFERENCE_ROWS:  # the baseline, or rows whose weights are not planned
             continue
         footprint = plan(base, **how[tier], caps=caps, memory_budget=memory_budget).footprint
         if footprint is not None:
