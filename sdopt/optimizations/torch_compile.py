@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,8 @@ class TorchCompileConfig:
     """``mode``: torch.compile mode; ``regional``: "auto" compiles the model's repeated blocks where it
     declares them (much shorter first call), "yes"/"no" force it; ``fullgraph``; ``accept_cpu_first_call``:
     on CPU, compile only when the caller accepts the long first call; ``cache_dir``: inductor's on-disk
-    cache (default ``inductor`` under `sdopt.cache_dir.cache_root`: ``$SDOPT_CACHE_DIR`` or
-    ``~/.cache/sdopt``), so a second process starts fast."""
+    cache (default ``inductor/<torch build and device>`` under `sdopt.cache_dir.cache_root`:
+    ``$SDOPT_CACHE_DIR`` or ``~/.cache/sdopt``; see `compile_cache_key`), so a second process starts fast."""
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     regional: Literal["auto", "yes", "no"] = "auto"
@@ -63,7 +64,7 @@ class TorchCompile(Optimization):
         regional = config.regional
         if regional == "auto":
             regional = "yes" if _repeated_blocks(anatomy.denoiser) else "no"
-        cache_dir = config.cache_dir or str(cache_root("inductor"))
+        cache_dir = config.cache_dir or str(cache_root("inductor") / compile_cache_key(caps))
         return TorchCompileConfig(config.mode, regional, config.fullgraph, config.accept_cpu_first_call, cache_dir)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
@@ -131,6 +132,27 @@ class TorchCompile(Optimization):
                 put_back()
 
         return undo
+
+
+def compile_cache_key(caps: Capabilities) -> str:
+    """The folder of inductor's cache for this machine: one per torch build (its CUDA runtime included)
+    and device model, so a second process on the same machine finds its kernels (first call in
+    seconds) and a cache shared across machines (a network home, one image on several GPUs) never
+    hands one GPU's autotuned kernels to another. The driver is left out: the generated kernels
+    depend on the compiler triton ships, not on it.
+
+    Examples:
+        >>> from sdopt.optimizations.torch_compile import compile_cache_key
+        >>> from sdopt.testing import fake_capabilities
+        >>> compile_cache_key(fake_capabilities("h200-141gb")).endswith("-cuda-sm_90-NVIDIA-H200")
+        True
+    """
+    parts = [f"torch-{caps.versions.get('torch', 'unknown')}", caps.device]
+    if caps.device == "cuda" and caps.cuda:
+        parts += [caps.cuda[0].arch, caps.cuda[0].name]
+    elif caps.device == "cpu":
+        parts.append(caps.cpu.model)
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", "-".join(parts)).strip("-")[:150]
 
 
 def _repeated_blocks(denoiser: Any) -> list[str]:

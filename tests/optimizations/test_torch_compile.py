@@ -99,3 +99,18 @@ def test_whole_transformer_compile_is_not_planned_on_cpu() -> None:
         caps=fake_capabilities("t4-16gb", packages={"triton": True}),
     )
     assert on_gpu.steps[0].config.regional == "no"
+
+
+def test_the_default_compile_cache_is_one_per_torch_build_and_device(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    pipe = tiny_pipeline("sd")
+    folders = {}
+    for profile in ("h200-141gb", "h100-80gb", "rtx4090-24gb", "cpu-amx"):
+        caps = fake_capabilities(profile, packages={"triton": True})
+        extra = [{"name": "torch_compile", "accept_cpu_first_call": True}]
+        (step,) = plan(pipe, tier=None, extra=extra, caps=caps).steps
+        folders[profile] = step.config.cache_dir
+    assert len(set(folders.values())) == 4  # an H100's autotuned kernels never reach an H200
+    assert all(folder.startswith(str(tmp_path / "inductor")) for folder in folders.values())
+    assert "sm_90" in folders["h200-141gb"] and "H200" in folders["h200-141gb"]
+    assert f"torch-{torch.__version__}" in folders["cpu-amx"]
