@@ -30,6 +30,16 @@ def plain_linears(module: torch.nn.Module, min_features: int) -> list[tuple[torc
     return found
 
 
+def quantized_linears(module: torch.nn.Module | None) -> int:
+    """How many ``nn.Linear`` layers in ``module`` hold a quantized tensor-subclass weight (torchao's)."""
+    if module is None:
+        return 0
+    return sum(
+        isinstance(layer, torch.nn.Linear) and type(layer.weight) not in (torch.Tensor, torch.nn.Parameter)
+        for layer in module.modules()
+    )
+
+
 FUSED_PROJECTIONS = {
     # fused layer -> the separate projections diffusers concatenated into it
     "to_qkv": ("to_q", "to_k", "to_v"),

@@ -51,7 +51,7 @@ class FuseQKV(Optimization):
     # Fusion concatenates float weights: it goes before any quantizer that replaces them (torchao's
     # int8 tensors have no ``aten.cat``: on an H200, int8 first made fusion fail and roll back).
     after = ("half_precision",)
-    before = ("torch_compile", "quantize_int8", "quantize_4bit", "static_int8")
+    before = ("torch_compile", "quantize_int8", "quantize_fp8", "quantize_4bit", "static_int8")
     # The separate projections are views of the fused weights; an offload moves each parameter on its
     # own (module.to), which turns the views into copies and holds attention weights twice.
     conflicts = ("model_offload", "group_offload", "sequential_offload")

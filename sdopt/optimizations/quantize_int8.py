@@ -13,8 +13,8 @@ import torch
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register
-from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
+from sdopt.optimizations._torchao import quantize_weights
 from sdopt.originals import keep, own_tensors
 from sdopt.undo import UndoStack
 
@@ -60,7 +60,7 @@ class QuantizeInt8(Optimization):
     Config = QuantizeInt8Config
     lossy = True  # int8 weights and activations: more than the float drift of a cast (static_int8: 36.9 dB)
     effect = "speed+memory"
-    conflicts = ("quantize_4bit",)
+    conflicts = ("quantize_4bit", "quantize_fp8")
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         backend = config.backend
@@ -182,34 +182,6 @@ def _swap_linears(denoiser: torch.nn.Module, min_features: int) -> Undo:
 
 
 def _torchao_int8(denoiser: torch.nn.Module, min_features: int) -> Undo:
-    # torchao replaces each weight Parameter by a quantized tensor subclass in place; the original
-    # Parameter objects are kept, their data where undo's originals are kept, and put back on undo.
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
-    layers = [layer for _, _, layer in plain_linears(denoiser, min_features)]
-    targets = {id(layer) for layer in layers}
-    weights = [(layer, layer.weight) for layer in layers]
-    # Only the weights no other layer holds (a tied weight stays in use) are freed once quantized.
-    own = {id(tensor) for tensor in own_tensors(layers, within=denoiser)}
-    kept = keep([weight for _, weight in weights if id(weight) in own], owner=denoiser)
-    # torchao also gives each layer an instance-level extra_repr.
-    restore = [remember_attributes(layer, ("extra_repr",)) for layer in layers]
-
-    def undo() -> None:
-        for put_back in restore:
-            put_back()
-        kept.restore()
-        for layer, weight in weights:
-            layer.weight = weight
-
-    try:
-        quantize_(
-            denoiser,
-            Int8DynamicActivationInt8WeightConfig(),
-            filter_fn=lambda module, _name: id(module) in targets,
-        )
-        kept.release()
-    except Exception:
-        undo()
-        raise
-    return undo
+    return quantize_weights(denoiser, min_features, Int8DynamicActivationInt8WeightConfig())

@@ -58,7 +58,7 @@ class TorchCompile(Optimization):
     kind = "compile"
     summary = "torch.compile (inductor) on the denoiser; long first call"
     Config = TorchCompileConfig
-    after = ("half_precision", "channels_last", "fuse_qkv", "quantize_int8")
+    after = ("half_precision", "channels_last", "fuse_qkv", "quantize_int8", "quantize_fp8")
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         regional = config.regional
