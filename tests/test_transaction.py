@@ -103,7 +103,10 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_every_optimization_has_a_fault_injection_case() -> None:
-    assert {name for name, *_ in CASES} >= set(registry.names()) - {"sequential_offload", "sdpa", "xformers"}
+    # quantize_fp8 needs float8 tensor cores (sm_89+) to apply: its torchao path (shared with quantize_int8's
+    # torchao backend) is checked with a quantizer that raises half-way in tests/optimizations/test_quantize_fp8.py.
+    without_cpu_apply = {"sequential_offload", "sdpa", "xformers", "quantize_fp8"}
+    assert {name for name, *_ in CASES} >= set(registry.names()) - without_cpu_apply
 
 
 def _apply_of(optimization: Any) -> Callable[..., Any]:
