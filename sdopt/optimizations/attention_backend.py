@@ -25,7 +25,8 @@ _FLASH = ("flash", "_native_flash", "flash_varlen")
 
 @dataclass(frozen=True)
 class AttentionBackendConfig:
-    """``backend``: "auto" (the fastest working one on the device) or a diffusers backend name."""
+    """``backend``: "auto" (chosen by rule), "measure" (the fastest installed backend, timed on this
+    device at the model's attention shape when applied) or a diffusers backend name."""
 
     backend: str = "auto"
 
@@ -59,7 +60,7 @@ class AttentionBackend(Optimization):
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         if config.backend != "auto":
-            return config
+            return config  # "measure" is resolved when applied, on the device
         gpu = caps.gpu
         if gpu is None or anatomy.family not in _MASK_FREE_FAMILIES:
             return AttentionBackendConfig("native")
@@ -87,6 +88,8 @@ class AttentionBackend(Optimization):
         from diffusers.models.attention_dispatch import AttentionBackendName
 
         backend = self.resolve(anatomy, caps, config).backend
+        if backend == MEASURE:
+            return None if len(candidates(anatomy, caps)) > 1 else f"only one backend can run here ({caps.device})"
         known = {member.value for member in AttentionBackendName}
         if backend not in known:
             return f"unknown backend {backend!r}; diffusers knows: {', '.join(sorted(known))}"
@@ -106,16 +109,24 @@ class AttentionBackend(Optimization):
         return None
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
+        measured = getattr(anatomy.denoiser, MEASURED_ATTRIBUTE, None)
+        if config.backend == MEASURE:
+            return measured or "attention dispatcher backend: the fastest one, timed on the device when applied"
         return f"attention dispatcher backend {config.backend!r}"
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
         denoiser = anatomy.denoiser
+        backend, measured = config.backend, ""
+        if backend == MEASURE:
+            backend, measured = fastest(anatomy, caps)
         saved = save_processor_backends(denoiser)
         previous_global = _AttentionBackendRegistry._active_backend
         try:
-            denoiser.set_attention_backend(config.backend)
+            denoiser.set_attention_backend(backend)
+            if measured:
+                setattr(denoiser, MEASURED_ATTRIBUTE, measured)
         except Exception:
             restore_processor_backends(saved)
             raise
@@ -124,4 +135,78 @@ class AttentionBackend(Optimization):
             # every other pipeline of the process (an untouched Flux crashed after another one chose
             # _native_cudnn). The processors carry the choice themselves: the global goes back now.
             _AttentionBackendRegistry.set_active_backend(previous_global)
-        return lambda: restore_processor_backends(saved)
+
+        def undo() -> None:
+            denoiser.__dict__.pop(MEASURED_ATTRIBUTE, None)
+            restore_processor_backends(saved)
+
+        return undo
+
+
+MEASURE = "measure"
+MEASURED_ATTRIBUTE = "_sdopt_attention_measured"
+_ON_CUDA = ("native", "_native_cudnn", "_native_efficient", "_native_flash", "flash", "sage", "xformers")
+
+
+def candidates(anatomy: Anatomy, caps: Capabilities) -> list[str]:
+    """The backends worth timing here: those that run on the device with what is installed, flash kernels
+    only for mask-free families in half precision."""
+    if caps.device != "cuda":
+        return sorted(_RUNS_ON_CPU)
+    half = getattr(anatomy.denoiser, "dtype", None) in (torch.float16, torch.bfloat16)
+    found = []
+    for backend in _ON_CUDA:
+        package = _NEEDS_PACKAGE.get(backend)
+        if package and not caps.package_usable(package):
+            continue
+        if backend in _FLASH and not (half and anatomy.family in _MASK_FREE_FAMILIES):
+            continue
+        found.append(backend)
+    return found
+
+
+def fastest(anatomy: Anatomy, caps: Capabilities, repeats: int = 10) -> tuple[str, str]:
+    """Time each candidate backend on the model's attention shape (its heads and head size; the tokens
+    of its default image size, capped at 4096) and return the fastest that matches the native result,
+    with what was measured. A backend that fails or disagrees is left out, with why."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    from sdopt.timing import device_clock
+
+    query = _probe_tensor(anatomy)
+    reference = dispatch_attention_fn(query, query, query, backend=AttentionBackendName("native"))
+    clock = device_clock(caps.device)
+    timings: dict[str, float] = {}
+    refused: dict[str, str] = {}
+    for backend in candidates(anatomy, caps):
+        try:
+            result = dispatch_attention_fn(query, query, query, backend=AttentionBackendName(backend))  # warm-up, check
+            error = (result.float() - reference.float()).abs().max().item()
+            if error > 0.05:
+                refused[backend] = f"differs from native by {error:.3f}"
+                continue
+            started = clock()
+            for _ in range(repeats):
+                dispatch_attention_fn(query, query, query, backend=AttentionBackendName(backend))
+            timings[backend] = (clock() - started) / repeats
+        except Exception as failure:  # noqa: BLE001  # a backend that cannot run here is not a candidate
+            refused[backend] = f"{type(failure).__name__}: {str(failure)[:80]}"
+    best = min(timings, key=timings.__getitem__)
+    shown = ", ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in sorted(timings.items(), key=lambda x: x[1]))
+    left_out = "".join(f"; {name} left out ({why})" for name, why in refused.items())
+    return best, f"attention dispatcher backend {best!r}, the fastest measured here ({shown}{left_out})"
+
+
+def _probe_tensor(anatomy: Anatomy) -> torch.Tensor:
+    """A (batch 2, tokens, heads, head size) tensor like the model's attention at its default size."""
+    from sdopt.calls import default_height, latents_per_token, pixels_per_latent
+
+    module = next(m for m in anatomy.denoiser.modules() if hasattr(m, "heads") and hasattr(m, "to_q"))
+    heads = int(module.heads)
+    head_dim = module.to_q.out_features // heads
+    side = (default_height(anatomy) or 512) // (pixels_per_latent(anatomy) * latents_per_token(anatomy))
+    tokens = min(max(side * side, 16), 4096)
+    parameter = next(anatomy.denoiser.parameters())
+    generator = torch.Generator("cpu").manual_seed(0)
+    values = torch.randn(2, tokens, heads, head_dim, generator=generator)
+    return values.to(device=parameter.device, dtype=parameter.dtype)

@@ -150,3 +150,52 @@ def test_sdpa_and_slicing_reach_the_vae_and_controlnet_too(cpu_caps) -> None:
     for model in (pipe.unet, pipe.controlnet):
         assert {type(m.processor).__name__ for m in attention_modules(model)} == {"SlicedAttnProcessor"}
     sliced.undo()
+
+
+def test_measure_picks_the_fastest_backend_that_agrees_and_says_what_it_timed(monkeypatch) -> None:
+    import diffusers.models.attention_dispatch as dispatch
+
+    from sdopt import optimize
+
+    now = [0.0]
+    real = dispatch.dispatch_attention_fn
+    cost = {"native": 2.0, "_native_math": 1.0}  # made-up costs: the math kernel is "faster" here
+
+    def timed(*args, backend=None, **kwargs):
+        now[0] += cost[backend.value]
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", timed)
+    monkeypatch.setattr("sdopt.timing.device_clock", lambda device: lambda: now[0])
+    pipe = tiny_pipeline("flux")
+    processors = {name: p._attention_backend for name, p in pipe.transformer.attn_processors.items()}
+    report = optimize(pipe, tier=None, extra=[{"name": "attention_backend", "backend": "measure"}])
+    reason = report.applied[0].reason
+    assert reason.startswith("attention dispatcher backend '_native_math', the fastest measured here")
+    assert "_native_math 1000.000 ms, native 2000.000 ms" in reason
+    assert {p._attention_backend.value for p in pipe.transformer.attn_processors.values()} == {"_native_math"}
+    report.undo()
+    assert {name: p._attention_backend for name, p in pipe.transformer.attn_processors.items()} == processors
+    assert not hasattr(pipe.transformer, "_sdopt_attention_measured")
+
+
+def test_measure_leaves_out_a_backend_that_fails_or_disagrees(monkeypatch) -> None:
+    import diffusers.models.attention_dispatch as dispatch
+
+    from sdopt.optimizations.attention_backend import fastest
+    from sdopt.testing import fake_capabilities
+
+    real = dispatch.dispatch_attention_fn
+
+    def broken_math(*args, backend=None, **kwargs):
+        if backend.value == "_native_math":
+            raise RuntimeError("no kernel image for this device")
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", broken_math)
+    pipe = tiny_pipeline("flux")
+    from sdopt.anatomy import inspect_pipeline
+
+    best, text = fastest(inspect_pipeline(pipe), fake_capabilities("cpu"))
+    assert best == "native"
+    assert "_native_math left out (RuntimeError: no kernel image for this device)" in text
