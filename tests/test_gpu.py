@@ -67,3 +67,12 @@ def test_bench_on_cuda_measures_each_tier_alone_on_the_device() -> None:
     result = bench("tiny-sd", [BASELINE, "balanced", "low-memory"], steps=2, runs=1, warmup=1)
     assert all(t.device_peak_gb is not None and t.device_peak_gb > 0 for t in result.tiers)
     assert any("alone" in note for note in result.notes)
+
+
+def test_the_speed_guard_times_the_steps_on_cuda_by_default() -> None:
+    pipe = _on_cuda("sd")
+    report = optimize(pipe, tier="balanced", exclude=["torch_compile"], call={"steps": 4})
+    assert report.guard.startswith("speed guard: untouched call"), report.guard
+    judged = [d for d in report.applied + report.skipped if "speed guard:" in d.reason]
+    assert judged, report
+    report.undo()
