@@ -105,6 +105,129 @@ def test_reconfigure_applies_a_new_preset_or_keeps_the_old_one() -> None:
     assert replica.reconfigure(PRESET)["status"] == "unchanged"
 
 
+def _answer(door, body: Any, generate=None, *, method="POST", path="/", content_type="application/json"):
+    import asyncio
+
+    async def made(request):
+        return b"\x89PNG made"
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return asyncio.run(door.answer(method, path, {"Content-Type": content_type}, data, generate or made))
+
+
+def test_the_front_door_refuses_before_the_pipeline_naming_why() -> None:
+    from sdopt.serve.http import FrontDoor
+    from sdopt.serve.requests import Limits
+
+    door = FrontDoor(limits=Limits(body_bytes=100), describe=lambda: {"pid": 1})
+    assert _answer(door, {"prompt": "a fox"}).status == 200
+    assert _answer(door, {"prompt": "a fox"}, content_type="application/json; charset=utf-8").status == 200
+    plain = _answer(door, {"prompt": "a fox"}, content_type="text/plain")  # a cross-origin form's type
+    assert plain.status == 415 and "application/json" in plain.detail()
+    big = _answer(door, {"prompt": "x" * 200})
+    assert big.status == 422 and big.detail()[0]["loc"] == ["body"] and big.detail()[0]["type"] == "too_large"
+    assert _answer(door, b"", method="GET").status == 405
+    hidden = _answer(door, b"", method="GET", path="/report")
+    assert hidden.status == 404 and "expose_report=True" in hidden.detail()
+    door.expose_report = True
+    assert json.loads(_answer(door, b"", method="GET", path="/report").body) == {"pid": 1}
+
+
+def test_a_full_replica_sheds_load_with_503_and_a_slow_one_answers_504() -> None:
+    import asyncio
+
+    from sdopt.serve.http import FrontDoor
+    from sdopt.serve.requests import Limits
+
+    door = FrontDoor(limits=Limits(max_queued=2, timeout_s=5))
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def held(request):
+            await release.wait()
+            return b"png"
+
+        def post():
+            return door.answer("POST", "/", {"content-type": "application/json"}, b'{"prompt": "x"}', held)
+
+        first, second = asyncio.ensure_future(post()), asyncio.ensure_future(post())
+        await asyncio.sleep(0.01)
+        third = await post()  # answered at once: the replica already holds two
+        release.set()
+        return third, await first, await second
+
+    third, first, second = asyncio.run(scenario())
+    assert third.status == 503 and third.headers == {"retry-after": "1"} and "holds 2 requests" in third.detail()
+    assert first.status == second.status == 200 and door.pending == 0
+
+    async def slow(request):
+        await asyncio.sleep(1.0)
+        return b"png"
+
+    door.limits = Limits(timeout_s=0.05)
+    late = _answer(door, {"prompt": "x"}, slow)
+    assert late.status == 504 and "0.05 s" in late.detail() and door.pending == 0
+
+
+def test_serve_limits_from_a_config_name_the_bad_field() -> None:
+    from sdopt.serve.requests import Limits
+
+    assert Limits.from_config({"timeout_s": 2.5, "pixels": 4096}) == Limits(timeout_s=2.5, pixels=4096)
+    for bad, field in (({"pixels": -1}, "pixels"), ({"timeout_s": float("nan")}, "timeout_s"), ({"steps": 4}, "steps")):
+        with pytest.raises(ValueError, match=field):
+            Limits.from_config(bad)
+
+
+def test_a_failing_call_fails_only_its_own_group() -> None:
+    replica = Replica("tiny-sd", None, warmup=False)
+    real = replica._call
+
+    def breaks_at_three_steps(requests):
+        if requests[0].steps == 3:
+            raise RuntimeError("no kernel for this size")
+        return real(requests)
+
+    replica._call = breaks_at_three_steps
+    results = replica.generate_each([GenerateRequest("a", steps=2), GenerateRequest("b", steps=3)])
+    assert results[0][:4] == b"\x89PNG"
+    assert isinstance(results[1], RuntimeError) and "no kernel" in str(results[1])
+    with pytest.raises(RuntimeError, match="no kernel"):
+        replica.generate([GenerateRequest("b", steps=3)])
+
+
+def test_sizes_the_pipeline_cannot_make_are_refused_up_front() -> None:
+    replica = Replica("tiny-flux", None, warmup=False)
+    errors = replica.check_request(GenerateRequest("x", height=8, width=24))
+    assert [e["loc"] for e in errors] == [["body", "height"], ["body", "width"]]
+    assert "FluxPipeline makes sides in multiples of 16, got 8" in errors[0]["msg"]
+    assert replica.check_request(GenerateRequest("x", height=32, width=48)) == []
+
+
+def test_a_reconfiguration_that_breaks_calls_is_rolled_back() -> None:
+    from sdopt.optimization import Optimization
+    from sdopt.registry import register, unregister
+
+    def apply(self, pipe, anatomy, caps, config):
+        def broken(*args, **kwargs):
+            raise RuntimeError("every call fails now")
+
+        pipe.unet.forward = broken
+        return lambda: pipe.unet.__dict__.pop("forward", None)
+
+    register(type("BreaksCalls", (Optimization,), {"name": "breaks_calls", "kind": "layout", "apply": apply}))
+    try:
+        replica = Replica("tiny-sd", PRESET, warmup=False)
+        before = replica.generate([GenerateRequest("x", steps=2)])
+        record = replica.reconfigure(Preset("broken", ("breaks_calls",)))
+    finally:
+        unregister("breaks_calls")
+    assert record["status"] == "failed, old preset kept"
+    assert "the verification call failed: RuntimeError: every call fails now" in record["why"]
+    assert replica.describe()["applied"] == ["vae_slicing"]
+    assert replica.generate([GenerateRequest("x", steps=2)]) == before
+
+
 # ---- a real Ray Serve app (local Ray, tiny pipelines, bounded time)
 
 
@@ -126,7 +249,12 @@ def served(tmp_path_factory) -> Any:
     path = tmp_path_factory.mktemp("serve") / "preset.toml"
     PRESET.save(path)
     app = sdopt.serve.deployment(
-        "tiny-sd", preset=path, num_replicas=2, max_batch_size=2, ray_actor_options={"num_cpus": 0.5}
+        "tiny-sd",
+        preset=path,
+        num_replicas=2,
+        max_batch_size=2,
+        ray_actor_options={"num_cpus": 0.5},
+        expose_report=True,
     )
     serve.run(app, name="default", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -134,12 +262,14 @@ def served(tmp_path_factory) -> Any:
     ray.shutdown()
 
 
-def _post(url: str, body: Any, timeout: float = 120) -> tuple[int, bytes, dict[str, str]]:
+def _post(
+    url: str, body: Any, timeout: float = 120, content_type: str = "application/json"
+) -> tuple[int, bytes, dict[str, str]]:
     import urllib.error
     import urllib.request
 
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"content-type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read(), dict(response.headers)
@@ -165,6 +295,11 @@ def test_a_malformed_request_gets_422_and_the_replica_keeps_serving(served) -> N
     status, body, _ = _post(served, {"prompt": "a fox", "steps": "many"})
     assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["body", "steps"]
     assert _post(served, {"prompt": "a fox", "steps": 2})[0] == 200
+
+
+def test_json_sent_as_plain_text_gets_415_over_http(served) -> None:
+    status, body, _ = _post(served, {"prompt": "a fox", "steps": 2}, content_type="text/plain")
+    assert status == 415 and "application/json" in json.loads(body)["detail"]
 
 
 def test_the_deployment_handle_serves_the_same_images(served) -> None:

@@ -16,14 +16,16 @@ Example (needs Ray; see docs/serving.md)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sdopt.presets import Preset
 from sdopt.serve.replica import PresetSource, Replica, as_preset
-from sdopt.serve.requests import GenerateRequest, InvalidRequest
+from sdopt.serve.requests import GenerateRequest, InvalidRequest, Limits
 
-__all__ = ["GenerateRequest", "InvalidRequest", "Replica", "deployment", "reports"]
+__all__ = ["GenerateRequest", "InvalidRequest", "Limits", "Replica", "deployment", "reports"]
 
 
 def deployment(
@@ -38,6 +40,8 @@ def deployment(
     name: str = "sdopt",
     ray_actor_options: dict[str, Any] | None = None,
     deployment_options: dict[str, Any] | None = None,
+    limits: Mapping[str, Any] | Limits | None = None,
+    expose_report: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> Any:
     """A Ray Serve application serving ``model`` with ``preset`` applied on every replica.
@@ -49,6 +53,10 @@ def deployment(
     ``batch_wait_timeout_s`` drive Serve's request batching (the throughput lever on GPUs); a
     later ``user_config`` may change them, and a new ``preset``, without a restart.
     ``deployment_options`` go to ``serve.deployment`` as is (autoscaling, health-check period...).
+    ``limits``: what one request may cost (`sdopt.serve.requests.Limits`: prompt and body bytes,
+    pixels, pixels x steps, requests held per replica, seconds before a 504), checked here and
+    changeable through ``user_config``. ``expose_report``: answer ``GET /report`` (off: it shows the
+    process id and where undo's originals are kept to any client).
     """
     try:
         from sdopt.serve.app import SdoptDeployment
@@ -61,7 +69,11 @@ def deployment(
     options: dict[str, Any] = {
         "name": name,
         "num_replicas": num_replicas,
-        "user_config": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s},
+        "user_config": {
+            "max_batch_size": max_batch_size,
+            "batch_wait_timeout_s": batch_wait_timeout_s,
+            "limits": asdict(Limits.from_config(limits)),  # refused here, naming the field, if malformed
+        },
         "max_constructor_retry_count": 1,  # a strict refusal does not go away on a retry
         **(deployment_options or {}),
     }
@@ -69,7 +81,8 @@ def deployment(
         options["ray_actor_options"] = ray_actor_options
     kwargs = {key: str(value) if isinstance(value, Path) else value for key, value in from_pretrained_kwargs.items()}
     # serve.deployment made the class a Deployment, which mypy cannot see through the decorator.
-    return SdoptDeployment.options(**options).bind(model, data, strict, device, kwargs)  # type: ignore[attr-defined]
+    bound = SdoptDeployment.options(**options)  # type: ignore[attr-defined]
+    return bound.bind(model, data, strict, device, kwargs, expose_report)
 
 
 def reports(app_name: str = "default", deployment_name: str = "sdopt", replicas: int = 1) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import torch
 
 from sdopt.presets import Preset
 from sdopt.serve.requests import GenerateRequest
+from sdopt.verification import run_verification
 
 PresetSource = str | Path | Preset | Mapping[str, Any] | None
 """A preset file, a `Preset`, its ``to_dict()`` form, or ``None`` (the pipeline as loaded)."""
@@ -24,15 +25,16 @@ PresetSource = str | Path | Preset | Mapping[str, Any] | None
 
 class Replica:
     """A pipeline loaded, optimized with one preset (``strict``: refused on a machine it was not made
-    for) and warmed up; `generate` turns requests into PNG bytes.
+        for) and warmed up; `generate` turns requests into PNG bytes.
 
-    Examples:
-        >>> from sdopt.serve.replica import Replica
-        >>> from sdopt.serve.requests import GenerateRequest
-        >>> replica = Replica("tiny-sd", preset=None, warmup=False)
-        >>> png = replica.generate([GenerateRequest("a fox", steps=2, seed=1)])[0]
-        >>> png[:4]
-        b'\\x89PNG'
+        Examples:
+            >>> from sdopt.serve.replica import Replica
+            >>> from sdopt.serve.requests import GenerateRequest
+    from sdopt.verification import run_verification
+            >>> replica = Replica("tiny-sd", preset=None, warmup=False)
+            >>> png = replica.generate([GenerateRequest("a fox", steps=2, seed=1)])[0]
+            >>> png[:4]
+            b'\\x89PNG'
     """
 
     def __init__(
@@ -69,16 +71,51 @@ class Replica:
     def generate(self, requests: Sequence[GenerateRequest]) -> list[bytes]:
         """PNG bytes per request, in order; requests with the same steps, guidance and size share one
         batched call, each image from its own seed (the same image whatever it is batched with, up to
-        the rounding of batched kernels)."""
-        results: dict[int, bytes] = {}
+        the rounding of batched kernels). Raises the first failure (see `generate_each`)."""
+        results = self.generate_each(requests)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [result for result in results if isinstance(result, bytes)]
+
+    def generate_each(self, requests: Sequence[GenerateRequest]) -> list[bytes | Exception]:
+        """As `generate`, but a call that fails fails only the requests of its call group: their
+        places hold the error, the other groups' their PNGs."""
+        results: dict[int, bytes | Exception] = {}
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.call_group(), []).append(index)
         with self._lock:
             for indices in groups.values():
-                for index, image in zip(indices, self._call([requests[i] for i in indices]), strict=True):
+                try:
+                    images = self._call([requests[i] for i in indices])
+                except Exception as error:  # this group's call only: the others are still made
+                    results.update(dict.fromkeys(indices, error))
+                    continue
+                for index, image in zip(indices, images, strict=True):
                     results[index] = _png(image)
         return [results[index] for index in range(len(requests))]
+
+    def check_request(self, request: GenerateRequest) -> list[dict[str, Any]]:
+        """Why this pipeline cannot make ``request`` (422 errors naming the field), found before the call:
+        each side must be a multiple of the pixels one denoiser token covers (16 for Flux, 8 for SD)."""
+        from sdopt.anatomy import inspect_pipeline
+        from sdopt.calls import latents_per_token, pixels_per_latent
+
+        anatomy = inspect_pipeline(self.pipe)
+        multiple = pixels_per_latent(anatomy) * latents_per_token(anatomy)
+        errors = []
+        for name in ("height", "width"):
+            side = getattr(request, name)
+            if side is not None and side % multiple:
+                errors.append(
+                    {
+                        "loc": ["body", name],
+                        "msg": f"{anatomy.pipeline_class} makes sides in multiples of {multiple}, got {side}",
+                        "type": "int_multiple",
+                    }
+                )
+        return errors
 
     def _call(self, requests: Sequence[GenerateRequest]) -> list[Any]:
         first = requests[0]
@@ -101,8 +138,6 @@ class Replica:
     def check(self) -> None:
         """A real minimal call (see `sdopt.verification`), unless a request is being served right
         now (which shows the pipeline works); raises what the pipeline raises."""
-        from sdopt.verification import run_verification
-
         if not self._lock.acquire(blocking=False):
             return
         try:
@@ -111,8 +146,9 @@ class Replica:
             self._lock.release()
 
     def reconfigure(self, preset: PresetSource) -> dict[str, Any]:
-        """Undo the current preset and apply ``preset`` strictly; if the new one cannot apply here, the
-        old one stays (re-applied) and the returned record says why."""
+        """Undo the current preset and apply ``preset`` strictly, then make a real minimal call with it; if
+        the new one cannot apply here or breaks that call, the old one stays (re-applied) and the
+        returned record says why."""
         new = as_preset(preset)
         label = new.label if new is not None else "none"
         if _same(new, self.preset):
@@ -133,6 +169,14 @@ class Replica:
             except Exception as error:  # it rolled itself back: the old preset goes on again
                 self._apply(old)
                 self.reconfigured = {"preset": label, "status": "failed, old preset kept", "why": _text(error)}
+                return self.reconfigured
+            try:  # a preset that applies but breaks calls would fail every request and health check
+                run_verification(self.pipe)
+            except Exception as error:
+                self.report.undo()
+                self._apply(old)
+                why = f"the verification call failed: {_text(error)}"
+                self.reconfigured = {"preset": label, "status": "failed, old preset kept", "why": why}
                 return self.reconfigured
         self.reconfigured = {"preset": label, "status": "applied"}
         return self.reconfigured

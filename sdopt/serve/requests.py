@@ -8,8 +8,9 @@ report validation errors), and the replica keeps serving.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 MAX_SIDE = 4096
@@ -34,6 +35,43 @@ class Limits:
     prompt_bytes: int = 4096
     pixels: int = 2048 * 2048
     pixel_steps: int = 1024 * 1024 * 100
+    body_bytes: int = 64 * 1024
+    """The JSON body's size (422 beyond it, before it is parsed)."""
+    max_queued: int = 16
+    """Requests one replica holds (queued or running) before it answers 503 with Retry-After."""
+    timeout_s: float = 300.0
+    """Seconds a client waits for its image before a 504."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Limits | None) -> Limits:
+        """Limits from a deployment's ``limits`` (a mapping of these fields); each value must be a
+        positive number (an integer except ``timeout_s``), or the error names the field.
+
+        Examples:
+            >>> from sdopt.serve.requests import Limits
+            >>> Limits.from_config({"pixels": 512 * 512}).pixels
+            262144
+            >>> Limits.from_config({"max_queued": 0})
+            Traceback (most recent call last):
+            ...
+            ValueError: serve limits: max_queued must be a positive integer, got 0
+        """
+        if config is None or isinstance(config, Limits):
+            return config or cls()
+        if not isinstance(config, Mapping):
+            raise ValueError(f"serve limits must be a mapping of {', '.join(cls.__dataclass_fields__)}, got {config!r}")
+        unknown = sorted(set(config) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"serve limits: unknown field(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        for name, value in config.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            whole = name != "timeout_s"
+            if not number or (whole and not isinstance(value, int)) or not (math.isfinite(value) and value > 0):
+                kind = "integer" if whole else "number"
+                raise ValueError(f"serve limits: {name} must be a positive {kind}, got {value!r}")
+        return replace(cls(), **dict(config))
 
 
 class InvalidRequest(ValueError):
