@@ -25,16 +25,15 @@ PresetSource = str | Path | Preset | Mapping[str, Any] | None
 
 class Replica:
     """A pipeline loaded, optimized with one preset (``strict``: refused on a machine it was not made
-        for) and warmed up; `generate` turns requests into PNG bytes.
+    for) and warmed up; `generate` turns requests into PNG bytes.
 
-        Examples:
-            >>> from sdopt.serve.replica import Replica
-            >>> from sdopt.serve.requests import GenerateRequest
-    from sdopt.verification import run_verification
-            >>> replica = Replica("tiny-sd", preset=None, warmup=False)
-            >>> png = replica.generate([GenerateRequest("a fox", steps=2, seed=1)])[0]
-            >>> png[:4]
-            b'\\x89PNG'
+    Examples:
+        >>> from sdopt.serve.replica import Replica
+        >>> from sdopt.serve.requests import GenerateRequest
+        >>> replica = Replica("tiny-sd", preset=None, warmup=False)
+        >>> png = replica.generate([GenerateRequest("a fox", steps=2, seed=1)])[0]
+        >>> png[:4]
+        b'\\x89PNG'
     """
 
     def __init__(
