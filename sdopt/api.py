@@ -10,11 +10,12 @@ from typing import Any
 
 from sdopt.capabilities import Capabilities
 from sdopt.engine import apply_plan
+from sdopt.errors import UnknownTierError
 from sdopt.logging import get_logger
 from sdopt.planning import ExtraItem, Plan, Request, as_tuple, make_plan
 from sdopt.presets import Preset
 from sdopt.report import Report
-from sdopt.tiers import DEFAULT_TIER, is_auto
+from sdopt.tiers import AUTO, DEFAULT_TIER, is_auto, resolve_tier
 from sdopt.weights import offline
 
 _logger = get_logger(__name__)
@@ -127,9 +128,14 @@ def optimize(
     """
     request = _request(tier, preset, exclude, extra, caps, memory_budget)
     options: dict[str, Any] = {"strict": strict, "dry_run": dry_run, "undoable": undoable, "verify": verify}
-    if is_auto(tier):
+    if isinstance(tier, str) and is_auto(tier):
         from sdopt.tuning import optimize_tuned
 
+        if tier != AUTO:
+            pinned = resolve_tier(DEFAULT_TIER).label
+            raise UnknownTierError(
+                tier, f"tier 'auto' has no versions ({tier!r}); pin what it measures instead: quality={pinned!r}"
+            )
         if preset is not None:
             raise ValueError("pass either tier='auto' or preset=..., not both")
         report = optimize_tuned(pipe, request, quality, call=call, budget_s=budget_s, **options)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -322,6 +323,7 @@ class CallShape:
             if unknown:
                 raise ValueError(f"unknown call field(s) {', '.join(unknown)}; a call shape has {', '.join(_FIELDS)}")
             given = cls(**values)
+        given.check()
         parameters = call_parameters(pipe)
         side = default_height(inspect_pipeline(pipe)) if "height" in parameters else None
         steps = call_default(pipe, "num_inference_steps") if "num_inference_steps" in parameters else None
@@ -333,6 +335,18 @@ class CallShape:
             steps=given.steps or steps,
             guidance=given.guidance if given.guidance is not None else guidance,
         )
+
+    def check(self) -> None:
+        """Raise a ValueError naming the field when one cannot describe a call."""
+        for name in ("height", "width", "steps", "batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"call shape: {name} must be a positive integer, got {value!r}")
+        guidance = self.guidance
+        if guidance is not None and (
+            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf
+        ):
+            raise ValueError(f"call shape: guidance must be a finite number >= 0, got {guidance!r}")
 
     def kwargs(self, pipe: Any, seed: int = 0) -> dict[str, Any]:
         """The keyword arguments of one call of ``pipe`` at this shape (made-up prompt and images)."""

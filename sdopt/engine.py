@@ -15,11 +15,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from sdopt import speed_guard
 from sdopt import undo as ledger
 from sdopt.anatomy import inspect_pipeline
 from sdopt.capabilities import Capabilities
-from sdopt.errors import OptimizationFailed, PresetMismatchError, StrictModeError
+from sdopt.errors import OptimizationFailed, PlanningError, PresetMismatchError, StrictModeError
 from sdopt.originals import Originals, active
 from sdopt.planning import Plan, Request, Step, make_plan
 from sdopt.report import Decision, Report
@@ -107,6 +109,7 @@ def _apply(
         report.planned = [step.planned(current.anatomy) for step in current.steps]
         report.skipped = list(current.skipped)
         return report
+    _refuse_unloaded_weights(current)
     timer = _start_guard(pipe, current, report, guard, call)
     # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
     # without undo they are kept only while this call runs, for its rollback.
@@ -170,6 +173,17 @@ class _StepFailed(Exception):
         self.step = step
         self.cause = cause
         self.verified = verified
+
+
+def _refuse_unloaded_weights(current: Plan) -> None:
+    """Weights on the meta device were never loaded (``init_empty_weights``, a failed load): optimizing
+    them would "succeed" on a pipeline that cannot run. Planning them stays possible (a dry run)."""
+    for name, component in current.anatomy.pipeline.components.items():
+        if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
+            raise PlanningError(
+                f"the pipeline's {name} has weights on the meta device (never loaded): load them first "
+                "(from_pretrained, or load_state_dict(..., assign=True)); a dry run can still plan it"
+            )
 
 
 def _start_guard(

@@ -59,6 +59,47 @@ what changes weights' dtype or identity comes before what rearranges them, and c
 
 EFFECTS: tuple[str, ...] = ("speed", "memory", "speed+memory")
 
+
+def within(
+    low: float | None = None, high: float | None = None, *, above: bool = False, below: bool = False
+) -> Mapping[str, Any]:
+    """Field metadata for a numeric option's allowed range, checked wherever a config is made (a preset,
+    ``extra``, a config instance): ``low`` <= value (< with ``above``), value <= ``high`` (< with
+    ``below``). Non-numeric values of the field (``"auto"``) are left to its type.
+
+    Examples:
+        >>> import dataclasses
+        >>> from sdopt.optimization import within
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     interval: int = dataclasses.field(default=3, metadata=within(2))
+        >>> dataclasses.fields(Config)[0].metadata["range"]
+        (2, None, False, False)
+    """
+    return {"range": (low, high, above, below)}
+
+
+def describe_range(bounds: tuple[float | None, float | None, bool, bool]) -> str:
+    """A `within` range in words: ``>= 1``, ``> 0 and < 1``."""
+    low, high, above, below = bounds
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if above else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if below else '<='} {high:g}")
+    return " and ".join(parts)
+
+
+def _out_of_range(value: Any, bounds: tuple[float | None, float | None, bool, bool]) -> str | None:
+    """The allowed range, described, when ``value`` is a number outside it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high, above, below = bounds
+    too_low = low is not None and (value <= low if above else value < low)
+    too_high = high is not None and (value >= high if below else value > high)
+    return describe_range(bounds) if too_low or too_high else None
+
+
 LOCAL_ONLY: Mapping[str, bool] = {"local_only": True}
 """Metadata of a config option only code may set, never a preset file: a directory sdopt would load
 compiled programs from (``dataclasses.field(default="", metadata=LOCAL_ONLY)``). Frozen presets leave
@@ -164,6 +205,7 @@ class Optimization:
     def make_config(self, values: Mapping[str, Any] | Any = None) -> Any:
         """Build this optimization's config from a mapping, checking names and types."""
         if isinstance(values, self.Config):
+            self._check_ranges(values)
             return values
         values = dict(values or {})
         allowed = {item.name: item for item in dataclasses.fields(self.Config)}
@@ -176,9 +218,19 @@ class Optimization:
         for key, value in values.items():
             converted[key] = _coerce(self.name, key, value, hints[key])
         try:
-            return self.Config(**converted)
+            config = self.Config(**converted)
         except (TypeError, ValueError) as error:
             raise ConfigError(self.name, str(error)) from error
+        self._check_ranges(config)
+        return config
+
+    def _check_ranges(self, config: Any) -> None:
+        for item in dataclasses.fields(config):
+            bounds = item.metadata.get("range")
+            allowed = _out_of_range(getattr(config, item.name), bounds) if bounds else None
+            if allowed:
+                value = getattr(config, item.name)
+                raise ConfigError(self.name, f"option {item.name}={value!r} is out of range; allowed: {allowed}")
 
     def local_only_options(self) -> set[str]:
         """The options of :attr:`Config` a preset file may not set (see :data:`LOCAL_ONLY`)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt import registry
+from sdopt.optimization import describe_range
 from sdopt.requirements import Requirements
 
 INDEX = "index.md"
@@ -130,10 +131,10 @@ def _options(optimization: Any) -> list[str]:
     if not fields:
         return ["It takes no options."]
     hints = typing.get_type_hints(optimization.Config)
-    lines = ["| option | type | default |", "|---|---|---|"]
+    lines = ["| option | type | default | allowed |", "|---|---|---|---|"]
     for item in fields:
         default = registry._default_of(item)
-        lines.append(f"| `{item.name}` | `{_type_name(hints[item.name])}` | `{default!r}` |")
+        lines.append(f"| `{item.name}` | `{_type_name(hints[item.name])}` | `{default!r}` | {_allowed(item)} |")
     doc = optimization.Config.__doc__
     if doc and not doc.startswith(optimization.Config.__name__ + "("):  # not dataclass's generated signature
         lines += ["", _markdown(inspect.cleandoc(doc))]
@@ -188,3 +189,9 @@ def _markdown(doc: str) -> str:
         out.append(line)
         index += 1
     return "\n".join(out).strip()
+
+
+def _allowed(item: Any) -> str:
+    """The option's range (`sdopt.optimization.within`), or "-"."""
+    bounds = item.metadata.get("range")
+    return describe_range(bounds) if bounds else "-"

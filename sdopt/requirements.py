@@ -7,11 +7,12 @@ answer with a readable reason when they do not hold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 if TYPE_CHECKING:
     from sdopt.anatomy import Anatomy
@@ -115,11 +116,26 @@ class Requirements:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Requirements:
+        """Conditions from data (a preset's ``when``), each checked for its type; errors name the condition.
+
+        Examples:
+            >>> from sdopt.requirements import Requirements
+            >>> Requirements.from_dict({"devices": ["cuda"], "min_memory_gb": 8}).describe()
+            'devices=cuda, min_memory_gb=8'
+            >>> Requirements.from_dict({"min_torch": "two"})
+            Traceback (most recent call last):
+            ...
+            ValueError: condition min_torch: 'two' is not a version such as '2.4'
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a condition must be a table of conditions such as {{devices = ['cuda']}}, got {data!r}")
         known = {item.name for item in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown condition(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            values[name] = _condition(name, value)
         return cls(**values)
 
     def describe(self) -> str:
@@ -129,3 +145,38 @@ class Requirements:
             shown = "|".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"{key}={shown}")
         return ", ".join(parts) or "always"
+
+
+_LISTS = ("devices", "families", "denoiser_kinds", "packages", "distillations")
+_FLAGS = ("bf16_accelerated", "cpu_amx", "needs_vae")
+_AMOUNTS = ("min_memory_gb", "max_memory_gb", "min_denoiser_mparams")
+_VERSIONS = ("min_torch", "min_diffusers")
+
+
+def _condition(name: str, value: Any) -> Any:
+    """``value`` as condition ``name`` holds it, or a ValueError naming the condition and what it takes."""
+    if name in _LISTS:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) and item for item in items):
+            raise ValueError(f"condition {name}: a list of names is expected, got {value!r}")
+        return tuple(items)
+    if name in _FLAGS:
+        if not isinstance(value, bool):
+            raise ValueError(f"condition {name}: true or false is expected, got {value!r}")
+        return value
+    if name in _AMOUNTS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"condition {name}: a number >= 0 is expected, got {value!r}")
+        return value
+    if name in _VERSIONS:
+        try:
+            Version(str(value))
+        except InvalidVersion:
+            raise ValueError(f"condition {name}: {value!r} is not a version such as '2.4'") from None
+        return str(value)
+    if name == "min_compute_capability":
+        pair = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if len(pair) != 2 or not all(isinstance(part, int) and not isinstance(part, bool) for part in pair):
+            raise ValueError(f"condition {name}: [major, minor] is expected, such as [8, 9], got {value!r}")
+        return pair
+    return value

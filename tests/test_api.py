@@ -304,3 +304,29 @@ def test_a_second_thread_optimizing_the_same_pipeline_is_told_never_silently_rev
     finally:
         release.set()
         unregister("slow_for_threads")
+
+
+def test_bad_auto_requests_name_what_is_wrong(sd_pipe, cpu_caps) -> None:
+    from sdopt.errors import UnknownTierError
+
+    with pytest.raises(UnknownTierError, match="tier 'auto' has no versions .*quality='balanced@"):
+        optimize(sd_pipe, tier="auto@zzz", caps=cpu_caps, dry_run=True)
+    for call, field in (
+        ({"height": -64}, "height"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1.5}, "steps"),
+        ({"guidance": float("nan")}, "guidance"),
+        ({"batch": True}, "batch"),
+    ):
+        with pytest.raises(ValueError, match=f"call shape: {field} must be"):
+            optimize(sd_pipe, tier="auto", call=call, caps=cpu_caps, dry_run=True)
+
+
+def test_weights_never_loaded_are_refused_but_can_be_planned(cpu_caps) -> None:
+    from sdopt.errors import PlanningError
+
+    pipe = tiny_pipeline("sd")
+    pipe.unet.to("meta")
+    assert optimize(pipe, tier="balanced", caps=cpu_caps, dry_run=True).planned  # planning is fine
+    with pytest.raises(PlanningError, match="unet has weights on the meta device"):
+        optimize(pipe, tier="balanced", caps=cpu_caps)

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from sdopt import Preset, optimize
+from sdopt import Preset, optimize, registry
 from sdopt.presets import Entry, PresetError
 from sdopt.requirements import Requirements
 
@@ -244,3 +246,35 @@ def test_a_nan_memory_budget_is_refused() -> None:
 
     with pytest.raises(ValueError, match="positive, finite amount"):
         plan(tiny_pipeline("sd"), memory_budget=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ({"name": "attention_slicing", "config": {"slice_size": 0}}, "slice_size=0 is out of range; allowed: >= 1"),
+        ({"name": "guidance", "config": {"stop_at": 1.0}}, "stop_at=1.0 is out of range; allowed: > 0 and < 1"),
+        ({"name": "feature_cache", "config": {"threshold": -0.5}}, "threshold=-0.5 is out of range; allowed: > 0"),
+        ({"name": "vae_tiling", "config": {"tile_size": -8}}, "tile_size=-8 is out of range; allowed: >= 0"),
+        ({"name": "resolution", "config": {"scale": 3.0}}, "scale=3.0 is out of range; allowed: >= 0.25 and < 1"),
+        ({"name": "feature_cache", "config": {"threshold": "0.1"}}, "option threshold expects float, got str"),
+        ({"name": "static_int8", "config": {"min_snr_db": float("nan")}}, "min_snr_db must be a finite number"),
+        ({"name": "vae_slicing", "when": "always"}, "a condition must be a table of conditions"),
+        ({"name": "vae_slicing", "when": {"min_torch": "abc"}}, "condition min_torch: 'abc' is not a version"),
+        ({"name": "vae_slicing", "when": {"devices": [None]}}, "condition devices: a list of names is expected"),
+        ({"name": "vae_slicing", "when": {"min_memory_gb": -1}}, "condition min_memory_gb: a number >= 0"),
+    ],
+)
+def test_a_preset_with_a_value_out_of_range_names_the_field_and_the_range(step, message) -> None:
+
+    with pytest.raises(PresetError, match=re.escape(message)):
+        Preset.from_dict({"name": "bad", "steps": [step]})
+
+
+def test_extra_options_are_range_checked_before_anything_is_planned(sd_pipe) -> None:
+    from sdopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("slice_size=0 is out of range; allowed: >= 1")):
+        optimize(sd_pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], strict=True)
+    optimization = registry.get("guidance")
+    with pytest.raises(ConfigError, match="stop_at=2.0 is out of range"):
+        optimization.make_config(optimization.Config(stop_at=2.0))  # a config instance too

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._attention import attention_modules, restore_processors, save_processors
 from sdopt.requirements import Requirements
 
@@ -16,7 +16,7 @@ from sdopt.requirements import Requirements
 class AttentionSlicingConfig:
     """``slice_size``: "auto" (half the heads at a time), "max" (one at a time) or a head count."""
 
-    slice_size: str | int = "auto"
+    slice_size: str | int = field(default="auto", metadata=within(1))
 
 
 @register

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from sdopt._noise import diffusers_quiet
 from sdopt.anatomy import Anatomy
 from sdopt.calls import call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._sampling import StepCount, rebuild
 from sdopt.originals import keep
@@ -58,8 +58,8 @@ class DistillLoraConfig:
     is made for 4-8); ``guidance_scale``: 1.0 turns classifier-free guidance off (one UNet batch per step)."""
 
     source: str = "auto"
-    steps: int = 4
-    guidance_scale: float = 1.0
+    steps: int = field(default=4, metadata=within(1, 8))
+    guidance_scale: float = field(default=1.0, metadata=within(0, 30))
 
 
 @register

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ import torch
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
 
 _HOOK = "sdopt_deep_cache"
@@ -23,8 +23,8 @@ class FeatureCacheConfig:
     Transformers with diffusers' caches: ``threshold`` (first-block cache: skip the remaining
     blocks while the first block's output changes less than this, relatively)."""
 
-    interval: int = 3
-    threshold: float = 0.1
+    interval: int = field(default=3, metadata=within(2))
+    threshold: float = field(default=0.1, metadata=within(0, above=True))
 
 
 @register

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Undo, register
+from sdopt.optimization import Undo, register, within
 from sdopt.optimizations._offload import OffloadBase, remember_placement, resolve_device
 
 _HOOK_NAMES = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
@@ -20,7 +20,7 @@ class GroupOffloadConfig:
     ``only_if_needed``: apply only when the largest component does not fit the device."""
 
     level: Literal["block_level", "leaf_level"] = "block_level"
-    blocks_per_group: int = 1
+    blocks_per_group: int = field(default=1, metadata=within(1))
     use_stream: bool = True
     device: str = "auto"
     only_if_needed: bool = True

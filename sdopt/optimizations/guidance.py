@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sdopt.anatomy import Anatomy
 from sdopt.calls import CallLayer, call_default, call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 
 # Pipelines whose CFG state lives entirely in `_callback_tensor_inputs` (diffusers' own dynamic-CFG
 # recipe works there); others, e.g. inpainting, double more tensors than they hand to callbacks.
@@ -28,7 +28,7 @@ class GuidanceConfig:
     adversarially distilled models, "truncate" for the others."""
 
     mode: Literal["auto", "truncate", "off"] = "auto"
-    stop_at: float = 0.5
+    stop_at: float = field(default=0.5, metadata=within(0, 1, above=True, below=True))
 
 
 @register

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.originals import keep, own_tensors
 from sdopt.requirements import Requirements
@@ -27,7 +27,7 @@ class Quantize4bitConfig:
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    min_features: int = 0
+    min_features: int = field(default=0, metadata=within(0))
 
 
 @register

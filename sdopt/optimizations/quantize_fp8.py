@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears, quantized_linears
 from sdopt.optimizations._torchao import quantize_weights
 from sdopt.requirements import Requirements
@@ -21,7 +21,7 @@ class QuantizeFp8Config:
     """``min_features``: Linear layers with fewer input or output features stay in their dtype (the
     per-call quantization costs more than a small GEMM saves; flux-fast skips them too)."""
 
-    min_features: int = 1024
+    min_features: int = field(default=1024, metadata=within(0))
 
 
 @register

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._linear_layers import linear_storage, plain_linears
 from sdopt.optimizations._torchao import quantize_weights
 from sdopt.originals import keep, own_tensors
@@ -26,7 +26,7 @@ class QuantizeInt8Config:
     (the quantize/dequantize overhead outweighs the smaller GEMM there)."""
 
     backend: Literal["auto", "pytorch", "torchao"] = "auto"
-    min_features: int = 128
+    min_features: int = field(default=128, metadata=within(0))
 
 
 @register

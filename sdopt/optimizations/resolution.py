@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
@@ -16,7 +16,7 @@ from sdopt.calls import (
     wrap_call,
 )
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.requirements import Requirements
 
 
@@ -24,7 +24,7 @@ from sdopt.requirements import Requirements
 class ResolutionConfig:
     """``scale``: internal size as a fraction of the requested one (per side)."""
 
-    scale: float = 0.75
+    scale: float = field(default=0.75, metadata=within(0.25, 1, below=True))
 
 
 # Families whose pipelines were run at the rounded sizes below (tests/test_zoo.py). Elsewhere the

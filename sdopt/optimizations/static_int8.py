@@ -13,7 +13,7 @@ from sdopt.cache_dir import check_trusted
 from sdopt.calls import CallLayer, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
-from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register
+from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
@@ -47,9 +47,9 @@ class StaticInt8Config:
     where converted programs and inductor's kernels are kept (default ``~/.cache/sdopt/int8``,
     or ``$SDOPT_CACHE_DIR/int8``)."""
 
-    min_snr_db: float = 20.0
+    min_snr_db: float = field(default=20.0, metadata=within(0))
     keep_float: tuple[str, ...] = ("auto",)
-    calibration_calls: int = 8
+    calibration_calls: int = field(default=8, metadata=within(1))
     cache_dir: str = field(default="", metadata=LOCAL_ONLY)  # code only: presets cannot name where code loads from
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.calls import call_default, call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._sampling import StepCount
 
 
@@ -17,7 +17,7 @@ class StepBudgetConfig:
     """``steps``: the budget (0: 4 for LCM- and adversarially distilled models such as SDXL-Turbo,
     else 20 on CPU, 25 elsewhere); ``cap``: also lower explicit larger values."""
 
-    steps: int = 0
+    steps: int = field(default=0, metadata=within(0))
     cap: bool = False
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.requirements import Requirements
 
@@ -19,8 +19,8 @@ class VaeTilingConfig:
     """``tile_size``: tile edge in pixels (0 keeps the VAE's default, its ``sample_size``);
     ``overlap``: overlap between tiles as a fraction of the tile (0 keeps the VAE's default)."""
 
-    tile_size: int = 0
-    overlap: float = 0.0
+    tile_size: int = field(default=0, metadata=within(0))
+    overlap: float = field(default=0.0, metadata=within(0, 1, below=True))
 
 
 @register
