@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import itertools
 import os
 import shutil
@@ -83,6 +84,7 @@ class _Block:
     path: str | None = None
     key: str | None = None
     counted: bool = False  # whether it counts as kept (a reference to live pipeline memory does not)
+    digest: str = ""  # in a checkpoint: the hash of the values read there, checked again before undo
     whole: bool = False  # no plain storage (meta, tensor subclass): ``data`` is the tensor itself
 
     @property
@@ -168,7 +170,7 @@ class Originals:
         self._dir: str | None = None
         self._ram_backed = False
         self._counter = itertools.count()
-        self._checkpoints: dict[str, tuple[int, int]] = {}
+        self._checkpoints: set[str] = set()
         self._bytes = {"checkpoint": 0, "spill": 0, "memory": 0}
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._kept: list[weakref.ref[Kept]] = []  # weakly: the undos hold them; undoable=False drops them
@@ -255,7 +257,9 @@ class Originals:
                 self.check_readable(block)
 
     def check_readable(self, block: _Block) -> None:
-        """Raise `UndoError` if ``block``'s file is gone or, for a checkpoint, changed."""
+        """Raise `UndoError` if ``block``'s file is gone or, for a checkpoint, holds other values than
+        optimize() read there (by content: a file rewritten with the same size and modification time,
+        as ``cp -p``, ``rsync -t`` or a backup restore leave it, is still caught; a file only touched is fine)."""
         from sdopt.errors import UndoError
 
         if block.place == "memory":
@@ -265,9 +269,11 @@ class Originals:
             stat = os.stat(path)
         except OSError as error:
             raise UndoError(f"the file {path} holding originals is gone ({error}); reload the pipeline") from error
-        if block.place == "checkpoint" and (stat.st_size, stat.st_mtime_ns) != self._checkpoints[path]:
+        del stat
+        if block.place == "checkpoint" and not _same_content(path, block):
             raise UndoError(
-                f"the checkpoint {path} changed since optimize() read the originals from it; reload the pipeline"
+                f"the checkpoint {path} changed since optimize() read the originals from it ({block.key} holds "
+                "other values); reload the pipeline"
             )
 
     def uncount(self, block: _Block) -> None:
@@ -303,16 +309,16 @@ class Originals:
                     for block in wanted:
                         entry = sole[id(block)]
                         key = names[id(entry.tensor)]
-                        if key in keys and _equal(handle.get_tensor(key), entry.tensor):
-                            block.path, block.key = path, key
+                        stored = handle.get_tensor(key) if key in keys else None
+                        if stored is not None and _equal(stored, entry.tensor):
+                            block.path, block.key, block.digest = path, key, _digest(stored)
                             self._count(block, "checkpoint")
                         else:
                             unmatched.append(block)
-                stat = os.stat(path)
             except (OSError, RuntimeError, ValueError):  # unreadable or not a safetensors file
                 continue
             if len(unmatched) < len(wanted):
-                self._checkpoints[path] = (stat.st_size, stat.st_mtime_ns)
+                self._checkpoints.add(path)
             wanted = unmatched
         return left + wanted
 
@@ -499,6 +505,20 @@ def _equal(stored: torch.Tensor, tensor: torch.Tensor) -> bool:
         return False
     # Loaded with torch_dtype=... from a file in another dtype: equal once cast the same way.
     return bool(torch.equal(stored.to(data.dtype), data.to("cpu")))
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    """A hash of ``tensor``'s bytes (any dtype)."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _same_content(path: str, block: _Block) -> bool:
+    try:
+        with _open(path) as handle:
+            return block.key in set(handle.keys()) and _digest(handle.get_tensor(block.key)) == block.digest
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _open(path: str) -> Any:

@@ -227,6 +227,9 @@ def test_arch_benches_time_replacement_models_offline_with_their_published_archi
     assert not outside.applied and "cannot load" in outside.skipped[0].reason  # nothing made up outside
     with stand_ins():
         pipe = real_pipeline("sd15", device="meta")
+        planned = optimize(pipe, tier=None, extra=["tiny_vae"], caps=caps, dry_run=True)  # never-loaded weights
+        assert [d.name for d in planned.planned] == ["tiny_vae"]
+        pipe = tiny_pipeline("sd")
         report = optimize(pipe, tier=None, extra=["tiny_vae"], caps=caps)
     assert type(pipe.vae).__name__ == "AutoencoderTiny" and pipe.vae.config.latent_channels == 4
     assert "random weights of its published architecture" in report.applied[0].reason

@@ -166,15 +166,34 @@ def test_originals_of_a_loaded_pipeline_are_reread_from_its_checkpoint(tmp_path)
     snapshot.assert_identical()
 
 
-def test_undo_refuses_when_the_checkpoint_changed(tmp_path) -> None:
+def test_undo_refuses_when_the_checkpoint_changed_even_with_its_size_and_time_kept(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
     tiny_pipeline("sd").save_pretrained(tmp_path)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path)
     report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
-    os.utime(weights, ns=(0, 0))
-    with pytest.raises(UndoError, match="changed since optimize"):  # checked before anything is undone
-        report.undo()
+    before = os.stat(weights)
+    # Other weights written over it, then its size and modification time put back (cp -p, rsync -t).
+    tensors = load_file(weights)
+    name = next(key for key, value in tensors.items() if value.numel() > 8)
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert os.stat(weights).st_size == before.st_size
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(UndoError, match=f"changed since optimize.*{name} holds other values"):
+        report.undo()  # checked before anything is undone
     assert pipe.unet.dtype == torch.bfloat16  # the UNet's originals were not half put back
+
+
+def test_a_checkpoint_only_touched_still_undoes(tmp_path) -> None:
+    tiny_pipeline("sd").save_pretrained(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path)
+    snapshot = Snapshot(pipe, "sd")
+    report = optimize(pipe, tier=None, extra=["half_precision"], caps=fake_capabilities("cpu-amx"))
+    os.utime(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", ns=(0, 0))  # same values, other time
+    report.undo()
+    snapshot.assert_identical()
 
 
 def test_a_budget_below_any_plan_names_the_smallest_that_works() -> None:

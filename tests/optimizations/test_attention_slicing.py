@@ -47,13 +47,9 @@ def test_ip_adapter_processors_are_not_replaced(cpu_caps) -> None:
 
 def test_a_slice_size_under_one_is_refused_not_applied() -> None:
     from sdopt import optimize
-    from sdopt.errors import StrictModeError
+    from sdopt.errors import ConfigError
     from sdopt.testing import fake_capabilities, tiny_pipeline
 
     pipe = tiny_pipeline("sd")
-    report = optimize(
-        pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], caps=fake_capabilities("cpu")
-    )
-    assert report.applied == [] and "head count >= 1, got 0" in report.skipped[0].reason
-    with pytest.raises(StrictModeError, match="head count >= 1"):
-        optimize(pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], strict=True)
+    with pytest.raises(ConfigError, match="slice_size=0 is out of range; allowed: >= 1"):  # before any planning
+        optimize(pipe, tier=None, extra=[{"name": "attention_slicing", "slice_size": 0}], caps=fake_capabilities("cpu"))

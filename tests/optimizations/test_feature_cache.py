@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sdopt import optimize, plan
+from sdopt.errors import ConfigError
 from sdopt.testing import run_pipeline, tiny_pipeline, zoo_pipeline
 from tests.helpers import Snapshot
 
@@ -110,5 +111,5 @@ def test_already_active_and_bad_options(sd_pipe, cpu_caps) -> None:
     report = optimize(sd_pipe, tier=None, extra=["feature_cache"], caps=cpu_caps)
     assert plan(sd_pipe, tier=None, extra=["feature_cache"], caps=cpu_caps).skipped[0].reason == "already active"
     report.undo()
-    bad = plan(sd_pipe, tier=None, extra=[{"name": "feature_cache", "interval": 1}], caps=cpu_caps)
-    assert "interval must be >= 2" in bad.skipped[0].reason
+    with pytest.raises(ConfigError, match="interval=1 is out of range; allowed: >= 2"):
+        plan(sd_pipe, tier=None, extra=[{"name": "feature_cache", "interval": 1}], caps=cpu_caps)

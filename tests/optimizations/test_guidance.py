@@ -58,9 +58,11 @@ def test_unverified_pipelines_are_skipped(family, cpu_caps) -> None:
     assert "verified for" in result.skipped[0].reason
 
 
-def test_bad_fraction_is_skipped(sd_pipe, cpu_caps) -> None:
-    result = plan(sd_pipe, tier=None, extra=[{"name": "guidance", "stop_at": 1.5}], caps=cpu_caps)
-    assert "between 0 and 1" in result.skipped[0].reason
+def test_a_bad_fraction_is_refused_naming_the_range(sd_pipe, cpu_caps) -> None:
+    from sdopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stop_at=1.5 is out of range; allowed: > 0 and < 1"):
+        plan(sd_pipe, tier=None, extra=[{"name": "guidance", "stop_at": 1.5}], caps=cpu_caps)
 
 
 def _as_turbo(pipe):

@@ -41,8 +41,10 @@ def test_every_output_type_is_upscaled(sd_pipe, cpu_caps, output_type) -> None:
 def test_bad_scale_and_img2img_are_skipped(cpu_caps) -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    bad = plan(tiny_pipeline("sd"), tier=None, extra=[{"name": "resolution", "scale": 1.5}], caps=cpu_caps)
-    assert "scale must be" in bad.skipped[0].reason
+    from sdopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"scale=1.5 is out of range; allowed: >= 0.25 and < 1"):
+        plan(tiny_pipeline("sd"), tier=None, extra=[{"name": "resolution", "scale": 1.5}], caps=cpu_caps)
     img2img = StableDiffusionImg2ImgPipeline(**tiny_pipeline("sd").components)
     assert "takes no height/width" in plan(img2img, tier=None, extra=["resolution"], caps=cpu_caps).skipped[0].reason
 
