@@ -375,3 +375,62 @@ def test_a_cache_folder_others_can_write_to_is_refused(tmp_path) -> None:
     pipe = tiny_pipeline("sd")
     report = optimize(pipe, tier=None, extra=[{"name": "static_int8", "cache_dir": str(shared)}], caps=VNNI)
     assert report.applied == [] and "can be written by other users" in report.failed[0].reason
+
+
+def test_the_cache_key_follows_what_decides_the_computation_besides_the_weights(monkeypatch) -> None:
+    import diffusers
+
+    unet = tiny_pipeline("sd").unet
+    weights, args = cache.weights_hash(unet), (torch.zeros(2, 4, 8, 8), torch.tensor(1))
+
+    def key(**options) -> str:
+        return cache.key(weights, f"{cache.behaviour(unet)}|{cache.signature(args, {})}", ("conv_in",), **options)
+
+    base = key(calibration_calls=8)
+    assert key(calibration_calls=8) == base
+    assert key(calibration_calls=2) != base
+    unet.conv_in.scaling = {"default": 0.0}  # a LoRA scale: same weights, another output
+    scaled = key(calibration_calls=8)
+    assert scaled != base
+    unet.conv_in.scaling = {"default": 1.0}
+    assert key(calibration_calls=8) not in (base, scaled)
+    del unet.conv_in.scaling
+    attention = next(m for m in unet.modules() if hasattr(m, "processor"))
+    processor = attention.processor
+    from diffusers.models.attention_processor import AttnProcessor
+
+    attention.set_processor(AttnProcessor())
+    assert key(calibration_calls=8) != base
+    attention.set_processor(processor)
+    assert key(calibration_calls=8) == base
+    monkeypatch.setattr(diffusers, "__version__", "9.9.9")  # the exported graph is diffusers' forward code
+    assert key(calibration_calls=8) != base
+
+
+def test_a_changed_lora_scale_never_runs_the_program_built_before_it(monkeypatch, tmp_path) -> None:
+    _fake_build(monkeypatch, lowered=5, snr_ok=True)
+    pipe, _, report = _optimized_tiny(tmp_path)
+    _image(pipe)  # float32, recorded, built
+    runner = pipe.unet.__dict__["forward"]
+    _image(pipe)
+    assert runner.int8_calls > 0
+    calls = runner.int8_calls
+    pipe.unet.conv_in.scaling = {"default": 0.5}
+    _image(pipe)  # another computation: float32 and recorded again, not the stale program
+    assert runner.int8_calls == calls and len(runner.compiled) == 2
+    del pipe.unet.conv_in.scaling
+    report.undo()
+
+
+def test_a_cached_programs_fidelity_is_measured_again_not_trusted(monkeypatch, tmp_path) -> None:
+    _fake_build(monkeypatch, lowered=5, snr_ok=False)  # the program really is far off float32
+    import sdopt.optimizations._int8.runner as runner_module
+
+    signed_but_wrong = {"snr_db": 99.0, "quantized_layers": 7, "build_s": 1, "compile_s": 1}
+    monkeypatch.setattr(runner_module.cache, "load", lambda root, entry: (pipe.unet, dict(signed_but_wrong)))
+    pipe, reference, report = _optimized_tiny(tmp_path)
+    with pytest.warns(UserWarning, match="that shape runs float32"):
+        _image(pipe)
+    np.testing.assert_array_equal(_image(pipe), reference)
+    assert "int8 refused" in report.after_calls["static_int8"] and "99.0 dB" not in report.after_calls["static_int8"]
+    report.undo()

@@ -1,20 +1,24 @@
 """Where converted int8 programs are kept between processes, and the key that says one still fits.
 
-A key covers everything the converted program depends on: the denoiser's weights (hashed), the
-call's input signature, the layers left in float, and the versions of torch, torchao and sdopt,
-the Python version and the CPU (model and instruction-set flags). A changed fact is a new key, so
+A key covers everything the converted program depends on: the denoiser's weights (hashed), what
+decides its computation besides them (`behaviour`: the code of its modules' forwards, adapter scales
+and switches, attention processors), the call's input signature, the layers left in float, the
+calibration calls, and the versions of torch, torchao, diffusers, peft and sdopt, the Python version
+and the CPU (model and instruction-set flags). A changed fact is a new key, so
 a stale program is never loaded; old entries are left for ``clear`` or the user to remove.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import platform
 import shutil
 import sys
 import tempfile
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,18 +80,95 @@ def cpu_fingerprint() -> str:
     return f"{platform.machine()} {model} {hashlib.sha256(flags.encode()).hexdigest()[:16]}"
 
 
-def key(weights: str, call_signature: str, exclude: Sequence[str]) -> str:
-    """The cache key of one converted program."""
+def behaviour(module: torch.nn.Module) -> str:
+    """A hash of what decides ``module``'s computation besides its weights: the code of every module
+    class's ``forward`` (diffusers' code is what torch.export traces), LoRA scales and adapter switches
+    (peft keeps them as plain attributes: a scale of 0.0 and 1.0 had the same weights and one key),
+    and each attention module's processor and its dispatcher backend. Cheap enough for every call.
+
+    Examples:
+        >>> from sdopt.optimizations._int8.cache import behaviour
+        >>> from sdopt.testing import tiny_pipeline
+        >>> unet = tiny_pipeline("sd").unet
+        >>> before = behaviour(unet)
+        >>> unet.conv_in.scaling = {"default": 0.5}  # as a LoRA layer holds its scale
+        >>> behaviour(unet) == before
+        False
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    classes: dict[type, None] = {}
+    for child in module.modules():
+        classes[type(child)] = None
+        scaling = getattr(child, "scaling", None)
+        if isinstance(scaling, dict):
+            digest.update(f"scaling={sorted(scaling.items())!r};".encode())
+        for name in ("active_adapters", "merged_adapters", "disable_adapters"):
+            value = _attribute(child, name)
+            if value is not None:
+                digest.update(f"{name}={value!r};".encode())
+        processor = child.__dict__.get("processor")
+        if processor is not None:
+            backend = getattr(processor, "_attention_backend", None)
+            digest.update(f"{type(processor).__qualname__}:{backend!r};".encode())
+    for cls in classes:
+        digest.update(_forward_code(cls).encode())
+    return digest.hexdigest()
+
+
+def _attribute(module: torch.nn.Module, name: str) -> Any:
+    """``module.name`` for peft's adapter properties (absent elsewhere); None when it has none."""
+    if not hasattr(type(module), name):
+        return None
+    try:
+        value = getattr(module, name)
+    except Exception:  # noqa: BLE001  # a property that cannot answer says nothing to key on
+        return None
+    return value if isinstance(value, (list, tuple, bool, str)) else None
+
+
+@functools.cache
+def _forward_code(cls: type) -> str:
+    code = getattr(getattr(cls, "forward", None), "__code__", None)
+    body = _code_bytes(code) if code is not None else b""
+    return f"{cls.__module__}.{cls.__qualname__}:{hashlib.blake2b(body, digest_size=8).hexdigest()}"
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A code object's instructions, names and constants, nested functions included, without anything
+    that differs between processes (a nested code object's repr carries its address)."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            parts.append(_code_bytes(constant))
+        elif isinstance(constant, frozenset):  # its repr's order follows the process's hash seed
+            parts.append(repr(sorted(map(repr, constant))).encode())
+        else:
+            parts.append(repr(constant).encode())
+    return b"|".join(parts)
+
+
+def key(weights: str, call_signature: str, exclude: Sequence[str], calibration_calls: int = 0) -> str:
+    """The cache key of one converted program (``call_signature`` carries `behaviour` at the call)."""
+    import diffusers
     import torchao
 
     from sdopt._version import __version__
 
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
     facts = {
         "weights": weights,
         "signature": call_signature,
         "exclude": sorted(exclude),
+        "calibration_calls": calibration_calls,
         "torch": torch.__version__,
         "torchao": torchao.__version__,
+        "diffusers": diffusers.__version__,
+        "peft": peft_version,
         "sdopt": __version__,
         "python": sys.version.split()[0],
         "cpu": cpu_fingerprint(),

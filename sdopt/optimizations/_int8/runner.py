@@ -76,7 +76,9 @@ class Int8Runner:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled() or self.disabled or verifying():  # inference at the caller's shapes only
             return self.forward(*args, **kwargs)
-        call_signature = cache.signature(args, kwargs)
+        # The program fits these inputs and this computation: a LoRA scale or processor changed since
+        # it was built is another program (built or loaded anew), never the stale one.
+        call_signature = f"{cache.behaviour(self.module)}|{cache.signature(args, kwargs)}"
         program = self.compiled.get(call_signature)
         if program is not None:
             self.int8_calls += 1
@@ -187,12 +189,16 @@ class Int8Runner:
                 call_signature, f"the cached int8 program failed ({type(error).__name__}: {_first_line(error)})"
             )
             return None
+        # The stored fidelity is signed, but measured elsewhere: it is measured again here, once, on this call.
+        with torch.no_grad():
+            reference = self.forward(*sample[0], **sample[1])
+        meta = {**meta, "snr_db": _snr_db([reference], [output])}
         self.cache_hits += 1
         done = time.perf_counter()
         cold = meta.get("build_s", 0) + meta.get("compile_s", 0)
         cost = (
             f"from the on-disk cache in {done - started:.0f} s (load {loaded - started:.0f} s, compile "
-            f"{done - loaded:.0f} s; built cold in {cold:.0f} s)"
+            f"{done - loaded:.0f} s; built cold in {cold:.0f} s; fidelity measured again on this call)"
         )
         self._accept_or_refuse(call_signature, compiled, meta, f"{_label(sample)}: {cost}")
         return output if call_signature in self.compiled else None
@@ -229,7 +235,7 @@ class Int8Runner:
     def _key(self, call_signature: str) -> str:
         if self._weights is None:
             self._weights = cache.weights_hash(self.module)
-        return cache.key(self._weights, call_signature, self.keep_float)
+        return cache.key(self._weights, call_signature, self.keep_float, self.calibration_calls)
 
     @contextlib.contextmanager
     def _plain_forward(self) -> Iterator[None]:
