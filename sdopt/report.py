@@ -136,16 +136,9 @@ class Report:
                 "this report was made with optimize(..., undoable=False), which keeps no originals; "
                 "reload the pipeline instead, or optimize with undoable=True (the default) to be able to undo"
             )
-        newest = ledger.newest(self._pipeline)
-        if isinstance(newest, ledger.Gone):
-            raise UndoError(
-                f"a later optimize() on this pipeline ({newest.source or 'explicit optimizations'}, {newest.why}) "
-                "is still applied and cannot be undone; reload the pipeline instead"
-            )
-        if newest is not None and newest is not self:
-            raise UndoError(
-                f"a later optimize() on this pipeline ({newest.source}) is still applied; undo its report first"
-            )
+        why_not = ledger.blocking(self)
+        if why_not:
+            raise UndoError(why_not)
         with ledger.exclusive(self._pipeline):
             self._run_undo()
 

@@ -78,7 +78,7 @@ class UndoStack:
             )
 
 
-# ---- the ledger of live optimize() calls per pipeline
+# ---- the ledger of live optimize() calls per pipeline and per model
 
 
 @dataclass(frozen=True)
@@ -89,38 +89,71 @@ class Gone:
     why: str
 
 
-# The optimize() calls whose changes are live on each pipeline, oldest first: undo must go newest
-# first. Reports are held weakly (a report the caller drops takes its originals, spill files
-# included, with it) and leave a Gone marker behind, so an older report still refuses to undo.
+# The optimize() calls whose changes are live on each pipeline and on each of its models, oldest
+# first: undo must go newest first. Models count on their own because pipelines made with
+# ``from_pipe`` share them: undoing one pipeline's report under another's later changes to the same
+# UNet would leave that UNet neither optimized nor original. Reports are held weakly (a report the
+# caller drops takes its originals, spill files included, with it) and leave a Gone marker behind,
+# so an older report still refuses to undo.
 _live: weakref.WeakKeyDictionary[Any, list[weakref.ref[Any] | Gone]] = weakref.WeakKeyDictionary()
 
 
+def _ledgers(pipe: Any) -> list[Any]:
+    """What a report on ``pipe`` is recorded under: the pipeline and each of its models."""
+    components = getattr(pipe, "components", None)
+    models = [c for c in components.values() if hasattr(c, "parameters")] if isinstance(components, dict) else []
+    return [pipe, *models]
+
+
 def track(pipe: Any, report: Any, source: str | None, *, keep: bool) -> None:
-    """Record ``report`` as the newest live optimize() on ``pipe`` (a `Gone` marker without ``keep``)."""
-    entries = _live.setdefault(pipe, [])
-    if not keep:
-        entries.append(Gone(source, "made with undoable=False"))
-        return
+    """Record ``report`` as the newest live optimize() on ``pipe`` and on each of its models (a `Gone`
+    marker without ``keep``)."""
+    for owner in _ledgers(pipe):
+        try:
+            entries = _live.setdefault(owner, [])
+        except TypeError:  # not weakly referenceable: nothing shares it
+            continue
+        if not keep:
+            entries.append(Gone(source, "made with undoable=False"))
+            continue
 
-    def dropped(ref: weakref.ref[Any]) -> None:  # the caller let the report go: its changes stay
-        entries[:] = [Gone(source, "its report was discarded") if e is ref else e for e in entries]
+        def dropped(ref: weakref.ref[Any], entries: list[Any] = entries) -> None:  # the caller let it go
+            entries[:] = [Gone(source, "its report was discarded") if e is ref else e for e in entries]
 
-    entries.append(weakref.ref(report, dropped))
+        entries.append(weakref.ref(report, dropped))
 
 
-def newest(pipe: Any) -> Any:
-    """The newest live report on ``pipe``, a `Gone` marker, or ``None``."""
-    entries = _live.get(pipe, [])
-    if not entries:
-        return None
-    last = entries[-1]
-    return last if isinstance(last, Gone) else last()
+def blocking(report: Any) -> str:
+    """Why ``report`` cannot be undone now (empty if it can): a later optimize() still live on its
+    pipeline, or on a model its pipeline shares with another one."""
+    for owner, entries in list(_live.items()):
+        if not any(not isinstance(e, Gone) and e() is report for e in entries):
+            continue
+        last = entries[-1]
+        later = last if isinstance(last, Gone) else last()
+        if later is None or later is report:
+            continue
+        where = (
+            "this pipeline"
+            if owner is report._pipeline
+            else f"its {type(owner).__name__}, shared with another pipeline"
+        )
+        if isinstance(later, Gone):
+            return (
+                f"a later optimize() on {where} ({later.source or 'explicit optimizations'}, {later.why}) is still "
+                "applied and cannot be undone; reload the pipeline instead"
+            )
+        return (
+            f"a later optimize() on {where} ({later.source or 'explicit optimizations'}) is still applied; "
+            "undo its report first"
+        )
+    return ""
 
 
 def forget(pipe: Any, report: Any) -> None:
-    """``report`` is being undone: it is no longer live on ``pipe``."""
-    entries = _live.get(pipe, [])
-    entries[:] = [e for e in entries if isinstance(e, Gone) or (e() is not None and e() is not report)]
+    """``report`` is being undone: it is no longer live anywhere."""
+    for entries in list(_live.values()):
+        entries[:] = [e for e in entries if isinstance(e, Gone) or (e() is not None and e() is not report)]
 
 
 # ---- one change at a time per pipeline

@@ -14,7 +14,7 @@ from sdopt import optimize, plan
 from sdopt.errors import OptimizationFailed, StrictModeError, UndoError, UnknownTierError
 from sdopt.optimization import Optimization
 from sdopt.registry import register, unregister
-from sdopt.testing import fake_capabilities, run_pipeline, tiny_pipeline
+from sdopt.testing import fake_capabilities, pipeline_state, run_pipeline, state_differences, tiny_pipeline
 from sdopt.tiers import list_tiers
 from tests.helpers import Snapshot
 
@@ -330,3 +330,25 @@ def test_weights_never_loaded_are_refused_but_can_be_planned(cpu_caps) -> None:
     assert optimize(pipe, tier="balanced", caps=cpu_caps, dry_run=True).planned  # planning is fine
     with pytest.raises(PlanningError, match="unet has weights on the meta device"):
         optimize(pipe, tier="balanced", caps=cpu_caps)
+
+
+def test_pipelines_sharing_a_model_are_undone_in_order(cpu_caps) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from sdopt.errors import UndoError
+
+    first = tiny_pipeline("sd")
+    second = StableDiffusionPipeline.from_pipe(first)  # the same UNet, VAE and text encoder
+    assert second.unet is first.unet
+    before = pipeline_state(first)
+    bf16 = fake_capabilities("cpu-amx")
+    older = optimize(first, tier=None, extra=["channels_last"], caps=cpu_caps)
+    newer = optimize(second, tier=None, extra=["half_precision"], caps=bf16)
+    with pytest.raises(
+        UndoError, match=r"shared with another pipeline \(explicit optimizations\) is still applied; undo its report"
+    ):
+        older.undo()  # would restore the UNet's layout under the other pipeline's bf16 weights
+    assert first.unet.dtype == torch.bfloat16  # nothing was undone
+    newer.undo()
+    older.undo()
+    assert state_differences(before, pipeline_state(first)) == []
