@@ -52,7 +52,11 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = sdopt.serve.deployment(
-            args.model, preset=preset_path, num_replicas=args.replicas, ray_actor_options={"num_cpus": 0.5}
+            args.model,
+            preset=preset_path,
+            num_replicas=args.replicas,
+            ray_actor_options={"num_cpus": 0.5},
+            expose_report=True,  # GET /report below; off by default (it shows the process and undo's files)
         )
         serve.run(app, name="default", route_prefix="/")
         url = f"http://127.0.0.1:{port}"

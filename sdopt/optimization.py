@@ -100,6 +100,11 @@ def _out_of_range(value: Any, bounds: tuple[float | None, float | None, bool, bo
     return describe_range(bounds) if too_low or too_high else None
 
 
+HUB_ID_IN_PRESETS: Mapping[str, bool] = {"hub_id_in_presets": True}
+"""Field metadata for an option naming where weights come from (a hub id or a local folder): a preset
+file may give a hub id only (``org/name``), never a path; code may give either. The report names
+what was loaded."""
+
 LOCAL_ONLY: Mapping[str, bool] = {"local_only": True}
 """Metadata of a config option only code may set, never a preset file: a directory sdopt would load
 compiled programs from (``dataclasses.field(default="", metadata=LOCAL_ONLY)``). Frozen presets leave
@@ -231,6 +236,10 @@ class Optimization:
             if allowed:
                 value = getattr(config, item.name)
                 raise ConfigError(self.name, f"option {item.name}={value!r} is out of range; allowed: {allowed}")
+
+    def hub_id_options(self) -> set[str]:
+        """The options of :attr:`Config` a preset file may set to a hub id only (see :data:`HUB_ID_IN_PRESETS`)."""
+        return {item.name for item in dataclasses.fields(self.Config) if item.metadata.get("hub_id_in_presets")}
 
     def local_only_options(self) -> set[str]:
         """The options of :attr:`Config` a preset file may not set (see :data:`LOCAL_ONLY`)."""

@@ -8,6 +8,7 @@ a file can import or run code.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -163,6 +164,13 @@ class Preset:
                         "load compiled code from); leave it out to use this machine's cache, or set it in code "
                         f"with extra=[{{'name': {step['name']!r}, {local[0]!r}: ...}}]"
                     )
+                for name in sorted(set(config) & optimization.hub_id_options()):
+                    if not _is_hub_id(config[name]):
+                        raise PresetError(
+                            f"{where}: {name}={config[name]!r} must be a hub id such as 'org/model' in a preset "
+                            "file (a path would load weights from wherever the file says); pass a local folder in "
+                            f"code with extra=[{{'name': {step['name']!r}, {name!r}: PATH}}]"
+                        )
                 optimization.make_config(config)  # validates names and types
                 when = Requirements.from_dict(step.get("when", {}))
             except (SdoptError, ValueError, TypeError) as error:
@@ -308,3 +316,14 @@ def _to_toml(data: Mapping[str, Any]) -> str:
         lines += ["", "[[steps]]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in step.items()]
     return "\n".join(lines) + "\n"
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _is_hub_id(value: Any) -> bool:
+    """``org/name`` with no path parts (absolute, ``..``, ``~``, a third level), and no such folder here:
+    a value that names a local folder is a path, whatever it looks like."""
+    if not isinstance(value, str) or value in ("", "auto"):
+        return isinstance(value, str)
+    return bool(_HUB_ID.fullmatch(value)) and ".." not in value and not os.path.exists(value)

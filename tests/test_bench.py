@@ -38,7 +38,11 @@ def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
     result.save_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["tiers"][0]["psnr_db"] == "inf"
-    assert set(data) == {"source", "pipeline", "device", "settings", "machine", "tiers", "memory_kind", "notes"}
+    assert set(data) == {
+        *("source", "pipeline", "device", "settings", "machine", "tiers", "memory_kind", "notes"),
+        "speedup_reference",
+    }
+    assert data["speedup_reference"] == "baseline"
     assert set(data["tiers"][0]) == set(TierResult.__dataclass_fields__)
     assert any("random weights" in note for note in data["notes"])
     markdown = result.to_markdown()

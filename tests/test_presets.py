@@ -278,3 +278,19 @@ def test_extra_options_are_range_checked_before_anything_is_planned(sd_pipe) -> 
     optimization = registry.get("guidance")
     with pytest.raises(ConfigError, match="stop_at=2.0 is out of range"):
         optimization.make_config(optimization.Config(stop_at=2.0))  # a config instance too
+
+
+@pytest.mark.parametrize("value", ["/etc/models/taesd", "../taesd", "~/taesd", "a/b/c", "C:\\taesd", "."])
+def test_a_preset_file_names_weights_by_hub_id_never_by_path(value: str) -> None:
+    with pytest.raises(PresetError, match="must be a hub id such as 'org/model' in a preset file"):
+        Preset.from_dict({"name": "x", "steps": [{"name": "tiny_vae", "config": {"source": value}}]})
+
+
+def test_a_hub_id_that_is_a_local_folder_here_is_a_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "madebyollin" / "taesd").mkdir(parents=True)
+    with pytest.raises(PresetError, match="must be a hub id"):
+        Preset.from_dict({"name": "x", "steps": [{"name": "tiny_vae", "config": {"source": "madebyollin/taesd"}}]})
+    monkeypatch.chdir(tmp_path / "madebyollin")
+    loaded = Preset.from_dict({"name": "x", "steps": [{"name": "tiny_vae", "config": {"source": "madebyollin/taesd"}}]})
+    assert loaded.entries[0].config["source"] == "madebyollin/taesd"

@@ -13,7 +13,7 @@ from sdopt._noise import diffusers_quiet
 from sdopt.anatomy import Anatomy
 from sdopt.calls import call_layers, call_parameters, wrap_call
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register, within
+from sdopt.optimization import HUB_ID_IN_PRESETS, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._sampling import StepCount, rebuild
 from sdopt.originals import keep
@@ -57,7 +57,7 @@ class DistillLoraConfig:
     ``steps``: the step count calls run with (an explicit larger value is lowered to it; LCM-LoRA
     is made for 4-8); ``guidance_scale``: 1.0 turns classifier-free guidance off (one UNet batch per step)."""
 
-    source: str = "auto"
+    source: str = field(default="auto", metadata=HUB_ID_IN_PRESETS)
     steps: int = field(default=4, metadata=within(1, 8))
     guidance_scale: float = field(default=1.0, metadata=within(0, 30))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import HUB_ID_IN_PRESETS, Optimization, Undo, register
 from sdopt.requirements import Requirements
 from sdopt.weights import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
 
@@ -24,7 +24,7 @@ DEFAULT_SOURCES = {
 class TinyVaeConfig:
     """``source``: a hub id or local directory of an ``AutoencoderTiny``; empty picks by family."""
 
-    source: str = ""
+    source: str = field(default="", metadata=HUB_ID_IN_PRESETS)
 
 
 @register

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sdopt.anatomy import Anatomy
 from sdopt.capabilities import Capabilities
-from sdopt.optimization import Optimization, Undo, register
+from sdopt.optimization import HUB_ID_IN_PRESETS, Optimization, Undo, register
 from sdopt.requirements import Requirements
 from sdopt.weights import NotDownloaded, is_stand_in, load_failure, load_pretrained, swap_vae
 
@@ -20,7 +20,7 @@ DEFAULT_SOURCE = "madebyollin/sdxl-vae-fp16-fix"
 class VaeFp16FixConfig:
     """``source``: hub id or local directory of an fp16-safe SDXL ``AutoencoderKL``."""
 
-    source: str = DEFAULT_SOURCE
+    source: str = field(default=DEFAULT_SOURCE, metadata=HUB_ID_IN_PRESETS)
 
 
 @register
