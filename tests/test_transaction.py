@@ -153,20 +153,34 @@ def test_a_fault_anywhere_in_an_apply_changes_nothing(name, family, profile, opt
     assert np.array_equal(run_pipeline(pipe, family), expected)
 
 
-_CTRL_C_CASES = [case for case in CASES if case[0] in ("half_precision", "fuse_qkv", "quantize_int8", "step_budget")]
+_QUICK_CTRL_C = ("half_precision", "fuse_qkv", "quantize_int8", "step_budget")
+# Every case; those outside the quick four run with the slow tests (CI runs them all).
+_CTRL_C_CASES = [
+    pytest.param(*case, id=f"{case[0]}-{case[1]}", marks=() if case[0] in _QUICK_CTRL_C else pytest.mark.slow)
+    for case in CASES
+]
 
 
-@pytest.mark.parametrize(("name", "family", "profile", "options"), _CTRL_C_CASES, ids=[c[0] for c in _CTRL_C_CASES])
+def _case(profile: str, options: dict[str, Any], local_models: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    profile, _, package = profile.partition("+")  # "profile+package": a fake machine with that package usable
+    caps = detect() if profile == "here" else fake_capabilities(profile, packages={package: True} if package else None)
+    options = {
+        key: local_models.get(value, value) if isinstance(value, str) else value for key, value in options.items()
+    }
+    return caps, options
+
+
+@pytest.mark.parametrize(("name", "family", "profile", "options"), _CTRL_C_CASES)
 def test_ctrl_c_anywhere_in_an_apply_leaves_the_pipeline_as_it_was_and_propagates(
-    name, family, profile, options, monkeypatch
+    name, family, profile, options, local_models, monkeypatch
 ):
     # A step applied before the interrupted one (channels_last) is rolled back too, and nothing is reported:
     # the interrupt reaches the caller, with the pipeline exactly as it was.
-    caps = fake_capabilities(profile)
+    caps, options = _case(profile, options, local_models)
     optimization = registry.get(name)
     pipe = tiny_pipeline(family)
     before = pipeline_state(pipe)
-    extra = [{"name": name, **options}, "channels_last"]
+    extra = [{"name": name, **options}, "channels_last"] if name != "channels_last" else [{"name": name, **options}]
     optimize(pipe, tier=None, extra=extra, caps=caps).undo()  # lazy set-up once, untraced
     counter = [0]
     monkeypatch.setattr(optimization, "apply", _traced_apply(_apply_of(optimization), None, counter))
@@ -179,6 +193,38 @@ def test_ctrl_c_anywhere_in_an_apply_leaves_the_pipeline_as_it_was_and_propagate
         with pytest.raises(KeyboardInterrupt):
             optimize(pipe, tier=None, extra=extra, caps=caps)
         assert state_differences(before, pipeline_state(pipe)) == [], f"{name}: Ctrl-C at line {point} of {lines}"
+
+
+@pytest.mark.parametrize(("name", "family", "profile", "options"), _CTRL_C_CASES)
+def test_ctrl_c_anywhere_in_an_undo_leaves_the_report_live_and_a_retry_restores_exactly(
+    name, family, profile, options, local_models
+):
+    caps, options = _case(profile, options, local_models)
+    pipe = tiny_pipeline(family)
+    run_pipeline(pipe, family)  # lazily created state first
+    before = pipeline_state(pipe)
+    extra = [{"name": name, **options}]
+    report = optimize(pipe, tier=None, extra=extra, caps=caps)
+    assert [d.name for d in report.applied] == [name], report
+    stack = report._undo_stack
+    counter = [0]
+    ((label, undo),) = stack._entries
+    stack._entries[0] = (label, _traced_apply(undo, None, counter))
+    report.undo()
+    lines = counter[0]
+    assert state_differences(before, pipeline_state(pipe)) == []
+    for point in sorted({1, lines, *np.linspace(1, lines, 6).round().astype(int).tolist()}):
+        report = optimize(pipe, tier=None, extra=extra, caps=caps)
+        stack = report._undo_stack
+        ((label, undo),) = stack._entries
+        counter[0] = 0
+        stack._entries[0] = (label, _traced_apply(undo, point, counter, KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            report.undo()
+        assert report.undoable, f"{name}: Ctrl-C at line {point} of {lines} of its undo"
+        report.undo()  # the retry finishes the job
+        differences = state_differences(before, pipeline_state(pipe))
+        assert differences == [], f"{name}: Ctrl-C at line {point} of {lines} of its undo left {differences[:5]}"
 
 
 def test_ctrl_c_inside_undo_leaves_the_report_live_and_a_retry_restores_exactly(monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from sdopt.calls import CallLayer, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import Optimization, Undo, register, within
 from sdopt.optimizations._attributes import HOOK_ATTRIBUTES, remember_attributes
+from sdopt.undo import UndoStack
 
 _HOOK = "sdopt_deep_cache"
 
@@ -86,12 +88,13 @@ class FeatureCache(Optimization):
             restore = [remember_attributes(m, HOOK_ATTRIBUTES) for m in denoiser.modules()]
             denoiser.enable_cache(FirstBlockCacheConfig(threshold=config.threshold))
 
-            def undo_diffusers_cache() -> None:
-                denoiser.disable_cache()
-                for put_back in restore:  # disable_cache leaves empty registries behind
-                    put_back()
-
-            return undo_diffusers_cache
+            # One entry per action (an interrupted undo resumes at the action it was in); disable_cache
+            # leaves empty registries behind, which the put-backs remove.
+            undo = UndoStack()
+            for put_back in restore:
+                undo.push(put_back)
+            undo.push(lambda: denoiser.disable_cache() if denoiser.is_cache_enabled else None)
+            return undo
         return _deep_cache(pipe, denoiser, deep, config.interval)
 
 
@@ -227,11 +230,16 @@ def _deep_cache(pipe: Any, denoiser: Any, deep: list[torch.nn.Module], interval:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(ReuseOutput(state), _HOOK)
     unwrap = wrap_call(pipe, _NewGeneration("feature_cache", state))
 
-    def undo() -> None:
-        unwrap()
-        for module in [denoiser, *deep]:
-            module._diffusers_hook.remove_hook(_HOOK, recurse=False)
-        for put_back in restore:
-            put_back()
+    def remove_hook(module: torch.nn.Module) -> None:
+        registry = module.__dict__.get("_diffusers_hook")
+        if registry is not None and registry.get_hook(_HOOK) is not None:
+            registry.remove_hook(_HOOK, recurse=False)
 
+    # One entry per action, run newest first: an interrupted undo (Ctrl-C) resumes at the action it was in.
+    undo = UndoStack()
+    for put_back in restore:
+        undo.push(put_back)
+    for module in [denoiser, *deep]:
+        undo.push(functools.partial(remove_hook, module))
+    undo.push(unwrap)
     return undo

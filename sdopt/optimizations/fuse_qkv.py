@@ -173,7 +173,7 @@ def _fuse(model: Any) -> Undo:
     # diffusers' unfuse_qkv_projections() only restores the processors on most models: the
     # fused Linear layers (to_qkv, to_kv, to_added_qkv) stay registered, `fused_projections`
     # stays True and the model keeps `original_attn_processors`. We record what existed before
-    # and remove exactly what fusion added.
+    # and put back exactly that, without calling it (see the undo below).
     modules = attention_modules(model)
     children = {module: set(module._modules) for module in modules}
     restore_flags = [remember_attributes(module, ("fused_projections",)) for module in modules]
@@ -183,16 +183,25 @@ def _fuse(model: Any) -> Undo:
     model.fuse_qkv_projections()
     shared = _share_fused_memory(modules, children)
 
-    def undo() -> None:
+    def own_memory_again() -> None:  # run again after an interrupt: one more copy of equal values
         for tensor in shared:
             tensor.data = tensor.data.clone()  # the separate weights own their memory again
-        model.unfuse_qkv_projections()
-        restore_processors(processors)
+
+    def remove_added() -> None:
         for module, names in children.items():
             for added in set(module._modules) - names:
-                del module._modules[added]
-        for restore in restore_flags:
-            restore()
-        restore_model_attribute()
+                module._modules.pop(added, None)
 
+    # One entry per action, run newest first: an interrupted undo (Ctrl-C) resumes at the action it was
+    # in, and each action can run again.
+    undo = UndoStack()
+    undo.push(restore_model_attribute)
+    for restore in restore_flags:
+        undo.push(restore)
+    undo.push(remove_added)
+    # diffusers' unfuse_qkv_projections() only sets original_attn_processors back, through a
+    # set_attn_processor that pops from that dict as it goes (interrupted, it leaves it half empty):
+    # the very processor objects go back module by module instead, which can run again.
+    undo.push(lambda: restore_processors(processors))
+    undo.push(own_memory_again)
     return undo
