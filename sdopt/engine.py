@@ -20,8 +20,9 @@ import torch
 from sdopt import speed_guard
 from sdopt import undo as ledger
 from sdopt.anatomy import inspect_pipeline
+from sdopt.calls import CallShape
 from sdopt.capabilities import Capabilities
-from sdopt.errors import OptimizationFailed, PlanningError, PresetMismatchError, StrictModeError
+from sdopt.errors import OptimizationFailed, PlanningError, PresetMismatchError, RollbackError, StrictModeError
 from sdopt.originals import Originals, active
 from sdopt.planning import Plan, Request, Step, make_plan
 from sdopt.report import Decision, Report
@@ -110,7 +111,7 @@ def _apply(
         report.skipped = list(current.skipped)
         return report
     _refuse_unloaded_weights(current)
-    timer = _start_guard(pipe, current, report, guard, call)
+    timer = _start_guard(pipe, current, report, guard, call, pinned=strict or request.preset is not None)
     # Originals of replaced weights go to the checkpoint or a spill file, not memory (sdopt.originals);
     # without undo they are kept only while this call runs, for its rollback.
     store = Originals("spill" if undoable else "transient")
@@ -138,7 +139,7 @@ def _apply(
             if strict:
                 store.close()
                 raise OptimizationFailed(failure.step.name, failure.cause) from failure.cause
-            when = "in the verification call after it was applied" if failure.verified else "while applied"
+            when = f"in the {failure.verified} call after it was applied" if failure.verified else "while applied"
             cause = f"{type(failure.cause).__name__}: {failure.cause}"
             reason = f"{cause} ({when}; rolled back, the other steps were re-planned)"
             failed[failure.step.name] = failure.step.decision("failed", reason)
@@ -168,7 +169,7 @@ def _reasons(failed: Mapping[str, Decision]) -> dict[str, str]:
 
 
 class _StepFailed(Exception):
-    def __init__(self, step: Step, cause: BaseException, *, verified: bool = False) -> None:
+    def __init__(self, step: Step, cause: BaseException, *, verified: str = "") -> None:
         super().__init__(step.name)
         self.step = step
         self.cause = cause
@@ -187,19 +188,23 @@ def _refuse_unloaded_weights(current: Plan) -> None:
 
 
 def _start_guard(
-    pipe: Any, current: Plan, report: Report, guard: bool | None, call: Mapping[str, Any] | None
+    pipe: Any, current: Plan, report: Report, guard: bool | None, call: Mapping[str, Any] | None, pinned: bool
 ) -> SpeedGuard | None:
     """The speed guard for this request, its untouched reference timed (`sdopt.speed_guard`); ``None``
-    when it is off or when the untouched pipeline cannot make the timed call (the report says which)."""
-    if not current.steps:
-        return None
-    if guard is False:
+    when it is off, when nothing planned is a speed step it judges, or when the untouched pipeline
+    cannot make the timed call (the report says which)."""
+    if guard is False or not any(judged(step.optimization) for step in current.steps):
         return None
     if guard is None:
         why_not = speed_guard.guard_by_default(current.caps.device, current.anatomy)
+        if not why_not and pinned:
+            why_not = "a preset or strict=True asks for exactly its steps; guard=True times them anyway"
+        if not why_not and (current.memory_budget_gb is not None or current.offloads):
+            why_not = "the plan is made to fit a memory budget; rolling a step back could break that fit"
         if why_not:
             report.guard = f"speed guard: not measured ({why_not})"
             return None
+    CallShape.of(pipe, call)  # a bad call shape is the caller's error, raised as such
     timer = SpeedGuard(current.caps.device, call)
     try:
         timer.start(pipe)
@@ -216,36 +221,67 @@ def _apply_guarded(
     pipe: Any, current: Plan, stack: UndoStack, timer: SpeedGuard
 ) -> tuple[list[Step], list[Decision], list[Decision]]:
     """Apply the plan unit by unit (a step with the companions it needs), timing each unit with a speed
-    step against the call before it; a unit that does not make the call faster is undone at once.
-    Returns the steps kept, their decisions, and the decisions of the steps rolled back."""
+    step against the call just before it; a unit that does not make the call faster is undone at once
+    (steps the plan put inside it that are not part of its group are applied again), and steps that
+    needed a step rolled back are not applied. Returns the steps kept, their decisions, and the
+    decisions of the steps rolled back or left out."""
     kept: list[Step] = []
     applied: list[Decision] = []
-    rolled_back: list[Decision] = []
+    left_out: list[Decision] = []
+    gone: set[str] = set()
+    stale = False  # an untimed step changed the pipeline since the reference was timed
 
     def companions(step: Step) -> list[str]:
         return list(step.optimization.companions(current.anatomy, current.caps, step.config))
 
     for unit in units(current.steps, companions):
-        members = [current.steps[at] for at in unit]
+        members = []
+        for step in (current.steps[at] for at in unit):
+            lost = [name for name in companions(step) if name in gone]
+            if lost:
+                reason = f"not applied: it pays only with {lost[0]}, which the speed guard rolled back"
+                left_out.append(step.decision("skipped", reason))
+            else:
+                members.append(step)
+        timed = any(judged(step.optimization) for step in members)
+        if timed and stale:
+            timer.retime(pipe)  # judge the unit against the pipeline as it is now
+            stale = False
         decisions = [_apply_step(pipe, step, current.caps, stack) for step in members]
-        if not any(judged(step.optimization) for step in members):
+        if not timed:
             kept += members
             applied += decisions
+            stale = stale or bool(members)
             continue
         try:
             verdict = timer.judge(pipe, members)
         except Exception as error:  # the timed call fails: blame the unit's last step, like verification
-            raise _StepFailed(members[-1], error, verified=True) from error
+            raise _StepFailed(members[-1], error, verified="speed guard's timed") from error
         if verdict.kept:
             kept += members
             applied += [dataclasses.replace(d, reason=f"{d.reason}; {verdict.describe()}") for d in decisions]
-        else:
+            continue
+        group = _group(members, companions)
+        try:
             stack.unwind(len(members))
-            together = f" (with {', '.join(s.name for s in members)})" if len(members) > 1 else ""
-            rolled_back += [
-                step.decision("skipped", f"rolled back{together}: {verdict.describe()}") for step in members
-            ]
-    return kept, applied, rolled_back
+        except RollbackError as error:
+            raise _StepFailed(members[-1], error) from error
+        together = f" (with {', '.join(s.name for s in group)})" if len(group) > 1 else ""
+        left_out += [step.decision("skipped", f"rolled back{together}: {verdict.describe()}") for step in group]
+        gone |= {step.name for step in group}
+        others = [step for step in members if step not in group]  # e.g. a memory step between int8 and compile
+        kept += others
+        applied += [_apply_step(pipe, step, current.caps, stack) for step in others]
+        stale = bool(others)
+    return kept, applied, left_out
+
+
+def _group(members: list[Step], companions: Any) -> list[Step]:
+    """The judged steps of a unit and the companions they need (what a rollback takes back)."""
+    names = {step.name for step in members if judged(step.optimization)}
+    names |= {name for step in members if step.name in names for name in companions(step)}
+    names |= {step.name for step in members if set(companions(step)) & names}
+    return [step for step in members if step.name in names]
 
 
 def _verified(
@@ -265,6 +301,12 @@ def _verified(
     except Exception:
         pass
     _roll_back(stack, before)
+    reasons = {decision.name: decision.reason for decision in applied}  # the speed guard's figures stay
+
+    def again(step: Step) -> Decision:
+        decision = _apply_step(pipe, step, caps, stack)
+        return dataclasses.replace(decision, reason=reasons.get(step.name, decision.reason))
+
     try:
         run_verification(pipe)
     except Exception as error:  # the call itself cannot be made: nothing to blame on a step
@@ -272,16 +314,14 @@ def _verified(
             f"verify: inconclusive, the untouched pipeline cannot make the verification call either "
             f"({type(error).__name__}: {error}); the steps were applied unverified",
         )
-        return [_apply_step(pipe, step, caps, stack) for step in steps]
-    reasons = {decision.name: decision.reason for decision in applied}  # the speed guard's figures stay
+        return [again(step) for step in steps]
     applied = []
     for step in steps:
-        decision = _apply_step(pipe, step, caps, stack)
-        applied.append(dataclasses.replace(decision, reason=reasons.get(step.name, decision.reason)))
+        applied.append(again(step))
         try:
             run_verification(pipe)
         except Exception as error:
-            raise _StepFailed(step, error, verified=True) from error
+            raise _StepFailed(step, error, verified="verification") from error
     return applied
 
 

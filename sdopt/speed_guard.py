@@ -135,6 +135,11 @@ class SpeedGuard:
         self.untouched = self._samples(pipe)
         self.reference = list(self.untouched)
 
+    def retime(self, pipe: Any) -> None:
+        """Time the pipeline as it is now as the new reference (steps the guard does not judge changed it)."""
+        self._warm_up(pipe, calibrates=False)
+        self.reference = self._samples(pipe)
+
     def restart(self) -> None:
         """Back to the untouched reference (the engine rolled everything back to re-plan)."""
         self.reference = list(self.untouched)

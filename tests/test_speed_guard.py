@@ -47,6 +47,17 @@ def _scaling(name: str, factor: float, *, first_call_s: float = 0.0, **attribute
     return type(name.title(), (Optimization,), {"name": name, "kind": "layout", "apply": apply, **attributes})
 
 
+def _marking(name: str) -> type[Optimization]:
+    """A memory step (never timed) that marks the UNet."""
+
+    def apply(self, pipe, anatomy, caps, config):
+        pipe.unet.__dict__["_fake_memory"] = True
+        return lambda: pipe.unet.__dict__.pop("_fake_memory", None)
+
+    attributes = {"name": name, "kind": "memory", "effect": "memory", "apply": apply}
+    return type(name.title(), (Optimization,), attributes)
+
+
 @pytest.fixture
 def clocked(monkeypatch) -> Iterator[tuple[Any, FakeClock]]:
     clock = FakeClock()
@@ -67,6 +78,12 @@ def clocked(monkeypatch) -> Iterator[tuple[Any, FakeClock]]:
         _scaling("fake_needs_partner", 1.5, companions=lambda self, a, c, cfg: {"fake_partner": "pays only with it"}),
         _scaling("fake_partner", 0.5, kind="compile"),
         _scaling("fake_needs_slow", 1.5, companions=lambda self, a, c, cfg: {"fake_slow": "pays only with it"}),
+        _scaling("fake_untimed", 0.5, speed_judged=False),
+        _scaling("fake_early", 2.0, kind="precision"),
+        _scaling("fake_after", 0.5, kind="attention", companions=lambda self, a, c, cfg: {"fake_early": "needs it"}),
+        _scaling("fake_slow_late", 2.0, kind="compile"),
+        _scaling("fake_needs_late", 1.5, companions=lambda self, a, c, cfg: {"fake_slow_late": "pays only with it"}),
+        _marking("fake_memory"),
     ):
         register(cls)
         names.append(cls.name)
@@ -176,3 +193,55 @@ def test_a_timed_call_that_fails_fails_the_step_and_rolls_it_back(clocked) -> No
     assert report.failed[0].name == "fake_breaks" and "no kernel for this" in report.failed[0].reason
     report.undo()
     assert "forward" not in pipe.unet.__dict__
+
+
+def test_a_step_the_guard_does_not_time_is_not_credited_to_the_next_one(clocked) -> None:
+    pipe, _ = clocked
+    # fake_untimed halves the call but is not judged; fake_same after it changes nothing and must not
+    # inherit that gain: the reference is timed again after the untimed step.
+    report = optimize(pipe, tier=None, extra=["fake_untimed", "fake_same"], guard=True, call=CALL)
+    assert [d.name for d in report.applied] == ["fake_untimed"]
+    assert report.skipped[0].name == "fake_same" and "call 1.00x" in report.skipped[0].reason
+    report.undo()
+
+
+def test_a_memory_step_inside_a_rolled_back_group_stays_and_dependants_are_left_out(clocked) -> None:
+    pipe, _ = clocked
+    snapshot = Snapshot(pipe, "sd")
+    # Plan order: fake_early (precision), fake_needs_late (layout), fake_memory (memory), fake_after
+    # (attention, needs fake_early), fake_slow_late (compile). fake_needs_late needs fake_slow_late, so
+    # fake_memory sits inside their unit without being part of their group.
+    extra = ["fake_early", "fake_needs_late", "fake_memory", "fake_after", "fake_slow_late"]
+    report = optimize(pipe, tier=None, extra=extra, guard=True, call=CALL)
+    assert [d.name for d in report.applied] == ["fake_memory"]
+    assert pipe.unet.__dict__.get("_fake_memory") is True and "_fake_factor" not in pipe.unet.__dict__
+    reasons = {d.name: d.reason for d in report.skipped}
+    assert reasons["fake_early"].startswith("rolled back: speed guard: call 0.50x")
+    assert reasons["fake_after"] == "not applied: it pays only with fake_early, which the speed guard rolled back"
+    assert reasons["fake_needs_late"].startswith("rolled back (with fake_needs_late, fake_slow_late): ")
+    assert reasons["fake_slow_late"] == reasons["fake_needs_late"]
+    report.undo()
+    snapshot.assert_identical()
+
+
+def test_presets_strict_requests_and_memory_budgets_are_not_guarded_by_default(clocked, monkeypatch) -> None:
+    from sdopt.presets import Preset
+
+    pipe, clock = clocked
+    monkeypatch.setattr(speed_guard, "guard_by_default", lambda device, anatomy: "")  # as if on the GPU
+    gpu = fake_capabilities("h200-141gb")
+    pinned = optimize(pipe, tier=None, preset=Preset("pinned", ("fake_slow",)), caps=gpu)
+    assert [d.name for d in pinned.applied] == ["fake_slow"] and "a preset or strict=True" in pinned.guard
+    pinned.undo()
+    strict = optimize(pipe, tier=None, extra=["fake_slow"], caps=gpu, strict=True)
+    assert [d.name for d in strict.applied] == ["fake_slow"]
+    strict.undo()
+    assert clock.now == 0.0
+    forced = optimize(pipe, tier=None, preset=Preset("pinned", ("fake_slow",)), caps=gpu, guard=True, call=CALL)
+    assert forced.applied == []
+
+
+def test_a_bad_call_shape_is_the_callers_error(clocked) -> None:
+    pipe, _ = clocked
+    with pytest.raises(ValueError, match="call shape: height must be a positive integer"):
+        optimize(pipe, tier=None, extra=["fake_fast"], guard=True, call={"height": -8})
