@@ -116,7 +116,9 @@ def _answer(door, body: Any, generate=None, *, method="POST", path="/", content_
 
 
 def test_the_front_door_refuses_before_the_pipeline_naming_why() -> None:
-    from sdopt.serve.http import FrontDoor
+    import asyncio
+
+    from sdopt.serve.http import FrontDoor, read_capped
     from sdopt.serve.requests import Limits
 
     door = FrontDoor(limits=Limits(body_bytes=100), describe=lambda: {"pid": 1})
@@ -126,6 +128,16 @@ def test_the_front_door_refuses_before_the_pipeline_naming_why() -> None:
     assert plain.status == 415 and "application/json" in plain.detail()
     big = _answer(door, {"prompt": "x" * 200})
     assert big.status == 422 and big.detail()[0]["loc"] == ["body"] and big.detail()[0]["type"] == "too_large"
+    announced = asyncio.run(  # refused on its Content-Length, whatever arrived
+        door.answer("POST", "/", {"content-type": "application/json", "content-length": "100000"}, b"{}", None)
+    )
+    assert announced.status == 422
+
+    async def chunks():
+        for _ in range(1000):
+            yield b"x" * 64
+
+    assert len(asyncio.run(read_capped(chunks(), 100))) == 128  # stops one chunk past the limit
     assert _answer(door, b"", method="GET").status == 405
     hidden = _answer(door, b"", method="GET", path="/report")
     assert hidden.status == 404 and "expose_report=True" in hidden.detail()
@@ -166,14 +178,26 @@ def test_a_full_replica_sheds_load_with_503_and_a_slow_one_answers_504() -> None
         return b"png"
 
     door.limits = Limits(timeout_s=0.05)
-    late = _answer(door, {"prompt": "x"}, slow)
-    assert late.status == 504 and "0.05 s" in late.detail() and door.pending == 0
+
+    async def late_then_count():
+        answer = await door.answer("POST", "/", {"content-type": "application/json"}, b'{"prompt": "x"}', slow)
+        still_running = door.pending  # the call goes on after the 504: it still holds its place
+        await asyncio.sleep(1.2)
+        return answer, still_running
+
+    late, still_running = asyncio.run(late_then_count())
+    assert late.status == 504 and "0.05 s" in late.detail()
+    assert still_running == 1 and door.pending == 0
 
 
 def test_serve_limits_from_a_config_name_the_bad_field() -> None:
     from sdopt.serve.requests import Limits
 
     assert Limits.from_config({"timeout_s": 2.5, "pixels": 4096}) == Limits(timeout_s=2.5, pixels=4096)
+    current = Limits(pixels=4096)
+    assert Limits.from_config({"timeout_s": 2.5}, base=current) == Limits(timeout_s=2.5, pixels=4096)
+    with pytest.raises(ValueError, match="max_queued must be a positive integer"):
+        Limits.from_config(Limits(max_queued=0))  # an instance is checked too
     for bad, field in (({"pixels": -1}, "pixels"), ({"timeout_s": float("nan")}, "timeout_s"), ({"steps": 4}, "steps")):
         with pytest.raises(ValueError, match=field):
             Limits.from_config(bad)

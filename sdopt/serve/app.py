@@ -17,7 +17,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sdopt.serve.http import FrontDoor
+from sdopt.serve.http import FrontDoor, read_capped
 from sdopt.serve.replica import PresetSource, Replica
 from sdopt.serve.requests import GenerateRequest, InvalidRequest, Limits
 
@@ -48,8 +48,8 @@ class SdoptDeployment:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: ``preset`` (a path or a preset's dict), ``max_batch_size``, ``batch_wait_timeout_s``,
         ``limits`` (`sdopt.serve.requests.Limits` fields)."""
-        if "limits" in config:
-            self.door.limits = Limits.from_config(config["limits"])
+        if "limits" in config:  # fields left out keep their current values
+            self.door.limits = Limits.from_config(config["limits"], base=self.door.limits)
         if "max_batch_size" in config:
             self._batched.set_max_batch_size(int(config["max_batch_size"]))  # type: ignore[attr-defined]
         if "batch_wait_timeout_s" in config:
@@ -61,7 +61,7 @@ class SdoptDeployment:
         self.replica.check()
 
     async def __call__(self, request: Request) -> Response:
-        body = await request.body()
+        body = await read_capped(request.stream(), self.door.limits.body_bytes)
         answer = await self.door.answer(request.method, request.url.path, dict(request.headers), body, self._batched)
         return Response(answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers)
 

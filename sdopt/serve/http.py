@@ -72,7 +72,8 @@ class FrontDoor:
         content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             return Answer.json(415, {"detail": f"send the body as application/json (got {content_type or 'none'!r})"})
-        if len(body) > self.limits.body_bytes:
+        declared = {k.lower(): v for k, v in headers.items()}.get("content-length", "")
+        if len(body) > self.limits.body_bytes or (declared.isdigit() and int(declared) > self.limits.body_bytes):
             error = {
                 "loc": ["body"],
                 "msg": f"{len(body)} bytes; at most {self.limits.body_bytes}",
@@ -89,14 +90,32 @@ class FrontDoor:
         if self.pending >= self.limits.max_queued:
             detail = f"this replica already holds {self.pending} requests; try again shortly"
             return Answer.json(503, {"detail": detail}, **{"retry-after": "1"})
+        # The call counts until it ends, not until the client stops waiting: a 504 (or a client gone)
+        # does not stop the pipeline call, so it must not free its place in the count either.
         self.pending += 1
+        task = asyncio.ensure_future(generate(request))
+        task.add_done_callback(self._release)
         try:
-            result = await asyncio.wait_for(generate(request), timeout=self.limits.timeout_s)
+            result = await asyncio.wait_for(asyncio.shield(task), timeout=self.limits.timeout_s)
         except asyncio.TimeoutError:
             detail = f"no image within {self.limits.timeout_s:g} s (the call may still finish on the replica)"
             return Answer.json(504, {"detail": detail})
-        finally:
-            self.pending -= 1
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException):  # the call group failed: this request's answer only
             return Answer.json(500, {"detail": f"the pipeline call failed: {type(result).__name__}: {result}"})
         return Answer(200, result, "image/png")
+
+    def _release(self, task: asyncio.Future[Any]) -> None:
+        self.pending -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed call that nobody awaited any more is not logged as lost
+
+
+async def read_capped(chunks: Any, limit: int) -> bytes:
+    """A request body read from its ``chunks`` (an async iterator) up to one chunk past ``limit``: enough
+    to know it is too large without holding all of it."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)

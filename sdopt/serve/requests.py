@@ -43,9 +43,10 @@ class Limits:
     """Seconds a client waits for its image before a 504."""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | Limits | None) -> Limits:
-        """Limits from a deployment's ``limits`` (a mapping of these fields); each value must be a
-        positive number (an integer except ``timeout_s``), or the error names the field.
+    def from_config(cls, config: Mapping[str, Any] | Limits | None, base: Limits | None = None) -> Limits:
+        """Limits from a deployment's ``limits`` (a mapping of these fields, or `Limits`), the fields it
+        leaves out taken from ``base`` (default: the defaults); each value must be a positive number
+        (an integer except ``timeout_s``), or the error names the field.
 
         Examples:
             >>> from sdopt.serve.requests import Limits
@@ -56,8 +57,10 @@ class Limits:
             ...
             ValueError: serve limits: max_queued must be a positive integer, got 0
         """
-        if config is None or isinstance(config, Limits):
-            return config or cls()
+        if config is None:
+            return base or cls()
+        if isinstance(config, Limits):
+            config = asdict(config)
         if not isinstance(config, Mapping):
             raise ValueError(f"serve limits must be a mapping of {', '.join(cls.__dataclass_fields__)}, got {config!r}")
         unknown = sorted(set(config) - set(cls.__dataclass_fields__))
@@ -71,7 +74,7 @@ class Limits:
             if not number or (whole and not isinstance(value, int)) or not (math.isfinite(value) and value > 0):
                 kind = "integer" if whole else "number"
                 raise ValueError(f"serve limits: {name} must be a positive {kind}, got {value!r}")
-        return replace(cls(), **dict(config))
+        return replace(base or cls(), **dict(config))
 
 
 class InvalidRequest(ValueError):
