@@ -180,11 +180,18 @@ def _refuse_unloaded_weights(current: Plan) -> None:
     """Weights on the meta device were never loaded (``init_empty_weights``, a failed load): optimizing
     them would "succeed" on a pipeline that cannot run. Planning them stays possible (a dry run)."""
     for name, component in current.anatomy.pipeline.components.items():
-        if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
+        if not isinstance(component, torch.nn.Module) or _offloaded(component):
+            continue  # an offload keeps weights on meta between calls and loads them itself
+        if any(parameter.is_meta for parameter in component.parameters()):
             raise PlanningError(
                 f"the pipeline's {name} has weights on the meta device (never loaded): load them first "
                 "(from_pretrained, or load_state_dict(..., assign=True)); a dry run can still plan it"
             )
+
+
+def _offloaded(model: torch.nn.Module) -> bool:
+    """Whether accelerate's or diffusers' offload hooks manage ``model``'s weights."""
+    return any(hasattr(module, "_hf_hook") or hasattr(module, "_diffusers_hook") for module in model.modules())
 
 
 def _start_guard(

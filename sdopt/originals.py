@@ -85,6 +85,7 @@ class _Block:
     key: str | None = None
     counted: bool = False  # whether it counts as kept (a reference to live pipeline memory does not)
     digest: str = ""  # in a checkpoint: the hash of the values read there, checked again before undo
+    verified: bool = False  # checked in the undo under way: not read again
     whole: bool = False  # no plain storage (meta, tensor subclass): ``data`` is the tensor itself
 
     @property
@@ -123,8 +124,7 @@ class Kept:
         """Put every kept tensor's data back, with its dtype, device, strides and sharing."""
         entries = [e for e in self._entries if not self._changed_only or _changed(e)]
         blocks = _blocks(entries)
-        for block in blocks:  # every file is checked before anything is put back
-            self._store.check_readable(block)
+        self._store.check_blocks(blocks)  # every file is checked before anything is put back
         rebuilt: dict[int, torch.Tensor] = {}
         with contextlib.ExitStack() as stack:
             opened: dict[str, Any] = {}
@@ -251,30 +251,37 @@ class Originals:
     def check_all(self) -> None:
         """Raise `UndoError` if any file holding originals of this store is gone or changed: an undo checks
         before it touches anything, so it never stops halfway for a missing file."""
-        for reference in self._kept:
-            kept = reference()
-            for block in _blocks(kept._entries) if kept is not None else ():
-                self.check_readable(block)
+        kept = [reference() for reference in self._kept]
+        blocks = [block for k in kept if k is not None for block in _blocks(k._entries)]
+        for block in blocks:  # an undo retried after Ctrl-C checks the files again
+            block.verified = False
+        self.check_blocks(blocks)
 
-    def check_readable(self, block: _Block) -> None:
-        """Raise `UndoError` if ``block``'s file is gone or, for a checkpoint, holds other values than
-        optimize() read there (by content: a file rewritten with the same size and modification time,
-        as ``cp -p``, ``rsync -t`` or a backup restore leave it, is still caught; a file only touched is fine)."""
+    def check_blocks(self, blocks: Sequence[_Block]) -> None:
+        """Raise `UndoError` if a file holding ``blocks`` is gone or, for a checkpoint, holds other values
+        than optimize() read there (by content: a file rewritten with the same size and modification
+        time, as ``cp -p``, ``rsync -t`` or a backup restore leave it, is still caught; a file only
+        touched is fine). Each checkpoint is opened once; a block checked in this undo is not read again."""
         from sdopt.errors import UndoError
 
-        if block.place == "memory":
-            return
-        path = block.path or ""
-        try:
-            stat = os.stat(path)
-        except OSError as error:
-            raise UndoError(f"the file {path} holding originals is gone ({error}); reload the pipeline") from error
-        del stat
-        if block.place == "checkpoint" and not _same_content(path, block):
-            raise UndoError(
-                f"the checkpoint {path} changed since optimize() read the originals from it ({block.key} holds "
-                "other values); reload the pipeline"
-            )
+        unchecked: dict[str, list[_Block]] = {}
+        for block in blocks:
+            if block.place == "memory" or block.verified:
+                continue
+            path = block.path or ""
+            if not os.path.exists(path):
+                raise UndoError(f"the file {path} holding originals is gone; reload the pipeline")
+            if block.place == "checkpoint":
+                unchecked.setdefault(path, []).append(block)
+        for path, group in unchecked.items():
+            changed = _changed_keys(path, group)
+            if changed:
+                raise UndoError(
+                    f"the checkpoint {path} changed since optimize() read the originals from it ({changed[0]} holds "
+                    "other values); reload the pipeline"
+                )
+            for block in group:
+                block.verified = True
 
     def uncount(self, block: _Block) -> None:
         if block.counted:
@@ -508,17 +515,23 @@ def _equal(stored: torch.Tensor, tensor: torch.Tensor) -> bool:
 
 
 def _digest(tensor: torch.Tensor) -> str:
-    """A hash of ``tensor``'s bytes (any dtype)."""
+    """A hash of ``tensor``'s bytes (any dtype), read in place."""
     raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+    return hashlib.blake2b(raw.numpy().data, digest_size=16).hexdigest()
 
 
-def _same_content(path: str, block: _Block) -> bool:
+def _changed_keys(path: str, blocks: Sequence[_Block]) -> list[str]:
+    """The keys of ``blocks`` whose values in the checkpoint at ``path`` differ from those read at optimize."""
     try:
         with _open(path) as handle:
-            return block.key in set(handle.keys()) and _digest(handle.get_tensor(block.key)) == block.digest
+            keys = set(handle.keys())
+            return [
+                str(block.key)
+                for block in blocks
+                if block.key not in keys or _digest(handle.get_tensor(block.key)) != block.digest
+            ]
     except (OSError, RuntimeError, ValueError):
-        return False
+        return [str(block.key) for block in blocks]
 
 
 def _open(path: str) -> Any:

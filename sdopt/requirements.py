@@ -169,11 +169,13 @@ def _condition(name: str, value: Any) -> Any:
             raise ValueError(f"condition {name}: a number >= 0 is expected, got {value!r}")
         return value
     if name in _VERSIONS:
+        if not isinstance(value, str):  # TOML reads 2.10 as the number 2.1
+            raise ValueError(f"condition {name}: a version in quotes is expected, such as '2.10', got {value!r}")
         try:
-            Version(str(value))
+            Version(value)
         except InvalidVersion:
             raise ValueError(f"condition {name}: {value!r} is not a version such as '2.4'") from None
-        return str(value)
+        return value
     if name == "min_compute_capability":
         pair = tuple(value) if isinstance(value, (list, tuple)) else ()
         if len(pair) != 2 or not all(isinstance(part, int) and not isinstance(part, bool) for part in pair):

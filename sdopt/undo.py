@@ -164,20 +164,26 @@ _busy_guard = threading.Lock()
 
 @contextlib.contextmanager
 def exclusive(pipe: Any) -> Iterator[None]:
-    """Hold ``pipe`` for one ``optimize`` or ``undo``: another thread trying the same meanwhile gets a clear
-    error instead of a rollback that silently reverts this one's step (the same thread may nest)."""
+    """Hold ``pipe`` and its models for one ``optimize`` or ``undo``: another thread trying the same on it,
+    or on a pipeline sharing one of its models (``from_pipe``), gets a clear error instead of a rollback
+    that silently reverts this one's step (the same thread may nest)."""
+    locks = []
+    with _busy_guard:
+        for owner in _ledgers(pipe):
+            try:
+                locks.append(_busy.setdefault(owner, threading.RLock()))
+            except TypeError:  # not a pipeline at all (None, a string): planning says so
+                continue
+    held = []
     try:
-        with _busy_guard:
-            lock = _busy.setdefault(pipe, threading.RLock())
-    except TypeError:  # not a pipeline at all (None, a string): planning says so
-        yield
-        return
-    if not lock.acquire(blocking=False):
-        raise RuntimeError(
-            "another thread is optimizing or undoing this pipeline right now; wait for it to finish (or give "
-            "each thread a pipeline of its own)"
-        )
-    try:
+        for lock in locks:
+            if not lock.acquire(blocking=False):
+                raise RuntimeError(
+                    "another thread is optimizing or undoing this pipeline (or one sharing its models) right "
+                    "now; wait for it to finish, or give each thread a pipeline of its own"
+                )
+            held.append(lock)
         yield
     finally:
-        lock.release()
+        for lock in reversed(held):
+            lock.release()

@@ -297,6 +297,11 @@ def test_a_second_thread_optimizing_the_same_pipeline_is_told_never_silently_rev
         assert inside.wait(10)
         with pytest.raises(RuntimeError, match="another thread is optimizing or undoing this pipeline"):
             optimize(pipe, tier=None, extra=["channels_last"], caps=caps)
+        from diffusers import StableDiffusionPipeline
+
+        sibling = StableDiffusionPipeline.from_pipe(pipe)  # shares the UNet the first thread is changing
+        with pytest.raises(RuntimeError, match="or one sharing its models"):
+            optimize(sibling, tier=None, extra=["channels_last"], caps=caps)
         release.set()
         first.join(10)
         assert [d.name for d in reports[0].applied] == ["slow_for_threads"]

@@ -260,6 +260,7 @@ def test_a_nan_memory_budget_is_refused() -> None:
         ({"name": "static_int8", "config": {"min_snr_db": float("nan")}}, "min_snr_db must be a finite number"),
         ({"name": "vae_slicing", "when": "always"}, "a condition must be a table of conditions"),
         ({"name": "vae_slicing", "when": {"min_torch": "abc"}}, "condition min_torch: 'abc' is not a version"),
+        ({"name": "vae_slicing", "when": {"min_torch": 2.10}}, "condition min_torch: a version in quotes"),
         ({"name": "vae_slicing", "when": {"devices": [None]}}, "condition devices: a list of names is expected"),
         ({"name": "vae_slicing", "when": {"min_memory_gb": -1}}, "condition min_memory_gb: a number >= 0"),
     ],

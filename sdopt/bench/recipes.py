@@ -96,6 +96,9 @@ def apply_recipe(pipe: Any, *, device: str, compile: str = "max-autotune") -> li
     if compile == "none":
         done.append("not compiled (compile='none')")
         return done
+    if device == "mps":
+        done.append("not compiled (inductor's MPS backend is experimental)")
+        return done
     denoiser.compile(mode=compile, fullgraph=True)
     if vae is not None:
         vae.decode = torch.compile(vae.decode, mode=compile, fullgraph=True)
@@ -130,6 +133,8 @@ def _has_convolutions(model: Any) -> bool:
 
 def _quantize(denoiser: torch.nn.Module, kind: str, device: str) -> str:
     """diffusion-fast's int8 dynamic (UNets) or flux-fast's fp8 dynamic row-wise (transformers, sm_89+)."""
+    if device not in ("cuda", "cpu"):
+        return f"no quantization (torchao's kernels do not run on {device})"
     try:
         from torchao.quantization import quantize_
     except ImportError:

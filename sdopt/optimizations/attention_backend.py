@@ -145,6 +145,7 @@ class AttentionBackend(Optimization):
 
 MEASURE = "measure"
 MEASURED_ATTRIBUTE = "_sdopt_attention_measured"
+_MASKLESS = ("sage",)  # besides the flash kernels: no attention mask
 _ON_CUDA = ("native", "_native_cudnn", "_native_efficient", "_native_flash", "flash", "sage", "xformers")
 
 
@@ -161,6 +162,8 @@ def candidates(anatomy: Anatomy, caps: Capabilities) -> list[str]:
             continue
         if backend in _FLASH and not (half and anatomy.family in _MASK_FREE_FAMILIES):
             continue
+        if backend in _MASKLESS and anatomy.family not in _MASK_FREE_FAMILIES:
+            continue  # the probe passes no mask; these models' calls do, which such kernels refuse
         found.append(backend)
     return found
 

@@ -419,6 +419,12 @@ def test_a_changed_lora_scale_never_runs_the_program_built_before_it(monkeypatch
     _image(pipe)  # another computation: float32 and recorded again, not the stale program
     assert runner.int8_calls == calls and len(runner.compiled) == 2
     del pipe.unet.conv_in.scaling
+    _image(pipe)
+    calls = runner.int8_calls
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.add_(0.01)  # weights changed in place (a LoRA loaded under the same name)
+    _image(pipe)
+    assert runner.int8_calls == calls and len(runner.compiled) == 1  # the older programs are gone
     report.undo()
 
 

@@ -65,6 +65,12 @@ def weights_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def identity(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Which tensors ``module`` holds and how often each was changed in place (torch's version counter):
+    cheap enough for every call, and different whenever `weights_hash` could be (in this process)."""
+    return tuple((id(tensor), tensor._version) for tensor in [*module.parameters(), *module.buffers()])
+
+
 def cpu_fingerprint() -> str:
     """The CPU model and its instruction-set flags (what inductor's generated kernels depend on)."""
     try:

@@ -71,13 +71,20 @@ class Int8Runner:
         self.cache_hits = 0
         self.int8_calls = 0
         self._weights: str | None = None
+        self._identity: tuple[tuple[int, int], ...] = ()
         self.disabled = ""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled() or self.disabled or verifying():  # inference at the caller's shapes only
             return self.forward(*args, **kwargs)
-        # The program fits these inputs and this computation: a LoRA scale or processor changed since
-        # it was built is another program (built or loaded anew), never the stale one.
+        # The program fits these weights, inputs and computation: weights replaced or changed in place
+        # (another LoRA under the same name), a LoRA scale or a processor changed since it was built make
+        # another program (built or loaded anew), never the stale one.
+        identity = cache.identity(self.module)
+        if identity != self._identity:
+            self._identity, self._weights = identity, None
+            self.compiled.clear()
+            self.refused.clear()
         call_signature = f"{cache.behaviour(self.module)}|{cache.signature(args, kwargs)}"
         program = self.compiled.get(call_signature)
         if program is not None:
