@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("sdopt.engine",)),
     ("tuning", ("sdopt.tuning",)),
     ("facade", ("sdopt.api",)),
-    ("measurement and loading", ("sdopt.loading", "sdopt.bench", "sdopt.optimization_docs")),
+    ("measurement and loading", ("sdopt.loading", "sdopt.bench", "sdopt.quality", "sdopt.optimization_docs")),
     ("apps", ("sdopt.cli", "sdopt.commands", "sdopt.generate", "sdopt.serve", "sdopt.distributed", "sdopt.fit")),
     ("for users' tests and scripts", ("sdopt.testing", "sdopt.architectures")),
     ("package root (re-exports only)", ("sdopt",)),
