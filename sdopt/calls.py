@@ -252,7 +252,28 @@ def verification_kwargs(pipe: Any) -> dict[str, Any]:
             kwargs[name] = placeholder_image(size or 64, mask=name == "mask_image")
     if "ip_adapter_image" in parameters and _has_ip_adapter(anatomy):
         kwargs["ip_adapter_image"] = placeholder_image(size or 64)
-    return kwargs
+    return {**kwargs, **needed_kwargs(pipe)}
+
+
+_BINNED_SAMPLE_SIZES = (32, 64, 128)
+"""The denoiser sample sizes PixArt's resolution binning knows (256, 512, 1024 pixels)."""
+
+
+def needed_kwargs(pipe: Any) -> dict[str, Any]:
+    """Settings any call of ``pipe`` needs to run at all: today, PixArt-style pipelines whose denoiser
+    was made at a size its resolution binning does not know (the trained tiny DiT) raise "Invalid sample
+    size" unless binning is off.
+
+    Examples:
+        >>> from sdopt.calls import needed_kwargs
+        >>> from sdopt.testing import tiny_pipeline
+        >>> needed_kwargs(tiny_pipeline("pixart")), needed_kwargs(tiny_pipeline("sd"))
+        ({'use_resolution_binning': False}, {})
+    """
+    if "use_resolution_binning" not in call_parameters(pipe):
+        return {}
+    sample = getattr(getattr(inspect_pipeline(pipe).denoiser, "config", None), "sample_size", None)
+    return {} if sample in _BINNED_SAMPLE_SIZES else {"use_resolution_binning": False}
 
 
 def _small_size(anatomy: Anatomy) -> int | None:

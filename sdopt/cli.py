@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from sdopt import commands
 from sdopt.errors import SdoptError
 from sdopt.outputs import IMAGE_SUFFIXES, PRESET_SUFFIXES, checked
-from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         "--tier", type=_tier, default="balanced", help="tier name, optionally pinned (balanced@2), or auto"
     )
     recipe.add_argument("--preset", type=_preset_file, help="a pinned preset file (.toml/.json) instead of a tier")
-    generate.add_argument("--prompt", default=None, help="what to render (default: a lighthouse at dawn)")
+    generate.add_argument(
+        "--prompt", default=None, help="what to render (default: a lighthouse at dawn; on trained-*, a red circle)"
+    )
     generate.add_argument("--negative-prompt")
     generate.add_argument("--steps", type=_positive, help="denoising steps (default: the pipeline's)")
     generate.add_argument("--height", type=_side, help="image height, a multiple of 8 (default: the pipeline's)")
@@ -271,6 +273,11 @@ def _parser() -> argparse.ArgumentParser:
         default="max-autotune",
         help="how the recipe row compiles: as published (minutes on SDXL), inductor's default, or not at all",
     )
+    bench.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="on trained-sd / trained-dit, skip the quality columns (48 extra images per row)",
+    )
     bench.set_defaults(handler=commands.bench_command)
     return parser
 
@@ -290,7 +297,9 @@ def _add_measured_source(command: argparse.ArgumentParser, *, required: bool) ->
     """``--arch`` (real-size or tiny, random weights) or ``--model``, for the commands that run the pipeline."""
     source = command.add_mutually_exclusive_group(required=required)
     source.add_argument(
-        "--arch", choices=sorted([*TINY_ARCHES, *REAL_ARCHES]), help="a built-in architecture, random weights"
+        "--arch",
+        choices=sorted([*TINY_ARCHES, *REAL_ARCHES, *TRAINED_ARCHES]),
+        help="a built-in architecture: random weights, or trained-sd / trained-dit (tiny, trained, shipped)",
     )
     source.add_argument("--model", type=_model, help="a local path or hub id loaded with from_pretrained")
 
@@ -300,7 +309,7 @@ def _add_planning_arguments(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--arch",
-        choices=sorted([*TINY_ARCHES, *REAL_ARCHES]),
+        choices=sorted([*TINY_ARCHES, *REAL_ARCHES, *TRAINED_ARCHES]),
         help="a built-in architecture (no download; real-size ones are planned from their structure alone)",
     )
     source.add_argument("--model", type=_model, help="a local path or hub id loaded with from_pretrained")

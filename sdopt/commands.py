@@ -140,7 +140,7 @@ def _print_import_noise(caps: Any, *, verbose: bool) -> None:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from sdopt.generate import DEFAULT_PROMPT, generate
+    from sdopt.generate import default_prompt, generate
 
     for name in names(args.exclude):
         registry.get(name)
@@ -148,7 +148,7 @@ def generate_command(args: argparse.Namespace) -> int:
         args.arch or args.model,
         tier=None if args.preset else args.tier,
         preset=args.preset,
-        prompt=args.prompt or DEFAULT_PROMPT,
+        prompt=args.prompt or default_prompt(args.arch or args.model),
         negative_prompt=args.negative_prompt,
         steps=args.steps,
         height=args.height,
@@ -299,6 +299,7 @@ def bench_command(args: argparse.Namespace) -> int:
         batch=args.batch,
         gpu_references=not args.no_gpu_references,
         recipe_compile=args.recipe_compile,
+        quality=False if args.no_quality else None,
     )
     print(result.table())
     written = []

@@ -24,13 +24,21 @@ from sdopt.logging import get_logger
 from sdopt.outputs import IMAGE_SUFFIXES, checked
 from sdopt.presets import Preset
 from sdopt.report import Report
-from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
 from sdopt.timing import Speedup, choose_threads, interleave, speedup
 
 _logger = get_logger(__name__)
 
 DEFAULT_PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 """What ``sdopt generate`` renders when no ``--prompt`` is given."""
+TRAINED_PROMPT = "a red circle at the top left on a white background"
+"""The default on the trained tiny pipelines, which know only their scene domain (`sdopt.quality`)."""
+
+
+def default_prompt(source: str) -> str:
+    """What to render when no prompt is given: a caption of the scene domain on ``trained-*``."""
+    return TRAINED_PROMPT if source in TRAINED_ARCHES else DEFAULT_PROMPT
+
 
 RANDOM_WEIGHTS = (
     "random weights (a built-in architecture): the image is noise; timings are real, and fidelity is numerical "
@@ -144,7 +152,7 @@ def generate(
     *,
     tier: str | None = "balanced",
     preset: str | Path | Preset | None = None,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str | None = None,
     negative_prompt: str | None = None,
     steps: int | None = None,
     height: int | None = None,
@@ -167,14 +175,16 @@ def generate(
     """Load ``source``, optimize it with ``tier`` (or ``preset``), render ``prompt`` and time it.
 
     ``source`` is a local path or hub id (``from_pretrained``) or a built-in architecture
-    (``tiny-sd``, ``sd15``, ``sdxl``... random weights, no download). ``None`` size, steps and
-    guidance take the pipeline's own defaults. ``warmup`` untimed calls (default: 1 with ``compare``,
-    else none) precede ``runs`` timed calls. ``compare`` times the untouched pipeline too, call for
-    call interleaved with the optimized one (a copy sharing the weights the optimization leaves alone).
-    ``threads`` is torch's CPU thread count while this runs (default on a CPU: chosen by the machine's
-    load, see `sdopt.timing.choose_threads`; elsewhere left as it is); the notes say which was used. ``image`` and
-    ``mask_image`` (PIL images or paths) feed image-to-image and inpainting pipelines; without them
-    such pipelines get a made-up input. The optimized pipeline is in ``.pipe``. ``progress`` is told each
+    (``tiny-sd``, ``sd15``, ``sdxl``... random weights, no download; ``trained-sd`` / ``trained-dit``:
+    tiny and trained, see `sdopt.simulation.trained`). ``None`` prompt renders `default_prompt`;
+    ``None`` size, steps and guidance take the pipeline's own defaults. ``warmup`` untimed calls
+    (default: 1 with ``compare``, else none) precede ``runs`` timed calls. ``compare`` times the
+    untouched pipeline too, call for call interleaved with the optimized one (a copy sharing the
+    weights the optimization leaves alone). ``threads`` is torch's CPU thread count while this runs
+    (default on a CPU: chosen by the machine's load, see `sdopt.timing.choose_threads`; elsewhere left
+    as it is); the notes say which was used. ``image`` and ``mask_image`` (PIL images or paths) feed
+    image-to-image and inpainting pipelines; without them such pipelines get a made-up input. The
+    optimized pipeline is in ``.pipe``. ``progress`` is told each
     phase as it starts (loading, optimizing, each call and which pipeline makes it).
 
     Examples:
@@ -215,7 +225,7 @@ def generate(
         load_s = time.perf_counter() - started
         call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
-        kwargs = _call_kwargs(pipe, shape, seed, prompt, negative_prompt, image, mask_image)
+        kwargs = _call_kwargs(pipe, shape, seed, prompt or default_prompt(source), negative_prompt, image, mask_image)
         render = _renderer(pipe, kwargs, seed, "optimized")
 
         def announce(names: list[str]) -> Callable[[int, int, bool], None]:

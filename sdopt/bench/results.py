@@ -82,6 +82,14 @@ class TierResult:
     optimize_s."""
     psnr_db: float | None = None
     max_abs_diff: int | None = None
+    prompt_accuracy: float | None = None
+    """Trained pipelines only (`sdopt.bench.quality`): the share of the quality prompts' images whose
+    shape, colour and position the classifier reads as asked."""
+    domain_fid: float | None = None
+    """Trained pipelines only: the Fréchet distance of the images' classifier features to fresh renders."""
+    quality_psnr_db: float | None = None
+    """Trained pipelines only: mean pairwise PSNR of the quality images against the baseline's."""
+    quality_ssim: float | None = None
     applied: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +109,8 @@ class BenchResult:
     speedup_reference: str = BASELINE
     """The row the speedups are ratios to: the untouched pipeline as loaded, or on GPUs the untouched
     pipeline in half precision (``untouched-half``), what a GPU user runs."""
+    quality: dict[str, Any] | None = None
+    """Trained pipelines only: the quality prompts and the baseline's noise floor (`sdopt.bench.quality`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +139,7 @@ class BenchResult:
                     "-" if t.device_peak_gb is None else f"{t.device_peak_gb:.2f}",
                     "-" if t.psnr_db is None else ("inf" if t.psnr_db == float("inf") else f"{t.psnr_db:.1f}"),
                     "-" if t.max_abs_diff is None else str(t.max_abs_diff),
+                    *(_quality_cells(t) if self.quality is not None else ()),
                     seconds(t.optimize_s),
                     seconds(t.tuning_s),
                     ", ".join(t.applied) or "-",
@@ -153,10 +164,21 @@ class BenchResult:
         "applied",
     )
 
+    QUALITY_HEADERS = ("accuracy", "domain FID", "quality PSNR dB", "quality SSIM")
+    """Columns added on trained pipelines (before "optimize s")."""
+
+    def headers(self) -> tuple[str, ...]:
+        """The columns of `rows`: `HEADERS`, with `QUALITY_HEADERS` when quality was measured."""
+        if self.quality is None:
+            return self.HEADERS
+        at = self.HEADERS.index("optimize s")
+        return (*self.HEADERS[:at], *self.QUALITY_HEADERS, *self.HEADERS[at:])
+
     def table(self) -> str:
         """A plain-text table for the terminal."""
-        rows = [self.HEADERS, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADERS) - 1)]
+        headers = self.headers()
+        rows = [headers, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(headers) - 1)]
         lines = [
             "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1] for row in rows
         ]
@@ -168,8 +190,8 @@ class BenchResult:
         lines = [
             f"**{self._title()}**",
             "",
-            "| " + " | ".join(self.HEADERS) + " |",
-            "|" + "---|" * len(self.HEADERS),
+            "| " + " | ".join(self.headers()) + " |",
+            "|" + "---|" * len(self.headers()),
         ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         lines += ["", *(f"- {note}" for note in self.notes)]
@@ -241,6 +263,18 @@ def summarize(results: Sequence[TierResult], reference: str = BASELINE) -> None:
                     if measured.slower
                     else ("no measurable difference" if measured.measured else "too few runs")
                 )
+
+
+def _quality_cells(result: TierResult) -> tuple[str, str, str, str]:
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return (
+        cell(result.prompt_accuracy, 3),
+        cell(result.domain_fid, 2),
+        cell(result.quality_psnr_db, 1),
+        cell(result.quality_ssim, 3),
+    )
 
 
 def _speedup_cell(result: TierResult) -> str:

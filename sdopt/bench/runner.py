@@ -20,6 +20,8 @@ import torch
 
 from sdopt.anatomy import inspect_pipeline
 from sdopt.bench.instruments import host_tensor_bytes, light_copy, peak_memory, timed_parts
+from sdopt.bench.quality import TIMED_PROMPTS, QualityCalls, noise_floor, quality_prompts
+from sdopt.bench.quality import measure as measure_quality
 from sdopt.bench.recipes import RECIPE, UNTOUCHED_HALF, apply_recipe, renderer_in_context, untouched_half
 from sdopt.bench.results import (
     BASELINE,
@@ -30,12 +32,12 @@ from sdopt.bench.results import (
     TierResult,
     summarize,
 )
-from sdopt.calls import default_height
+from sdopt.calls import default_height, needed_kwargs
 from sdopt.fidelity import max_abs_difference, psnr, to_uint8
 from sdopt.loading import place, stand_ins_for
 from sdopt.logging import progress_bar
 from sdopt.outputs import PRESET_SUFFIXES
-from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
 from sdopt.tiers import AUTO, DEFAULT_TIER
 
 
@@ -60,6 +62,7 @@ def bench(
     batch: int = 1,
     gpu_references: bool = True,
     recipe_compile: str = "max-autotune",
+    quality: bool | None = None,
 ) -> BenchResult:
     """Measure ``tiers`` on the pipeline ``source``: a real-size architecture (``sd15``, ``sdxl``,
     ``sd3``, ``flux``, ``pixart``, random weights), a tiny test one (``tiny-sd``...), or a local
@@ -74,6 +77,12 @@ def bench(
     recipe (diffusion-fast, flux-fast), compiled with ``recipe_compile``. On CUDA and MPS both are
     added when not listed (``gpu_references=False``: not), and speedups are ratios to
     ``untouched-half``; elsewhere to the baseline.
+
+    On the trained tiny pipelines (``trained-sd``, ``trained-dit``) each row also renders 48 domain
+    captions and reports prompt accuracy, domain FID and pairwise PSNR / SSIM against the baseline,
+    with the baseline's noise floor (`sdopt.bench.quality`); ``quality=False`` leaves that out (it
+    cannot be asked of other pipelines: their images cannot be read). Their timed calls render domain
+    captions unless ``prompts`` are given.
 
     Tiers are optimized as a user's defaults would (``undoable=True``: originals spilled, see
     docs/memory.md; ``undoable=False`` for ``--no-undo``), under ``memory_budget`` if given. On CPU
@@ -113,6 +122,7 @@ def bench(
             batch=batch,
             gpu_references=gpu_references,
             recipe_compile=recipe_compile,
+            quality=quality,
         )
 
 
@@ -137,6 +147,7 @@ def _bench(
     batch: int,
     gpu_references: bool,
     recipe_compile: str,
+    quality: bool | None,
 ) -> BenchResult:
     from sdopt.api import optimize
     from sdopt.capabilities import detect
@@ -150,6 +161,15 @@ def _bench(
         raise ValueError("peers render one image per call: benchmark --batch without them")
     if not prompts:
         raise ValueError("no prompts to render")
+    trained = source in TRAINED_ARCHES
+    if quality and not trained:
+        raise ValueError(
+            f"quality is measured on the trained pipelines only ({', '.join(TRAINED_ARCHES)}): "
+            f"{source}'s images cannot be read; its rows keep PSNR against the baseline"
+        )
+    quality = trained if quality is None else quality
+    if trained and tuple(prompts) == DEFAULT_PROMPTS:
+        prompts = TIMED_PROMPTS  # captions of the domain it was trained on
     caps = detect(device=device) if device else detect()
     caps.require_usable_device()
     target = caps.device
@@ -186,6 +206,25 @@ def _bench(
         width = width or height
         images = _Images(prompts, steps, guidance, height, width, seed, batch)
         results = [TierResult(_row_name(tier)) for tier in tiers]
+        judged = QualityCalls(quality_prompts(), steps, guidance, height, width, seed) if quality else None
+        quality_reference: list[np.ndarray] = []
+        floor: dict[str, float] = {}
+        lane_pipes: dict[str, Any] = {}
+
+        def judge(tier: str, result: TierResult) -> None:
+            """Quality of a row whose timing is done (the baseline first: the others are compared with it)."""
+            pipe = lane_pipes.pop(tier, None)
+            if judged is None or pipe is None:
+                return
+            say(f"quality: {len(judged.prompts)} images on {tier}")
+            found, images = measure_quality(judged, pipe, quality_reference or None)
+            result.prompt_accuracy, result.domain_fid = found.prompt_accuracy, found.domain_fid
+            result.quality_psnr_db, result.quality_ssim = found.psnr_db, found.ssim
+            if tier == BASELINE:
+                quality_reference[:] = images
+                result.quality_psnr_db, result.quality_ssim = float("inf"), 1.0
+                floor.update(noise_floor(judged, pipe, images))
+
         pipeline_name = type(base).__name__
         options: dict[str, Any] = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
         references: dict[int, np.ndarray] = {}
@@ -200,6 +239,8 @@ def _bench(
                 say(f"building {source} for {tier}")
                 pipe = load_pipeline(source, target)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own bar over the images instead
+            if judged is not None:
+                lane_pipes[tier] = pipe
             if target == "cuda":  # on the device unless the tier's plan offloads
                 place(pipe, caps, **(how.get(tier) or {"tier": None}), memory_budget=memory_budget)
             if tier in (UNTOUCHED_HALF, RECIPE):
@@ -230,6 +271,7 @@ def _bench(
             for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
                 render = lane(tiers[index], results[index])
                 _run_interleaved([results[index]], [render], warmup, runs, say, references, bar.update)
+                judge(tiers[index], results[index])
                 del render  # the tier's pipeline goes before the next one comes
                 if serial_why and tiers[index] == BASELINE:
                     loaded_pipe.clear()  # on CPU each tier then builds its own: never two float32 copies
@@ -244,6 +286,8 @@ def _bench(
             loaded_pipe.clear()  # the baseline lane holds it, if any
             renderers += [_peer_renderer(peer, images, clock) for peer in peers]
             _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references, bar.update)
+            for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
+                judge(tiers[index], results[index])
         results += peer_results
     finally:
         bar.close()
@@ -274,6 +318,18 @@ def _bench(
     if any("random weights of its published architecture" in str(t.report) for t in results):
         notes.append("replacement models not cached here (TAESD, the fp16-fix VAE) ran with random weights")
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
+    if judged is not None:
+        notes.append(
+            f"quality: {len(judged.prompts)} domain captions per row, one image per call, the same seeds on every "
+            "row; accuracy = shape, colour and position read as asked; domain FID = classifier features vs fresh "
+            "renders (lower is closer); quality PSNR / SSIM = mean against the baseline's images"
+        )
+        if floor:
+            notes.append(
+                "noise floor (the baseline against itself at other seeds): accuracy moves "
+                f"{floor['accuracy_spread']:.3f} and FID {floor['fid_spread']:.2f} by seed alone; "
+                f"PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f} between seeds"
+            )
     if reference != BASELINE:
         notes.append(f"speedup: against {reference} (the pipeline as a GPU user loads it), not the float32 baseline")
     if RECIPE in tiers:
@@ -313,6 +369,7 @@ def _bench(
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
         speedup_reference=reference,
+        quality=None if judged is None else {"prompts": list(judged.prompts), "noise_floor": floor or None},
     )
 
 
@@ -399,6 +456,7 @@ def _pipeline_renderer(
     # originals when they had to stay in memory.
     kept = report.originals_in_memory_bytes if report is not None else 0
     host_gb = (host_tensor_bytes(pipe) + kept) / 1e9
+    needed = needed_kwargs(pipe)
 
     def render(index: int) -> _Rendered:
         kwargs = {
@@ -412,6 +470,7 @@ def _pipeline_renderer(
         }
         if images.batch > 1:
             kwargs["num_images_per_prompt"] = images.batch
+        kwargs.update(needed)
         with timed_parts(pipe, clock) as (denoiser_calls, decode_calls), peak_memory(device) as peaks:
             started = clock()
             with torch.inference_mode():

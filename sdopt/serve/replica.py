@@ -212,9 +212,9 @@ def _text(error: BaseException) -> str:
 
 
 def _load(model: str, device: str, from_pretrained_kwargs: Mapping[str, Any]) -> Any:
-    from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, load_pipeline
+    from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
 
-    if model in TINY_ARCHES or model in REAL_ARCHES or not from_pretrained_kwargs:
+    if model in TINY_ARCHES or model in REAL_ARCHES or model in TRAINED_ARCHES or not from_pretrained_kwargs:
         return load_pipeline(model, device)
     from diffusers import DiffusionPipeline
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdopt.simulation.trained import TRAINED_ARCHES
+
 if TYPE_CHECKING:  # torch is imported when a pipeline is built, not when the CLI starts
     import torch
 
@@ -336,7 +338,8 @@ def real_pipeline(
 
 def load_pipeline(source: str, device: str = "cpu") -> Any:
     """The pipeline ``source`` names on ``device``: a tiny test architecture (``tiny-sd``...), a real-size
-    one (``sd15``...), both with random weights, or a local path / hub id loaded with ``from_pretrained``.
+    one (``sd15``...), both with random weights, a tiny trained one (``trained-sd``, ``trained-dit``: see
+    `sdopt.simulation.trained`), or a local path / hub id loaded with ``from_pretrained``.
 
     Examples:
         >>> from sdopt.simulation.architectures import load_pipeline
@@ -347,6 +350,10 @@ def load_pipeline(source: str, device: str = "cpu") -> Any:
         from sdopt.simulation.families import tiny_pipeline
 
         pipe = tiny_pipeline(TINY_ARCHES[source])
+    elif source in TRAINED_ARCHES:
+        from sdopt.simulation.trained import load
+
+        pipe = load(TRAINED_ARCHES[source])
     elif source in REAL_ARCHES:
         if device in ("cpu", "cuda"):
             return real_pipeline(source, device=device)  # built in place, no host copy

@@ -9,6 +9,8 @@ schedulers), so code that works on them works on the real ones.
 - `tiny_pipeline` / `call_kwargs`: the five text-to-image families sdopt is tuned for;
 - `zoo_pipeline` / `zoo_call_kwargs`: many more pipeline classes (img2img, inpaint,
   ControlNet, adapters, video, audio, other families), for "works on any pipeline" tests;
+- `trained_pipeline`: tiny pipelines with trained weights (``"sd"``, ``"dit"``) on the scene domain of
+  `sdopt.quality`, for measuring what an optimization costs in quality;
 - `fake_capabilities`: imaginary machines; `pipeline_state` / `state_differences`:
   exact before/after comparisons.
 
@@ -28,6 +30,7 @@ from sdopt.simulation.families import FAMILIES, call_kwargs, run_pipeline, tiny_
 from sdopt.simulation.machines import PROFILES, fake_capabilities
 from sdopt.simulation.parts import tiny_autoencoder_tiny
 from sdopt.simulation.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+from sdopt.simulation.trained import load as trained_pipeline
 from sdopt.testing.memory import resident_tensor_bytes
 from sdopt.testing.state import pipeline_state, state_differences
 from sdopt.testing.zoo import run_zoo_pipeline, zoo_call_kwargs, zoo_entry, zoo_names, zoo_pipeline
@@ -46,6 +49,7 @@ __all__ = [
     "tiny_clip_tokenizer",
     "tiny_pipeline",
     "tiny_t5_tokenizer",
+    "trained_pipeline",
     "zoo_call_kwargs",
     "zoo_entry",
     "zoo_names",

@@ -1,0 +1,151 @@
+"""What each optimization costs in quality, on the trained tiny pipelines (issue 28).
+
+For ``trained-sd`` and ``trained-dit``: the untouched pipeline renders the 48 quality captions
+(`sdopt.bench.quality`), then again at other seeds (the noise floor), then each candidate alone
+(``optimize(pipe, tier=None, extra=[...])``, undone after) and each tier; every row gives prompt
+accuracy, domain FID and mean pairwise PSNR / SSIM against the untouched images, with what was
+applied or why not. Steps that keep the arithmetic are held to pairwise PSNR; steps that change it
+to accuracy and FID against the noise floor. Writes JSON and a Markdown table.
+
+    python benchmarks/quality_gates.py --json q-gates.json --markdown q-gates.md   # ~10 min, 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdopt import optimize
+from sdopt.bench.quality import QualityCalls, noise_floor, quality_prompts, score
+from sdopt.simulation import trained
+
+KEEPS_ARITHMETIC: list[tuple[str, list[Any]]] = [
+    ("attention_slicing", ["attention_slicing"]),
+    ("vae_slicing", ["vae_slicing"]),
+    ("vae_tiling", ["vae_tiling"]),
+    ("channels_last", ["channels_last"]),
+]
+CHANGES_ARITHMETIC: list[tuple[str, list[Any]]] = [
+    ("half_precision bf16", [{"name": "half_precision", "dtype": "bfloat16"}]),
+    ("quantize_int8", ["quantize_int8"]),
+    ("static_int8", ["static_int8"]),
+    ("scheduler dpmpp_2m", [{"name": "scheduler", "solver": "dpmpp_2m"}]),
+    ("guidance stop_at 0.5", [{"name": "guidance", "stop_at": 0.5}]),
+    ("feature_cache interval 2", [{"name": "feature_cache", "interval": 2}]),
+    ("feature_cache interval 3", [{"name": "feature_cache", "interval": 3}]),
+    ("feature_cache interval 4", [{"name": "feature_cache", "interval": 4}]),
+    ("feature_cache threshold 0.05", [{"name": "feature_cache", "threshold": 0.05}]),
+    ("feature_cache threshold 0.1", [{"name": "feature_cache", "threshold": 0.1}]),
+    ("feature_cache threshold 0.2", [{"name": "feature_cache", "threshold": 0.2}]),
+    ("torch_compile", [{"name": "torch_compile", "accept_cpu_first_call": True}]),
+]
+TIERS = ("conservative", "balanced", "fast", "ultra")
+
+
+def row(label: str, kind: str, calls: QualityCalls, reference: list[Any], how: dict[str, Any]) -> dict[str, Any]:
+    pipe = trained.load(kind)
+    started = time.perf_counter()
+    report = optimize(pipe, call={"height": calls.height, "steps": calls.steps, "guidance": calls.guidance}, **how)
+    optimize_s = time.perf_counter() - started
+    applied = [d.name for d in report.applied]
+    found: dict[str, Any] = {"row": label, "applied": applied}
+    if not applied:
+        found["skipped"] = "; ".join(f"{d.name}: {d.reason}" for d in report.skipped) or "nothing planned"
+        print(f"{kind} {label}: nothing applied ({found['skipped']})", flush=True)
+        return found
+    started = time.perf_counter()
+    quality = score(calls.render(pipe), calls.prompts, reference)
+    found.update(vars(quality), seconds=round(time.perf_counter() - started, 1), optimize_s=round(optimize_s, 1))
+    report.undo()
+    print(f"{kind} {label}: {found}", flush=True)
+    return found
+
+
+def run(kind: str, steps: int, guidance: float) -> dict[str, Any]:
+    calls = QualityCalls(quality_prompts(), steps, guidance, trained.SIZE, trained.SIZE, seed=0)
+    pipe = trained.load(kind)
+    started = time.perf_counter()
+    reference = calls.render(pipe)
+    untouched = score(reference, calls.prompts, None)
+    seconds = time.perf_counter() - started
+    floor = noise_floor(calls, pipe, reference)
+    print(f"{kind} untouched: {vars(untouched)}; floor {floor}", flush=True)
+    rows = [row(label, kind, calls, reference, {"tier": None, "extra": extra}) for label, extra in KEEPS_ARITHMETIC]
+    rows += [row(label, kind, calls, reference, {"tier": None, "extra": extra}) for label, extra in CHANGES_ARITHMETIC]
+    rows += [row(f"tier {tier}", kind, calls, reference, {"tier": tier}) for tier in TIERS]
+    return {
+        "untouched": {**vars(untouched), "seconds": round(seconds, 1)},
+        "noise_floor": floor,
+        "rows": rows,
+        "keeps_arithmetic": [label for label, _ in KEEPS_ARITHMETIC],
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}; {results['steps']} steps, guidance {results['guidance']}, "
+        f"{len(quality_prompts())} captions, one image each.",
+        "",
+    ]
+    for kind in trained.KINDS:
+        found = results[kind]
+        floor, base = found["noise_floor"], found["untouched"]
+        lines += [
+            f"**trained-{kind}**: untouched accuracy {base['prompt_accuracy']:.3f}, domain FID "
+            f"{base['domain_fid']:.2f}; noise floor (another seed): accuracy +-{floor['accuracy_spread']:.3f}, "
+            f"FID +-{floor['fid_spread']:.2f}, PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f}",
+            "",
+            "| row | class | accuracy (delta) | domain FID (delta) | PSNR dB | SSIM | applied |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for entry in found["rows"]:
+            if not entry["applied"]:
+                lines.append(f"| {entry['row']} | - | - | - | - | - | skipped: {entry['skipped'][:120]} |")
+                continue
+            label = entry["row"]
+            klass = "tier" if label.startswith("tier") else "changes"
+            klass = "keeps" if label in found["keeps_arithmetic"] else klass
+            accuracy, fid = entry["prompt_accuracy"], entry["domain_fid"]
+            lines.append(
+                f"| {label} | {klass} | {accuracy:.3f} ({accuracy - base['prompt_accuracy']:+.3f}) "
+                f"| {fid:.2f} ({fid - base['domain_fid']:+.2f}) | {entry['psnr_db']:.1f} "
+                f"| {entry['ssim']:.3f} | {', '.join(entry['applied'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=sorted(trained.KINDS))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from sdopt import detect
+
+    results: dict[str, Any] = {
+        "machine": f"{detect().cpu.model} ({platform.machine()}), {args.threads} threads, torch {torch.__version__}",
+        "steps": args.steps,
+        "guidance": args.guidance,
+    }
+    for kind in [args.only] if args.only else trained.KINDS:
+        results[kind] = run(kind, args.steps, args.guidance)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown and not args.only:
+        args.markdown.write_text(markdown(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
