@@ -2,10 +2,11 @@
 
 For ``trained-sd`` and ``trained-dit``: the untouched pipeline renders the 48 quality captions
 (`sdopt.bench.quality`), then again at other seeds (the noise floor), then each candidate alone
-(``optimize(pipe, tier=None, extra=[...])``, undone after) and each tier; every row gives prompt
-accuracy, domain FID and mean pairwise PSNR / SSIM against the untouched images, with what was
-applied or why not. Steps that keep the arithmetic are held to pairwise PSNR; steps that change it
-to accuracy and FID against the noise floor. Writes JSON and a Markdown table.
+(``optimize(pipe, tier=None, extra=[...])``, undone after) and each tier, through
+`sdopt.bench.quality_gate.gate`; every row gives prompt accuracy, domain FID and mean pairwise PSNR /
+SSIM against the untouched images, what was applied (or why not) and whether the gate keeps it:
+steps that keep the arithmetic are held to pairwise PSNR, steps that change it to accuracy and FID
+against the noise floor. Writes JSON and a Markdown table.
 
     python benchmarks/quality_gates.py --json q-gates.json --markdown q-gates.md   # ~10 min, 2 cores
 """
@@ -21,8 +22,8 @@ from typing import Any
 
 import torch
 
-from sdopt import optimize
-from sdopt.bench.quality import QualityCalls, noise_floor, quality_prompts, score
+from sdopt.bench.quality import quality_prompts
+from sdopt.bench.quality_gate import Baseline, gate
 from sdopt.simulation import trained
 
 KEEPS_ARITHMETIC: list[tuple[str, list[Any]]] = [
@@ -44,44 +45,37 @@ CHANGES_ARITHMETIC: list[tuple[str, list[Any]]] = [
     ("feature_cache threshold 0.1", [{"name": "feature_cache", "threshold": 0.1}]),
     ("feature_cache threshold 0.2", [{"name": "feature_cache", "threshold": 0.2}]),
     ("torch_compile", [{"name": "torch_compile", "accept_cpu_first_call": True}]),
+    ("resolution 0.75", [{"name": "resolution", "scale": 0.75}]),
+    ("step_budget 10 (cap)", [{"name": "step_budget", "steps": 10, "cap": True}]),
+    ("step_budget 4 (cap)", [{"name": "step_budget", "steps": 4, "cap": True}]),
 ]
 TIERS = ("conservative", "balanced", "fast", "ultra")
 
 
-def row(label: str, kind: str, calls: QualityCalls, reference: list[Any], how: dict[str, Any]) -> dict[str, Any]:
+def row(label: str, kind: str, baseline: Baseline, how: dict[str, Any]) -> dict[str, Any]:
     pipe = trained.load(kind)
     started = time.perf_counter()
-    report = optimize(pipe, call={"height": calls.height, "steps": calls.steps, "guidance": calls.guidance}, **how)
-    optimize_s = time.perf_counter() - started
-    applied = [d.name for d in report.applied]
-    found: dict[str, Any] = {"row": label, "applied": applied}
-    if not applied:
-        found["skipped"] = "; ".join(f"{d.name}: {d.reason}" for d in report.skipped) or "nothing planned"
-        print(f"{kind} {label}: nothing applied ({found['skipped']})", flush=True)
-        return found
-    started = time.perf_counter()
-    quality = score(calls.render(pipe), calls.prompts, reference)
-    found.update(vars(quality), seconds=round(time.perf_counter() - started, 1), optimize_s=round(optimize_s, 1))
-    report.undo()
+    verdict = gate(pipe, baseline, **how)
+    found: dict[str, Any] = {"row": label, "applied": verdict.applied, "kept": verdict.kept, "why": verdict.reason}
+    if verdict.quality is not None:
+        found.update(vars(verdict.quality), seconds=round(time.perf_counter() - started, 1))
+    if verdict.report is not None and verdict.applied:
+        verdict.report.undo()
     print(f"{kind} {label}: {found}", flush=True)
     return found
 
 
 def run(kind: str, steps: int, guidance: float) -> dict[str, Any]:
-    calls = QualityCalls(quality_prompts(), steps, guidance, trained.SIZE, trained.SIZE, seed=0)
-    pipe = trained.load(kind)
     started = time.perf_counter()
-    reference = calls.render(pipe)
-    untouched = score(reference, calls.prompts, None)
+    baseline = Baseline.measure(trained.load(kind), steps=steps, guidance=guidance)
     seconds = time.perf_counter() - started
-    floor = noise_floor(calls, pipe, reference)
-    print(f"{kind} untouched: {vars(untouched)}; floor {floor}", flush=True)
-    rows = [row(label, kind, calls, reference, {"tier": None, "extra": extra}) for label, extra in KEEPS_ARITHMETIC]
-    rows += [row(label, kind, calls, reference, {"tier": None, "extra": extra}) for label, extra in CHANGES_ARITHMETIC]
-    rows += [row(f"tier {tier}", kind, calls, reference, {"tier": tier}) for tier in TIERS]
+    print(f"{kind} untouched: {vars(baseline.quality)}; floor {baseline.floor}", flush=True)
+    rows = [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in KEEPS_ARITHMETIC]
+    rows += [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in CHANGES_ARITHMETIC]
+    rows += [row(f"tier {tier}", kind, baseline, {"tier": tier}) for tier in TIERS]
     return {
-        "untouched": {**vars(untouched), "seconds": round(seconds, 1)},
-        "noise_floor": floor,
+        "untouched": {**vars(baseline.quality), "seconds": round(seconds, 1)},
+        "noise_floor": baseline.floor,
         "rows": rows,
         "keeps_arithmetic": [label for label, _ in KEEPS_ARITHMETIC],
     }
@@ -101,12 +95,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"{base['domain_fid']:.2f}; noise floor (another seed): accuracy +-{floor['accuracy_spread']:.3f}, "
             f"FID +-{floor['fid_spread']:.2f}, PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f}",
             "",
-            "| row | class | accuracy (delta) | domain FID (delta) | PSNR dB | SSIM | applied |",
-            "|---|---|---|---|---|---|---|",
+            "| row | class | accuracy (delta) | domain FID (delta) | PSNR dB | SSIM | gate | applied |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for entry in found["rows"]:
             if not entry["applied"]:
-                lines.append(f"| {entry['row']} | - | - | - | - | - | skipped: {entry['skipped'][:120]} |")
+                lines.append(f"| {entry['row']} | - | - | - | - | - | - | {entry['why'][:120]} |")
                 continue
             label = entry["row"]
             klass = "tier" if label.startswith("tier") else "changes"
@@ -115,7 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {klass} | {accuracy:.3f} ({accuracy - base['prompt_accuracy']:+.3f}) "
                 f"| {fid:.2f} ({fid - base['domain_fid']:+.2f}) | {entry['psnr_db']:.1f} "
-                f"| {entry['ssim']:.3f} | {', '.join(entry['applied'])} |"
+                f"| {entry['ssim']:.3f} | {'kept' if entry['kept'] else 'refused'} | {', '.join(entry['applied'])} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -124,7 +118,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=trained.GUIDANCE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=sorted(trained.KINDS))
     parser.add_argument("--json", type=Path)

@@ -246,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_positive, default=20)
     bench.add_argument("--height", type=_side)
     bench.add_argument("--width", type=_side)
-    bench.add_argument("--guidance", type=float, default=7.5)
+    bench.add_argument("--guidance", type=float, help="guidance scale (default: 7.5; the trained pipelines' own, 4.5)")
     bench.add_argument("--runs", type=_positive, default=3, help="timed calls per tier")
     bench.add_argument("--batch", type=_positive, default=1, help="images per call (throughput: images/s)")
     bench.add_argument("--warmup", type=_non_negative, default=1, help="untimed first images per tier")

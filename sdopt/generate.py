@@ -24,6 +24,7 @@ from sdopt.logging import get_logger
 from sdopt.outputs import IMAGE_SUFFIXES, checked
 from sdopt.presets import Preset
 from sdopt.report import Report
+from sdopt.simulation import trained as trained_models
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
 from sdopt.timing import Speedup, choose_threads, interleave, speedup
 
@@ -177,7 +178,8 @@ def generate(
     ``source`` is a local path or hub id (``from_pretrained``) or a built-in architecture
     (``tiny-sd``, ``sd15``, ``sdxl``... random weights, no download; ``trained-sd`` / ``trained-dit``:
     tiny and trained, see `sdopt.simulation.trained`). ``None`` prompt renders `default_prompt`;
-    ``None`` size, steps and guidance take the pipeline's own defaults. ``warmup`` untimed calls
+    ``None`` size, steps and guidance take the pipeline's own defaults (guidance
+    on a trained pipeline: `sdopt.simulation.trained.GUIDANCE`). ``warmup`` untimed calls
     (default: 1 with ``compare``, else none) precede ``runs`` timed calls. ``compare`` times the
     untouched pipeline too, call for call interleaved with the optimized one (a copy sharing the
     weights the optimization leaves alone). ``threads`` is torch's CPU thread count while this runs
@@ -223,6 +225,8 @@ def generate(
         if compare and not placed:
             notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
         load_s = time.perf_counter() - started
+        if guidance is None and source in TRAINED_ARCHES:
+            guidance = trained_models.GUIDANCE  # the guidance they read their prompts best at
         call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt or default_prompt(source), negative_prompt, image, mask_image)

@@ -43,7 +43,7 @@ def test_a_trained_pipeline_loads_offline_and_draws_what_it_is_asked(kind: str) 
         "a green triangle at the top right on a gray background",
         "a yellow circle at the bottom left on a black background",
     ]
-    images = trained.generate(pipe, prompts, steps=20, guidance=7.5)
+    images = trained.generate(pipe, prompts, steps=20)
     assert images.shape == (4, 64, 64, 3)
     assert prompt_accuracy(images, prompts) >= 0.75  # the whole fixed set is checked in the slow test
 
@@ -66,7 +66,7 @@ def test_an_unknown_kind_or_a_missing_folder_says_what_to_do(tmp_path) -> None:
 @pytest.mark.parametrize("kind", sorted(trained.KINDS))
 def test_untouched_prompt_accuracy_on_the_fixed_prompt_set(kind: str) -> None:
     prompts = quality_prompts()
-    images = trained.generate(trained_pipeline(kind), prompts, steps=20, guidance=7.5)
+    images = trained.generate(trained_pipeline(kind), prompts, steps=20)
     assert prompt_accuracy(images, prompts) >= 0.9
 
 

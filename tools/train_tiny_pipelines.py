@@ -49,13 +49,13 @@ SETTINGS: dict[str, Any] = {
         "layers": 4,
         "heads": 4,
         "head_dim": 16,
-        "steps": 3000,
-        "batch": 128,
+        "steps": 16000,
+        "batch": 64,
         "lr": 1e-3,
         "drop_caption": 0.1,
-        "ema": 0.995,
+        "ema": 0.998,
     },
-    "eval": {"steps": 20, "guidance": 7.5, "seed": 0},
+    "eval": {"steps": 20, "guidance": 4.5, "seed": 0},
 }
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -267,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("vae", "sd", "dit"), action="append")
     parser.add_argument("--out", type=Path, default=trained.ROOT)
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="score the saved sd / dit again (after changing 'eval'), no training",
+    )
     args = parser.parse_args(argv)
     parts = args.only or ["vae", "sd", "dit"]
     torch.set_num_threads(SETTINGS["threads"])
@@ -281,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(images)} renders in {time.perf_counter() - started:.0f} s", flush=True)
     for part in parts:
         began = time.perf_counter()
-        if part == "vae":
+        if args.evaluate_only:
+            if part != "vae":
+                record[part].update(evaluate(trained.load(part, out)))
+        elif part == "vae":
             train_vae(images, labels, SETTINGS["vae"]).save_pretrained(out / "vae", safe_serialization=True)
             record["vae"] = {"seconds": round(time.perf_counter() - began, 1)}
         else:

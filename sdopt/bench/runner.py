@@ -37,6 +37,7 @@ from sdopt.fidelity import max_abs_difference, psnr, to_uint8
 from sdopt.loading import place, stand_ins_for
 from sdopt.logging import progress_bar
 from sdopt.outputs import PRESET_SUFFIXES
+from sdopt.simulation import trained as trained_models
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
 from sdopt.tiers import AUTO, DEFAULT_TIER
 
@@ -48,7 +49,7 @@ def bench(
     steps: int = 20,
     height: int | None = None,
     width: int | None = None,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     runs: int = 3,
     warmup: int = 1,
     prompts: Sequence[str] = DEFAULT_PROMPTS,
@@ -79,7 +80,8 @@ def bench(
     ``untouched-half``; elsewhere to the baseline.
 
     On the trained tiny pipelines (``trained-sd``, ``trained-dit``) each row also renders 48 domain
-    captions and reports prompt accuracy, domain FID and pairwise PSNR / SSIM against the baseline,
+    captions (at their guidance, `sdopt.simulation.trained.GUIDANCE`, unless ``guidance`` is given)
+    and reports prompt accuracy, domain FID and pairwise PSNR / SSIM against the baseline,
     with the baseline's noise floor (`sdopt.bench.quality`); ``quality=False`` leaves that out (it
     cannot be asked of other pipelines: their images cannot be read). Their timed calls render domain
     captions unless ``prompts`` are given.
@@ -108,7 +110,7 @@ def bench(
             steps=steps,
             height=height,
             width=width,
-            guidance=guidance,
+            guidance=guidance if guidance is not None else _default_guidance(source),
             runs=runs,
             warmup=warmup,
             prompts=prompts,
@@ -395,6 +397,11 @@ def rows_for(tiers: Sequence[str], device: str, *, gpu_references: bool = True) 
         return list(tiers)
     rows = [*tiers, *(row for row in (UNTOUCHED_HALF, RECIPE) if row not in tiers)]
     return sorted(rows, key=lambda row: REFERENCE_ROWS.index(row) if row in REFERENCE_ROWS else len(REFERENCE_ROWS))
+
+
+def _default_guidance(source: str) -> float:
+    """7.5, the classic default; the trained tiny pipelines read their prompts best at theirs."""
+    return trained_models.GUIDANCE if source in TRAINED_ARCHES else 7.5
 
 
 def _is_preset_file(tier: str) -> bool:

@@ -25,6 +25,10 @@ TRAINED_ARCHES: dict[str, str] = {f"trained-{kind}": kind for kind in KINDS}
 SIZE = 64
 """The size the pipelines were trained at (their default)."""
 
+GUIDANCE = 4.5
+"""The guidance scale they read their prompts best at (the training script scores them with it);
+`generate`, ``sdopt generate`` and ``sdopt bench`` use it unless told otherwise."""
+
 
 def load(kind: str, root: Path | None = None) -> Any:
     """The trained pipeline ``kind`` (``"sd"`` or ``"dit"``), float32 on the CPU, in eval mode.
@@ -64,7 +68,7 @@ def call_kwargs(pipe: Any) -> dict[str, Any]:
     return {}
 
 
-def generate(pipe: Any, prompts: Sequence[str], *, steps: int = 20, guidance: float = 4.5, seed: int = 0) -> Any:
+def generate(pipe: Any, prompts: Sequence[str], *, steps: int = 20, guidance: float = GUIDANCE, seed: int = 0) -> Any:
     """Images (N, 64, 64, 3) float in [0, 1] for ``prompts``, one each, from one seeded generator.
 
     Examples:
