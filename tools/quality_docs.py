@@ -35,9 +35,10 @@ def _tier_table(path: Path) -> str:
     data = json.loads(path.read_text())
     s = data["settings"]
     floor = (data.get("quality") or {}).get("noise_floor") or {}
+    threads = f"{s['threads']} thread" + ("" if s["threads"] == 1 else "s")
     lines = [
         f"**{data['source']}** ({data['pipeline']}) on {data['machine']['cpu']}, {s['height']}x{s['width']}, "
-        f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} timed runs, {s['threads']} threads "
+        f"{s['steps']} steps, guidance {s['guidance']}, {s['runs']} timed runs, {threads} "
         f"(`{path.relative_to(ROOT).as_posix()}`)",
         "",
         "| tier | s/image | speedup | accuracy | domain FID | PSNR dB vs baseline | SSIM | applied |",

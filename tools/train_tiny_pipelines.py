@@ -15,7 +15,7 @@ SHA-256 of each weights file (a test checks the shipped files against it), the s
 each part took, and the untouched pipelines' prompt accuracy and domain FID on the 144 captions.
 Not part of CI.
 
-    python tools/train_tiny_pipelines.py              # all three, ~40 minutes on 2 CPU cores
+    python tools/train_tiny_pipelines.py              # all three, ~50 minutes on 2 CPU cores
     python tools/train_tiny_pipelines.py --only dit   # one part (the VAE must exist for sd / dit)
 """
 
