@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdopt import registry
-from sdopt.simulation.architectures import REAL_ARCHES, load_pipeline
+from sdopt.simulation import trained as trained_models
+from sdopt.simulation.architectures import REAL_ARCHES, TRAINED_ARCHES, load_pipeline
 
 
 def names(text: str) -> list[str]:
@@ -246,7 +247,10 @@ def tune_command(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     caps = detect(device=args.device) if args.device else detect()
     caps.require_usable_device()
-    call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": args.guidance}
+    guidance = args.guidance
+    if guidance is None and args.arch in TRAINED_ARCHES:
+        guidance = trained_models.GUIDANCE  # the guidance they read their prompts best at, as generate uses
+    call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": guidance}
     call = {key: value for key, value in call.items() if value is not None}
     # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.
     with stand_ins_for(args.arch or args.model):

@@ -41,8 +41,9 @@ def test_bench_runs_every_tier_and_writes_every_output(arch, tmp_path) -> None:
     assert set(data) == {
         *("source", "pipeline", "device", "settings", "machine", "tiers", "memory_kind", "notes"),
         "speedup_reference",
+        "quality",
     }
-    assert data["speedup_reference"] == "baseline"
+    assert data["speedup_reference"] == "baseline" and data["quality"] is None  # images of noise: not judged
     assert set(data["tiers"][0]) == set(TierResult.__dataclass_fields__)
     assert any("random weights" in note for note in data["notes"])
     markdown = result.to_markdown()

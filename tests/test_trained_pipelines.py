@@ -85,6 +85,8 @@ def test_bench_reports_quality_on_a_trained_pipeline(tmp_path) -> None:
     row = json.loads(path.read_text())["tiers"][1]
     assert any("accuracy" in key for key in row) and any("fid" in key for key in row)
     assert result.settings["prompts"][0].endswith("on a white background")  # timed on domain captions
+    result.plot(tmp_path / "q.png")  # with a third panel: prompt accuracy
+    assert (tmp_path / "q.png").stat().st_size > 0
 
 
 def test_quality_is_refused_where_images_cannot_be_read() -> None:

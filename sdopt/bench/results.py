@@ -198,7 +198,8 @@ class BenchResult:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> None:
-        """A PNG bar chart of latency and peak memory per tier (needs ``pip install sdopt[bench]``)."""
+        """A PNG bar chart of latency and peak memory per tier, and prompt accuracy where quality was
+        measured (needs ``pip install sdopt[bench]``)."""
         try:
             import matplotlib
 
@@ -207,7 +208,9 @@ class BenchResult:
         except ImportError as error:
             raise ImportError("the plot needs matplotlib: pip install sdopt[bench]") from error
         names = [t.tier for t in self.tiers]
-        figure, (latency, memory) = plt.subplots(1, 2, figsize=(10, 4))
+        judged = self.quality is not None
+        figure, panels = plt.subplots(1, 3 if judged else 2, figsize=(15 if judged else 10, 4))
+        latency, memory = panels[0], panels[1]
         medians = [t.median_s for t in self.tiers]
         spread = [[t.median_s - t.min_s for t in self.tiers], [t.max_s - t.median_s for t in self.tiers]]
         latency.bar(names, medians, yerr=spread, capsize=4, color="tab:blue")
@@ -217,6 +220,12 @@ class BenchResult:
         unit, scale = ("GB", 1.0) if max(peaks, default=0.0) >= 1.0 else ("MB", 1024.0)
         memory.bar(names, [peak * scale for peak in peaks], color="tab:orange")
         memory.set_ylabel(f"peak memory, {unit} ({self.memory_kind})")
+        if judged:
+            accuracy = panels[2]
+            accuracy.bar(names, [t.prompt_accuracy or 0.0 for t in self.tiers], color="tab:green")
+            floor = (self.quality or {}).get("noise_floor", {}).get("accuracy_spread", 0.0)
+            accuracy.set_ylim(0, 1.05)
+            accuracy.set_ylabel(f"prompt accuracy (seed alone moves it {floor:.3f})")
         figure.suptitle(self._title(), fontsize=9)
         figure.tight_layout()
         figure.savefig(path)
