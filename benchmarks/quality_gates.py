@@ -24,15 +24,16 @@ import torch
 
 from sdopt.bench.quality import quality_prompts
 from sdopt.bench.quality_gate import Baseline, gate
+from sdopt.bench.results import json_safe
 from sdopt.simulation import trained
 
-KEEPS_ARITHMETIC: list[tuple[str, list[Any]]] = [
+ARITHMETIC_KEEPING: list[tuple[str, list[Any]]] = [
     ("attention_slicing", ["attention_slicing"]),
     ("vae_slicing", ["vae_slicing"]),
     ("vae_tiling", ["vae_tiling"]),
     ("channels_last", ["channels_last"]),
 ]
-CHANGES_ARITHMETIC: list[tuple[str, list[Any]]] = [
+ARITHMETIC_CHANGING: list[tuple[str, list[Any]]] = [
     ("half_precision bf16", [{"name": "half_precision", "dtype": "bfloat16"}]),
     ("quantize_int8", ["quantize_int8"]),
     ("static_int8", ["static_int8"]),
@@ -56,10 +57,17 @@ def row(label: str, kind: str, baseline: Baseline, how: dict[str, Any]) -> dict[
     pipe = trained.load(kind)
     started = time.perf_counter()
     verdict = gate(pipe, baseline, **how)
-    found: dict[str, Any] = {"row": label, "applied": verdict.applied, "kept": verdict.kept, "why": verdict.reason}
+    found: dict[str, Any] = {
+        "row": label,
+        "applied": verdict.applied,
+        "kept": verdict.kept,
+        "keeps_arithmetic": verdict.keeps_arithmetic,
+        "why": verdict.reason,
+    }
     if verdict.quality is not None:
         found.update(vars(verdict.quality), seconds=round(time.perf_counter() - started, 1))
     if verdict.report is not None and verdict.applied:
+        found["after_calls"] = verdict.report.after_calls()  # static_int8: its denoiser SNR, measured
         verdict.report.undo()
     print(f"{kind} {label}: {found}", flush=True)
     return found
@@ -70,15 +78,18 @@ def run(kind: str, steps: int, guidance: float) -> dict[str, Any]:
     baseline = Baseline.measure(trained.load(kind), steps=steps, guidance=guidance)
     seconds = time.perf_counter() - started
     print(f"{kind} untouched: {vars(baseline.quality)}; floor {baseline.floor}", flush=True)
-    rows = [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in KEEPS_ARITHMETIC]
-    rows += [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in CHANGES_ARITHMETIC]
+    rows = [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in ARITHMETIC_KEEPING]
+    rows += [row(label, kind, baseline, {"tier": None, "extra": extra}) for label, extra in ARITHMETIC_CHANGING]
     rows += [row(f"tier {tier}", kind, baseline, {"tier": tier}) for tier in TIERS]
     return {
         "untouched": {**vars(baseline.quality), "seconds": round(seconds, 1)},
         "noise_floor": baseline.floor,
         "rows": rows,
-        "keeps_arithmetic": [label for label, _ in KEEPS_ARITHMETIC],
     }
+
+
+def _psnr(value: Any) -> str:
+    return "identical" if value in ("inf", float("inf")) else f"{value:.1f}"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -103,12 +114,11 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {entry['row']} | - | - | - | - | - | - | {entry['why'][:120]} |")
                 continue
             label = entry["row"]
-            klass = "tier" if label.startswith("tier") else "changes"
-            klass = "keeps" if label in found["keeps_arithmetic"] else klass
+            klass = "keeps" if entry["keeps_arithmetic"] else "changes"
             accuracy, fid = entry["prompt_accuracy"], entry["domain_fid"]
             lines.append(
                 f"| {label} | {klass} | {accuracy:.3f} ({accuracy - base['prompt_accuracy']:+.3f}) "
-                f"| {fid:.2f} ({fid - base['domain_fid']:+.2f}) | {entry['psnr_db']:.1f} "
+                f"| {fid:.2f} ({fid - base['domain_fid']:+.2f}) | {_psnr(entry['psnr_db'])} "
                 f"| {entry['ssim']:.3f} | {'kept' if entry['kept'] else 'refused'} | {', '.join(entry['applied'])} |"
             )
         lines.append("")
@@ -135,7 +145,7 @@ def main() -> int:
     for kind in [args.only] if args.only else trained.KINDS:
         results[kind] = run(kind, args.steps, args.guidance)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
     if args.markdown and not args.only:
         args.markdown.write_text(markdown(results) + "\n")
     return 0

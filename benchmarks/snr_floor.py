@@ -6,7 +6,8 @@ signal-to-noise ratio against float32. This script adds seeded Gaussian error to
 output of ``trained-sd`` and ``trained-dit`` at a given SNR (error power = output power / 10^(SNR/10),
 per call) and measures prompt accuracy and domain FID on the 48 quality captions, so the floor is the
 SNR at which what the images show starts to change. White noise is a stand-in for int8's rounding
-error (which is structured); the int8 programs themselves measured 39.8 dB (sd) and 36.3 dB (dit).
+error (which is structured); what the int8 programs themselves measure is in the static_int8 rows
+of ``benchmarks/results/quality-gates.json`` (``after_calls``).
 
     python benchmarks/snr_floor.py --json benchmarks/results/snr-floor.json   # ~5 min on 2 cores
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 from sdopt import registry
 from sdopt.simulation import trained as trained_models
-from sdopt.simulation.architectures import REAL_ARCHES, TRAINED_ARCHES, load_pipeline
+from sdopt.simulation.architectures import REAL_ARCHES, load_pipeline
 
 
 def names(text: str) -> list[str]:
@@ -247,9 +247,7 @@ def tune_command(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     caps = detect(device=args.device) if args.device else detect()
     caps.require_usable_device()
-    guidance = args.guidance
-    if guidance is None and args.arch in TRAINED_ARCHES:
-        guidance = trained_models.GUIDANCE  # the guidance they read their prompts best at, as generate uses
+    guidance = trained_models.guidance_for(args.arch or "", args.guidance)  # trained-*: theirs, as generate
     call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": guidance}
     call = {key: value for key, value in call.items() if value is not None}
     # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.

@@ -225,8 +225,7 @@ def generate(
         if compare and not placed:
             notes.append("the plan offloads (the pipeline does not fit): the untouched pipeline ran on the CPU")
         load_s = time.perf_counter() - started
-        if guidance is None and source in TRAINED_ARCHES:
-            guidance = trained_models.GUIDANCE  # the guidance they read their prompts best at
+        guidance = trained_models.guidance_for(source, guidance)  # trained-*: the one they read prompts best at
         call = {"height": height, "width": width or height, "steps": steps, "guidance": guidance, "batch": batch}
         shape = CallShape.of(pipe, call)  # None: the pipeline's own default
         kwargs = _call_kwargs(pipe, shape, seed, prompt or default_prompt(source), negative_prompt, image, mask_image)

@@ -83,9 +83,18 @@ def test_bench_reports_quality_on_a_trained_pipeline(tmp_path) -> None:
     path = tmp_path / "q.json"
     result.save_json(path)
     row = json.loads(path.read_text())["tiers"][1]
-    assert any("accuracy" in key for key in row) and any("fid" in key for key in row)
+    assert 0.0 <= row["prompt_accuracy"] <= 1.0 and row["domain_fid"] > 0 and row["quality_psnr_db"] > 0
     assert result.settings["prompts"][0].endswith("on a white background")  # timed on domain captions
     result.plot(tmp_path / "q.png")  # with a third panel: prompt accuracy
+    assert (tmp_path / "q.png").stat().st_size > 0
+
+
+def test_a_bench_without_the_baseline_row_reports_quality_without_a_reference(tmp_path) -> None:
+    result = bench("trained-dit", ["balanced"], steps=2, runs=1, warmup=0)
+    (row,) = result.tiers
+    assert row.prompt_accuracy is not None and row.quality_psnr_db is None  # nothing to compare with
+    assert result.quality is not None and result.quality["noise_floor"] is None
+    result.plot(tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 0
 
 

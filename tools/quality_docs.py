@@ -46,13 +46,19 @@ def _tier_table(path: Path) -> str:
     ]
     for tier in data["tiers"]:
         verdict = tier.get("verdict")
-        speed = f"{tier['speedup']:.2f}x" + (f" ({verdict})" if verdict and verdict != "faster" else "")
-        psnr = tier["quality_psnr_db"]
-        lines.append(
-            f"| {tier['tier']} | {tier['median_s']:.3f} | {speed} | {tier['prompt_accuracy']:.3f} "
-            f"| {tier['domain_fid']:.2f} | {'identical' if psnr == 'inf' else f'{psnr:.1f}'} "
-            f"| {tier['quality_ssim']:.3f} | {', '.join(tier['applied']) or '-'} |"
-        )
+        speed = _cell(tier["speedup"], "{:.2f}x") + (f" ({verdict})" if verdict and verdict != "faster" else "")
+        psnr = "identical" if tier["quality_psnr_db"] == "inf" else _cell(tier["quality_psnr_db"], "{:.1f}")
+        cells = [
+            tier["tier"],
+            _cell(tier["median_s"], "{:.3f}"),
+            speed,
+            _cell(tier["prompt_accuracy"], "{:.3f}"),
+            _cell(tier["domain_fid"], "{:.2f}"),
+            psnr,
+            _cell(tier["quality_ssim"], "{:.3f}"),
+            ", ".join(tier["applied"]) or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if floor:
         lines += [
             "",
@@ -60,6 +66,11 @@ def _tier_table(path: Path) -> str:
             f"{floor['fid_spread']:.2f}; PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f}.",
         ]
     return "\n".join(lines)
+
+
+def _cell(value: Any, form: str) -> str:
+    """``value`` formatted, or "-" where a row has none (a peer, a run without quality)."""
+    return "-" if value is None else form.format(value)
 
 
 def render() -> str:

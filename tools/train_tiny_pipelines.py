@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         if args.evaluate_only:
             if part != "vae":
-                record[part].update(evaluate(trained.load(part, out)))
+                record.setdefault(part, {}).update(evaluate(trained.load(part, out)))
         elif part == "vae":
             train_vae(images, labels, SETTINGS["vae"]).save_pretrained(out / "vae", safe_serialization=True)
             record["vae"] = {"seconds": round(time.perf_counter() - began, 1)}

@@ -9,15 +9,19 @@ seeds: what it scores against itself there is the noise floor a tier's loss is r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from sdopt.bench.results import BASELINE, TierResult
 from sdopt.calls import needed_kwargs
 from sdopt.quality import all_scenes, domain_fid, prompt_accuracy, psnr, ssim
+from sdopt.quality import noise_floor as metrics_noise_floor
+from sdopt.simulation import trained
 
 
 def quality_prompts() -> list[str]:
@@ -54,7 +58,7 @@ class QualityCalls:
 
     def render(self, pipe: Any, seed_offset: int = 0) -> list[np.ndarray]:
         """One image per prompt, prompt ``i`` seeded ``seed + seed_offset + i``."""
-        extra = needed_kwargs(pipe)
+        extra = {**needed_kwargs(pipe), **trained.call_kwargs(pipe)}
         images = []
         for index, prompt in enumerate(self.prompts):
             generator = torch.Generator("cpu").manual_seed(self.seed + seed_offset + index)
@@ -89,22 +93,30 @@ def score(images: Sequence[np.ndarray], prompts: Sequence[str], reference: Seque
     found = Quality(prompt_accuracy(list(images), prompts), round(domain_fid(list(images), prompts), 3))
     if reference is not None:
         pairs = list(zip(reference, images, strict=True))
-        found.psnr_db = round(float(np.mean([min(psnr(a, b), 99.0) for a, b in pairs])), 2)  # identical: 99
+        scores = [psnr(a, b) for a, b in pairs]
+        # Identical images everywhere: inf, as the baseline's own row; a few identical pairs count 99 dB
+        # in the mean, so one of them does not make the whole row infinite.
+        every = all(np.isinf(scores))
+        found.psnr_db = float("inf") if every else round(float(np.mean([min(v, 99.0) for v in scores])), 2)
         found.ssim = round(float(np.mean([ssim(a, b) for a, b in pairs])), 4)
     return found
 
 
 def noise_floor(calls: QualityCalls, pipe: Any, reference: Sequence[np.ndarray]) -> dict[str, float]:
-    """The baseline against itself at other seeds: the pairwise PSNR / SSIM of a change that keeps
-    nothing but the prompt (a floor no tier needs to beat), and how far accuracy and FID move by seed
-    alone (a tier's loss within that spread is not a loss)."""
-    other = calls.render(pipe, seed_offset=10_000)
-    first, second = score(reference, calls.prompts, None), score(other, calls.prompts, reference)
+    """`sdopt.quality.noise_floor` of the baseline, its first seed's images being ``reference`` (already
+    rendered): the pairwise PSNR / SSIM of a change that keeps nothing but the prompt (a floor no tier
+    needs to beat), and how far accuracy and FID move by seed alone (a tier's loss within that spread
+    is not a loss)."""
+
+    def generate(prompts: Sequence[str], seed_offset: int) -> list[np.ndarray]:
+        return list(reference) if seed_offset == 0 else calls.render(pipe, seed_offset=seed_offset)
+
+    floor = metrics_noise_floor(generate, calls.prompts, seeds=(0, 10_000))
     return {
-        "psnr_db": second.psnr_db or 0.0,
-        "ssim": second.ssim or 0.0,
-        "accuracy_spread": round(abs(first.prompt_accuracy - second.prompt_accuracy), 4),
-        "fid_spread": round(abs(first.domain_fid - second.domain_fid), 3),
+        "psnr_db": round(floor["psnr_db"], 2),
+        "ssim": round(floor["ssim"], 4),
+        "accuracy_spread": round(floor["accuracy_spread"], 4),
+        "fid_spread": round(floor["fid_spread"], 3),
     }
 
 
@@ -113,3 +125,53 @@ def measure(calls: QualityCalls, pipe: Any, reference: Sequence[np.ndarray] | No
     become the reference of the others)."""
     images = calls.render(pipe)
     return score(images, calls.prompts, reference), images
+
+
+class BenchQuality:
+    """Quality per bench row, once its timing is done: the baseline first (its images become the
+    reference of the others, and its noise floor is measured), then each row against it."""
+
+    def __init__(self, calls: QualityCalls, say: Callable[[str], None]) -> None:
+        self.calls, self.say = calls, say
+        self.reference: list[np.ndarray] = []
+        self.floor: dict[str, float] = {}
+        self._pipes: dict[str, tuple[Any, Callable[[], Any]]] = {}
+
+    def watch(self, tier: str, pipe: Any, context: Callable[[], Any] = contextlib.nullcontext) -> None:
+        """Judge ``pipe`` as row ``tier`` later, rendering under ``context`` as its timed calls did."""
+        self._pipes[tier] = (pipe, context)
+
+    def judge(self, tier: str, result: TierResult) -> None:
+        """Fill ``result``'s quality figures (and let go of the row's pipeline)."""
+        if tier not in self._pipes:
+            return
+        pipe, context = self._pipes.pop(tier)
+        self.say(f"quality: {len(self.calls.prompts)} images on {tier}")
+        with context():
+            found, images = measure(self.calls, pipe, self.reference or None)
+        result.prompt_accuracy, result.domain_fid = found.prompt_accuracy, found.domain_fid
+        result.quality_psnr_db, result.quality_ssim = found.psnr_db, found.ssim
+        if tier == BASELINE:
+            self.reference[:] = images
+            result.quality_psnr_db, result.quality_ssim = float("inf"), 1.0
+            self.floor.update(noise_floor(self.calls, pipe, images))
+
+    def notes(self) -> list[str]:
+        """What the quality columns mean, and the noise floor when the baseline was judged."""
+        notes = [
+            f"quality: {len(self.calls.prompts)} domain captions per row, one image per call, the same seeds on "
+            "every row; accuracy = shape, colour and position read as asked; domain FID = classifier features vs "
+            "fresh renders (lower is closer); quality PSNR / SSIM = mean against the baseline's images"
+        ]
+        if self.floor:
+            floor = self.floor
+            notes.append(
+                "noise floor (the baseline against itself at other seeds): accuracy moves "
+                f"{floor['accuracy_spread']:.3f} and FID {floor['fid_spread']:.2f} by seed alone; "
+                f"PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f} between seeds"
+            )
+        return notes
+
+    def summary(self) -> dict[str, Any]:
+        """What `BenchResult.quality` holds."""
+        return {"prompts": list(self.calls.prompts), "noise_floor": self.floor or None}

@@ -117,7 +117,7 @@ class BenchResult:
 
     def save_json(self, path: str | Path) -> None:
         """Strict JSON: an infinite PSNR (identical images) is written as the string "inf"."""
-        Path(path).write_text(json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n")
+        Path(path).write_text(json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n")
 
     def rows(self) -> list[tuple[str, ...]]:
         def seconds(value: float | None) -> str:
@@ -222,10 +222,12 @@ class BenchResult:
         memory.set_ylabel(f"peak memory, {unit} ({self.memory_kind})")
         if judged:
             accuracy = panels[2]
-            accuracy.bar(names, [t.prompt_accuracy or 0.0 for t in self.tiers], color="tab:green")
-            floor = (self.quality or {}).get("noise_floor", {}).get("accuracy_spread", 0.0)
+            judged_rows = [t for t in self.tiers if t.prompt_accuracy is not None]  # peers are not judged
+            accuracy.bar([t.tier for t in judged_rows], [t.prompt_accuracy for t in judged_rows], color="tab:green")
+            floor = ((self.quality or {}).get("noise_floor") or {}).get("accuracy_spread")
             accuracy.set_ylim(0, 1.05)
-            accuracy.set_ylabel(f"prompt accuracy (seed alone moves it {floor:.3f})")
+            moves = f" (seed alone moves it {floor:.3f})" if floor is not None else ""
+            accuracy.set_ylabel(f"prompt accuracy{moves}")
         figure.suptitle(self._title(), fontsize=9)
         figure.tight_layout()
         figure.savefig(path)
@@ -240,13 +242,14 @@ class BenchResult:
         )
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` for strict JSON: infinite and NaN floats (identical images' PSNR) as strings."""
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 

@@ -7,11 +7,10 @@ with the same seeds, so fidelity is measured against the baseline image by image
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,17 @@ import numpy as np
 import torch
 
 from sdopt.anatomy import inspect_pipeline
-from sdopt.bench.instruments import host_tensor_bytes, light_copy, peak_memory, timed_parts
-from sdopt.bench.quality import TIMED_PROMPTS, QualityCalls, noise_floor, quality_prompts
-from sdopt.bench.quality import measure as measure_quality
-from sdopt.bench.recipes import RECIPE, UNTOUCHED_HALF, apply_recipe, renderer_in_context, untouched_half
+from sdopt.bench.instruments import light_copy
+from sdopt.bench.lanes import Images, Rendered, peer_renderer, pipeline_renderer, run_interleaved
+from sdopt.bench.quality import TIMED_PROMPTS, BenchQuality, QualityCalls, quality_prompts
+from sdopt.bench.recipes import (
+    RECIPE,
+    UNTOUCHED_HALF,
+    apply_recipe,
+    recipe_context,
+    renderer_in_context,
+    untouched_half,
+)
 from sdopt.bench.results import (
     BASELINE,
     DEFAULT_PROMPTS,
@@ -32,8 +38,7 @@ from sdopt.bench.results import (
     TierResult,
     summarize,
 )
-from sdopt.calls import default_height, needed_kwargs
-from sdopt.fidelity import max_abs_difference, psnr, to_uint8
+from sdopt.calls import default_height
 from sdopt.loading import place, stand_ins_for
 from sdopt.logging import progress_bar
 from sdopt.outputs import PRESET_SUFFIXES
@@ -110,7 +115,7 @@ def bench(
             steps=steps,
             height=height,
             width=width,
-            guidance=guidance if guidance is not None else _default_guidance(source),
+            guidance=_guidance(source, guidance),
             runs=runs,
             warmup=warmup,
             prompts=prompts,
@@ -206,26 +211,15 @@ def _bench(
         base = loaded_pipe[0]
         height = height or default_height(inspect_pipeline(base)) or 512
         width = width or height
-        images = _Images(prompts, steps, guidance, height, width, seed, batch)
+        extra = trained_models.call_kwargs(base) if trained else {}
+        images = Images(prompts, steps, guidance, height, width, seed, batch, extra)
         results = [TierResult(_row_name(tier)) for tier in tiers]
-        judged = QualityCalls(quality_prompts(), steps, guidance, height, width, seed) if quality else None
-        quality_reference: list[np.ndarray] = []
-        floor: dict[str, float] = {}
-        lane_pipes: dict[str, Any] = {}
+        calls = QualityCalls(quality_prompts(), steps, guidance, height, width, seed)
+        judged = BenchQuality(calls, say) if quality else None
 
         def judge(tier: str, result: TierResult) -> None:
-            """Quality of a row whose timing is done (the baseline first: the others are compared with it)."""
-            pipe = lane_pipes.pop(tier, None)
-            if judged is None or pipe is None:
-                return
-            say(f"quality: {len(judged.prompts)} images on {tier}")
-            found, images = measure_quality(judged, pipe, quality_reference or None)
-            result.prompt_accuracy, result.domain_fid = found.prompt_accuracy, found.domain_fid
-            result.quality_psnr_db, result.quality_ssim = found.psnr_db, found.ssim
-            if tier == BASELINE:
-                quality_reference[:] = images
-                result.quality_psnr_db, result.quality_ssim = float("inf"), 1.0
-                floor.update(noise_floor(judged, pipe, images))
+            if judged is not None:
+                judged.judge(tier, result)
 
         pipeline_name = type(base).__name__
         options: dict[str, Any] = {"caps": caps, "undoable": undoable, "memory_budget": memory_budget, "verify": True}
@@ -233,7 +227,7 @@ def _bench(
         serial_why = "" if target == "cuda" else _why_not_interleaved(base, tiers, how, caps, memory_budget)
         del base
 
-        def lane(tier: str, result: TierResult) -> Callable[[int], _Rendered]:
+        def lane(tier: str, result: TierResult) -> Callable[[int], Rendered]:
             if loaded_pipe:
                 shared = loaded_pipe[0]
                 pipe = shared if tier == BASELINE and target != "cuda" else light_copy(shared)
@@ -242,7 +236,7 @@ def _bench(
                 pipe = load_pipeline(source, target)
             pipe.set_progress_bar_config(disable=True)  # sdopt's own bar over the images instead
             if judged is not None:
-                lane_pipes[tier] = pipe
+                judged.watch(tier, pipe, recipe_context if tier == RECIPE else contextlib.nullcontext)
             if target == "cuda":  # on the device unless the tier's plan offloads
                 place(pipe, caps, **(how.get(tier) or {"tier": None}), memory_budget=memory_budget)
             if tier in (UNTOUCHED_HALF, RECIPE):
@@ -253,7 +247,7 @@ def _bench(
                     result.applied = apply_recipe(pipe, device=target, compile=recipe_compile)
                 result.optimize_s = clock() - started
                 result.report = {"reference": result.applied}
-                render = _pipeline_renderer(pipe, target, images, clock)
+                render = pipeline_renderer(pipe, target, images, clock)
                 return renderer_in_context(render) if tier == RECIPE else render
             if tier != BASELINE:
                 started = clock()
@@ -265,14 +259,14 @@ def _bench(
                     result.optimize_s -= report.tuning.seconds
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
-                return _pipeline_renderer(pipe, target, images, clock, report)
-            return _pipeline_renderer(pipe, target, images, clock)
+                return pipeline_renderer(pipe, target, images, clock, report)
+            return pipeline_renderer(pipe, target, images, clock)
 
         if target == "cuda" or serial_why:
             # The baseline first (the others are compared with its images), then one tier at a time.
             for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
                 render = lane(tiers[index], results[index])
-                _run_interleaved([results[index]], [render], warmup, runs, say, references, bar.update)
+                run_interleaved([results[index]], [render], warmup, runs, say, references, bar.update)
                 judge(tiers[index], results[index])
                 del render  # the tier's pipeline goes before the next one comes
                 if serial_why and tiers[index] == BASELINE:
@@ -281,13 +275,13 @@ def _bench(
                 if target == "cuda":
                     torch.cuda.empty_cache()
             for peer, result in zip(peers, peer_results, strict=True):
-                render = _peer_renderer(peer, images, clock)
-                _run_interleaved([result], [render], warmup, runs, say, references, bar.update)
+                render = peer_renderer(peer, images, clock)
+                run_interleaved([result], [render], warmup, runs, say, references, bar.update)
         else:
             renderers = [lane(tier, result) for tier, result in zip(tiers, results, strict=True)]
             loaded_pipe.clear()  # the baseline lane holds it, if any
-            renderers += [_peer_renderer(peer, images, clock) for peer in peers]
-            _run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references, bar.update)
+            renderers += [peer_renderer(peer, images, clock) for peer in peers]
+            run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references, bar.update)
             for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
                 judge(tiers[index], results[index])
         results += peer_results
@@ -321,17 +315,7 @@ def _bench(
         notes.append("replacement models not cached here (TAESD, the fp16-fix VAE) ran with random weights")
     notes.append("fidelity: worst PSNR / largest max abs difference over the runs vs the baseline's image (uint8)")
     if judged is not None:
-        notes.append(
-            f"quality: {len(judged.prompts)} domain captions per row, one image per call, the same seeds on every "
-            "row; accuracy = shape, colour and position read as asked; domain FID = classifier features vs fresh "
-            "renders (lower is closer); quality PSNR / SSIM = mean against the baseline's images"
-        )
-        if floor:
-            notes.append(
-                "noise floor (the baseline against itself at other seeds): accuracy moves "
-                f"{floor['accuracy_spread']:.3f} and FID {floor['fid_spread']:.2f} by seed alone; "
-                f"PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f} between seeds"
-            )
+        notes += judged.notes()
     if reference != BASELINE:
         notes.append(f"speedup: against {reference} (the pipeline as a GPU user loads it), not the float32 baseline")
     if RECIPE in tiers:
@@ -371,7 +355,7 @@ def _bench(
         memory_kind="CUDA max allocated" if target == "cuda" else "RSS",
         notes=notes,
         speedup_reference=reference,
-        quality=None if judged is None else {"prompts": list(judged.prompts), "noise_floor": floor or None},
+        quality=None if judged is None else judged.summary(),
     )
 
 
@@ -399,9 +383,10 @@ def rows_for(tiers: Sequence[str], device: str, *, gpu_references: bool = True) 
     return sorted(rows, key=lambda row: REFERENCE_ROWS.index(row) if row in REFERENCE_ROWS else len(REFERENCE_ROWS))
 
 
-def _default_guidance(source: str) -> float:
-    """7.5, the classic default; the trained tiny pipelines read their prompts best at theirs."""
-    return trained_models.GUIDANCE if source in TRAINED_ARCHES else 7.5
+def _guidance(source: str, guidance: float | None) -> float:
+    """As given; else a trained pipeline's own (`sdopt.simulation.trained.GUIDANCE`), else 7.5."""
+    resolved = trained_models.guidance_for(source, guidance)
+    return 7.5 if resolved is None else resolved
 
 
 def _is_preset_file(tier: str) -> bool:
@@ -423,146 +408,6 @@ def _how_to_optimize(tier: str, resolve_tier: Callable[[str], Any]) -> dict[str,
 
 def _row_name(tier: str) -> str:
     return Path(tier).name if _is_preset_file(tier) else tier
-
-
-@dataclass
-class _Rendered:
-    image: np.ndarray
-    elapsed: float
-    denoiser_calls: list[float]
-    decode_calls: list[float]
-    memory_gb: float
-    device_memory_gb: float | None
-
-
-@dataclass(frozen=True)
-class _Images:
-    """What every row renders: image ``index`` is the same prompt and seed on every row."""
-
-    prompts: Sequence[str]
-    steps: int
-    guidance: float
-    height: int
-    width: int
-    seed: int
-    batch: int = 1
-
-    def prompt(self, index: int) -> str:
-        return self.prompts[index % len(self.prompts)]
-
-    def call_shape(self) -> dict[str, Any]:
-        """What ``tier="auto"`` tunes for: the calls this bench makes."""
-        shape = {"height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance}
-        return {**shape, "batch": self.batch}
-
-
-def _pipeline_renderer(
-    pipe: Any, device: str, images: _Images, clock: Callable[[], float], report: Any = None
-) -> Callable[[int], _Rendered]:
-    # The RSS delta of a call misses what is resident before it: the weights on the host, and undo's
-    # originals when they had to stay in memory.
-    kept = report.originals_in_memory_bytes if report is not None else 0
-    host_gb = (host_tensor_bytes(pipe) + kept) / 1e9
-    needed = needed_kwargs(pipe)
-
-    def render(index: int) -> _Rendered:
-        kwargs = {
-            "prompt": images.prompt(index),
-            "num_inference_steps": images.steps,
-            "guidance_scale": images.guidance,
-            "height": images.height,
-            "width": images.width,
-            "output_type": "np",
-            "generator": torch.Generator("cpu").manual_seed(images.seed + index),
-        }
-        if images.batch > 1:
-            kwargs["num_images_per_prompt"] = images.batch
-        kwargs.update(needed)
-        with timed_parts(pipe, clock) as (denoiser_calls, decode_calls), peak_memory(device) as peaks:
-            started = clock()
-            with torch.inference_mode():
-                output = pipe(**kwargs).images
-            elapsed = clock() - started
-        host, on_device = peaks()
-        return _Rendered(to_uint8(output[0]), elapsed, denoiser_calls, decode_calls, host + host_gb, on_device)
-
-    return render
-
-
-def _peer_renderer(peer: Peer, images: _Images, clock: Callable[[], float]) -> Callable[[int], _Rendered]:
-    def render(index: int) -> _Rendered:
-        started = clock()
-        out = peer.render(
-            images.prompt(index),
-            seed=images.seed + index,
-            steps=images.steps,
-            guidance=images.guidance,
-            height=images.height,
-            width=images.width,
-        )
-        elapsed = clock() - started
-        return _Rendered(out.image, elapsed, out.denoiser_calls_s, out.decode_calls_s, out.peak_memory_gb, None)
-
-    return render
-
-
-def _run_interleaved(
-    results: Sequence[TierResult],
-    renderers: Sequence[Callable[[int], _Rendered]],
-    warmup: int,
-    runs: int,
-    say: Callable[[str], None],
-    references: dict[int, np.ndarray],
-    advance: Callable[[], Any] = lambda: None,
-) -> None:
-    """Warm-up rounds, then timed rounds, each round rendering image ``index`` on every lane in turn;
-    the baseline's images go to ``references``, the others are compared with them."""
-    total = (warmup + runs) * len(results)
-    done = 0
-    for round_index in range(warmup):
-        for result, render in zip(results, renderers, strict=True):
-            done += 1
-            say(f"[{done}/{total}] warmup {round_index + 1}: {result.tier}")
-            out = render(round_index)
-            advance()
-            if round_index == 0:
-                result.first_call_s = out.elapsed
-            _record_memory(result, out)
-    steps_seen: dict[str, list[float]] = {r.tier: [] for r in results}
-    decodes_seen: dict[str, list[float]] = {r.tier: [] for r in results}
-    for run in range(runs):
-        index = warmup + run
-        for result, render in zip(results, renderers, strict=True):
-            done += 1
-            say(f"[{done}/{total}] run {run + 1}/{runs}: {result.tier}")
-            out = render(index)
-            advance()
-            if warmup == 0 and run == 0:
-                result.first_call_s = out.elapsed
-            result.latencies_s.append(out.elapsed)
-            _record_memory(result, out)
-            steps_seen[result.tier] += out.denoiser_calls
-            decodes_seen[result.tier] += out.decode_calls
-            if result.tier == BASELINE:
-                references[index] = out.image
-            elif index in references:
-                score = psnr(references[index], out.image)
-                result.psnr_db = score if result.psnr_db is None else min(result.psnr_db, score)
-                diff = max_abs_difference(references[index], out.image)
-                result.max_abs_diff = diff if result.max_abs_diff is None else max(result.max_abs_diff, diff)
-    for result in results:
-        if steps_seen[result.tier]:
-            result.denoiser_step_s = statistics.median(steps_seen[result.tier])
-        if decodes_seen[result.tier]:
-            result.decode_s = statistics.median(decodes_seen[result.tier])
-        if result.tier == BASELINE:
-            result.psnr_db, result.max_abs_diff = float("inf"), 0
-
-
-def _record_memory(result: TierResult, out: _Rendered) -> None:
-    result.host_peak_gb = max(result.host_peak_gb, out.memory_gb)
-    if out.device_memory_gb is not None:
-        result.device_peak_gb = max(result.device_peak_gb or 0.0, out.device_memory_gb)
 
 
 def _why_not_interleaved(

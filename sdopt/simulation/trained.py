@@ -30,6 +30,17 @@ GUIDANCE = 4.5
 `generate`, ``sdopt generate`` and ``sdopt bench`` use it unless told otherwise."""
 
 
+def guidance_for(source: str, guidance: float | None) -> float | None:
+    """``guidance`` as given; when it is None and ``source`` names a trained pipeline, `GUIDANCE`.
+
+    Examples:
+        >>> from sdopt.simulation.trained import guidance_for
+        >>> guidance_for("trained-sd", None), guidance_for("trained-sd", 7.5), guidance_for("tiny-sd", None)
+        (4.5, 7.5, None)
+    """
+    return GUIDANCE if guidance is None and source in TRAINED_ARCHES else guidance
+
+
 def load(kind: str, root: Path | None = None) -> Any:
     """The trained pipeline ``kind`` (``"sd"`` or ``"dit"``), float32 on the CPU, in eval mode.
 
