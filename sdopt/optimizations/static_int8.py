@@ -43,7 +43,8 @@ class StaticInt8Config:
     inputs, must keep at least this signal-to-noise ratio, else that shape stays float32 (refused,
     with the figure). 25 dB: the least denoiser SNR at which both trained tiny pipelines kept their
     prompt accuracy within 0.05 and their domain FID within half (at 20 dB trained-sd lost 0.062 of
-    its accuracy and doubled its FID; their own int8 programs measured 39.8 and 36.3 dB;
+    its accuracy and doubled its FID; trained-dit's int8 program measured 35.2 dB, trained-sd's 23.7 dB
+    on one first call (refused; under the old 20 dB floor it cost 0.042 accuracy) and 39.7 on another;
     benchmarks/RESULTS.md, "Quality on the trained tiny pipelines"). ``keep_float``: top-level
     submodules of the denoiser left in floating point (``"auto"``: those of `SENSITIVE` it has);
     ``calibration_calls``: denoiser calls of the first pipeline call that calibrate activation
