@@ -90,6 +90,12 @@ def run(kind: str, steps: int, guidance: float) -> dict[str, Any]:
     }
 
 
+def _applied(entry: dict[str, Any]) -> str:
+    """The steps applied, and what a call-time step said when it fell back (static_int8's own check)."""
+    fell_back = [f"{name}: {note}" for name, note in (entry.get("after_calls") or {}).items() if "runs float32" in note]
+    return ", ".join(entry["applied"]) + "".join(f" ({note})" for note in fell_back)
+
+
 def _psnr(value: Any) -> str:
     return "identical" if value in ("inf", float("inf")) else f"{value:.1f}"
 
@@ -121,7 +127,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {klass} | {accuracy:.3f} ({accuracy - base['prompt_accuracy']:+.3f}) "
                 f"| {fid:.2f} ({fid - base['domain_fid']:+.2f}) | {_psnr(entry['psnr_db'])} "
-                f"| {entry['ssim']:.3f} | {'kept' if entry['kept'] else 'refused'} | {', '.join(entry['applied'])} |"
+                f"| {entry['ssim']:.3f} | {'kept' if entry['kept'] else 'refused'} | {_applied(entry)} |"
             )
         lines.append("")
     return "\n".join(lines)
