@@ -61,6 +61,13 @@ class StepBudget(Optimization):
         steps = self.resolve(anatomy, caps, config).steps
         if steps < 1:
             return f"steps must be >= 1, got {steps}"
+        if steps == 1 and pipe.__class__.__name__.startswith("PixArt") and not _returns_denoised(pipe):
+            # diffusers' PixArt takes element [1] of scheduler.step() on a one-step call (DMD models' LCM
+            # scheduler returns the denoised sample there); any other scheduler raises IndexError.
+            return (
+                f"one step on {anatomy.pipeline_class} needs an LCM scheduler (one-step DMD models), "
+                f"not {type(getattr(pipe, 'scheduler', None)).__name__}: use steps >= 2"
+            )
         default = call_default(pipe, "num_inference_steps")
         if isinstance(default, int) and default <= steps and not config.cap:
             return f"the pipeline's default of {default} steps is already within the budget of {steps}"
@@ -74,3 +81,8 @@ class StepBudget(Optimization):
 
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         return wrap_call(pipe, StepCount(self.name, config.steps, config.cap))
+
+
+def _returns_denoised(pipe: Any) -> bool:
+    """Whether the scheduler's ``step(..., return_dict=False)`` gives the denoised sample second."""
+    return type(getattr(pipe, "scheduler", None)).__name__ == "LCMScheduler"

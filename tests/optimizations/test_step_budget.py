@@ -102,3 +102,18 @@ def test_a_second_optimize_does_not_wrap_the_call_again(name, cpu_caps) -> None:
     assert call_layers(pipe) == [name]
     first.undo()
     assert call_layers(pipe) == []
+
+
+def test_one_step_on_pixart_without_an_lcm_scheduler_is_skipped_with_the_reason(cpu_caps) -> None:
+    from diffusers import LCMScheduler
+
+    from sdopt.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("pixart")
+    report = optimize(pipe, tier=None, extra=[{"name": "step_budget", "steps": 1, "cap": True}], caps=cpu_caps)
+    assert not report.applied and "LCM scheduler" in report.skipped[0].reason
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    report = optimize(pipe, tier=None, extra=[{"name": "step_budget", "steps": 1, "cap": True}], caps=cpu_caps)
+    assert [d.name for d in report.applied] == ["step_budget"]
+    assert pipe(**call_kwargs("pixart")).images.shape[0] == 1  # capped at one step, and it runs
+    report.undo()
