@@ -27,6 +27,18 @@ from sdopt.probes import cpu as cpu_probe
 from sdopt.probes.packages import OPTIONAL_PACKAGES as OPTIONAL_PACKAGES
 from sdopt.probes.run import dist_version
 
+# Each class and the flag that marks it, the most capable first: a CPU is in the first class whose flag it has.
+CPU_CLASSES: tuple[tuple[str, str], ...] = (
+    ("amx", "amx_tile"),
+    ("avx512-bf16", "avx512_bf16"),
+    ("avx512-vnni", "avx512_vnni"),
+    ("avx512", "avx512f"),
+    ("avx2-vnni", "avx_vnni"),
+    ("avx2", "avx2"),
+    ("arm", "asimd"),
+    ("arm", "neon"),
+)
+
 _CPU_FLAGS_OF_INTEREST = (
     "avx2",
     "avx512f",
@@ -61,6 +73,22 @@ class CpuInfo:
     int8_accelerated: bool
     bf16_speedup: float | None = None
     """Measured fp32 time / bf16 time of a small convolution, where the flags alone do not decide."""
+
+    @property
+    def cpu_class(self) -> str:
+        """The instruction-set class that decides which CPU kernels pay (tiers choose by it, as measured):
+        ``amx``, ``avx512-bf16``, ``avx512-vnni``, ``avx512``, ``avx2-vnni``, ``avx2``, ``arm`` or ``other``.
+
+        Examples:
+            >>> from sdopt.testing import fake_capabilities
+            >>> fake_capabilities("cpu-avx2").cpu.cpu_class, fake_capabilities("cpu-amx").cpu.cpu_class
+            ('avx2', 'amx')
+        """
+        flags = set(self.flags)
+        for cpu_class, flag in CPU_CLASSES:
+            if flag in flags:
+                return cpu_class
+        return "other"
 
 
 @dataclass(frozen=True)
@@ -270,6 +298,7 @@ class Capabilities:
             "device": self.device,
             "cpu_bf16_accelerated": self.cpu.bf16_accelerated,
             "cpu_int8_accelerated": self.cpu.int8_accelerated,
+            "cpu_class": self.cpu.cpu_class,
             "gpus": [
                 f"{gpu.arch} {round(gpu.total_memory_gb)} GB{'' if gpu.usable else ' (unusable)'}" for gpu in self.cuda
             ],

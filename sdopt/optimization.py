@@ -131,7 +131,8 @@ class Optimization:
             the registry derives the reverse direction).
         group: an exclusive group (e.g. ``"attention"``): at most one member per plan.
         after / before: names this one must be applied after / before when both are planned.
-        lossy: whether outputs change beyond numerical drift.
+        lossy: whether outputs change beyond numerical drift with the default options (`lossy_with`
+            answers for given options).
         effect: what it buys: "speed", "memory" or "speed+memory".
         calibrates_on_first_call: whether its first pipeline call is a whole float call it learns
             from (static int8's calibration): a tuning warms it up with a whole call, not a short one.
@@ -204,6 +205,11 @@ class Optimization:
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         """What applying with ``config`` to this pipeline does, for the report (defaults to `summary`)."""
         return self.summary
+
+    def lossy_with(self, config: Any) -> bool:
+        """Whether applying with ``config`` changes outputs beyond numerical drift (defaults to `lossy`;
+        an optimization whose options decide it, such as a precision, says so here)."""
+        return self.lossy
 
     # ---- configuration
 

@@ -57,7 +57,7 @@ class Step:
             reason=reason,
             config=opt.config_to_dict(self.config),
             kind=opt.kind,
-            lossy=opt.lossy,
+            lossy=opt.lossy_with(self.config),
             source=self.source,
             seconds=seconds,
         )

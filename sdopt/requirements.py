@@ -24,6 +24,7 @@ PACKAGE_EXTRAS: dict[str, str] = {
     "bitsandbytes": "bnb",
     "torchao": "torchao",
     "matplotlib": "bench",
+    "openvino": "openvino",
 }
 
 
@@ -49,6 +50,7 @@ class Requirements:
     max_memory_gb: float | None = None
     bf16_accelerated: bool | None = None
     cpu_amx: bool | None = None
+    cpu_classes: tuple[str, ...] = ()
     min_denoiser_mparams: float | None = None
     min_torch: str | None = None
     min_diffusers: str | None = None
@@ -93,6 +95,9 @@ class Requirements:
             return f"only on CPUs {wanted} bf16 acceleration (AMX-BF16, or a measured bf16 speedup)"
         if self.cpu_amx is not None and any(flag.startswith("amx") for flag in caps.cpu.flags) != self.cpu_amx:
             return f"only on CPUs {'with' if self.cpu_amx else 'without'} AMX"
+        if self.cpu_classes and (caps.device != "cpu" or caps.cpu.cpu_class not in self.cpu_classes):
+            found = caps.cpu.cpu_class if caps.device == "cpu" else f"device {caps.device}"
+            return f"only on {' or '.join(self.cpu_classes)} CPUs, where it was measured (this machine: {found})"
         if self.min_denoiser_mparams is not None:
             size = sum(p.numel() for p in anatomy.denoiser.parameters()) / 1e6 if anatomy.denoiser is not None else 0
             if size < self.min_denoiser_mparams:
@@ -147,7 +152,7 @@ class Requirements:
         return ", ".join(parts) or "always"
 
 
-_LISTS = ("devices", "families", "denoiser_kinds", "packages", "distillations")
+_LISTS = ("devices", "families", "denoiser_kinds", "packages", "distillations", "cpu_classes")
 _FLAGS = ("bf16_accelerated", "cpu_amx", "needs_vae")
 _AMOUNTS = ("min_memory_gb", "max_memory_gb", "min_denoiser_mparams")
 _VERSIONS = ("min_torch", "min_diffusers")

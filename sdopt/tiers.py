@@ -311,6 +311,33 @@ _FAST_4 = insert_before(
 # ultra@4: ultra@3 built on fast@4.
 _ULTRA_4 = (_ULTRA_3[0], *_FAST_4, _RESOLUTION, *_ULTRA_2_COMPILE)
 
+# balanced@4 (fast@5, ultra@5): OpenVINO's CPU runtime runs the denoiser and the VAE decoder on the CPU
+# classes where it was measured (issue 29), listed before half precision, dynamic and static int8 and
+# feature caching, which it wins. SD1.5 at 512x512, 4 steps, 2 threads, on a 2-core AMD EPYC with
+# AVX512-BF16 and no AMX (benchmarks/RESULTS.md, "OpenVINO's runtime inside the pipeline"): PyTorch
+# float32 41.4 s, balanced@3 (PyTorch bf16, channels-last) 21.5 s at 48.5 dB, OpenVINO f32 24.5 s at
+# 86.8 dB, OpenVINO bf16 13.7 s at 47.6 dB; on an AVX2-only EPYC OpenVINO f32 ran the pipeline 1.38x
+# faster than PyTorch float32 (190.2 s vs 261.8 s), where balanced@3 had no compute lever. Not on AMX
+# or on AVX-512 CPUs without bf16 (nothing measured there); without `sdopt[openvino]` the entry is
+# skipped with the install hint and the steps after it plan as in the previous version.
+_EPYC_BF16 = "SD1.5 512/4 on a 2-core AVX512-BF16 EPYC"
+_OPENVINO_BF16 = Entry(
+    "openvino_runtime",
+    {"precision": "bf16"},
+    when=Requirements(devices=("cpu",), cpu_classes=("avx512-bf16",), bf16_accelerated=True),
+    why=f"{_EPYC_BF16}: 13.7 s at 47.6 dB vs balanced@3's PyTorch bf16 21.5 s at 48.5 dB and float32 41.4 s; "
+    "trained-sd keeps its prompt accuracy (RESULTS.md)",
+)
+_OPENVINO_F32 = Entry(
+    "openvino_runtime",
+    when=Requirements(devices=("cpu",), cpu_classes=("avx2", "avx512-bf16")),
+    why=f"{_EPYC_BF16}: 24.5 s vs 41.4 s PyTorch float32 at 86.8 dB; on an AVX2-only EPYC OpenVINO f32 ran "
+    "SD1.5 1.38x faster than PyTorch float32 (RESULTS.md)",
+)
+_BALANCED_4 = insert_before(_BALANCED_3, "half_precision", _OPENVINO_BF16, _OPENVINO_F32)
+_FAST_5 = insert_before(_FAST_4, "static_int8", _OPENVINO_BF16, _OPENVINO_F32)
+_ULTRA_5 = (_ULTRA_3[0], *_FAST_5, _RESOLUTION, *_ULTRA_2_COMPILE)
+
 _LOW_MEMORY_1 = (
     Entry("model_offload", why="by budget: the largest component fits, the whole pipeline does not"),
     Entry("group_offload", why="by budget: at least 2 GB free; overlaps transfers with compute (CUDA streams)"),
@@ -374,18 +401,21 @@ _TIERS: dict[str, dict[int, Preset]] = {
         1: Preset("balanced", _BALANCED_1, 1, "best speed with no visible quality loss on this hardware"),
         2: Preset("balanced", _BALANCED_2, 2, "best speed with no visible quality loss on this hardware"),
         3: Preset("balanced", _BALANCED_3, 3, "best speed with no visible quality loss on this hardware"),
+        4: Preset("balanced", _BALANCED_4, 4, "best speed with no visible quality loss on this hardware"),
     },
     "fast": {
         1: Preset("fast", _FAST_1, 1, "small visible cost accepted for more speed"),
         2: Preset("fast", _FAST_2, 2, "small visible cost accepted for more speed"),
         3: Preset("fast", _FAST_3, 3, "small visible cost accepted for more speed"),
         4: Preset("fast", _FAST_4, 4, "small visible cost accepted for more speed"),
+        5: Preset("fast", _FAST_5, 5, "small visible cost accepted for more speed"),
     },
     "ultra": {
         1: Preset("ultra", _ULTRA_1, 1, "maximum speed, clear quality cost"),
         2: Preset("ultra", _ULTRA_2, 2, "maximum speed, clear quality cost"),
         3: Preset("ultra", _ULTRA_3, 3, "maximum speed, clear quality cost"),
         4: Preset("ultra", _ULTRA_4, 4, "maximum speed, clear quality cost"),
+        5: Preset("ultra", _ULTRA_5, 5, "maximum speed, clear quality cost"),
     },
     "low-memory": {
         1: Preset("low-memory", _LOW_MEMORY_1, 1, "smallest footprint that still runs"),
@@ -481,7 +511,8 @@ def tiers_markdown() -> str:
             optimization = registry.get(step["name"])
             options = ", ".join(f"{k}={v}" for k, v in step.get("config", {}).items()) or "defaults"
             when = Requirements.from_dict(step.get("when", {})).describe().replace("|", " or ")
-            quality = "lossy" if optimization.lossy else "lossless"
+            config = optimization.make_config(step.get("config", {}))
+            quality = "lossy" if optimization.lossy_with(config) else "lossless"
             why = step.get("why", "").replace("|", "/")
             lines.append(f"| `{step['name']}` | {options} | {when} | {quality} | {optimization.effect} | {why} |")
         sections.append("\n".join(lines))

@@ -13,7 +13,7 @@ from diffusers.utils import logging as diffusers_logging
 import sdopt.logging
 from sdopt import _noise, optimize
 from sdopt.cli import main
-from sdopt.testing import tiny_pipeline
+from sdopt.testing import fake_capabilities, tiny_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -26,16 +26,17 @@ def _restore_switches():
 
 
 def test_verbosity_controls_what_optimize_says(capsys) -> None:
-    optimize(tiny_pipeline("sd"), tier="balanced")
+    amx = fake_capabilities("cpu-amx")  # what balanced applies depends on the CPU: not this host's
+    optimize(tiny_pipeline("sd"), tier="balanced", caps=amx)
     assert "applied" not in capsys.readouterr().err  # warnings only by default
 
     sdopt.logging.set_verbosity_info()
-    optimize(tiny_pipeline("sd"), tier="balanced")
+    optimize(tiny_pipeline("sd"), tier="balanced", caps=amx)
     err = capsys.readouterr().err
     assert "sdopt: applied half_precision in" in err and "skipped" not in err
 
     sdopt.logging.set_verbosity_debug()
-    optimize(tiny_pipeline("sd"), tier="balanced")
+    optimize(tiny_pipeline("sd"), tier="balanced", caps=amx)
     assert "sdopt: skipped step_budget: not wanted here" in capsys.readouterr().err
 
     with pytest.raises(ValueError, match="use one of debug, info"):

@@ -99,7 +99,7 @@ def test_unknown_tier_lists_the_valid_ones(sd_pipe) -> None:
         plan(sd_pipe, tier="balnced")
     with pytest.raises(UnknownTierError, match="balanced@1"):
         plan(sd_pipe, tier="balanced@999")
-    assert resolve_tier("balanced").label == "balanced@3"
+    assert resolve_tier("balanced").label == "balanced@4"
 
 
 def test_unknown_optimization_names_the_closest(sd_pipe) -> None:
@@ -176,7 +176,7 @@ def test_plan_prints_a_table_and_serializes(sd_pipe, cpu_caps) -> None:
 
     result = plan(sd_pipe, tier="fast", caps=cpu_caps)
     text = str(result)
-    assert "fast@4" in text and "scheduler" in text and "skipped" in text
+    assert "fast@5" in text and "scheduler" in text and "skipped" in text
     data = json.loads(json.dumps(result.to_dict()))
     assert "scheduler" in [step["name"] for step in data["steps"]]
 

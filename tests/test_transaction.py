@@ -81,6 +81,7 @@ CASES = [
     ("quantize_int8", "sd", "cpu", {"min_features": 0}),
     ("distill_lora", "sd", "cpu", {"source": "<lora>"}),
     ("static_int8", "sd", "cpu-amx+torchao", {}),
+    ("openvino_runtime", "sd", "cpu-avx2+openvino", {}),
     ("quantize_4bit", "sd", "here", {}),
     ("scheduler", "sd", "cpu", {}),
     ("step_budget", "sd", "cpu", {"steps": 4}),

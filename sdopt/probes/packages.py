@@ -6,7 +6,7 @@ from typing import Any
 
 from sdopt.probes.run import dist_version, read_cache, run_probe, write_cache
 
-OPTIONAL_PACKAGES = ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention")
+OPTIONAL_PACKAGES = ("xformers", "bitsandbytes", "torchao", "triton", "flash_attn", "sageattention", "openvino")
 
 _PACKAGE_PROBE = r"""
 import json, sys, torch
@@ -47,6 +47,13 @@ def run():
         needs_cuda()
         q = torch.randn(1, 2, 16, 64, device=device, dtype=half)
         sageattn(q, q, q)
+    elif name == "openvino":
+        import openvino as ov
+        if device != "cpu":
+            raise RuntimeError(f"sdopt runs OpenVINO on the CPU only (target device: {device})")
+        layer = torch.nn.Linear(8, 8).eval()
+        model = ov.convert_model(layer, example_input=torch.randn(2, 8))
+        ov.Core().compile_model(model, "CPU")(torch.randn(2, 8).numpy())
     if device == "cuda":
         torch.cuda.synchronize()
 

@@ -1,0 +1,312 @@
+"""One module method (the denoiser's ``forward``, the VAE's ``decode``) run by OpenVINO's CPU runtime.
+
+`OpenVinoRunner` stands in for the method as an instance attribute. The first call at a new input
+signature (shapes, dtypes, the other arguments' values) runs PyTorch, whose output is returned; on the
+way, ``openvino.convert_model`` traces the method at that call's static shapes (or the converted model is
+read from the on-disk cache), OpenVINO compiles it for the CPU, runs it on the same inputs and compares:
+below ``min_snr_db`` that signature stays in PyTorch. Later calls at that signature run the compiled
+model. Anything with gradients, sdopt's own verification calls and signatures beyond `MAX_PROGRAMS` run
+PyTorch. Nothing here raises at call time: a failed conversion leaves that signature in PyTorch, with
+the reason in `OpenVinoRunner.describe` and a warning.
+
+diffusers has no OpenVINO path of its own (optimum-intel exports whole pipelines to its own classes);
+this converts the pipeline's own modules in place, so everything else in the pipeline stays diffusers'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import _pytree
+
+from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
+from sdopt.optimizations._program_keys import behaviour, cpu_fingerprint, identity, signature, weights_hash
+from sdopt.verification import verifying
+
+MAX_PROGRAMS = 4
+"""Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""
+
+_MODEL = "model.xml"
+_WEIGHTS = "model.bin"
+_META = "meta.json"
+_MAC = "mac"
+
+
+def default_root() -> Path:
+    """``$SDOPT_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/sdopt/openvino``, else ``~/.cache/sdopt/openvino``."""
+    return cache_root("openvino")
+
+
+class _Program:
+    """A compiled OpenVINO model and how to feed it a call's arguments and shape its outputs like PyTorch's."""
+
+    def __init__(self, compiled: Any, tensor_positions: list[int], output_spec: Any) -> None:
+        self.compiled = compiled
+        self.tensor_positions = tensor_positions
+        self.output_spec = output_spec
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        leaves = _pytree.tree_leaves((args, kwargs))
+        inputs = [leaves[position].detach().cpu().contiguous().numpy() for position in self.tensor_positions]
+        results = self.compiled(inputs)
+        outputs = [torch.from_numpy(results[index]) for index in range(len(self.compiled.outputs))]
+        return _pytree.tree_unflatten(outputs, self.output_spec)
+
+
+class _Flat(torch.nn.Module):
+    """``method`` as a function of the call's tensors only (what ``convert_model`` traces); the other
+    arguments are the call's own, baked in (they are part of the signature)."""
+
+    def __init__(self, module: torch.nn.Module, method: Callable[..., Any], leaves: list[Any], spec: Any) -> None:
+        super().__init__()
+        self.inner = module  # registered, so the trace sees its weights as the module's
+        self.method = method
+        self.leaves = leaves
+        self.spec = spec
+        self.positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        leaves = list(self.leaves)
+        for position, tensor in zip(self.positions, tensors, strict=True):
+            leaves[position] = tensor
+        args, kwargs = _pytree.tree_unflatten(leaves, self.spec)
+        return tuple(_pytree.tree_leaves(self.method(*args, **kwargs)))
+
+
+class OpenVinoRunner:
+    """Stands in for ``getattr(module, method)`` (an instance attribute; undo removes it)."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        method: str,
+        original: Callable[..., Any],
+        *,
+        precision: str,
+        min_snr_db: float,
+        root: Path,
+        label: str,
+    ) -> None:
+        self.module = module
+        self.method = method
+        self.original = original
+        self.precision = precision
+        self.min_snr_db = min_snr_db
+        self.root = root
+        self.label = label
+        self.programs: dict[str, _Program] = {}
+        self.refused: dict[str, str] = {}
+        self.events: list[str] = []
+        self.conversions = 0
+        self.cache_hits = 0
+        self.openvino_calls = 0
+        self._identity: tuple[tuple[int, int], ...] = ()
+        self._weights: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled() or verifying():
+            return self.original(*args, **kwargs)
+        # A compiled model holds a copy of the weights it was converted from: weights replaced or changed
+        # in place (a LoRA fused, another adapter) or a changed processor or scale make it stale.
+        current = identity(self.module)
+        if current != self._identity:
+            self._identity, self._weights = current, None
+            self.programs.clear()
+            self.refused.clear()
+        call_signature = f"{behaviour(self.module)}|{signature(*_without_generators(args, kwargs))}"
+        program = self.programs.get(call_signature)
+        if program is not None:
+            self.openvino_calls += 1
+            return program(args, kwargs)
+        if call_signature in self.refused:
+            return self.original(*args, **kwargs)
+        if len(self.programs) + len(self.refused) >= MAX_PROGRAMS:
+            self._refuse(call_signature, f"more than {MAX_PROGRAMS} input signatures (shapes or argument values)")
+            return self.original(*args, **kwargs)
+        return self._prepare(call_signature, args, kwargs)
+
+    def describe(self) -> str:
+        if not self.events:
+            return (
+                f"{self.label}: waiting for its first call, which runs PyTorch while OpenVINO converts and compiles "
+                "it (tens of seconds for a UNet; the on-disk cache spares a new process the conversion)"
+            )
+        return "; ".join(f"{self.label}: {event}" for event in self.events)
+
+    def forget(self) -> None:
+        """Drop every compiled model (their weights' memory with them)."""
+        self.programs.clear()
+
+    # ---- converting, loading and checking
+
+    def _prepare(self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        reference = self.original(*args, **kwargs)  # this call's answer: PyTorch's, exactly
+        started = time.perf_counter()
+        try:
+            program, how = self._program(call_signature, args, kwargs, reference)
+            output = program(args, kwargs)
+        except Exception as error:  # never an error at call time: this signature stays in PyTorch
+            self._refuse(call_signature, f"conversion failed ({type(error).__name__}: {_first_line(error)})")
+            return reference
+        snr = snr_db(reference, output)
+        shape = _shape_label(args)
+        fidelity = f"{snr:.1f} dB SNR against PyTorch on this call (floor {self.min_snr_db:g} dB)"
+        if snr < self.min_snr_db:
+            self._refuse(call_signature, f"refused for {shape}: {fidelity}")
+            return reference
+        self.programs[call_signature] = program
+        self.events.append(
+            f"OpenVINO {self.precision} for {shape}, {how}, ready in {time.perf_counter() - started:.1f} s; {fidelity}"
+        )
+        return reference
+
+    def _program(
+        self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any
+    ) -> tuple[_Program, str]:
+        import openvino as ov
+
+        leaves, spec = _pytree.tree_flatten((args, kwargs))
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        output_leaves, output_spec = _pytree.tree_flatten(reference)
+        if not output_leaves or not all(isinstance(leaf, torch.Tensor) for leaf in output_leaves):
+            raise TypeError(f"{self.label} returns something other than tensors")
+        entry = self._key(call_signature)
+        started = time.perf_counter()
+        model = _load(self.root, entry)
+        if model is None:
+            flat = _Flat(self.module, self.original, leaves, spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # each branch is checked by the SNR below
+                model = ov.convert_model(flat, example_input=tuple(tensors))
+            self.conversions += 1
+            converted = time.perf_counter() - started
+            with contextlib.suppress(OSError):  # an unwritable cache costs the next process a conversion, no more
+                _store(self.root, entry, model, {"convert_s": round(converted, 1)})
+            how = f"converted in {converted:.0f} s"
+        else:
+            self.cache_hits += 1
+            how = f"read from the on-disk cache in {time.perf_counter() - started:.1f} s"
+        model.reshape({index: ov.PartialShape(list(tensor.shape)) for index, tensor in enumerate(tensors)})
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        compiled = ov.Core().compile_model(model, "CPU", config)
+        del model  # the compiled model holds its own copy of the weights
+        positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        return _Program(compiled, positions, output_spec), how
+
+    def _refuse(self, call_signature: str, reason: str) -> None:
+        self.refused[call_signature] = reason
+        self.events.append(f"{reason}; that signature runs PyTorch")
+        warnings.warn(f"sdopt openvino_runtime: {self.label}: {reason}; that signature runs PyTorch", stacklevel=4)
+
+    def _key(self, call_signature: str) -> str:
+        if self._weights is None:
+            self._weights = weights_hash(self.module)
+        return key(self._weights, call_signature, f"{type(self.module).__qualname__}.{self.method}")
+
+
+def key(weights: str, call_signature: str, method: str) -> str:
+    """The cache key of one converted model: the weights, the call (with the modules' `behaviour`), the
+    method, and the versions of everything that shaped the trace."""
+    import diffusers
+    import openvino
+
+    from sdopt._version import __version__
+
+    facts = {
+        "weights": weights,
+        "signature": call_signature,
+        "method": method,
+        "torch": torch.__version__,
+        "openvino": openvino.__version__,
+        "diffusers": diffusers.__version__,
+        "sdopt": __version__,
+        "python": sys.version.split()[0],
+        "cpu": cpu_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _load(root: Path, entry: str) -> Any:
+    """The converted model stored under ``entry``, or None (absent, unreadable or not signed by this user)."""
+    import openvino as ov
+
+    folder = root / entry
+    files = (folder / _MODEL, folder / _WEIGHTS, folder / _META)
+    if not all(path.is_file() for path in files):
+        return None
+    try:
+        check_trusted(folder)
+        mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
+        if not signed(mac, *files):
+            raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt")
+        return ov.Core().read_model(str(folder / _MODEL))
+    except Exception as error:  # a planted, foreign or damaged entry: converted again from this call
+        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
+        return None
+
+
+def _store(root: Path, entry: str, model: Any, meta: dict[str, Any]) -> None:
+    """Keep ``model`` under ``entry``, float32 weights as converted, signed; written aside and renamed."""
+    import openvino as ov
+
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_trusted(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
+    try:
+        ov.save_model(model, str(staging / _MODEL), compress_to_fp16=False)
+        (staging / _META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+        (staging / _MAC).write_text(sign(staging / _MODEL, staging / _WEIGHTS, staging / _META))
+        with contextlib.suppress(OSError):  # another process stored the same entry first: theirs is as good
+            staging.rename(root / entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear(root: Path | None = None) -> int:
+    """Remove every converted model under ``root``; returns the bytes freed."""
+    root = root or default_root()
+    if not root.exists():
+        return 0
+    freed = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    shutil.rmtree(root)
+    return freed
+
+
+def snr_db(reference: Any, output: Any) -> float:
+    """Signal-to-noise ratio of ``output`` against ``reference`` over all their tensors, in dB."""
+    import math
+
+    signal = noise = 0.0
+    for want, got in zip(_pytree.tree_leaves(reference), _pytree.tree_leaves(output), strict=True):
+        signal += want.double().pow(2).sum().item()
+        noise += (got.double() - want.double()).pow(2).sum().item()
+    if noise == 0.0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _without_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call with each random generator as a placeholder: a new generator object is not a new program (the
+    VAE's decode takes one and draws nothing; a method that draws from it fails its first call's SNR check)."""
+    return _pytree.tree_map(lambda leaf: "<generator>" if isinstance(leaf, torch.Generator) else leaf, (args, kwargs))
+
+
+def _shape_label(args: tuple[Any, ...]) -> str:
+    first = next((arg for arg in args if isinstance(arg, torch.Tensor)), None)
+    return f"input {list(first.shape)}" if first is not None else "its inputs"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
