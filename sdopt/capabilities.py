@@ -26,18 +26,7 @@ from sdopt.probes import accelerators, packages
 from sdopt.probes import cpu as cpu_probe
 from sdopt.probes.packages import OPTIONAL_PACKAGES as OPTIONAL_PACKAGES
 from sdopt.probes.run import dist_version
-
-# Each class and the flag that marks it, the most capable first: a CPU is in the first class whose flag it has.
-CPU_CLASSES: tuple[tuple[str, str], ...] = (
-    ("amx", "amx_tile"),
-    ("avx512-bf16", "avx512_bf16"),
-    ("avx512-vnni", "avx512_vnni"),
-    ("avx512", "avx512f"),
-    ("avx2-vnni", "avx_vnni"),
-    ("avx2", "avx2"),
-    ("arm", "asimd"),
-    ("arm", "neon"),
-)
+from sdopt.requirements import CPU_CLASSES
 
 _CPU_FLAGS_OF_INTEREST = (
     "avx2",

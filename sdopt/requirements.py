@@ -27,6 +27,21 @@ PACKAGE_EXTRAS: dict[str, str] = {
     "openvino": "openvino",
 }
 
+# The CPU classes a condition can name (`CpuInfo.cpu_class`), each with the flag that marks it, the most
+# capable first: a CPU is in the first class whose flag it has, else "other".
+CPU_CLASSES: tuple[tuple[str, str], ...] = (
+    ("amx", "amx_tile"),
+    ("amx", "amx_bf16"),
+    ("amx", "amx_int8"),
+    ("avx512-bf16", "avx512_bf16"),
+    ("avx512-vnni", "avx512_vnni"),
+    ("avx512", "avx512f"),
+    ("avx2-vnni", "avx_vnni"),
+    ("avx2", "avx2"),
+    ("arm", "asimd"),
+    ("arm", "neon"),
+)
+
 
 @dataclass(frozen=True)
 class Requirements:
@@ -164,6 +179,11 @@ def _condition(name: str, value: Any) -> Any:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) and item for item in items):
             raise ValueError(f"condition {name}: a list of names is expected, got {value!r}")
+        if name == "cpu_classes":  # a misspelt class would never match, silently
+            known = sorted({cpu_class for cpu_class, _ in CPU_CLASSES} | {"other"})
+            unknown = [item for item in items if item not in known]
+            if unknown:
+                raise ValueError(f"condition cpu_classes: unknown class(es) {unknown}; known: {', '.join(known)}")
         return tuple(items)
     if name in _FLAGS:
         if not isinstance(value, bool):

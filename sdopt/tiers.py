@@ -311,31 +311,35 @@ _FAST_4 = insert_before(
 # ultra@4: ultra@3 built on fast@4.
 _ULTRA_4 = (_ULTRA_3[0], *_FAST_4, _RESOLUTION, *_ULTRA_2_COMPILE)
 
-# balanced@4 (fast@5, ultra@5): OpenVINO's CPU runtime runs the denoiser and the VAE decoder on the CPU
-# classes where it was measured (issue 29), listed before half precision, dynamic and static int8 and
-# feature caching, which it wins. SD1.5 at 512x512, 4 steps, 2 threads, on a 2-core AMD EPYC with
-# AVX512-BF16 and no AMX (benchmarks/RESULTS.md, "OpenVINO's runtime inside the pipeline"): PyTorch
-# float32 41.4 s, balanced@3 (PyTorch bf16, channels-last) 21.5 s at 48.5 dB, OpenVINO f32 24.5 s at
-# 86.8 dB, OpenVINO bf16 13.7 s at 47.6 dB; on an AVX2-only EPYC OpenVINO f32 ran the pipeline 1.38x
-# faster than PyTorch float32 (190.2 s vs 261.8 s), where balanced@3 had no compute lever. Not on AMX
-# or on AVX-512 CPUs without bf16 (nothing measured there); without `sdopt[openvino]` the entry is
-# skipped with the install hint and the steps after it plan as in the previous version.
-_EPYC_BF16 = "SD1.5 512/4 on a 2-core AVX512-BF16 EPYC"
+# balanced@4 (fast@5, ultra@5): OpenVINO's CPU runtime runs the UNet and the VAE decoder on the CPU
+# classes where it was measured to beat what it displaces (issue 29), listed before half precision,
+# dynamic and static int8 and feature caching, which it wins. Figures (benchmarks/RESULTS.md, "OpenVINO's
+# runtime inside the pipeline"): SD1.5 at 512x512, 4 steps, 2 threads. On a 2-core AMD EPYC with
+# AVX512-BF16 (bf16 measured faster than float32, no AMX): float32 41.4 s, balanced@3 (PyTorch bf16)
+# 21.5 s at 48.5 dB, OpenVINO bf16 13.7 s at 47.6 dB (trained-sd: prompt accuracy unchanged), fast@4
+# (static int8) 8.6 s, fast@5 6.8 s. On an AVX2-only EPYC, where balanced@3 has no compute lever,
+# OpenVINO f32 ran the pipeline 1.38x faster than PyTorch float32 and 1.27x faster than balanced@2.
+# Left out where it lost or was not measured: OpenVINO f32 on an AVX512-BF16 Xeon whose bf16 is not
+# accelerated (1.04x per UNet call, where dynamic int8 made balanced@2 1.32x OpenVINO f32 and static
+# int8 is fast's lever), AMX, AVX-512 without bf16, DiT denoisers, and fast/ultra on AVX2 (against
+# feature caching, unmeasured). Without `sdopt[openvino]` the entry is skipped with the install hint and
+# the steps after it plan as in the previous version.
 _OPENVINO_BF16 = Entry(
     "openvino_runtime",
     {"precision": "bf16"},
-    when=Requirements(devices=("cpu",), cpu_classes=("avx512-bf16",), bf16_accelerated=True),
-    why=f"{_EPYC_BF16}: 13.7 s at 47.6 dB vs balanced@3's PyTorch bf16 21.5 s at 48.5 dB and float32 41.4 s; "
-    "trained-sd keeps its prompt accuracy (RESULTS.md)",
+    when=Requirements(devices=("cpu",), cpu_classes=("avx512-bf16",), bf16_accelerated=True, denoiser_kinds=("unet",)),
+    why="SD1.5 512/4 on a 2-core AVX512-BF16 EPYC: 13.7 s at 47.6 dB vs balanced@3's PyTorch bf16 21.5 s at "
+    "48.5 dB (float32 41.4 s); fast@5 6.8 s vs fast@4's static int8 8.6 s; trained-sd keeps its prompt "
+    "accuracy (RESULTS.md)",
 )
-_OPENVINO_F32 = Entry(
+_OPENVINO_F32_AVX2 = Entry(
     "openvino_runtime",
-    when=Requirements(devices=("cpu",), cpu_classes=("avx2", "avx512-bf16")),
-    why=f"{_EPYC_BF16}: 24.5 s vs 41.4 s PyTorch float32 at 86.8 dB; on an AVX2-only EPYC OpenVINO f32 ran "
-    "SD1.5 1.38x faster than PyTorch float32 (RESULTS.md)",
+    when=Requirements(devices=("cpu",), cpu_classes=("avx2",), denoiser_kinds=("unet",)),
+    why="SD1.5 512/4 on an AVX2-only EPYC: OpenVINO f32 190.2 s vs PyTorch float32 261.8 s and balanced@2 "
+    "241.0 s; float32 results (86.8 dB vs PyTorch on an EPYC with AVX-512) (RESULTS.md)",
 )
-_BALANCED_4 = insert_before(_BALANCED_3, "half_precision", _OPENVINO_BF16, _OPENVINO_F32)
-_FAST_5 = insert_before(_FAST_4, "static_int8", _OPENVINO_BF16, _OPENVINO_F32)
+_BALANCED_4 = insert_before(_BALANCED_3, "half_precision", _OPENVINO_BF16, _OPENVINO_F32_AVX2)
+_FAST_5 = insert_before(_FAST_4, "static_int8", _OPENVINO_BF16)
 _ULTRA_5 = (_ULTRA_3[0], *_FAST_5, _RESOLUTION, *_ULTRA_2_COMPILE)
 
 _LOW_MEMORY_1 = (

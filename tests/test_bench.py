@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +309,12 @@ def test_on_gpus_speedups_are_against_the_untouched_half_pipeline() -> None:
     summarize(rows, "untouched-half")
     assert rows[1].speedup == 1.0 and rows[2].speedup == pytest.approx(2.0 / 1.55)
     assert rows[0].speedup == pytest.approx(2.0 / 8.1) and rows[0].verdict == "slower"
+
+
+def test_the_record_says_what_call_time_steps_did_during_the_calls(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
+    preset = Path(__file__).parents[1] / "benchmarks" / "presets" / "openvino-f32.toml"
+    result = bench("tiny-sd", [BASELINE, str(preset)], steps=2, runs=1, warmup=1)
+    (row,) = [tier for tier in result.tiers if tier.applied == ["openvino_runtime"]]
+    assert "dB SNR against PyTorch" in row.report["after_calls"]["openvino_runtime"]  # not "waiting for"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -334,6 +335,7 @@ EXPECTED_DTYPE = {
     "apple-m2-16gb": "float16",
     "cpu-avx2": None,
     "cpu-vnni": None,  # AVX512-BF16 without AMX: bf16 is not accelerated (fake profiles are not measured)
+    "cpu-epyc-bf16": "bfloat16",  # AVX512-BF16 without AMX, bf16 measured faster
     "rtx5090-no-kernels": None,
 }
 
@@ -352,6 +354,7 @@ def test_balanced_plan_follows_the_hardware(profile: str) -> None:
         "cpu-avx2": "cpu",
         "cpu-amx": "cpu",
         "cpu-vnni": "cpu",
+        "cpu-epyc-bf16": "cpu",
         "rtx5090-no-kernels": "cpu",
     }
     assert result.device == expected_device.get(profile, "cuda")
@@ -403,3 +406,92 @@ def test_damaged_probe_cache_entries_are_probed_again_never_a_crash(monkeypatch,
     (tmp_path / "probes.json").write_text(json.dumps(damaged))
     assert cpu_probe.bf16_speedup("cpu z") == 2.0  # measured again, no crash
     assert not list(tmp_path.glob(".probes-*"))  # written through a temp file and renamed: none left behind
+
+
+def test_the_cpu_class_follows_the_most_capable_flag() -> None:
+    from sdopt.capabilities import cpu_info
+
+    assert [fake_capabilities(p).cpu.cpu_class for p in ("cpu-avx2", "cpu-vnni", "cpu-amx")] == [
+        "avx2",
+        "avx512-bf16",
+        "amx",
+    ]
+    classes = {
+        frozenset({"avx2", "fma", "avx512f"}): "avx512",
+        frozenset({"avx2", "avx512f", "avx512_vnni"}): "avx512-vnni",
+        frozenset({"avx2", "avx_vnni"}): "avx2-vnni",
+        frozenset({"sse4_2"}): "other",
+    }
+    for flags, expected in classes.items():
+        assert cpu_info("some x86", set(flags), 2, "x86_64").cpu_class == expected
+    assert cpu_info("some arm", {"asimd", "bf16"}, 2, "aarch64").cpu_class == "arm"
+    assert fake_capabilities("cpu-avx2").fingerprint_facts()["cpu_class"] == "avx2"
+
+
+def test_a_cpu_class_condition_names_the_class_found() -> None:
+    from sdopt.anatomy import inspect_pipeline
+    from sdopt.requirements import Requirements
+
+    anatomy = inspect_pipeline(tiny_pipeline("sd"))
+    needs = Requirements.from_dict({"cpu_classes": ["avx2"]})
+    assert needs.unmet(anatomy, fake_capabilities("cpu-avx2")) is None
+    assert needs.unmet(anatomy, fake_capabilities("cpu-amx")) == (
+        "only on avx2 CPUs, where it was measured (this machine: amx)"
+    )
+    assert "device cuda" in needs.unmet(anatomy, fake_capabilities("t4-16gb"))
+
+
+_OV = {"openvino": True, "torchao": True}
+
+
+def _pipeline(family: str) -> Any:
+    """SD1.5 at its real size (on the meta device: planning reads sizes, never values), or a tiny DiT."""
+    from sdopt.simulation.architectures import real_pipeline
+
+    return real_pipeline("sd15", device="meta") if family == "sd" else tiny_pipeline(family)
+
+
+def _steps(family: str, tier: str, caps: Any) -> dict[str, Any]:
+    return {step.name: step.config for step in plan(_pipeline(family), tier, caps=caps).steps}
+
+
+def test_on_avx2_balanced_runs_openvino_f32_and_fast_keeps_feature_caching() -> None:
+    # AVX2-only EPYC (issue 29): OpenVINO f32 190.2 s vs PyTorch float32 261.8 s and balanced@2 241.0 s.
+    avx2 = fake_capabilities("cpu-avx2", packages=_OV)
+    balanced = _steps("sd", "balanced", avx2)
+    assert balanced["openvino_runtime"].precision == "f32" and "quantize_int8" not in balanced
+    fast = _steps("sd", "fast", avx2)
+    assert "openvino_runtime" not in fast and "feature_cache" in fast  # against feature caching: not measured
+    # Without openvino the tier plans as balanced@3 did, and says how to get the lever.
+    bare = plan(_pipeline("sd"), "balanced", caps=fake_capabilities("cpu-avx2", packages={"torchao": True}))
+    assert "quantize_int8" in {step.name for step in bare.steps}
+    skipped = next(d.reason for d in bare.skipped if d.name == "openvino_runtime")
+    assert "pip install sdopt[openvino]" in skipped
+    assert _steps("sd", "balanced@3", avx2).keys() == {step.name for step in bare.steps}
+
+
+def test_on_avx512_bf16_openvino_bf16_wins_half_precision_and_static_int8_where_bf16_pays() -> None:
+    accelerated = fake_capabilities("cpu-epyc-bf16", packages=_OV)
+    assert accelerated.cpu.cpu_class == "avx512-bf16" and accelerated.cpu.bf16_accelerated
+    balanced = _steps("sd", "balanced", accelerated)
+    assert balanced["openvino_runtime"].precision == "bf16" and "half_precision" not in balanced
+    fast = _steps("sd", "fast", accelerated)
+    assert fast["openvino_runtime"].precision == "bf16" and "static_int8" not in fast
+    # bf16 not accelerated (an AVX512-BF16 Xeon measured 1.04x per UNet call in OpenVINO f32): unchanged.
+    slow_bf16 = fake_capabilities("cpu-vnni", packages=_OV)
+    assert "openvino_runtime" not in _steps("sd", "balanced", slow_bf16)
+    assert "openvino_runtime" not in _steps("sd", "fast", slow_bf16)
+
+
+@pytest.mark.parametrize(("profile", "family"), [("cpu-amx", "sd"), ("cpu-avx2", "pixart"), ("t4-16gb", "sd")])
+def test_openvino_stays_out_where_nothing_was_measured(profile: str, family: str) -> None:
+    caps = fake_capabilities(profile, packages=_OV)
+    for tier in ("balanced", "fast", "ultra"):
+        assert "openvino_runtime" not in _steps(family, tier, caps)
+
+
+def test_a_misspelt_cpu_class_is_refused_when_the_condition_is_read() -> None:
+    from sdopt.requirements import Requirements
+
+    with pytest.raises(ValueError, match="unknown class\\(es\\) \\['avx-2'\\]; known: amx, arm, avx2"):
+        Requirements.from_dict({"cpu_classes": ["avx-2"]})

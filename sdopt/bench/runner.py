@@ -214,6 +214,14 @@ def _bench(
         extra = trained_models.call_kwargs(base) if trained else {}
         images = Images(prompts, steps, guidance, height, width, seed, batch, extra)
         results = [TierResult(_row_name(tier)) for tier in tiers]
+        # Each lane's report, until its calls are done: what call-time steps did is only known after them.
+        live_reports: dict[int, Any] = {}
+
+        def record_after_calls(result: TierResult) -> None:
+            report = live_reports.pop(id(result), None)
+            if report is not None and isinstance(result.report, dict):
+                result.report["after_calls"] = dict(report.after_calls)
+
         calls = QualityCalls(quality_prompts(), steps, guidance, height, width, seed)
         judged = BenchQuality(calls, say) if quality else None
 
@@ -259,6 +267,7 @@ def _bench(
                     result.optimize_s -= report.tuning.seconds
                 result.applied = [d.name for d in report.applied]
                 result.report = report.to_dict()
+                live_reports[id(result)] = report
                 return pipeline_renderer(pipe, target, images, clock, report)
             return pipeline_renderer(pipe, target, images, clock)
 
@@ -268,6 +277,7 @@ def _bench(
                 render = lane(tiers[index], results[index])
                 run_interleaved([results[index]], [render], warmup, runs, say, references, bar.update)
                 judge(tiers[index], results[index])
+                record_after_calls(results[index])
                 del render  # the tier's pipeline goes before the next one comes
                 if serial_why and tiers[index] == BASELINE:
                     loaded_pipe.clear()  # on CPU each tier then builds its own: never two float32 copies
@@ -284,6 +294,7 @@ def _bench(
             run_interleaved([*results, *peer_results], renderers, warmup, runs, say, references, bar.update)
             for index in sorted(range(len(tiers)), key=lambda i: tiers[i] != BASELINE):
                 judge(tiers[index], results[index])
+                record_after_calls(results[index])
         results += peer_results
     finally:
         bar.close()

@@ -273,16 +273,6 @@ def _store(root: Path, entry: str, model: Any, meta: dict[str, Any]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def clear(root: Path | None = None) -> int:
-    """Remove every converted model under ``root``; returns the bytes freed."""
-    root = root or default_root()
-    if not root.exists():
-        return 0
-    freed = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
-    shutil.rmtree(root)
-    return freed
-
-
 def snr_db(reference: Any, output: Any) -> float:
     """Signal-to-noise ratio of ``output`` against ``reference`` over all their tensors, in dB."""
     import math
