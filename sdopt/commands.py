@@ -48,7 +48,8 @@ def tiers_command(args: argparse.Namespace) -> int:
         for index, step in enumerate(row["steps"]):
             when = ", ".join(f"{k}={v}" for k, v in step.get("when", {}).items()) or "always"
             opt = registry.get(step["name"])
-            table.append((label if index == 0 else "", step["name"], "lossy" if opt.lossy else "lossless", when))
+            lossy = opt.lossy_with(opt.make_config(step.get("config", {})))
+            table.append((label if index == 0 else "", step["name"], "lossy" if lossy else "lossless", when))
         table.append(("", "", "", ""))
     print_table(("tier", "optimization", "quality", "when"), table[:-1])
     print("\nEach optimization also has its own requirements; `sdopt plan` shows the outcome here.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -124,11 +125,19 @@ class OpenVinoRunner:
             self._identity, self._weights = current, None
             self.programs.clear()
             self.refused.clear()
-        call_signature = f"{behaviour(self.module)}|{signature(*_without_generators(args, kwargs))}"
+        call_signature = (
+            f"{behaviour(self.module)}|{_switches(self.module)}|{signature(*_without_generators(args, kwargs))}"
+        )
         program = self.programs.get(call_signature)
         if program is not None:
+            try:
+                output = program(args, kwargs)
+            except Exception as error:  # never an error at call time: this signature goes back to PyTorch
+                del self.programs[call_signature]
+                self._refuse(call_signature, f"OpenVINO failed ({type(error).__name__}: {_first_line(error)})")
+                return self.original(*args, **kwargs)
             self.openvino_calls += 1
-            return program(args, kwargs)
+            return output
         if call_signature in self.refused:
             return self.original(*args, **kwargs)
         if len(self.programs) + len(self.refused) >= MAX_PROGRAMS:
@@ -155,14 +164,13 @@ class OpenVinoRunner:
         started = time.perf_counter()
         try:
             program, how = self._program(call_signature, args, kwargs, reference)
-            output = program(args, kwargs)
+            snr = snr_db(reference, program(args, kwargs))
         except Exception as error:  # never an error at call time: this signature stays in PyTorch
             self._refuse(call_signature, f"conversion failed ({type(error).__name__}: {_first_line(error)})")
             return reference
-        snr = snr_db(reference, output)
         shape = _shape_label(args)
         fidelity = f"{snr:.1f} dB SNR against PyTorch on this call (floor {self.min_snr_db:g} dB)"
-        if snr < self.min_snr_db:
+        if not snr >= self.min_snr_db:  # NaN (a non-finite output) is refused too
             self._refuse(call_signature, f"refused for {shape}: {fidelity}")
             return reference
         self.programs[call_signature] = program
@@ -186,9 +194,15 @@ class OpenVinoRunner:
         model = _load(self.root, entry)
         if model is None:
             flat = _Flat(self.module, self.original, leaves, spec)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # each branch is checked by the SNR below
-                model = ov.convert_model(flat, example_input=tuple(tensors))
+            modes = [(module, module.training) for module in self.module.modules()]
+            try:
+                with warnings.catch_warnings():
+                    # Branches on values are baked in for this signature; its output is checked against PyTorch.
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    model = ov.convert_model(flat, example_input=tuple(tensors))
+            finally:
+                for module, training in modes:  # convert_model puts the traced module in eval mode
+                    module.training = training
             self.conversions += 1
             converted = time.perf_counter() - started
             with contextlib.suppress(OSError):  # an unwritable cache costs the next process a conversion, no more
@@ -223,11 +237,18 @@ def key(weights: str, call_signature: str, method: str) -> str:
 
     from sdopt._version import __version__
 
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
     facts = {
         "weights": weights,
         "signature": call_signature,
         "method": method,
         "torch": torch.__version__,
+        "peft": peft_version,
         "openvino": openvino.__version__,
         "diffusers": diffusers.__version__,
         "sdopt": __version__,
@@ -275,15 +296,21 @@ def _store(root: Path, entry: str, model: Any, meta: dict[str, Any]) -> None:
 
 def snr_db(reference: Any, output: Any) -> float:
     """Signal-to-noise ratio of ``output`` against ``reference`` over all their tensors, in dB."""
-    import math
-
     signal = noise = 0.0
     for want, got in zip(_pytree.tree_leaves(reference), _pytree.tree_leaves(output), strict=True):
         signal += want.double().pow(2).sum().item()
         noise += (got.double() - want.double()).pow(2).sum().item()
+    if not (math.isfinite(signal) and math.isfinite(noise)):
+        return math.nan  # a non-finite output (or reference) is no measure of agreement
     if noise == 0.0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _switches(module: torch.nn.Module) -> str:
+    """The module's own ``use_*`` switches (the VAE's tiling, slicing, framewise decoding): each changes
+    what its ``decode`` computes, and ``vae.enable_tiling()`` after conversion must not reuse the program."""
+    return ",".join(f"{name}={value}" for name, value in sorted(vars(module).items()) if name.startswith("use_"))
 
 
 def _without_generators(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

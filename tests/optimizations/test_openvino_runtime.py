@@ -5,6 +5,7 @@ again when the weights change, refuses below its fidelity floor, and undoes exac
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +184,45 @@ def test_below_the_floor_the_call_stays_in_pytorch(openvino: Any, tmp_path: Path
     assert "refused" in report.after_calls["openvino_runtime"]
 
 
-def test_calls_with_gradients_run_pytorch(openvino: Any, tmp_path: Path) -> None:
+def test_calls_with_gradients_run_pytorch_and_training_mode_survives_conversion(openvino: Any, tmp_path: Path) -> None:
     pipe = tiny_pipeline("sd")
+    pipe.unet.train()  # convert_model switches what it traces to eval mode: the runner puts it back
+    _optimize(pipe, tmp_path, vae=False)
+    runner = pipe.unet.__dict__["forward"]
+    sample = torch.randn(2, 4, 8, 8)
+    text = torch.randn(2, 77, pipe.text_encoder.config.hidden_size)
+    with torch.no_grad():
+        runner(sample, torch.tensor(10), encoder_hidden_states=text, return_dict=False)  # converts this signature
+        runner(sample, torch.tensor(10), encoder_hidden_states=text, return_dict=False)  # runs OpenVINO
+    assert (runner.conversions, runner.openvino_calls) == (1, 1)
+    assert all(module.training for module in pipe.unet.modules())
+    leaf = sample.clone().requires_grad_()
+    output = pipe.unet(leaf, torch.tensor(10), encoder_hidden_states=text, return_dict=False)[0]
+    output.sum().backward()
+    assert leaf.grad is not None and (runner.conversions, runner.openvino_calls) == (1, 1)
+
+
+def test_a_failing_program_or_a_non_finite_output_falls_back_to_pytorch(openvino: Any, tmp_path: Path) -> None:
+    from sdopt.optimizations._openvino import snr_db
+
+    assert math.isnan(snr_db(torch.ones(3), torch.tensor([1.0, float("nan"), 1.0])))
+    pipe = tiny_pipeline("sd")
+    reference = _image(pipe)
     _optimize(pipe, tmp_path, vae=False)
     _image(pipe)
     runner = pipe.unet.__dict__["forward"]
-    calls = runner.openvino_calls
-    sample = torch.randn(2, 4, 8, 8, requires_grad=True)
-    text = torch.randn(2, 77, pipe.text_encoder.config.hidden_size)
-    output = pipe.unet(sample, torch.tensor(10), encoder_hidden_states=text, return_dict=False)[0]
-    output.sum().backward()
-    assert sample.grad is not None and runner.openvino_calls == calls
+    for program in runner.programs.values():
+        program.compiled = None  # calling it raises TypeError, as a runtime failure would
+    with pytest.warns(UserWarning, match="OpenVINO failed"):
+        assert np.array_equal(_image(pipe), reference)
+    assert not runner.programs and "OpenVINO failed" in runner.describe()
+
+
+def test_switching_vae_tiling_on_later_is_another_signature(openvino: Any, tmp_path: Path) -> None:
+    pipe = tiny_pipeline("sd")
+    _optimize(pipe, tmp_path)
+    _image(pipe)
+    decode = pipe.vae.__dict__["decode"]
+    pipe.vae.enable_tiling()
+    _image(pipe)
+    assert decode.conversions == 2  # the untiled program is not reused for a tiled decode
