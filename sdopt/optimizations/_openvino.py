@@ -268,12 +268,17 @@ def _load(root: Path, entry: str) -> Any:
         return None
     try:
         check_trusted(folder)
+    except UntrustedCacheError as error:  # not ours to remove either
+        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
+        return None
+    try:
         mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
         if not signed(mac, *files):
             raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt")
         return ov.Core().read_model(str(folder / _MODEL))
-    except Exception as error:  # a planted, foreign or damaged entry: converted again from this call
-        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
+    except Exception as error:  # a planted or damaged entry in our own folder: removed, converted again
+        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error}); removed", stacklevel=5)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
 
 

@@ -147,10 +147,14 @@ def test_a_tampered_cache_entry_is_converted_again(openvino: Any, tmp_path: Path
         data = bytearray(weights.read_bytes())
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
-    _optimize(pipe, tmp_path)
+    report = _optimize(pipe, tmp_path)
     with pytest.warns(UserWarning, match="not signed"):
         _image(pipe)
     assert pipe.unet.__dict__["forward"].conversions == 1
+    report.undo()
+    _optimize(pipe, tmp_path)  # the entry was replaced by this user's own conversion: read, not converted
+    _image(pipe)
+    assert (pipe.unet.__dict__["forward"].conversions, pipe.unet.__dict__["forward"].cache_hits) == (0, 1)
 
 
 def test_changed_weights_are_converted_again(openvino: Any, tmp_path: Path) -> None:
