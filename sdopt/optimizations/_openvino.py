@@ -16,11 +16,9 @@ this converts the pipeline's own modules in place, so everything else in the pip
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -32,7 +30,7 @@ import torch
 from torch.utils import _pytree
 
 from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
-from sdopt.optimizations._program_keys import behaviour, cpu_fingerprint, identity, signature, weights_hash
+from sdopt.optimizations._program_keys import behaviour, identity, program_key, signature, weights_hash
 from sdopt.verification import verifying
 
 MAX_PROGRAMS = 4
@@ -232,30 +230,10 @@ class OpenVinoRunner:
 def key(weights: str, call_signature: str, method: str) -> str:
     """The cache key of one converted model: the weights, the call (with the modules' `behaviour`), the
     method, and the versions of everything that shaped the trace."""
-    import diffusers
     import openvino
 
-    from sdopt._version import __version__
-
-    try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
-        peft_version = None
-    facts = {
-        "weights": weights,
-        "signature": call_signature,
-        "method": method,
-        "torch": torch.__version__,
-        "peft": peft_version,
-        "openvino": openvino.__version__,
-        "diffusers": diffusers.__version__,
-        "sdopt": __version__,
-        "python": sys.version.split()[0],
-        "cpu": cpu_fingerprint(),
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+    facts = {"weights": weights, "signature": call_signature, "method": method, "openvino": openvino.__version__}
+    return program_key(facts)
 
 
 def _load(root: Path, entry: str) -> Any:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import platform
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,37 @@ def identity(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Which tensors ``module`` holds and how often each was changed in place (torch's version counter):
     cheap enough for every call, and different whenever `weights_hash` could be (in this process)."""
     return tuple((id(tensor), tensor._version) for tensor in [*module.parameters(), *module.buffers()])
+
+
+def program_key(facts: dict[str, Any]) -> str:
+    """A cache key of ``facts`` (the weights' hash, the call's signature, the program's own options and the
+    versions of the packages that build it) together with what every compiled program depends on: the
+    versions of torch, diffusers, peft, sdopt and Python, and the CPU.
+
+    Examples:
+        >>> from sdopt.optimizations._program_keys import program_key
+        >>> len(program_key({"weights": "abc"})), program_key({"weights": "abc"}) == program_key({"weights": "abd"})
+        (24, False)
+    """
+    import diffusers
+
+    from sdopt._version import __version__
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    shared = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "peft": peft_version,
+        "sdopt": __version__,
+        "python": sys.version.split()[0],
+        "cpu": cpu_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps({**facts, **shared}, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def cpu_fingerprint() -> str:

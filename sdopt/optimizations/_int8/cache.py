@@ -11,10 +11,8 @@ a stale program is never loaded; old entries are left for ``clear`` or the user 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ from sdopt.optimizations._program_keys import (  # noqa: F401  # re-exported: th
     behaviour,
     cpu_fingerprint,
     identity,
+    program_key,
     signature,
     weights_hash,
 )
@@ -43,31 +42,16 @@ def default_root() -> Path:
 
 def key(weights: str, call_signature: str, exclude: Sequence[str], calibration_calls: int = 0) -> str:
     """The cache key of one converted program (``call_signature`` carries `behaviour` at the call)."""
-    import diffusers
     import torchao
 
-    from sdopt._version import __version__
-
-    try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
-        peft_version = None
     facts = {
         "weights": weights,
         "signature": call_signature,
         "exclude": sorted(exclude),
         "calibration_calls": calibration_calls,
-        "torch": torch.__version__,
         "torchao": torchao.__version__,
-        "diffusers": diffusers.__version__,
-        "peft": peft_version,
-        "sdopt": __version__,
-        "python": sys.version.split()[0],
-        "cpu": cpu_fingerprint(),
     }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+    return program_key(facts)
 
 
 def load(root: Path, entry: str) -> tuple[Any, dict[str, Any]] | None:
