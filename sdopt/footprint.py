@@ -71,6 +71,9 @@ class Footprint:
     available_gb: float
     largest_layer_gb: float = 0.0
     """The largest single layer's weights: what sequential offload keeps on the device at once."""
+    build_gb: float = 0.0
+    """The largest transient a step holds while it is applied or builds at its first call (a converted
+    or exported copy of the denoiser: `sdopt.optimization.Optimization.build_bytes`), beside the weights."""
 
     @property
     def smallest_gb(self) -> float:
@@ -92,8 +95,9 @@ class Footprint:
 
     @property
     def peak_gb(self) -> float:
-        """Everything resident, plus one call's activations."""
-        return self.total_gb + self.activations_gb
+        """Everything resident, plus one call's activations or a step's build, whichever is larger (a
+        build runs after the call that triggers it has returned its activations)."""
+        return self.total_gb + max(self.activations_gb, self.build_gb)
 
     @property
     def regime(self) -> str:
@@ -105,9 +109,14 @@ class Footprint:
         return "group" if self.available_gb >= SEQUENTIAL_BELOW_GB else "sequential"
 
     def describe(self) -> str:
+        transient = (
+            f"a build's copies ~{self.build_gb:.1f} GB"
+            if self.build_gb > self.activations_gb
+            else f"activations ~{self.activations_gb:.1f} GB"
+        )
         return (
             f"weights {self.total_gb:.1f} GB (largest: {self.largest} {self.largest_gb:.1f} GB) + "
-            f"activations ~{self.activations_gb:.1f} GB vs {self.available_gb:.1f} GB usable"
+            f"{transient} vs {self.available_gb:.1f} GB usable"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +124,7 @@ class Footprint:
             "components_gb": {name: round(size, 3) for name, size in self.components_gb.items()},
             "total_gb": round(self.total_gb, 3),
             "activations_gb": round(self.activations_gb, 3),
+            "build_gb": round(self.build_gb, 3),
             "peak_gb": round(self.peak_gb, 3),
             "available_gb": round(self.available_gb, 3),
             "regime": self.regime,
@@ -128,7 +138,9 @@ def estimate(
     at most ``budget_gb`` usable when the caller sets a budget. Pure."""
     stored = component_bytes(anatomy)
     sizes = dict(stored)
+    build = 0.0
     for step in steps:
+        build = max(build, step.optimization.build_bytes(anatomy, step.config, dict(sizes)))
         sizes = step.optimization.storage(anatomy, step.config, dict(sizes))
     tiled = any(step.optimization.tiles_decode for step in steps)
     activations = _activation_bytes(anatomy, _compute_bytes(anatomy, steps), tiled)
@@ -145,7 +157,9 @@ def estimate(
     for name, module in anatomy.modules().items():
         scale = sizes.get(name, 0.0) / stored[name] if stored.get(name) else 1.0  # as planned steps store it
         largest_layer = max(largest_layer, _largest_layer(module) * scale)
-    return Footprint({name: size / GB for name, size in sizes.items()}, activations / GB, available, largest_layer / GB)
+    return Footprint(
+        {name: size / GB for name, size in sizes.items()}, activations / GB, available, largest_layer / GB, build / GB
+    )
 
 
 def _largest_layer(module: torch.nn.Module) -> float:

@@ -185,6 +185,13 @@ class Optimization:
         (planning's memory estimate; steps that cast, quantize or add weights say so). Pure."""
         return sizes
 
+    def build_bytes(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> float:
+        """Bytes this step holds for a while beyond what `storage` returns, while it is applied or builds
+        at its first call (a converted copy of the weights, an export's and a calibration's copies),
+        given ``sizes`` as the steps before it store them; planning's memory estimate counts the largest
+        such peak. Pure."""
+        return 0.0
+
     def compute_itemsize(self, config: Any) -> int | None:
         """Bytes per element the denoiser computes in once this step is applied (``None``: unchanged);
         planning's activation estimate. Pure."""

@@ -307,15 +307,27 @@ def _settle_budget(
     winners = list(winners)
     footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
     if footprint.regime != "none":
-        # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice) are dropped.
+        # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice, a compiled copy) or hold
+        # copies while they build go, the costliest first, until the rest fits (or none is left to drop).
         stored = component_bytes(anatomy)
-        for step in list(winners):
-            grown = sum(step.optimization.storage(anatomy, step.config, dict(stored)).values()) - sum(stored.values())
-            if grown > 0:
-                winners.remove(step)
-                reason = f"adds {grown / GB:.2f} GB of weights the memory budget cannot spare: {footprint.describe()}"
-                skipped.append(_skip(step.optimization, step.source, reason, step.config))
-        footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
+        costs: dict[str, tuple[float, str]] = {}
+        for step in winners:
+            after = step.optimization.storage(anatomy, step.config, dict(stored))
+            grown = sum(after.values()) - sum(stored.values())
+            built = step.optimization.build_bytes(anatomy, step.config, dict(stored))
+            if grown > 0 or built > 0:
+                grows = f"adds {grown / GB:.2f} GB of weights"
+                what = grows if grown >= built else f"holds {built / GB:.2f} GB to build"
+                costs[step.name] = (max(grown, built), what)
+        for step in sorted(
+            (step for step in winners if step.name in costs), key=lambda step: costs[step.name][0], reverse=True
+        ):
+            if footprint.regime == "none":
+                break
+            winners.remove(step)
+            reason = f"{costs[step.name][1]}, which the memory budget cannot spare: {footprint.describe()}"
+            skipped.append(_skip(step.optimization, step.source, reason, step.config))
+            footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
     needed = []
     for step in budgeted:
         unneeded = step.optimization.check_budget(anatomy, caps, step.config, footprint)

@@ -324,6 +324,10 @@ _ULTRA_4 = (_ULTRA_3[0], *_FAST_4, _RESOLUTION, *_ULTRA_2_COMPILE)
 # int8 is fast's lever), AMX, AVX-512 without bf16, DiT denoisers, and fast/ultra on AVX2 (against
 # feature caching, unmeasured). Without `sdopt[openvino]` the entry is skipped with the install hint and
 # the steps after it plan as in the previous version.
+# Since openvino_runtime's version 2 (December 6) the step no longer displaces half precision: these same
+# entries plan half_precision before it, the UNet is converted from bfloat16 weights (smaller in RAM, a
+# shape OpenVINO refuses runs PyTorch's bfloat16 instead of float32), measured in RESULTS.md ("OpenVINO
+# over half precision"). Presets frozen with the step's version 1 say so when loaded.
 _OPENVINO_BF16 = Entry(
     "openvino_runtime",
     {"precision": "bf16"},

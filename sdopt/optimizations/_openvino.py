@@ -48,24 +48,32 @@ def default_root() -> Path:
 
 
 class _Program:
-    """A compiled OpenVINO model and how to feed it a call's arguments and shape its outputs like PyTorch's."""
+    """A compiled OpenVINO model and how to feed it a call's arguments and shape its outputs like PyTorch's.
 
-    def __init__(self, compiled: Any, tensor_positions: list[int], output_spec: Any) -> None:
+    Its inputs and outputs are float32 where the call's were bfloat16 or float16 (numpy has no bfloat16):
+    they are widened on the way in and narrowed back to the dtypes PyTorch returned on the way out."""
+
+    def __init__(
+        self, compiled: Any, tensor_positions: list[int], output_spec: Any, output_dtypes: list[torch.dtype]
+    ) -> None:
         self.compiled = compiled
         self.tensor_positions = tensor_positions
         self.output_spec = output_spec
+        self.output_dtypes = output_dtypes
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         leaves = _pytree.tree_leaves((args, kwargs))
-        inputs = [leaves[position].detach().cpu().contiguous().numpy() for position in self.tensor_positions]
+        inputs = [_widened(leaves[position]).detach().cpu().contiguous().numpy() for position in self.tensor_positions]
         results = self.compiled(inputs)
-        outputs = [torch.from_numpy(results[index]) for index in range(len(self.compiled.outputs))]
+        outputs = [torch.from_numpy(results[index]).to(dtype) for index, dtype in enumerate(self.output_dtypes)]
         return _pytree.tree_unflatten(outputs, self.output_spec)
 
 
 class _Flat(torch.nn.Module):
     """``method`` as a function of the call's tensors only (what ``convert_model`` traces); the other
-    arguments are the call's own, baked in (they are part of the signature)."""
+    arguments are the call's own, baked in (they are part of the signature). Reduced-precision inputs
+    arrive in float32 and are narrowed to the call's dtypes inside the trace; floating outputs leave
+    in float32 (see `_Program`)."""
 
     def __init__(self, module: torch.nn.Module, method: Callable[..., Any], leaves: list[Any], spec: Any) -> None:
         super().__init__()
@@ -78,9 +86,14 @@ class _Flat(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         leaves = list(self.leaves)
         for position, tensor in zip(self.positions, tensors, strict=True):
-            leaves[position] = tensor
+            leaves[position] = tensor.to(self.leaves[position].dtype)
         args, kwargs = _pytree.tree_unflatten(leaves, self.spec)
-        return tuple(_pytree.tree_leaves(self.method(*args, **kwargs)))
+        return tuple(_widened(output) for output in _pytree.tree_leaves(self.method(*args, **kwargs)))
+
+
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 for a bfloat16 or float16 tensor (what crosses into and out of OpenVINO), else itself."""
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
 class OpenVinoRunner:
@@ -197,7 +210,8 @@ class OpenVinoRunner:
                 with warnings.catch_warnings():
                     # Branches on values are baked in for this signature; its output is checked against PyTorch.
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    model = ov.convert_model(flat, example_input=tuple(tensors))
+                    example = tuple(_widened(tensor) for tensor in tensors)
+                    model = ov.convert_model(flat, example_input=example, share_weights=_shareable(self.module))
             finally:
                 for module, training in modes:  # convert_model puts the traced module in eval mode
                     module.training = training
@@ -214,7 +228,7 @@ class OpenVinoRunner:
         compiled = ov.Core().compile_model(model, "CPU", config)
         del model  # the compiled model holds its own copy of the weights
         positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        return _Program(compiled, positions, output_spec), how
+        return _Program(compiled, positions, output_spec, [leaf.dtype for leaf in output_leaves]), how
 
     def _refuse(self, call_signature: str, reason: str) -> None:
         self.refused[call_signature] = reason
@@ -310,3 +324,13 @@ def _shape_label(args: tuple[Any, ...]) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else ""
+
+
+def _shareable(module: torch.nn.Module) -> bool:
+    """Whether the converted model may share the module's weight memory. Not for reduced-precision weights
+    stored non-contiguously (channels_last convolutions): OpenVINO 2026.4 crashes the process (SIGSEGV)
+    saving or compiling such a model (measured: SD1.5's UNet in bfloat16 after channels_last); the
+    converted model then copies them (contiguous), for the conversion's duration."""
+    return all(
+        tensor.is_contiguous() or tensor.dtype == torch.float32 for tensor in module.parameters() if tensor.dim() > 1
+    )

@@ -10,6 +10,7 @@ float32, with a warning.
 
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any
 
@@ -26,7 +27,7 @@ def guard_vae(vae: Any) -> Undo:
 
     They are objects holding the VAE and its bound methods (not closures), so ``copy.deepcopy``
     gives a copied pipeline wrappers around its own VAE, and the pipeline can be pickled."""
-    vae.__dict__["decode"] = _GuardedDecode(vae, vae.decode)
+    vae.__dict__["decode"] = GuardedDecode(vae, vae.decode)
     if getattr(vae, "encode", None) is not None:
         vae.__dict__["encode"] = _GuardedEncode(vae, vae.encode)
 
@@ -45,7 +46,7 @@ class _GuardedEncode:
         return self.original(pixels.to(self.vae.dtype), *args, **kwargs)
 
 
-class _GuardedDecode:
+class GuardedDecode:
     def __init__(self, vae: Any, original: Any) -> None:
         self.vae, self.original = vae, original
 
@@ -77,6 +78,9 @@ def _bad_images(image: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_in_float32(vae: Any, decode: Any, latents: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    # PyTorch's own decode, past a stand-in such as openvino_runtime's (which would convert a float32 copy).
+    if not isinstance(decode, types.MethodType):
+        decode = getattr(decode, "original", decode)
     dtype = vae.dtype
     vae.to(torch.float32)  # widening and narrowing back restores the same weights exactly
     try:

@@ -51,6 +51,10 @@ _ADAPTER = "sdopt_distill"
 _STAND_IN = "_sdopt_stand_in_lora"
 
 
+# Bytes held above the pipeline while the LoRA is loaded and fused, in multiples of the UNet's (measured 1.21).
+_FUSING_PEAK = 1.25
+
+
 @dataclass(frozen=True)
 class DistillLoraConfig:
     """``source``: a hub id or local path of the LoRA ("auto": the family's LCM-LoRA, `PUBLISHED`);
@@ -112,6 +116,13 @@ class DistillLora(Optimization):
 
         unavailable = _unavailable(self.resolve(anatomy, caps, config).source)
         return None if stand_ins_allowed() and PUBLISHED.get(anatomy.family) else unavailable
+
+    def build_bytes(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> float:
+        # Loading and fusing the LoRA: measured 1.21x SD1.5's float32 UNet (3.20 GB) above the pipeline at the
+        # peak, +0.68 GB after (benchmarks/RESULTS.md, "OpenVINO over half precision"); SDXL's float32 UNet at
+        # that ratio is what OOM-killed ultra on a 24 GB host.
+        name = anatomy.denoiser_name
+        return sizes.get(name, 0.0) * _FUSING_PEAK if name is not None else 0.0
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         what = (

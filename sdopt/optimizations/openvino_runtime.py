@@ -12,16 +12,19 @@ from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import check_trusted
 from sdopt.calls import note_after_calls
 from sdopt.capabilities import Capabilities
-from sdopt.footprint import GB, component_bytes
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._openvino import OpenVinoRunner, default_root
+from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.requirements import Requirements
 from sdopt.undo import UndoStack
 
 PRECISIONS = ("f32", "bf16")
-# Converting holds a traced copy of the module beside the compiled one and the PyTorch weights.
-_CONVERSION_FACTOR = 2.0
+# What converting and compiling add to the process, per converted weight: measured on SD1.5's UNet at
+# bf16 precision (2 threads, AVX512-BF16 EPYC): +3.0 GB from bfloat16 weights, +3.85 GB from bfloat16
+# channels_last weights (copied, see `_openvino._shareable`), +4.1 GB from float32 weights, for 0.86 G
+# weights; the process's peak was its final size each time (the conversion's copies are gone by then).
+_BYTES_PER_CONVERTED_WEIGHT = 4.8
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class OpenVinoRuntime(Optimization):
     PyTorch's output on that call; later calls at that shape run OpenVINO. The rest of the pipeline
     (scheduler, text encoder, call-level steps) stays diffusers'. Undo removes the stand-in; the
     PyTorch weights were never touched. Needs ``pip install "sdopt[openvino]"``.
+
+    Planned after ``half_precision`` rather than instead of it: a bfloat16 denoiser is converted as such
+    (at ``precision="bf16"``), so the compiled copy and the conversion take half the RAM, and a shape
+    OpenVINO refuses or fails on runs PyTorch's bfloat16, never float32. The VAE's stand-in goes under
+    half precision's guard, which still decodes a NaN or black image again in float32 with PyTorch.
+    Whether RAM holds the compiled copy and the conversion is the plan's footprint's to say.
 
     Measured (benchmarks/RESULTS.md, "OpenVINO's runtime on CPUs"): SD1.5's UNet at 512x512, batch 2,
     2 threads on an AMD EPYC with AVX512-BF16 (no AMX): PyTorch float32 6.49 s, OpenVINO f32 3.95 s
@@ -74,7 +83,6 @@ class OpenVinoRuntime(Optimization):
         "quantize_4bit",
         "quantize_fp8",
         "weight_storage",
-        "half_precision",
         "feature_cache",
         "model_offload",
         "group_offload",
@@ -82,10 +90,22 @@ class OpenVinoRuntime(Optimization):
         "vae_tiling",
         "vae_slicing",
     )
-    after = ("distill_lora", "tiny_vae", "channels_last", "fuse_qkv", "sdpa", "attention_backend", "vae_fp16_fix")
+    after = (
+        "distill_lora",
+        "half_precision",
+        "tiny_vae",
+        "channels_last",
+        "fuse_qkv",
+        "sdpa",
+        "attention_backend",
+        "vae_fp16_fix",
+    )
     calibrates_on_first_call = True  # its first call at a shape runs PyTorch while the model converts
     effect = "speed"
 
+    # 2: planned after half precision instead of displacing it (a bfloat16 denoiser is converted as such, and
+    # what OpenVINO refuses runs PyTorch's bfloat16, not float32).
+    version = 2
     lossy = False  # f32, the default, is PyTorch's float32 up to rounding (2.5e-6 relative error on SD1.5's UNet)
 
     def lossy_with(self, config: Any) -> bool:
@@ -105,31 +125,25 @@ class OpenVinoRuntime(Optimization):
         if config.precision == "bf16" and "avx512_bf16" not in caps.cpu.flags and "amx_bf16" not in caps.cpu.flags:
             return "precision bf16 needs a CPU with bf16 instructions (AVX512-BF16 or AMX)"
         dtypes = {parameter.dtype for parameter in denoiser.parameters()}
-        if dtypes != {torch.float32}:
+        if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
             found = ", ".join(sorted(map(str, dtypes)))
-            return f"the denoiser's weights are {found}; OpenVINO is given float32 modules"
+            return f"the denoiser's weights are {found}; OpenVINO is given float32 or bfloat16 modules"
+        if dtypes == {torch.bfloat16} and config.precision != "bf16":
+            return (
+                "the denoiser's weights are bfloat16: OpenVINO f32 would compute float32 from rounded weights, "
+                "slower than precision 'bf16' and no more exact"
+            )
         if is_compiled(denoiser):
             return "the denoiser is already compiled"
         if isinstance(denoiser.__dict__.get("forward"), OpenVinoRunner):
             return "the denoiser already runs OpenVINO"
-        stored = component_bytes(anatomy)
-        assert anatomy.denoiser_name is not None  # a denoiser was found above
-        pipeline_gb = sum(stored.values()) / GB
-        converted_gb = (stored[anatomy.denoiser_name] + stored.get("vae", 0) * config.vae) / GB
-        needed = pipeline_gb + _CONVERSION_FACTOR * converted_gb
-        if caps.ram_total_gb and needed > caps.ram_total_gb:
-            return (
-                f"OpenVINO needs about {needed:.1f} GB of RAM (the pipeline's {pipeline_gb:.1f} GB, its compiled "
-                f"copy of {converted_gb:.1f} GB and a traced one while converting); this machine has "
-                f"{caps.ram_total_gb:.1f} GB"
-            )
-        return None
+        return None  # whether RAM holds the compiled copy is the footprint's to say (`storage`)
 
     def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
-        names = [anatomy.denoiser_name, *(["vae"] if config.vae else [])]
-        for name in names:
+        # The compiled model keeps weights of its own beside PyTorch's.
+        for name, elements in _converted_elements(anatomy, config).items():
             if name in sizes:
-                sizes[name] *= 2  # the compiled model's float32 weights beside PyTorch's
+                sizes[name] += elements * _BYTES_PER_CONVERTED_WEIGHT
         return sizes
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
@@ -142,31 +156,56 @@ class OpenVinoRuntime(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         root = Path(config.cache_dir)
         check_trusted(root)  # converted models are loaded from there: only this user's
-        targets = [(anatomy.denoiser, "forward", str(anatomy.denoiser_name))]
+        # (module whose weights are converted, object the stand-in is set on, attribute, label)
+        targets: list[tuple[torch.nn.Module, Any, str, str]] = [
+            (anatomy.denoiser, anatomy.denoiser, "forward", str(anatomy.denoiser_name))
+        ]
         if config.vae and _decoder(anatomy):
-            targets.append((anatomy.vae, "decode", "vae decode"))
+            guard = anatomy.vae.__dict__.get("decode")
+            if isinstance(guard, GuardedDecode):
+                # Under half precision's guard, so it still decodes a NaN or black image again in float32.
+                targets.append((anatomy.vae, guard, "original", "vae decode"))
+            else:
+                targets.append((anatomy.vae, anatomy.vae, "decode", "vae decode"))
         undo = UndoStack()
         runners: list[OpenVinoRunner] = []
         try:
-            for module, method, label in targets:
+            for module, host, attribute, label in targets:
                 runner = OpenVinoRunner(
                     module,
-                    method,
-                    getattr(module, method),
+                    attribute,
+                    getattr(host, attribute),
                     precision=config.precision,
                     min_snr_db=config.min_snr_db,
                     root=root,
                     label=label,
                 )
                 undo.push(runner.forget)  # last: the compiled models go with it
-                undo.push(remember_attributes(module, (method,)))
-                module.__dict__[method] = runner
+                undo.push(remember_attributes(host, (attribute,)))
+                host.__dict__[attribute] = runner
                 runners.append(runner)
             undo.push(note_after_calls(pipe, self.name, lambda: "; ".join(r.describe() for r in runners)))
         except Exception:
             undo()
             raise
         return undo
+
+
+def _converted_elements(anatomy: Anatomy, config: Any) -> dict[str, int]:
+    """Weights OpenVINO compiles, in elements, by component: the denoiser's, and the VAE decoder's."""
+    converted = {}
+    if anatomy.denoiser is not None and anatomy.denoiser_name is not None:
+        converted[anatomy.denoiser_name] = _elements(anatomy.denoiser)
+    if config.vae and _decoder(anatomy):
+        vae = anatomy.vae
+        parts = [getattr(vae, name, None) for name in ("decoder", "post_quant_conv")]
+        modules = [part for part in parts if isinstance(part, torch.nn.Module)] or [vae]
+        converted["vae"] = sum(_elements(module) for module in modules)
+    return converted
+
+
+def _elements(module: torch.nn.Module) -> int:
+    return sum(tensor.numel() for tensor in [*module.parameters(), *module.buffers()] if tensor.is_floating_point())
 
 
 def _decoder(anatomy: Anatomy) -> bool:

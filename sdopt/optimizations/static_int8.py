@@ -153,6 +153,11 @@ class StaticInt8(Optimization):
             sizes[name] *= 1.25  # the int8 program's weights beside the float32 ones (a quarter of their bytes)
         return sizes
 
+    def build_bytes(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> float:
+        # Export, calibration and freezing hold copies of the float32 denoiser while the program builds.
+        name = anatomy.denoiser_name
+        return component_bytes(anatomy).get(name, 0.0) * BUILD_MEMORY_FACTOR if name is not None else 0.0
+
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         kept = ", ".join(config.keep_float) or "nothing"
         return (

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdopt import optimize, plan
-from sdopt.optimizations._openvino import OpenVinoRunner
+from sdopt import detect, optimize, plan
+from sdopt.optimizations._openvino import OpenVinoRunner, _shareable
+from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.testing import fake_capabilities, tiny_pipeline
 from tests.helpers import Snapshot
 
@@ -65,21 +66,59 @@ def test_bf16_needs_bf16_instructions_and_is_lossy() -> None:
     assert step.name == "openvino_runtime" and step.optimization.lossy_with(step.config) is True
 
 
-def test_not_on_gpus_and_not_beside_half_precision() -> None:
+def test_not_on_gpus_and_over_half_precision_only_at_bf16() -> None:
     gpu = fake_capabilities("cuda", packages={"openvino": True})
     result = plan(tiny_pipeline("sd"), tier=None, extra=["openvino_runtime"], caps=gpu)
     assert "needs device cpu" in next(d.reason for d in result.skipped if d.name == "openvino_runtime")
+    bf16_cpu = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
     halved = tiny_pipeline("sd").to(torch.bfloat16)
-    result = plan(halved, tier=None, extra=["openvino_runtime"], caps=WITH_OPENVINO)
-    assert "torch.bfloat16" in next(d.reason for d in result.skipped if d.name == "openvino_runtime")
+    result = plan(halved, tier=None, extra=["openvino_runtime"], caps=bf16_cpu)
+    assert "precision 'bf16'" in next(d.reason for d in result.skipped if d.name == "openvino_runtime")
+    extra = [{"name": "openvino_runtime", "precision": "bf16"}]
+    assert [s.name for s in plan(halved, tier=None, extra=extra, caps=bf16_cpu).steps] == ["openvino_runtime"]
+    result = plan(tiny_pipeline("sd").to(torch.float16), tier=None, extra=extra, caps=bf16_cpu)
+    assert "torch.float16" in next(d.reason for d in result.skipped if d.name == "openvino_runtime")
 
 
-def test_footprint_counts_the_compiled_copy() -> None:
+def test_planned_after_half_precision_which_it_no_longer_displaces() -> None:
+    bf16_cpu = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    extra = [{"name": "openvino_runtime", "precision": "bf16"}, "half_precision"]
+    result = plan(tiny_pipeline("sd"), tier=None, extra=extra, caps=bf16_cpu)
+    assert [step.name for step in result.steps] == ["half_precision", "openvino_runtime"]
+
+
+def _elements(module: torch.nn.Module) -> int:
+    return sum(t.numel() for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+
+
+def test_footprint_counts_the_compiled_copy_of_the_unet_and_the_decoder_only() -> None:
     pipe = tiny_pipeline("sd")
-    bare = plan(pipe, tier=None, extra=[], caps=WITH_OPENVINO).footprint
-    converted = plan(pipe, tier=None, extra=["openvino_runtime"], caps=WITH_OPENVINO).footprint
-    assert converted.components_gb["unet"] == pytest.approx(2 * bare.components_gb["unet"])
-    assert converted.components_gb["vae"] == pytest.approx(2 * bare.components_gb["vae"])
+    bf16_cpu = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    bare = plan(pipe, tier=None, extra=[], caps=bf16_cpu).footprint
+    f32 = plan(pipe, tier=None, extra=["openvino_runtime"], caps=bf16_cpu).footprint
+    per_weight = 4.8 / 2**30  # measured on SD1.5's UNet (RESULTS.md)
+    assert f32.components_gb["unet"] == pytest.approx(bare.components_gb["unet"] + _elements(pipe.unet) * per_weight)
+    decoder = _elements(pipe.vae.decoder) + _elements(pipe.vae.post_quant_conv)  # the encoder is not converted
+    assert f32.components_gb["vae"] == pytest.approx(bare.components_gb["vae"] + decoder * per_weight)
+    # Over half precision: PyTorch's weights in bfloat16, the compiled copy as measured.
+    extra = [{"name": "openvino_runtime", "precision": "bf16"}, "half_precision"]
+    halved = plan(pipe, tier=None, extra=extra, caps=bf16_cpu).footprint
+    expected = bare.components_gb["unet"] / 2 + _elements(pipe.unet) * per_weight
+    assert halved.components_gb["unet"] == pytest.approx(expected)
+
+
+def test_where_ram_cannot_hold_the_compiled_copy_half_precision_stays_alone() -> None:
+    pipe = tiny_pipeline("sd")
+    extra = [{"name": "openvino_runtime", "precision": "bf16"}, "half_precision"]
+    roomy = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    footprint = plan(pipe, tier=None, extra=["half_precision"], caps=roomy).footprint
+    # Room (after the 1 GB headroom) for the half-precision pipeline and its activations, not the copy.
+    tight_gb = 1.0 + footprint.peak_gb + 0.1 * footprint.components_gb["unet"]
+    tight = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True}, ram_total_gb=tight_gb)
+    result = plan(pipe, tier=None, extra=extra, caps=tight)
+    assert [step.name for step in result.steps] == ["half_precision"]
+    (skipped,) = [d for d in result.skipped if d.name == "openvino_runtime"]
+    assert "memory budget cannot spare" in skipped.reason
 
 
 # ---- running (openvino installed)
@@ -230,3 +269,113 @@ def test_switching_vae_tiling_on_later_is_another_signature(openvino: Any, tmp_p
     pipe.vae.enable_tiling()
     _image(pipe)
     assert decode.conversions == 2  # the untiled program is not reused for a tiled decode
+
+
+def test_a_bfloat16_module_runs_openvino_with_float32_at_its_boundary(openvino: Any, tmp_path: Path) -> None:
+    # Over half precision the denoiser is bfloat16: numpy has no bfloat16, so inputs cross into OpenVINO in
+    # float32 and outputs come back in the dtype PyTorch returns. Layers every CPU runs at f32 precision
+    # (OpenVINO's CPU plugin runs a bf16 GroupNorm only at bf16 precision, on CPUs with bf16 instructions).
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).bfloat16()
+    inputs = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.no_grad():
+        reference = module(inputs)
+        runner = OpenVinoRunner(
+            module, "forward", module.forward, precision="f32", min_snr_db=20.0, root=tmp_path, label="mlp"
+        )
+        module.__dict__["forward"] = runner
+        first = module(inputs)  # PyTorch's answer while it converts
+        second = module(inputs)
+    assert (runner.conversions, runner.openvino_calls) == (1, 1), runner.describe()
+    assert torch.equal(first, reference)
+    assert second.dtype == torch.bfloat16 and second.shape == reference.shape
+    assert 30.0 < _snr(reference, second) < math.inf  # computed by OpenVINO, within bfloat16's rounding
+
+
+needs_bf16 = pytest.mark.skipif(
+    not {"avx512_bf16", "amx_bf16"} & set(detect().cpu.flags),
+    reason="OpenVINO's bf16 precision needs a CPU with bf16 instructions (AVX512-BF16 or AMX)",
+)
+
+
+@needs_bf16
+def test_a_bfloat16_unet_runs_openvino_bf16(openvino: Any, tmp_path: Path) -> None:
+    pipe = tiny_pipeline("sd")
+    alone = tiny_pipeline("sd")
+    caps = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    optimize(alone, tier=None, extra=["half_precision"], caps=caps)
+    expected = _image(alone)
+    # Random tiny weights: two bf16 runtimes agree to ~18 dB (trained SD1.5: ~50 dB each against float32).
+    ov = {"name": "openvino_runtime", "precision": "bf16", "cache_dir": str(tmp_path), "min_snr_db": 10.0}
+    optimize(pipe, tier=None, extra=["half_precision", ov], caps=caps)
+    _image(pipe)
+    image = _image(pipe)
+    runner = pipe.unet.__dict__["forward"]
+    assert runner.openvino_calls > 0 and runner.conversions == 1, runner.describe()
+    assert np.abs(image - expected).max() < 0.05  # bf16 against bf16: the two runtimes round differently
+
+
+def test_over_half_precision_a_failed_conversion_leaves_bfloat16_pytorch(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Never slower than half precision alone: what OpenVINO cannot run stays in PyTorch's bfloat16.
+    caps = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    alone = tiny_pipeline("sd")
+    optimize(alone, tier=None, extra=["half_precision"], caps=caps)
+    expected = _image(alone)
+    pipe = tiny_pipeline("sd")
+    extra = ["half_precision", {"name": "openvino_runtime", "precision": "bf16", "cache_dir": str(tmp_path)}]
+    report = optimize(pipe, tier=None, extra=extra, caps=caps)
+    assert [d.name for d in report.applied] == ["half_precision", "openvino_runtime"]
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no conversion today")
+
+    monkeypatch.setattr(openvino, "convert_model", failing)
+    with pytest.warns(UserWarning, match="conversion failed"):
+        first = _image(pipe)
+    second = _image(pipe)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.unet.__dict__["forward"].openvino_calls == 0
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+
+
+def _snr(reference: torch.Tensor, output: torch.Tensor) -> float:
+    noise = (output.double() - reference.double()).pow(2).sum()
+    return float(10 * torch.log10(reference.double().pow(2).sum() / noise))
+
+
+@needs_bf16
+def test_under_half_precision_the_vae_guard_still_decodes_a_nan_again_in_float32(openvino: Any, tmp_path: Path) -> None:
+    caps = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True})
+    pipe = tiny_pipeline("sd")
+    snapshot = Snapshot(pipe, "sd")
+    ov = {"name": "openvino_runtime", "precision": "bf16", "cache_dir": str(tmp_path), "min_snr_db": 10.0}
+    report = optimize(pipe, tier=None, extra=["half_precision", ov], caps=caps)
+    guard = pipe.vae.__dict__["decode"]
+    assert isinstance(guard, GuardedDecode) and isinstance(guard.original, OpenVinoRunner)
+    _image(pipe)
+    runner = guard.original
+    (signature,) = runner.programs
+    program = runner.programs[signature]
+
+    def nan_images(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        (image, *rest) = program(args, kwargs)  # the pipeline asks for a tuple (return_dict=False)
+        return (torch.full_like(image, math.nan), *rest)
+
+    runner.programs[signature] = nan_images  # what a bf16 overflow inside OpenVINO would give
+    with pytest.warns(RuntimeWarning, match="decoding them again in float32"):
+        image = _image(pipe)
+    assert np.isfinite(image).all() and image.std() > 0
+    assert runner.conversions == 1  # PyTorch decoded in float32, nothing was converted for it
+    report.undo()
+    assert "decode" not in pipe.vae.__dict__
+    snapshot.assert_identical()
+
+
+def test_bfloat16_weights_stored_channels_last_are_copied_not_shared_when_converting() -> None:
+    # OpenVINO 2026.4 crashed the process saving SD1.5's bfloat16 UNet after channels_last (SIGSEGV) when the
+    # converted model shared the weights' memory; those weights are copied instead.
+    conv = torch.nn.Conv2d(4, 8, 3)
+    assert _shareable(conv) and _shareable(conv.to(memory_format=torch.channels_last))  # float32 was fine
+    assert _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16())
+    assert not _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16().to(memory_format=torch.channels_last))
