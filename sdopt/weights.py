@@ -90,11 +90,21 @@ def _load_pretrained(class_name: str, source: str) -> Any:
         except NotDownloaded:
             raise  # not a failure to remember: optimize may download it
         except Exception as error:
-            _cache[key] = error
+            _cache[key] = _bare(error)
     cached = _cache[key]
     if isinstance(cached, Exception):
-        raise cached
+        raise copy.copy(cached)  # a copy: raising the cached one would tie this call's frames to it
     return cached
+
+
+def _bare(error: Exception) -> Exception:
+    """``error`` without its traceback and chained exceptions, to be kept for the process's life: their
+    frames hold their callers' locals (measured: a failed TAESD download kept a whole pipeline, UNet and
+    compiled OpenVINO model included, alive after the bench had dropped it, 7 GB per lane)."""
+    error.__traceback__ = None
+    error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 def _from_hub(cls: Any, repo_id: str) -> Any:

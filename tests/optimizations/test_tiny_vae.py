@@ -177,3 +177,34 @@ def test_plans_and_dry_runs_never_touch_the_network(monkeypatch, sd_pipe, cpu_ca
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     offline = plan(sd_pipe, tier=None, extra=["tiny_vae"], caps=cpu_caps)
     assert "HF_HUB_OFFLINE is set" in offline.skipped[0].reason
+
+
+def test_a_remembered_load_failure_keeps_no_callers_frames_alive(tmp_path) -> None:
+    # The failure is kept for the process's life; its traceback's frames held the caller's pipeline (a bench
+    # kept every lane's UNet and compiled OpenVINO model alive, and was OOM-killed at its fourth lane).
+    import gc
+    import logging
+    import weakref
+
+    from sdopt.weights import load_pretrained
+
+    class Pipeline:  # what the caller's frame holds
+        pass
+
+    def caller(source: str) -> weakref.ref:
+        pipeline = Pipeline()
+        try:
+            load_pretrained("AutoencoderTiny", source)
+        except OSError:
+            pass
+        return weakref.ref(pipeline)
+
+    missing = str(tmp_path / "no-such-vae")
+    (tmp_path / "no-such-vae").mkdir()  # a local path: loading fails without the network
+    logging.disable(logging.CRITICAL)  # pytest's log capture would keep records of the failure, frames and all
+    try:
+        refs = [caller(missing), caller(missing)]  # the first fails and is remembered, the second re-raises it
+    finally:
+        logging.disable(logging.NOTSET)
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
