@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -32,6 +33,10 @@ from torch.utils import _pytree
 from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
 from sdopt.optimizations._program_keys import behaviour, identity, program_key, signature, weights_hash
 from sdopt.verification import verifying
+
+DEFAULT_CACHE_GB = 20.0
+_DISK_RESERVE_GB = 4.0
+GB = 2**30
 
 MAX_PROGRAMS = 4
 """Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""
@@ -217,9 +222,13 @@ class OpenVinoRunner:
                     module.training = training
             self.conversions += 1
             converted = time.perf_counter() - started
-            with contextlib.suppress(OSError):  # an unwritable cache costs the next process a conversion, no more
-                _store(self.root, entry, model, {"convert_s": round(converted, 1)})
             how = f"converted in {converted:.0f} s"
+            size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
+            try:
+                refused = _store(self.root, entry, model, {"convert_s": round(converted, 1)}, size)
+            except OSError as error:  # an unwritable cache costs the next process a conversion, no more
+                refused = f"not kept on disk ({type(error).__name__}: {_first_line(error)})"
+            how += f", {refused}" if refused else ""
         else:
             self.cache_hits += 1
             how = f"read from the on-disk cache in {time.perf_counter() - started:.1f} s"
@@ -267,19 +276,41 @@ def _load(root: Path, entry: str) -> Any:
         mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
         if not signed(mac, *files):
             raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt")
-        return ov.Core().read_model(str(folder / _MODEL))
+        model = ov.Core().read_model(str(folder / _MODEL))
+        with contextlib.suppress(OSError):  # recently used: the last to be evicted
+            os.utime(folder)
+        return model
     except Exception as error:  # a planted or damaged entry in our own folder: removed, converted again
         warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error}); removed", stacklevel=5)
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
 
-def _store(root: Path, entry: str, model: Any, meta: dict[str, Any]) -> None:
-    """Keep ``model`` under ``entry``, float32 weights as converted, signed; written aside and renamed."""
+def cache_cap_bytes() -> float:
+    """The most the converted models on disk may take together: ``$SDOPT_OPENVINO_CACHE_GB`` GB (default
+    20: a handful of SD1.5 shapes, 3.4 GB each from float32 weights); beyond, the least recently used go."""
+    value = os.environ.get("SDOPT_OPENVINO_CACHE_GB", "")
+    try:
+        return float(value) * GB if value else DEFAULT_CACHE_GB * GB
+    except ValueError:
+        raise ValueError(f"SDOPT_OPENVINO_CACHE_GB must be a number of GB, not {value!r}") from None
+
+
+def _store(root: Path, entry: str, model: Any, meta: dict[str, Any], size: int) -> str:
+    """Keep ``model`` (about ``size`` bytes) under ``entry``, weights as converted, signed; written aside and
+    renamed; then the least recently used entries go until the cache is within `cache_cap_bytes`. Returns
+    why it was not kept ("" when it was): it would not fit under the cap, or would leave the disk nearly full
+    (other programs', and sdopt's own spill files, need it more than a conversion saved for later)."""
     import openvino as ov
 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     check_trusted(root)
+    cap = cache_cap_bytes()
+    if size > cap:
+        return f"not kept on disk: {size / GB:.1f} GB, over the cache cap of {cap / GB:g} GB (SDOPT_OPENVINO_CACHE_GB)"
+    free = shutil.disk_usage(root).free
+    if free - size < _DISK_RESERVE_GB * GB:
+        return f"not kept on disk: {free / GB:.1f} GB free there, and {_DISK_RESERVE_GB:g} GB stay free"
     staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
     try:
         ov.save_model(model, str(staging / _MODEL), compress_to_fp16=False)
@@ -289,6 +320,25 @@ def _store(root: Path, entry: str, model: Any, meta: dict[str, Any]) -> None:
             staging.rename(root / entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _evict(root, cap, keep=entry)
+    return ""
+
+
+def _evict(root: Path, cap: float, keep: str) -> None:
+    """Remove the least recently used entries (by the time they were stored or last read) until the cache
+    takes at most ``cap`` bytes; ``keep`` stays."""
+    entries = []
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):  # staging folders are another process's
+            size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+            entries.append((folder.stat().st_mtime, size, folder))
+    total = sum(size for _, size, _ in entries)
+    for _, size, folder in sorted(entries, key=lambda item: item[0]):
+        if total <= cap:
+            break
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
 
 
 def snr_db(reference: Any, output: Any) -> float:

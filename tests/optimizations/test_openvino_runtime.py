@@ -379,3 +379,54 @@ def test_bfloat16_weights_stored_channels_last_are_copied_not_shared_when_conver
     assert _shareable(conv) and _shareable(conv.to(memory_format=torch.channels_last))  # float32 was fine
     assert _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16())
     assert not _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16().to(memory_format=torch.channels_last))
+
+
+def _mlp_runner(tmp_path: Path) -> tuple[torch.nn.Module, OpenVinoRunner]:
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    runner = OpenVinoRunner(
+        module, "forward", module.forward, precision="f32", min_snr_db=20.0, root=tmp_path, label="mlp"
+    )
+    module.__dict__["forward"] = runner
+    return module, runner
+
+
+def _entries(root: Path) -> list[Path]:
+    return [folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith(".")]
+
+
+def test_the_disk_cache_keeps_to_its_cap_dropping_the_least_recently_used(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, runner = _mlp_runner(tmp_path)
+    with torch.no_grad():
+        module(torch.randn(2, 16))
+    (first,) = _entries(tmp_path)
+    entry_bytes = sum(path.stat().st_size for path in first.iterdir())
+    monkeypatch.setenv("SDOPT_OPENVINO_CACHE_GB", str(1.5 * entry_bytes / 2**30))  # room for one entry
+    with torch.no_grad():
+        module(torch.randn(3, 16))  # a second shape: its entry replaces the first
+    (second,) = _entries(tmp_path)
+    assert second.name != first.name and runner.conversions == 2
+    _, fresh = _mlp_runner(tmp_path)  # another process's runner over the same weights
+    fresh.module.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        fresh.module(torch.randn(3, 16))
+        fresh.module(torch.randn(2, 16))
+    assert (fresh.cache_hits, fresh.conversions) == (1, 1)  # the evicted shape was converted again
+
+
+def test_a_nearly_full_disk_keeps_no_converted_model(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from sdopt.optimizations import _openvino
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(_openvino.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
+    module, runner = _mlp_runner(tmp_path)
+    with torch.no_grad():
+        module(torch.randn(2, 16))
+        module(torch.randn(2, 16))
+    assert runner.openvino_calls == 1 and not _entries(tmp_path)  # it runs; nothing is written
+    assert "not kept on disk: 1.0 GB free there" in runner.describe()
