@@ -378,8 +378,8 @@ def _first_line(error: BaseException) -> str:
 
 def _shareable(module: torch.nn.Module) -> bool:
     """Whether the converted model may share the module's weight memory. Not for reduced-precision weights
-    stored non-contiguously (channels_last convolutions): OpenVINO 2026.4 crashes the process (SIGSEGV)
-    saving or compiling such a model (measured: SD1.5's UNet in bfloat16 after channels_last); the
+    stored non-contiguously (channels_last convolutions): OpenVINO 2026.4 crashed the process (SIGSEGV)
+    saving such a model (measured: SD1.5's UNet in bfloat16 after channels_last); the
     converted model then copies them (contiguous), for the conversion's duration."""
     return all(
         tensor.is_contiguous() or tensor.dtype == torch.float32 for tensor in module.parameters() if tensor.dim() > 1

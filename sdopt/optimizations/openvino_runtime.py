@@ -52,12 +52,12 @@ class OpenVinoRuntime(Optimization):
     PyTorch weights were never touched. Needs ``pip install "sdopt[openvino]"``.
 
     Planned after ``half_precision`` rather than instead of it: a bfloat16 denoiser is converted as such
-    (at ``precision="bf16"``), so the compiled copy and the conversion take half the RAM, and a shape
+    (at ``precision="bf16"``), so the process takes less RAM (SD1.5: a 6.4 GB peak against 10.5 GB), and a shape
     OpenVINO refuses or fails on runs PyTorch's bfloat16, never float32. The VAE's stand-in goes under
     half precision's guard, which still decodes a NaN or black image again in float32 with PyTorch.
     Whether RAM holds the compiled copy and the conversion is the plan's footprint's to say.
 
-    Measured (benchmarks/RESULTS.md, "OpenVINO's runtime on CPUs"): SD1.5's UNet at 512x512, batch 2,
+    Measured (benchmarks/RESULTS.md, "OpenVINO's runtime inside the pipeline"): SD1.5's UNet at 512x512, batch 2,
     2 threads on an AMD EPYC with AVX512-BF16 (no AMX): PyTorch float32 6.49 s, OpenVINO f32 3.95 s
     (1.64x, 2.5e-6 relative error), OpenVINO bf16 2.19 s (2.97x, 2.3% relative error on random
     weights); whole pipelines on an AVX2-only EPYC: OpenVINO f32 1.38x PyTorch float32.
