@@ -310,22 +310,20 @@ def _settle_budget(
         # Short of memory: speed steps that add weights (fuse_qkv keeps q/k/v twice, a compiled copy) or hold
         # copies while they build go, the costliest first, until the rest fits (or none is left to drop).
         stored = component_bytes(anatomy)
-        costs: dict[str, tuple[float, str]] = {}
+        droppable: list[tuple[float, str, Step]] = []
         for step in winners:
             after = step.optimization.storage(anatomy, step.config, dict(stored))
             grown = sum(after.values()) - sum(stored.values())
             built = step.optimization.build_bytes(anatomy, step.config, dict(stored))
-            if grown > 0 or built > 0:
-                grows = f"adds {grown / GB:.2f} GB of weights"
-                what = grows if grown >= built else f"holds {built / GB:.2f} GB to build"
-                costs[step.name] = (max(grown, built), what)
-        for step in sorted(
-            (step for step in winners if step.name in costs), key=lambda step: costs[step.name][0], reverse=True
-        ):
+            if grown >= built and grown > 0:
+                droppable.append((grown, f"adds {grown / GB:.2f} GB of weights", step))
+            elif built > 0:
+                droppable.append((built, f"holds {built / GB:.2f} GB to build", step))
+        for _, what, step in sorted(droppable, key=lambda item: item[0], reverse=True):
             if footprint.regime == "none":
                 break
             winners.remove(step)
-            reason = f"{costs[step.name][1]}, which the memory budget cannot spare: {footprint.describe()}"
+            reason = f"{what}, which the memory budget cannot spare: {footprint.describe()}"
             skipped.append(_skip(step.optimization, step.source, reason, step.config))
             footprint = estimate(anatomy, caps, _ordered(winners), budget_gb)
     needed = []

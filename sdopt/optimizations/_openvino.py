@@ -31,12 +31,12 @@ import torch
 from torch.utils import _pytree
 
 from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
+from sdopt.footprint import GB
 from sdopt.optimizations._program_keys import behaviour, identity, program_key, signature, weights_hash
 from sdopt.verification import verifying
 
 DEFAULT_CACHE_GB = 20.0
 _DISK_RESERVE_GB = 4.0
-GB = 2**30
 
 MAX_PROGRAMS = 4
 """Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""

@@ -156,7 +156,7 @@ class StaticInt8(Optimization):
     def build_bytes(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> float:
         # Export, calibration and freezing hold copies of the float32 denoiser while the program builds.
         name = anatomy.denoiser_name
-        return component_bytes(anatomy).get(name, 0.0) * BUILD_MEMORY_FACTOR if name is not None else 0.0
+        return sizes.get(name, 0.0) * BUILD_MEMORY_FACTOR if name is not None else 0.0
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
         kept = ", ".join(config.keep_float) or "nothing"
