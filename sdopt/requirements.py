@@ -67,6 +67,7 @@ class Requirements:
     cpu_amx: bool | None = None
     cpu_classes: tuple[str, ...] = ()
     min_denoiser_mparams: float | None = None
+    max_denoiser_mparams: float | None = None
     min_torch: str | None = None
     min_diffusers: str | None = None
     needs_vae: bool = False
@@ -113,11 +114,15 @@ class Requirements:
         if self.cpu_classes and (caps.device != "cpu" or caps.cpu.cpu_class not in self.cpu_classes):
             found = caps.cpu.cpu_class if caps.device == "cpu" else f"device {caps.device}"
             return f"only on {' or '.join(self.cpu_classes)} CPUs, where it was measured (this machine: {found})"
-        if self.min_denoiser_mparams is not None:
+        if self.min_denoiser_mparams is not None or self.max_denoiser_mparams is not None:
             size = sum(p.numel() for p in anatomy.denoiser.parameters()) / 1e6 if anatomy.denoiser is not None else 0
-            if size < self.min_denoiser_mparams:
+            if self.min_denoiser_mparams is not None and size < self.min_denoiser_mparams:
                 return (
                     f"only for denoisers of at least {self.min_denoiser_mparams:g}M parameters (this one: {size:.1f}M)"
+                )
+            if self.max_denoiser_mparams is not None and size > self.max_denoiser_mparams:
+                return (
+                    f"only for denoisers of at most {self.max_denoiser_mparams:g}M parameters (this one: {size:.1f}M)"
                 )
         for package, minimum in (("torch", self.min_torch), ("diffusers", self.min_diffusers)):
             installed = caps.versions.get(package)
@@ -169,7 +174,7 @@ class Requirements:
 
 _LISTS = ("devices", "families", "denoiser_kinds", "packages", "distillations", "cpu_classes")
 _FLAGS = ("bf16_accelerated", "cpu_amx", "needs_vae")
-_AMOUNTS = ("min_memory_gb", "max_memory_gb", "min_denoiser_mparams")
+_AMOUNTS = ("min_memory_gb", "max_memory_gb", "min_denoiser_mparams", "max_denoiser_mparams")
 _VERSIONS = ("min_torch", "min_diffusers")
 
 

@@ -249,7 +249,7 @@ def test_auto_is_benchmarked_with_its_tuning_time_apart(monkeypatch, tmp_path) -
     result = bench("tiny-sd", ["baseline", "auto:fast"], steps=2, runs=1, warmup=0)
     auto = result.tiers[1]
     assert auto.tier == "auto:fast" and auto.tuning_s is not None and auto.tuning_s > 0
-    assert auto.report["source"] == "auto:fast@5"
+    assert auto.report["source"] == "auto:fast@6"
     assert auto.report["tuning"]["shape"] == {"height": 64, "width": 64, "steps": 2, "guidance": 7.5, "batch": 1}
     assert "tune s" in result.table()
     again = bench("tiny-sd", ["auto:fast"], steps=2, runs=1, warmup=0)

@@ -9,6 +9,11 @@ model. Anything with gradients, sdopt's own verification calls and signatures be
 PyTorch. Nothing here raises at call time: a failed conversion leaves that signature in PyTorch, with
 the reason in `OpenVinoRunner.describe` and a warning.
 
+With int8 (the denoiser only), a new signature first looks for its int8 model on disk; without one, the
+calls of the first pipeline call run PyTorch while `RangeObserver` records each layer's input range, and
+`OpenVinoRunner.build_pending` (run at the end of the pipeline call) converts with `fake_quantized`
+layers, checks the int8 model on three of the recorded calls and keeps it, or converts without int8.
+
 diffusers has no OpenVINO path of its own (optimum-intel exports whole pipelines to its own classes);
 this converts the pipeline's own modules in place, so everything else in the pipeline stays diffusers'.
 """
@@ -16,11 +21,7 @@ this converts the pipeline's own modules in place, so everything else in the pip
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -30,26 +31,17 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
-from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
-from sdopt.footprint import GB
-from sdopt.optimizations._program_keys import behaviour, identity, program_key, signature, weights_hash
+from sdopt.optimizations._openvino_cache import key, load, refused_snr_db, remember_refusal, store
+from sdopt.optimizations._openvino_int8 import MIN_ELEMENTS_PER_CHANNEL, RangeObserver, fake_quantized, layer_snr_db
+from sdopt.optimizations._program_keys import behaviour, identity, signature, weights_hash
 from sdopt.verification import verifying
-
-DEFAULT_CACHE_GB = 20.0
-_DISK_RESERVE_GB = 4.0
 
 MAX_PROGRAMS = 4
 """Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""
-
-_MODEL = "model.xml"
-_WEIGHTS = "model.bin"
-_META = "meta.json"
-_MAC = "mac"
-
-
-def default_root() -> Path:
-    """``$SDOPT_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/sdopt/openvino``, else ``~/.cache/sdopt/openvino``."""
-    return cache_root("openvino")
+_MAX_CALIBRATION_SAMPLES = 64  # calls kept per signature while int8 calibrates (int8 is checked on three)
+KEEP_FLOAT_SHARE = 0.05
+"""int8 below the floor is tried once more with this share of its layers (the most sensitive) left float."""
+_Sample = tuple[tuple[Any, ...], dict[str, Any], Any]  # a call's arguments and PyTorch's answer
 
 
 class _Program:
@@ -96,6 +88,10 @@ class _Flat(torch.nn.Module):
         return tuple(_widened(output) for output in _pytree.tree_leaves(self.method(*args, **kwargs)))
 
 
+def _detached(tree: Any) -> Any:
+    return _pytree.tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, tree)
+
+
 def _widened(tensor: torch.Tensor) -> torch.Tensor:
     """float32 for a bfloat16 or float16 tensor (what crosses into and out of OpenVINO), else itself."""
     return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
@@ -114,6 +110,7 @@ class OpenVinoRunner:
         min_snr_db: float,
         root: Path,
         label: str,
+        int8_keep_float: tuple[str, ...] | None = None,
     ) -> None:
         self.module = module
         self.method = method
@@ -130,6 +127,11 @@ class OpenVinoRunner:
         self.openvino_calls = 0
         self._identity: tuple[tuple[int, int], ...] = ()
         self._weights: str | None = None
+        # int8 (None: off): the top-level children left float; the observer and the calls it calibrates on.
+        self.int8_keep_float = int8_keep_float
+        self.observer: RangeObserver | None = None
+        self.calibrating: dict[str, list[_Sample]] = {}
+        self.int8_tried: set[str] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled() or verifying():
@@ -141,6 +143,8 @@ class OpenVinoRunner:
             self._identity, self._weights = current, None
             self.programs.clear()
             self.refused.clear()
+            self._stop_calibrating()
+            self.int8_tried.clear()
         call_signature = (
             f"{behaviour(self.module)}|{_switches(self.module)}|{signature(*_without_generators(args, kwargs))}"
         )
@@ -156,12 +160,45 @@ class OpenVinoRunner:
             return output
         if call_signature in self.refused:
             return self.original(*args, **kwargs)
+        if call_signature in self.calibrating:
+            return self._calibrate(call_signature, args, kwargs)
         if len(self.programs) + len(self.refused) >= MAX_PROGRAMS:
             self._refuse(call_signature, f"more than {MAX_PROGRAMS} input signatures (shapes or argument values)")
             return self.original(*args, **kwargs)
+        if self.int8_keep_float is not None and call_signature not in self.int8_tried:
+            self.int8_tried.add(call_signature)
+            return self._int8_from_cache_or_calibrate(call_signature, args, kwargs)
         return self._prepare(call_signature, args, kwargs)
 
+    def build_pending(self) -> None:
+        """Convert int8 for every signature calibrated since the last build (at the end of a pipeline call,
+        so that the ranges span all its steps): checked against PyTorch on up to three of the recorded calls
+        (first, middle, last); below ``min_snr_db`` that signature gets the plain conversion instead."""
+        if self.observer is None:
+            return
+        ranges = dict(self.observer.ranges)
+        pending = dict(self.calibrating)
+        self._stop_calibrating()
+        for call_signature, samples in pending.items():
+            if not samples:
+                continue
+            args, kwargs, reference = samples[0]
+            try:
+                with torch.no_grad():
+                    accepted = self._int8_build(call_signature, samples, ranges)
+            except Exception as error:  # never an error at call time: this signature gets the plain conversion
+                self.events.append(f"int8 conversion failed ({type(error).__name__}: {_first_line(error)})")
+                accepted = False
+            if not accepted:
+                with torch.no_grad():
+                    self._prepare(call_signature, args, kwargs, reference)
+
     def describe(self) -> str:
+        if self.int8_keep_float is not None and not self.events:
+            return (
+                f"{self.label}: waiting for its first pipeline call, which runs PyTorch while it calibrates int8 "
+                "and converts at its end (a minute or more for a UNet; the on-disk cache spares a new process both)"
+            )
         if not self.events:
             return (
                 f"{self.label}: waiting for its first call, which runs PyTorch while OpenVINO converts and compiles "
@@ -170,74 +207,207 @@ class OpenVinoRunner:
         return "; ".join(f"{self.label}: {event}" for event in self.events)
 
     def forget(self) -> None:
-        """Drop every compiled model (their weights' memory with them)."""
+        """Drop every compiled model (their weights' memory with them) and stop calibrating."""
         self.programs.clear()
+        self._stop_calibrating()
+
+    # ---- int8: calibrating, converting, loading
+
+    def _int8_from_cache_or_calibrate(self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        entry = self._key(self._int8_signature(call_signature))
+        refused = refused_snr_db(self.root, entry)
+        if refused is not None and refused < self.min_snr_db:
+            self.events.append(
+                f"int8 skipped for {_shape_label(args)}: refused at {refused:.1f} dB in an earlier process "
+                f"(floor {self.min_snr_db:g} dB)"
+            )
+            return self._prepare(call_signature, args, kwargs)
+        model = load(self.root, entry)
+        if model is None:
+            self.calibrating[call_signature] = []
+            return self._calibrate(call_signature, args, kwargs)
+        reference = self.original(*args, **kwargs)
+        started = time.perf_counter()
+        self.cache_hits += 1
+        try:
+            program = self._compile(model, args, kwargs, reference)
+            snr = snr_db(reference, program(args, kwargs))
+        except Exception as error:  # this signature gets the plain conversion
+            self.events.append(f"cached int8 model failed ({type(error).__name__}: {_first_line(error)})")
+            return self._prepare(call_signature, args, kwargs, reference)
+        how = f"int8 read from the on-disk cache, ready in {time.perf_counter() - started:.1f} s"
+        if not self._accept(call_signature, program, args, how, snr, int8=True):
+            return self._prepare(call_signature, args, kwargs, reference)
+        return reference
+
+    def _calibrate(self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """PyTorch's answer, with the layers' input ranges observed and the call kept to check int8 against."""
+        if self.observer is None:
+            self.observer = RangeObserver(self.module, self.int8_keep_float or ())
+        output = self.original(*args, **kwargs)
+        samples = self.calibrating[call_signature]
+        if len(samples) < _MAX_CALIBRATION_SAMPLES:
+            samples.append((_detached(args), _detached(kwargs), _detached(output)))
+        return output
+
+    def _int8_build(self, call_signature: str, samples: list[_Sample], ranges: dict[str, tuple[float, float]]) -> bool:
+        if not ranges:
+            self.events.append("int8: no convolution or linear layer large enough to quantize")
+            return False
+        started = time.perf_counter()
+        checked = [samples[index] for index in sorted({0, len(samples) // 2, len(samples) - 1})]
+        model, program, snr = self._int8_model(checked, ranges)
+        layers = len(ranges)
+        if not snr >= self.min_snr_db:
+            # One more try with the layers that suffer most from int8 left at `precision`, chosen by each
+            # layer's own output SNR on the middle checked call (a PyTorch call with hooks, no conversion).
+            middle_args, middle_kwargs, _ = checked[len(checked) // 2]
+            own = layer_snr_db(self.module, lambda: self.original(*middle_args, **middle_kwargs), ranges)
+            worst = sorted(own, key=own.__getitem__)[: max(1, round(KEEP_FLOAT_SHARE * len(ranges)))]
+            self.events.append(
+                f"int8 in all {layers} layers: {snr:.1f} dB SNR against PyTorch over {len(checked)} calls; "
+                f"the {len(worst)} layers with the lowest own SNR ({own[worst[0]]:.1f}-{own[worst[-1]]:.1f} dB) "
+                f"stay {self.precision}"
+            )
+            ranges = {name: span for name, span in ranges.items() if name not in worst}
+            del model, program
+            model, program, snr = self._int8_model(checked, ranges)
+        ready = time.perf_counter() - started
+        how = f"int8 in {len(ranges)} of {layers} layers (ranges from {len(samples)} calls), ready in {ready:.0f} s"
+        args = checked[0][0]
+        if not self._accept(call_signature, program, args, how, snr, int8=True, calls=len(checked)):
+            with contextlib.suppress(OSError):  # unwritable: the next process measures it again, no worse
+                remember_refusal(self.root, self._key(self._int8_signature(call_signature)), snr)
+            return False
+        size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
+        meta = {"snr_db": round(snr, 1), "int8_layers": len(ranges), "build_s": round(ready, 1)}
+        with contextlib.suppress(OSError):  # an unwritable cache costs the next process a calibration, no more
+            refused = store(self.root, self._key(self._int8_signature(call_signature)), model, meta, size)
+            if refused:
+                self.events.append(f"int8 model {refused}")
+        return True
+
+    def _int8_model(
+        self, checked: list[_Sample], ranges: dict[str, tuple[float, float]]
+    ) -> tuple[Any, _Program, float]:
+        """The module converted with ``ranges``' layers in int8, compiled, and its SNR against PyTorch pooled
+        over the ``checked`` calls. Not stored: only an accepted model goes to disk."""
+        args, kwargs, reference = checked[0]
+        with fake_quantized(self.module, ranges):
+            model = self._trace(args, kwargs)
+        program = self._compile(model, args, kwargs, reference)
+        wanted = [want for _, _, want in checked]
+        return model, program, snr_db(wanted, [program(got_args, got_kwargs) for got_args, got_kwargs, _ in checked])
+
+    def _int8_signature(self, call_signature: str) -> str:
+        kept = ",".join(self.int8_keep_float or ())
+        return f"{call_signature}|int8 keep_float={kept} min_elements={MIN_ELEMENTS_PER_CHANNEL}"
+
+    def _stop_calibrating(self) -> None:
+        if self.observer is not None:
+            self.observer.close()
+            self.observer = None
+        self.calibrating.clear()
 
     # ---- converting, loading and checking
 
-    def _prepare(self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        reference = self.original(*args, **kwargs)  # this call's answer: PyTorch's, exactly
+    def _prepare(
+        self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any = None
+    ) -> Any:
+        if reference is None:
+            reference = self.original(*args, **kwargs)  # this call's answer: PyTorch's, exactly
         started = time.perf_counter()
         try:
-            program, how = self._program(call_signature, args, kwargs, reference)
+            model, how = self._converted(call_signature, args, kwargs)
+            program = self._compile(model, args, kwargs, reference)
+            del model  # the compiled model holds its own copy of the weights
             snr = snr_db(reference, program(args, kwargs))
         except Exception as error:  # never an error at call time: this signature stays in PyTorch
             self._refuse(call_signature, f"conversion failed ({type(error).__name__}: {_first_line(error)})")
             return reference
-        shape = _shape_label(args)
-        fidelity = f"{snr:.1f} dB SNR against PyTorch on this call (floor {self.min_snr_db:g} dB)"
-        if not snr >= self.min_snr_db:  # NaN (a non-finite output) is refused too
-            self._refuse(call_signature, f"refused for {shape}: {fidelity}")
-            return reference
-        self.programs[call_signature] = program
-        self.events.append(
-            f"OpenVINO {self.precision} for {shape}, {how}, ready in {time.perf_counter() - started:.1f} s; {fidelity}"
-        )
+        self._accept(call_signature, program, args, f"{how}, ready in {time.perf_counter() - started:.1f} s", snr)
         return reference
 
-    def _program(
-        self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any
-    ) -> tuple[_Program, str]:
+    def _accept(
+        self,
+        call_signature: str,
+        program: _Program,
+        args: tuple[Any, ...],
+        how: str,
+        snr: float,
+        *,
+        int8: bool = False,
+        calls: int = 1,
+    ) -> bool:
+        """Keep ``program`` for the signature if it kept ``min_snr_db``; say what happened either way. A
+        refused int8 program leaves the signature free for the plain conversion."""
+        shape = _shape_label(args)
+        on = "this call" if calls == 1 else f"{calls} of its calls, pooled"
+        fidelity = f"{snr:.1f} dB SNR against PyTorch on {on} (floor {self.min_snr_db:g} dB)"
+        if not snr >= self.min_snr_db:  # NaN (a non-finite output) is refused too
+            if int8:
+                self.events.append(f"int8 refused for {shape}: {fidelity}; converting without int8")
+            else:
+                self._refuse(call_signature, f"refused for {shape}: {fidelity}")
+            return False
+        self.programs[call_signature] = program
+        kind = f"{self.precision} with int8 layers" if int8 else self.precision
+        self.events.append(f"OpenVINO {kind} for {shape}, {how}; {fidelity}")
+        return True
+
+    def _converted(self, entry_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
+        """The converted model of this call's signature: from the on-disk cache, else traced now (and stored)."""
+
+        entry = self._key(entry_signature)
+        started = time.perf_counter()
+        model = load(self.root, entry)
+        if model is not None:
+            self.cache_hits += 1
+            return model, f"read from the on-disk cache in {time.perf_counter() - started:.1f} s"
+        model = self._trace(args, kwargs)
+        converted = time.perf_counter() - started
+        how = f"converted in {converted:.0f} s"
+        size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
+        try:
+            refused = store(self.root, entry, model, {"convert_s": round(converted, 1)}, size)
+        except OSError as error:  # an unwritable cache costs the next process a conversion, no more
+            refused = f"not kept on disk ({type(error).__name__}: {_first_line(error)})"
+        return model, how + (f", {refused}" if refused else "")
+
+    def _trace(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``openvino.convert_model`` of the method at this call's static shapes (counted in `conversions`)."""
         import openvino as ov
 
         leaves, spec = _pytree.tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        flat = _Flat(self.module, self.original, leaves, spec)
+        modes = [(module, module.training) for module in self.module.modules()]
+        try:
+            with warnings.catch_warnings():
+                # Branches on values are baked in for this signature; its output is checked against PyTorch.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                example = tuple(_widened(tensor) for tensor in tensors)
+                model = ov.convert_model(flat, example_input=example, share_weights=_shareable(self.module))
+        finally:
+            for module, training in modes:  # convert_model puts the traced module in eval mode
+                module.training = training
+        self.conversions += 1
+        return model
+
+    def _compile(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any) -> _Program:
+        """``model`` compiled for the CPU at this call's shapes, fed and shaped like the PyTorch method."""
+        import openvino as ov
+
+        leaves = _pytree.tree_leaves((args, kwargs))
         output_leaves, output_spec = _pytree.tree_flatten(reference)
         if not output_leaves or not all(isinstance(leaf, torch.Tensor) for leaf in output_leaves):
             raise TypeError(f"{self.label} returns something other than tensors")
-        entry = self._key(call_signature)
-        started = time.perf_counter()
-        model = _load(self.root, entry)
-        if model is None:
-            flat = _Flat(self.module, self.original, leaves, spec)
-            modes = [(module, module.training) for module in self.module.modules()]
-            try:
-                with warnings.catch_warnings():
-                    # Branches on values are baked in for this signature; its output is checked against PyTorch.
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    example = tuple(_widened(tensor) for tensor in tensors)
-                    model = ov.convert_model(flat, example_input=example, share_weights=_shareable(self.module))
-            finally:
-                for module, training in modes:  # convert_model puts the traced module in eval mode
-                    module.training = training
-            self.conversions += 1
-            converted = time.perf_counter() - started
-            how = f"converted in {converted:.0f} s"
-            size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
-            try:
-                refused = _store(self.root, entry, model, {"convert_s": round(converted, 1)}, size)
-            except OSError as error:  # an unwritable cache costs the next process a conversion, no more
-                refused = f"not kept on disk ({type(error).__name__}: {_first_line(error)})"
-            how += f", {refused}" if refused else ""
-        else:
-            self.cache_hits += 1
-            how = f"read from the on-disk cache in {time.perf_counter() - started:.1f} s"
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         model.reshape({index: ov.PartialShape(list(tensor.shape)) for index, tensor in enumerate(tensors)})
         config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         compiled = ov.Core().compile_model(model, "CPU", config)
-        del model  # the compiled model holds its own copy of the weights
         positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        return _Program(compiled, positions, output_spec, [leaf.dtype for leaf in output_leaves]), how
+        return _Program(compiled, positions, output_spec, [leaf.dtype for leaf in output_leaves])
 
     def _refuse(self, call_signature: str, reason: str) -> None:
         self.refused[call_signature] = reason
@@ -248,97 +418,6 @@ class OpenVinoRunner:
         if self._weights is None:
             self._weights = weights_hash(self.module)
         return key(self._weights, call_signature, f"{type(self.module).__qualname__}.{self.method}")
-
-
-def key(weights: str, call_signature: str, method: str) -> str:
-    """The cache key of one converted model: the weights, the call (with the modules' `behaviour`), the
-    method, and the versions of everything that shaped the trace."""
-    import openvino
-
-    facts = {"weights": weights, "signature": call_signature, "method": method, "openvino": openvino.__version__}
-    return program_key(facts)
-
-
-def _load(root: Path, entry: str) -> Any:
-    """The converted model stored under ``entry``, or None (absent, unreadable or not signed by this user)."""
-    import openvino as ov
-
-    folder = root / entry
-    files = (folder / _MODEL, folder / _WEIGHTS, folder / _META)
-    if not all(path.is_file() for path in files):
-        return None
-    try:
-        check_trusted(folder)
-    except UntrustedCacheError as error:  # not ours to remove either
-        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
-        return None
-    try:
-        mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
-        if not signed(mac, *files):
-            raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt")
-        model = ov.Core().read_model(str(folder / _MODEL))
-        with contextlib.suppress(OSError):  # recently used: the last to be evicted
-            os.utime(folder)
-        return model
-    except Exception as error:  # a planted or damaged entry in our own folder: removed, converted again
-        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error}); removed", stacklevel=5)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-
-
-def cache_cap_bytes() -> float:
-    """The most the converted models on disk may take together: ``$SDOPT_OPENVINO_CACHE_GB`` GB (default
-    20: a handful of SD1.5 shapes, 3.4 GB each from float32 weights); beyond, the least recently used go."""
-    value = os.environ.get("SDOPT_OPENVINO_CACHE_GB", "")
-    try:
-        return float(value) * GB if value else DEFAULT_CACHE_GB * GB
-    except ValueError:
-        raise ValueError(f"SDOPT_OPENVINO_CACHE_GB must be a number of GB, not {value!r}") from None
-
-
-def _store(root: Path, entry: str, model: Any, meta: dict[str, Any], size: int) -> str:
-    """Keep ``model`` (about ``size`` bytes) under ``entry``, weights as converted, signed; written aside and
-    renamed; then the least recently used entries go until the cache is within `cache_cap_bytes`. Returns
-    why it was not kept ("" when it was): it would not fit under the cap, or would leave the disk nearly full
-    (other programs', and sdopt's own spill files, need it more than a conversion saved for later)."""
-    import openvino as ov
-
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    check_trusted(root)
-    cap = cache_cap_bytes()
-    if size > cap:
-        return f"not kept on disk: {size / GB:.1f} GB, over the cache cap of {cap / GB:g} GB (SDOPT_OPENVINO_CACHE_GB)"
-    free = shutil.disk_usage(root).free
-    if free - size < _DISK_RESERVE_GB * GB:
-        return f"not kept on disk: {free / GB:.1f} GB free there, and {_DISK_RESERVE_GB:g} GB stay free"
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
-    try:
-        ov.save_model(model, str(staging / _MODEL), compress_to_fp16=False)
-        (staging / _META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
-        (staging / _MAC).write_text(sign(staging / _MODEL, staging / _WEIGHTS, staging / _META))
-        with contextlib.suppress(OSError):  # another process stored the same entry first: theirs is as good
-            staging.rename(root / entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _evict(root, cap, keep=entry)
-    return ""
-
-
-def _evict(root: Path, cap: float, keep: str) -> None:
-    """Remove the least recently used entries (by the time they were stored or last read) until the cache
-    takes at most ``cap`` bytes; ``keep`` stays."""
-    entries = []
-    for folder in root.iterdir():
-        if folder.is_dir() and not folder.name.startswith("."):  # staging folders are another process's
-            size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
-            entries.append((folder.stat().st_mtime, size, folder))
-    total = sum(size for _, size, _ in entries)
-    for _, size, folder in sorted(entries, key=lambda item: item[0]):
-        if total <= cap:
-            break
-        if folder.name != keep:
-            shutil.rmtree(folder, ignore_errors=True)
-            total -= size
 
 
 def snr_db(reference: Any, output: Any) -> float:

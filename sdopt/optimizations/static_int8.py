@@ -17,23 +17,10 @@ from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
+from sdopt.optimizations._sensitive import SENSITIVE
 from sdopt.requirements import Requirements
 from sdopt.undo import UndoStack
 
-# Left in floating point by published int8 diffusion recipes (and measured here: see the class
-# docstring): the timestep/condition embeddings feed every block, and the first and last
-# convolutions touch the latents directly.
-SENSITIVE = (
-    "conv_in",
-    "conv_out",
-    "time_embedding",
-    "add_embedding",
-    "time_text_embed",
-    "pos_embed",
-    "x_embedder",
-    "context_embedder",
-    "proj_out",
-)
 _X86_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 

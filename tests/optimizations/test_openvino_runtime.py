@@ -420,10 +420,10 @@ def test_a_nearly_full_disk_keeps_no_converted_model(
 ) -> None:
     import shutil
 
-    from sdopt.optimizations import _openvino
+    from sdopt.optimizations import _openvino_cache
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(_openvino.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
+    monkeypatch.setattr(_openvino_cache.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
     module, runner = _mlp_runner(tmp_path)
     with torch.no_grad():
         module(torch.randn(2, 16))

@@ -307,6 +307,9 @@ def test_tiers_plan_it_for_real_size_unets_on_cpus_without_amx_only() -> None:
     assert "only for denoisers of at least 300M parameters" in entry.when.unmet(anatomy, vnni)
     small_enough = Requirements(devices=("cpu",), cpu_amx=False, denoiser_kinds=("unet",), min_denoiser_mparams=0.01)
     assert small_enough.unmet(anatomy, vnni) is None
+    too_large = Requirements(max_denoiser_mparams=0.01)
+    assert "only for denoisers of at most 0.01M parameters (this one:" in too_large.unmet(anatomy, vnni)
+    assert Requirements(max_denoiser_mparams=1000).unmet(anatomy, vnni) is None
     assert small_enough.unmet(anatomy, VNNI) == "only on CPUs without AMX"
     assert "unet denoisers only" in small_enough.unmet(inspect_pipeline(tiny_pipeline("flux")), vnni)
     # On the tiny pipeline the tier leaves it out (with the reason) and keeps half_precision's plan.

@@ -1,0 +1,143 @@
+"""OpenVINO's converted models on disk: keyed, signed, capped in size, least recently used out first.
+
+A converted UNet is 1.7-3.4 GB; a conversion takes tens of seconds. Entries live under
+`default_root`, one folder per `key`, written aside and renamed, signed with this user's key
+(`sdopt.cache_dir`), and read back only if the signature holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
+from sdopt.footprint import GB
+from sdopt.optimizations._program_keys import program_key
+
+DEFAULT_CACHE_GB = 20.0
+DISK_RESERVE_GB = 4.0
+
+_MODEL = "model.xml"
+_WEIGHTS = "model.bin"
+_META = "meta.json"
+_MAC = "mac"
+_REFUSED = ".refused.json"
+
+
+def default_root() -> Path:
+    """``$SDOPT_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/sdopt/openvino``, else ``~/.cache/sdopt/openvino``."""
+    return cache_root("openvino")
+
+
+def key(weights: str, call_signature: str, method: str) -> str:
+    """The cache key of one converted model: the weights, the call (with the modules' `behaviour`), the
+    method, and the versions of everything that shaped the trace."""
+    import openvino
+
+    facts = {"weights": weights, "signature": call_signature, "method": method, "openvino": openvino.__version__}
+    return program_key(facts)
+
+
+def load(root: Path, entry: str) -> Any:
+    """The converted model stored under ``entry``, or None (absent, unreadable or not signed by this user)."""
+    import openvino as ov
+
+    folder = root / entry
+    files = (folder / _MODEL, folder / _WEIGHTS, folder / _META)
+    if not all(path.is_file() for path in files):
+        return None
+    try:
+        check_trusted(folder)
+    except UntrustedCacheError as error:  # not ours to remove either
+        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
+        return None
+    try:
+        mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
+        if not signed(mac, *files):
+            raise UntrustedCacheError(f"{folder} is not signed by this user's sdopt")
+        model = ov.Core().read_model(str(folder / _MODEL))
+        with contextlib.suppress(OSError):  # recently used: the last to be evicted
+            os.utime(folder)
+        return model
+    except Exception as error:  # a planted or damaged entry in our own folder: removed, converted again
+        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error}); removed", stacklevel=5)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def cache_cap_bytes() -> float:
+    """The most the converted models on disk may take together: ``$SDOPT_OPENVINO_CACHE_GB`` GB (default
+    20: a handful of SD1.5 shapes, 3.4 GB each from float32 weights); beyond, the least recently used go."""
+    value = os.environ.get("SDOPT_OPENVINO_CACHE_GB", "")
+    try:
+        return float(value) * GB if value else DEFAULT_CACHE_GB * GB
+    except ValueError:
+        raise ValueError(f"SDOPT_OPENVINO_CACHE_GB must be a number of GB, not {value!r}") from None
+
+
+def store(root: Path, entry: str, model: Any, meta: dict[str, Any], size: int) -> str:
+    """Keep ``model`` (about ``size`` bytes) under ``entry``, weights as converted, signed; written aside and
+    renamed; then the least recently used entries go until the cache is within `cache_cap_bytes`. Returns
+    why it was not kept ("" when it was): it would not fit under the cap, or would leave the disk nearly full
+    (other programs', and sdopt's own spill files, need it more than a conversion saved for later)."""
+    import openvino as ov
+
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_trusted(root)
+    cap = cache_cap_bytes()
+    if size > cap:
+        return f"not kept on disk: {size / GB:.1f} GB, over the cache cap of {cap / GB:g} GB (SDOPT_OPENVINO_CACHE_GB)"
+    free = shutil.disk_usage(root).free
+    if free - size < DISK_RESERVE_GB * GB:
+        return f"not kept on disk: {free / GB:.1f} GB free there, and {DISK_RESERVE_GB:g} GB stay free"
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry}-", dir=root))
+    try:
+        ov.save_model(model, str(staging / _MODEL), compress_to_fp16=False)
+        (staging / _META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+        (staging / _MAC).write_text(sign(staging / _MODEL, staging / _WEIGHTS, staging / _META))
+        with contextlib.suppress(OSError):  # another process stored the same entry first: theirs is as good
+            staging.rename(root / entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    evict(root, cap, keep=entry)
+    return ""
+
+
+def evict(root: Path, cap: float, keep: str) -> None:
+    """Remove the least recently used entries (by the time they were stored or last read) until the cache
+    takes at most ``cap`` bytes; ``keep`` stays."""
+    entries = []
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):  # staging folders are another process's
+            size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+            entries.append((folder.stat().st_mtime, size, folder))
+    total = sum(size for _, size, _ in entries)
+    for _, size, folder in sorted(entries, key=lambda item: item[0]):
+        if total <= cap:
+            break
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+
+
+def remember_refusal(root: Path, entry: str, snr_db: float) -> None:
+    """Note on disk that the model of ``entry`` (an int8 one) measured ``snr_db`` and was refused, so that a
+    new process does not calibrate and convert again (minutes) to refuse it again. A few bytes, unsigned: a
+    planted note can only make int8 be skipped where ``snr_db`` is below the floor asked for."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_trusted(root)
+    (root / f"{entry}{_REFUSED}").write_text(json.dumps({"snr_db": round(snr_db, 2)}), encoding="utf-8")
+
+
+def refused_snr_db(root: Path, entry: str) -> float | None:
+    """The SNR that `remember_refusal` noted for ``entry``, or None (never refused, or unreadable)."""
+    try:
+        return float(json.loads((root / f"{entry}{_REFUSED}").read_text(encoding="utf-8"))["snr_db"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
