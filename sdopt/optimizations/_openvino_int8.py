@@ -46,12 +46,16 @@ class RangeObserver:
     def __init__(self, module: torch.nn.Module, keep_float: Sequence[str]) -> None:
         self.ranges: dict[str, tuple[float, float]] = {}
         self._handles = [
-            layer.register_forward_pre_hook(self._hook(name)) for name, layer in quantizable(module, keep_float)
+            layer.register_forward_pre_hook(self._hook(name), with_kwargs=True)
+            for name, layer in quantizable(module, keep_float)
         ]
 
     def _hook(self, name: str) -> Any:
-        def observe(layer: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            tensor = args[0].detach()
+        def observe(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            tensor = _input_of(args, kwargs)
+            if tensor is None or tensor.dim() < 2:  # never an error in the caller's call: that layer stays float
+                return
+            tensor = tensor.detach()
             if tensor.numel() < MIN_ELEMENTS_PER_CHANNEL * tensor.shape[1 if tensor.dim() == 4 else -1]:
                 return  # a product this small (an embedding's projection) costs more quantized than it saves
             low, high = torch.aminmax(tensor.float())
@@ -103,9 +107,9 @@ class _FakeQuantized(torch.nn.Module):
         self.register_buffer("weight_scales", (largest / 127.0).clamp(min=1e-8), persistent=False)
         self.register_buffer("weight_zeros", torch.zeros(largest.shape, dtype=torch.int32), persistent=False)
 
-    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        dtype = tensor.dtype
-        rounded = torch.fake_quantize_per_tensor_affine(tensor.float(), self.scale, self.zero_point, 0, 255)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name: callers pass input=
+        dtype = input.dtype
+        rounded = torch.fake_quantize_per_tensor_affine(input.float(), self.scale, self.zero_point, 0, 255)
         layer = self.layer
         weight = torch.fake_quantize_per_channel_affine(
             layer.weight.float(), self.weight_scales, self.weight_zeros, 0, -128, 127
@@ -165,9 +169,12 @@ def layer_snr_db(
     scores: dict[str, float] = {}
 
     def measure(name: str, stand_in: _FakeQuantized) -> Any:
-        def hook(layer: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        def hook(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor) -> None:
+            tensor = _input_of(args, kwargs)
+            if tensor is None:
+                return
             exact = output.detach().double()
-            noise = (stand_in(args[0].detach()).double() - exact).pow(2).sum().item()
+            noise = (stand_in(tensor.detach()).double() - exact).pow(2).sum().item()
             signal = exact.pow(2).sum().item()
             score = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
             scores[name] = min(score, scores.get(name, math.inf))
@@ -179,10 +186,18 @@ def layer_snr_db(
         for name, (low, high) in ranges.items():
             layer = module.get_submodule(name)
             assert isinstance(layer, _LAYERS)
-            handles.append(layer.register_forward_hook(measure(name, _FakeQuantized(layer, low, high))))
+            stand_in = _FakeQuantized(layer, low, high)
+            handles.append(layer.register_forward_hook(measure(name, stand_in), with_kwargs=True))
         with torch.no_grad():
             call()
     finally:
         for handle in handles:
             handle.remove()
     return scores
+
+
+def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The tensor a convolution or linear layer was called with, positionally or as ``input=`` (diffusers'
+    motion modules call ``proj_in(input=...)``)."""
+    tensor = args[0] if args else kwargs.get("input")
+    return tensor if isinstance(tensor, torch.Tensor) else None

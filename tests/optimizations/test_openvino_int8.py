@@ -96,6 +96,28 @@ def test_fake_quantized_layers_round_and_are_put_back_even_on_error() -> None:
     assert torch.equal(model(sample), exact)
 
 
+def test_layers_called_with_input_as_a_keyword_are_observed_and_swapped() -> None:
+    # diffusers' motion modules call proj_in(input=...): a hook that read args[0] broke AnimateDiff's call
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+            return self.proj(input=tensor)
+
+    torch.manual_seed(0)
+    block, sample = Block(), torch.randn(128, 8)
+    observer = RangeObserver(block, keep_float=())
+    exact = block(sample)
+    observer.close()
+    assert "proj" in observer.ranges
+    with fake_quantized(block, observer.ranges):
+        rounded = block(sample)
+    assert not torch.equal(rounded, exact) and torch.allclose(rounded, exact, atol=0.05)
+    assert layer_snr_db(block, lambda: block(sample), observer.ranges)["proj"] > 30
+
+
 def test_layer_snr_ranks_the_layer_int8_hurts_most_lowest() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
