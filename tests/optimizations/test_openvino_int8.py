@@ -118,6 +118,18 @@ def test_layers_called_with_input_as_a_keyword_are_observed_and_swapped() -> Non
     assert layer_snr_db(block, lambda: block(sample), observer.ranges)["proj"] > 30
 
 
+def test_sdopts_own_verification_call_calibrates_nothing() -> None:
+    from sdopt.verification import run_verification
+
+    pipe = tiny_pipeline("sd")
+    observer = RangeObserver(pipe.unet, keep_float=())
+    run_verification(pipe)  # a placeholder prompt at a made-up size: not the app's activations
+    assert observer.ranges == {}
+    _image(pipe)
+    observer.close()
+    assert observer.ranges
+
+
 def test_layer_snr_ranks_the_layer_int8_hurts_most_lowest() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
