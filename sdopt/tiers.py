@@ -350,7 +350,8 @@ _ULTRA_5 = (_ULTRA_3[0], *_FAST_5, _RESOLUTION, *_ULTRA_2_COMPILE)
 # fast@6 (ultra@6): on AVX512-BF16 the UNet's convolutions and linear layers run int8 inside OpenVINO
 # (openvino_runtime's int8: static activation ranges from the first pipeline call, FakeQuantize layers,
 # the rest bf16). SD1.5's UNet alone (batch 2, 64x64, 2 threads, AVX512-BF16 EPYC): 1.61 s a call against
-# 2.20 s for OpenVINO bf16, 27.2 dB against PyTorch bf16 on random weights (bf16 alone: 32.9 dB). On
+# 2.20 s for OpenVINO bf16, 27.2 dB against PyTorch bf16 on random weights (bf16 alone: 32.9 dB against
+# PyTorch float32). On
 # trained-sd every layer in int8 kept prompt accuracy 0.958 (untouched 0.979) and domain FID 2343 (2347),
 # within the seed noise floor (0.125, 599), at 37.0 dB PSNR to the untouched images: under balanced's
 # 40 dB, so int8 goes to fast and ultra (as static_int8 did), not balanced. ultra calibrates after the

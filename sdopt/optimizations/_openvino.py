@@ -281,10 +281,12 @@ class OpenVinoRunner:
             return False
         size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
         meta = {"snr_db": round(snr, 1), "int8_layers": len(ranges), "build_s": round(ready, 1)}
-        with contextlib.suppress(OSError):  # an unwritable cache costs the next process a calibration, no more
+        try:
             refused = store(self.root, self._key(self._int8_signature(call_signature)), model, meta, size)
-            if refused:
-                self.events.append(f"int8 model {refused}")
+        except Exception as error:  # an unwritable cache costs the next process a calibration, no more
+            refused = f"not kept on disk ({type(error).__name__}: {_first_line(error)})"
+        if refused:
+            self.events.append(f"int8 model {refused}")
         return True
 
     def _int8_model(
@@ -357,7 +359,6 @@ class OpenVinoRunner:
 
     def _converted(self, entry_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
         """The converted model of this call's signature: from the on-disk cache, else traced now (and stored)."""
-
         entry = self._key(entry_signature)
         started = time.perf_counter()
         model = load(self.root, entry)

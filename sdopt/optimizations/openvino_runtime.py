@@ -180,8 +180,8 @@ class OpenVinoRuntime(Optimization):
         return sizes
 
     def build_bytes(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> float:
-        # int8 traces each quantized layer's weights as float32 (FakeQuantize takes float32): measured +3.0 GB
-        # at fast@6's host peak on SD1.5 against fast@5 (two int8 builds, 0.86 G weights; RESULTS.md).
+        # int8 traces each quantized layer's weights as float32 (FakeQuantize takes float32): fast@6's host peak
+        # on SD1.5 was 2.0-3.0 GB above fast@5's (two int8 builds, 0.86 G weights; RESULTS.md).
         if not config.int8 or anatomy.denoiser is None:
             return 0.0
         return _elements(anatomy.denoiser) * _INT8_TRACE_BYTES_PER_WEIGHT
