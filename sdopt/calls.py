@@ -56,6 +56,23 @@ class CallLayer:
         return contextlib.nullcontext()
 
 
+class BuildAfterCall(CallLayer):
+    """At the end of each pipeline call, the stand-in set as ``forward`` on the component named
+    ``component`` builds what the call recorded (its ``build_pending()``: `static_int8`'s programs,
+    `openvino_runtime`'s int8 models), so that calibration spans every step of the call."""
+
+    def __init__(self, name: str, component: str) -> None:
+        super().__init__(name)
+        self.component = component
+
+    def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
+        stand_in = getattr(pipe, self.component).__dict__.get("forward")
+        build = getattr(stand_in, "build_pending", None)
+        if callable(build):
+            build()
+        return output
+
+
 def wrap_call(pipe: Any, layer: CallLayer) -> Undo:
     """Run ``layer`` around every ``pipe(...)`` call (newest layer outermost); the undo removes it."""
     original_class = _original_class(type(pipe))

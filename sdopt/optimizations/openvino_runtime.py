@@ -10,7 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import check_trusted
-from sdopt.calls import CallLayer, note_after_calls, wrap_call
+from sdopt.calls import BuildAfterCall, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
@@ -233,26 +233,12 @@ class OpenVinoRuntime(Optimization):
                 host.__dict__[attribute] = runner
                 runners.append(runner)
             if config.int8:
-                undo.push(wrap_call(pipe, _Int8AfterCall(self.name, str(anatomy.denoiser_name))))
+                undo.push(wrap_call(pipe, BuildAfterCall(self.name, str(anatomy.denoiser_name))))
             undo.push(note_after_calls(pipe, self.name, lambda: "; ".join(r.describe() for r in runners)))
         except Exception:
             undo()
             raise
         return undo
-
-
-class _Int8AfterCall(CallLayer):
-    """At the end of each pipeline call, converts int8 for the shapes the call calibrated."""
-
-    def __init__(self, name: str, denoiser_name: str) -> None:
-        super().__init__(name)
-        self.denoiser_name = denoiser_name
-
-    def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
-        runner = getattr(pipe, self.denoiser_name).__dict__.get("forward")
-        if isinstance(runner, OpenVinoRunner):
-            runner.build_pending()
-        return output
 
 
 def _converted_elements(anatomy: Anatomy, config: Any) -> dict[str, int]:

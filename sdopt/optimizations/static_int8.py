@@ -10,7 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import check_trusted
-from sdopt.calls import CallLayer, note_after_calls, wrap_call
+from sdopt.calls import BuildAfterCall, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
@@ -170,26 +170,12 @@ class StaticInt8(Optimization):
         undo.push(runner.compiled.clear)  # last: the int8 programs go with it
         undo.push(restore)
         try:
-            undo.push(wrap_call(pipe, _BuildAfterCall(self.name, str(anatomy.denoiser_name))))
+            undo.push(wrap_call(pipe, BuildAfterCall(self.name, str(anatomy.denoiser_name))))
             undo.push(note_after_calls(pipe, self.name, runner.describe))
         except Exception:
             undo()
             raise
         return undo
-
-
-class _BuildAfterCall(CallLayer):
-    """At the end of each pipeline call, builds int8 for the shapes the call recorded."""
-
-    def __init__(self, name: str, denoiser_name: str) -> None:
-        super().__init__(name)
-        self.denoiser_name = denoiser_name
-
-    def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
-        runner = getattr(pipe, self.denoiser_name).__dict__.get("forward")
-        if isinstance(runner, Int8Runner):
-            runner.build_pending()
-        return output
 
 
 def _present(denoiser: torch.nn.Module | None, names: tuple[str, ...]) -> list[str]:

@@ -187,11 +187,6 @@ def test_the_footprint_counts_the_float32_weights_the_int8_trace_holds() -> None
 # ---- running it
 
 
-@pytest.fixture
-def openvino() -> Any:
-    return pytest.importorskip("openvino")
-
-
 def test_calibrates_on_the_first_call_then_runs_int8_and_undoes_exactly(openvino: Any, tmp_path: Path) -> None:
     pipe = tiny_pipeline("sd")
     untouched = _image(pipe)

@@ -124,11 +124,6 @@ def test_where_ram_cannot_hold_the_compiled_copy_half_precision_stays_alone() ->
 # ---- running (openvino installed)
 
 
-@pytest.fixture
-def openvino() -> Any:
-    return pytest.importorskip("openvino")
-
-
 def test_later_calls_run_openvino_within_float32_rounding(openvino: Any, tmp_path: Path) -> None:
     pipe = tiny_pipeline("sd")
     reference = _image(pipe)
