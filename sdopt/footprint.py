@@ -223,10 +223,17 @@ def planned_element_size(tensor: torch.Tensor, component_now: float, component_p
 def component_bytes(anatomy: Anatomy) -> dict[str, float]:
     """The bytes of weights and buffers of each module component, as stored now (memory shared by
     several tensors, such as fused projections' views, once)."""
-    return {name: float(_stored_bytes(module)) for name, module in anatomy.modules().items()}
+    return {name: float(module_bytes(module)) for name, module in anatomy.modules().items()}
 
 
-def _stored_bytes(module: torch.nn.Module) -> int:
+def module_bytes(module: torch.nn.Module) -> int:
+    """The bytes of ``module``'s weights and buffers as stored now, memory shared by several tensors once.
+
+    Example:
+        >>> import torch
+        >>> module_bytes(torch.nn.Linear(4, 4))  # 16 weights and 4 biases in float32
+        80
+    """
     storages: dict[tuple[int, str], int] = {}
     unshared = 0
     for tensor in [*module.parameters(), *module.buffers()]:

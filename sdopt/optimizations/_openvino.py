@@ -21,7 +21,6 @@ this converts the pipeline's own modules in place, so everything else in the pip
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -31,9 +30,11 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
+from sdopt.footprint import module_bytes
 from sdopt.optimizations._openvino_cache import key, load, refused_snr_db, remember_refusal, store
 from sdopt.optimizations._openvino_int8 import MIN_ELEMENTS_PER_CHANNEL, RangeObserver, fake_quantized, layer_snr_db
 from sdopt.optimizations._program_keys import behaviour, identity, signature, weights_hash
+from sdopt.optimizations._snr import snr_db
 from sdopt.verification import verifying
 
 MAX_PROGRAMS = 4
@@ -279,7 +280,7 @@ class OpenVinoRunner:
             with contextlib.suppress(OSError):  # unwritable: the next process measures it again, no worse
                 remember_refusal(self.root, self._key(self._int8_signature(call_signature)), snr)
             return False
-        size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
+        size = module_bytes(self.module)
         meta = {"snr_db": round(snr, 1), "int8_layers": len(ranges), "build_s": round(ready, 1)}
         try:
             refused = store(self.root, self._key(self._int8_signature(call_signature)), model, meta, size)
@@ -368,7 +369,7 @@ class OpenVinoRunner:
         model = self._trace(args, kwargs)
         converted = time.perf_counter() - started
         how = f"converted in {converted:.0f} s"
-        size = sum(tensor.numel() * tensor.element_size() for tensor in self.module.parameters())
+        size = module_bytes(self.module)
         try:
             refused = store(self.root, entry, model, {"convert_s": round(converted, 1)}, size)
         except OSError as error:  # an unwritable cache costs the next process a conversion, no more
@@ -419,19 +420,6 @@ class OpenVinoRunner:
         if self._weights is None:
             self._weights = weights_hash(self.module)
         return key(self._weights, call_signature, f"{type(self.module).__qualname__}.{self.method}")
-
-
-def snr_db(reference: Any, output: Any) -> float:
-    """Signal-to-noise ratio of ``output`` against ``reference`` over all their tensors, in dB."""
-    signal = noise = 0.0
-    for want, got in zip(_pytree.tree_leaves(reference), _pytree.tree_leaves(output), strict=True):
-        signal += want.double().pow(2).sum().item()
-        noise += (got.double() - want.double()).pow(2).sum().item()
-    if not (math.isfinite(signal) and math.isfinite(noise)):
-        return math.nan  # a non-finite output (or reference) is no measure of agreement
-    if noise == 0.0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def _switches(module: torch.nn.Module) -> str:

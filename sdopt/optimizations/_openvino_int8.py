@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdopt.optimizations._snr import snr_db
 from sdopt.verification import verifying
 
 _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
@@ -177,10 +178,8 @@ def layer_snr_db(
             tensor = _input_of(args, kwargs)
             if tensor is None:
                 return
-            exact = output.detach().double()
-            noise = (stand_in(tensor.detach()).double() - exact).pow(2).sum().item()
-            signal = exact.pow(2).sum().item()
-            score = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+            score = snr_db(output.detach(), stand_in(tensor.detach()))
+            score = -math.inf if math.isnan(score) else score  # a non-finite output: the worst layer of all
             scores[name] = min(score, scores.get(name, math.inf))
 
         return hook

@@ -12,7 +12,6 @@ signature in float32, with the reason in `Int8Runner.describe` and a warning.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
+from sdopt.footprint import module_bytes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.quantizer import (
     Sample,
@@ -31,6 +31,7 @@ from sdopt.optimizations._int8.quantizer import (
     quantize,
     quantized_node_count,
 )
+from sdopt.optimizations._snr import snr_db
 from sdopt.verification import verifying
 
 _MAX_RECORDED = 64
@@ -138,7 +139,7 @@ class Int8Runner:
     def _build(self, call_signature: str, samples: list[tuple[Sample, Any]]) -> None:
         from sdopt.probes.cpu import ram_gb as _ram_gb
 
-        needed = BUILD_MEMORY_FACTOR * sum(t.numel() * t.element_size() for t in self.module.parameters()) / 2**30
+        needed = BUILD_MEMORY_FACTOR * module_bytes(self.module) / 2**30
         available = _ram_gb()[1]
         if available and available < needed:
             self._refuse(
@@ -158,7 +159,7 @@ class Int8Runner:
         outputs = [
             first_output if sample is calibration[0] else compiled(*sample[0], **sample[1]) for sample, _ in checked
         ]
-        snr = _snr_db([reference for _, reference in checked], outputs)
+        snr = snr_db([reference for _, reference in checked], outputs)
         meta = {
             "snr_db": snr,
             "quantized_layers": quantized_node_count(program),
@@ -199,7 +200,7 @@ class Int8Runner:
         # The stored fidelity is signed, but measured elsewhere: it is measured again here, once, on this call.
         with torch.no_grad():
             reference = self.forward(*sample[0], **sample[1])
-        meta = {**meta, "snr_db": _snr_db([reference], [output])}
+        meta = {**meta, "snr_db": snr_db([reference], [output])}
         self.cache_hits += 1
         done = time.perf_counter()
         cold = meta.get("build_s", 0) + meta.get("compile_s", 0)
@@ -228,7 +229,7 @@ class Int8Runner:
         fidelity = (
             f"denoiser output {snr:.1f} dB SNR against float32 on the calibration call (floor {self.min_snr_db:g} dB)"
         )
-        if snr < self.min_snr_db:
+        if not snr >= self.min_snr_db:  # NaN (a non-finite output) is refused too
             self._refuse(call_signature, f"int8 refused for {what}: {fidelity}")
             return
         self.compiled[call_signature] = compiled
@@ -272,19 +273,6 @@ def _spread(items: list[Any], count: int) -> list[Any]:
         return items[:1]
     step = (len(items) - 1) / (count - 1)
     return [items[round(index * step)] for index in range(count)]
-
-
-def _snr_db(references: list[Any], outputs: list[Any]) -> float:
-    signal = noise = 0.0
-    for reference, output in zip(references, outputs, strict=True):
-        expected = [leaf for leaf in _pytree.tree_leaves(reference) if isinstance(leaf, torch.Tensor)]
-        actual = [leaf for leaf in _pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
-        for want, got in zip(expected, actual, strict=True):
-            signal += want.double().pow(2).sum().item()
-            noise += (got.double() - want.double()).pow(2).sum().item()
-    if noise == 0.0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def _label(sample: Sample) -> str:
