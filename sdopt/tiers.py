@@ -363,9 +363,10 @@ _OPENVINO_INT8 = Entry(
     "openvino_runtime",
     {"precision": "bf16", "int8": True},
     when=replace(_OPENVINO_BF16.when, max_denoiser_mparams=_UNET_MEASURED_MPARAMS),
-    why="SD1.5 512/20 on a 2-core AVX512-BF16 EPYC: 23.3 s with int8 layers vs 31.4 s in bf16 (3.74x vs 2.77x "
-    "OpenVINO static f32; random weights, timed with the int8 floor at 15 dB); trained-sd keeps prompt accuracy "
-    "and FID within the seed noise floor (RESULTS.md)",
+    why="SD1.5 512/20 on a 2-core AVX512-BF16 EPYC: 23.3 s with int8 at both batch sizes (int8 floor lowered to "
+    "15 dB for random weights), 31.4 s with int8 at batch 1 only (the 25 dB check refused batch 2 there), "
+    "3.74x and 2.77x OpenVINO static f32 (fast@5: 2.59x); trained-sd keeps prompt accuracy and FID within the "
+    "seed noise floor (RESULTS.md, 'int8 inside OpenVINO')",
 )
 _OPENVINO_BF16_LARGE = Entry(
     "openvino_runtime",
