@@ -16,7 +16,7 @@ from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._openvino import OpenVinoRunner
 from sdopt.optimizations._openvino_cache import default_root
-from sdopt.optimizations._sensitive import SENSITIVE
+from sdopt.optimizations._sensitive import kept_float
 from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.requirements import Requirements
 from sdopt.undo import UndoStack
@@ -132,14 +132,8 @@ class OpenVinoRuntime(Optimization):
         return bool(config.precision != "f32" or config.int8)
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
-        children = dict(anatomy.denoiser.named_children()) if anatomy.denoiser is not None else {}
-        keep_float = tuple(
-            name
-            for requested in config.keep_float
-            for name in ([n for n in SENSITIVE if n in children] if requested == "auto" else [requested])
-        )
         root = config.cache_dir or str(default_root())
-        return replace(config, keep_float=keep_float, cache_dir=root)
+        return replace(config, keep_float=kept_float(anatomy.denoiser, config.keep_float), cache_dir=root)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         denoiser = anatomy.denoiser

@@ -17,7 +17,7 @@ from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._int8 import cache
 from sdopt.optimizations._int8.runner import BUILD_MEMORY_FACTOR, Int8Runner
-from sdopt.optimizations._sensitive import SENSITIVE
+from sdopt.optimizations._sensitive import kept_float
 from sdopt.requirements import Requirements
 from sdopt.undo import UndoStack
 
@@ -89,11 +89,7 @@ class StaticInt8(Optimization):
     effect = "speed"
 
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
-        keep_float = tuple(
-            name
-            for requested in config.keep_float
-            for name in (_present(anatomy.denoiser, SENSITIVE) if requested == "auto" else (requested,))
-        )
+        keep_float = kept_float(anatomy.denoiser, config.keep_float)
         root = config.cache_dir or str(cache.default_root())
         return StaticInt8Config(config.min_snr_db, keep_float, config.calibration_calls, root)
 
@@ -176,8 +172,3 @@ class StaticInt8(Optimization):
             undo()
             raise
         return undo
-
-
-def _present(denoiser: torch.nn.Module | None, names: tuple[str, ...]) -> list[str]:
-    children = dict(denoiser.named_children()) if denoiser is not None else {}
-    return [name for name in names if name in children]
