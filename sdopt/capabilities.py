@@ -62,6 +62,9 @@ class CpuInfo:
     int8_accelerated: bool
     bf16_speedup: float | None = None
     """Measured fp32 time / bf16 time of a small convolution, where the flags alone do not decide."""
+    isa_cap: str = ""
+    """oneDNN's instruction-set cap for this process (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2``): ``flags`` then
+    lists only what the kernels may use, so the class is the capped one; ``""`` when uncapped."""
 
     @property
     def cpu_class(self) -> str:
@@ -370,6 +373,14 @@ def cpu_info(model: str, flags: set[str], physical: int, machine: str) -> CpuInf
 def _detect_cpu() -> CpuInfo:
     try:
         cpu = parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+        cap = cpu_probe.isa_cap()
+        if cap:  # the kernels this process runs stop at the cap: so does the class that picks them
+            capped = cpu_probe.capped_flags(set(cpu.flags), cap)
+            cpu = dataclasses.replace(
+                cpu_info(cpu.model, capped, cpu.physical_cores, platform.machine()),
+                logical_cores=cpu.logical_cores,
+                isa_cap=cap,
+            )
     except OSError:
         if sys.platform == "darwin":  # no /proc: ask sysctl (Apple Silicon reports FEAT_BF16 / FEAT_I8MM)
             model, flags, physical = cpu_probe.sysctl_cpu()

@@ -88,7 +88,10 @@ def doctor_command(args: argparse.Namespace) -> int:
         ("half precision", caps.half_dtype),
         ("cpu", f"{caps.cpu.model}, {caps.cpu.physical_cores} cores / {caps.cpu.logical_cores} threads"),
         ("cpu flags", " ".join(caps.cpu.flags) or "(unknown)"),
-        ("cpu class", caps.cpu.cpu_class),
+        (
+            "cpu class",
+            caps.cpu.cpu_class + (f" (capped by ONEDNN_MAX_CPU_ISA={caps.cpu.isa_cap})" if caps.cpu.isa_cap else ""),
+        ),
         ("cpu bf16 / int8", f"accelerated: {caps.cpu.bf16_accelerated} / {caps.cpu.int8_accelerated}"),
     ]
     for gpu in caps.cuda:

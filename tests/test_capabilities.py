@@ -149,6 +149,23 @@ def test_avx512_bf16_without_amx_is_decided_by_measurement(monkeypatch) -> None:
         assert (cpu.bf16_accelerated, cpu.bf16_speedup) == (accelerated, measured)
 
 
+def test_a_onednn_isa_cap_makes_the_class_the_capped_one(monkeypatch) -> None:
+    # ONEDNN_MAX_CPU_ISA=AVX2 on an AMX Xeon: PyTorch's and OpenVINO's oneDNN run AVX2 kernels, so the
+    # tiers must choose what pays on AVX2 (no bf16, no int8 units), and the bf16 timing is not even taken.
+    monkeypatch.setattr(capabilities, "Path", lambda path: type("P", (), {"read_text": lambda *a, **k: X86_CPUINFO})())
+    monkeypatch.setattr(cpu_probe, "bf16_speedup", lambda *a, **k: pytest.fail("timed bf16 under an AVX2 cap"))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    cpu = capabilities._detect_cpu()
+    assert (cpu.cpu_class, cpu.isa_cap, cpu.flags) == ("avx2", "AVX2", ("avx2", "fma", "f16c"))
+    assert not cpu.bf16_accelerated and not cpu.int8_accelerated and cpu.logical_cores >= 1
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    cpu = capabilities._detect_cpu()
+    assert (cpu.cpu_class, cpu.int8_accelerated, cpu.bf16_accelerated) == ("avx512-vnni", True, False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # not a cap
+    assert capabilities._detect_cpu().cpu_class == "amx"
+
+
 def test_the_bf16_measurement_runs_and_is_cached(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     runs = []

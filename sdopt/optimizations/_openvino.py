@@ -112,6 +112,7 @@ class OpenVinoRunner:
         root: Path,
         label: str,
         int8_keep_float: tuple[str, ...] | None = None,
+        int8_weight_bits: int = 8,
     ) -> None:
         self.module = module
         self.method = method
@@ -130,6 +131,7 @@ class OpenVinoRunner:
         self._weights: str | None = None
         # int8 (None: off): the top-level children left float; the observer and the calls it calibrates on.
         self.int8_keep_float = int8_keep_float
+        self.int8_weight_bits = int8_weight_bits
         self.observer: RangeObserver | None = None
         self.calibrating: dict[str, list[_Sample]] = {}
         self.int8_tried: set[str] = set()
@@ -263,7 +265,9 @@ class OpenVinoRunner:
             # One more try with the layers that suffer most from int8 left at `precision`, chosen by each
             # layer's own output SNR on the middle checked call (a PyTorch call with hooks, no conversion).
             middle_args, middle_kwargs, _ = checked[len(checked) // 2]
-            own = layer_snr_db(self.module, lambda: self.original(*middle_args, **middle_kwargs), ranges)
+            own = layer_snr_db(
+                self.module, lambda: self.original(*middle_args, **middle_kwargs), ranges, self.int8_weight_bits
+            )
             worst = sorted(own, key=own.__getitem__)[: max(1, round(KEEP_FLOAT_SHARE * len(ranges)))]
             self.events.append(
                 f"int8 in all {layers} layers: {snr:.1f} dB SNR against PyTorch over {len(checked)} calls; "
@@ -296,7 +300,7 @@ class OpenVinoRunner:
         """The module converted with ``ranges``' layers in int8, compiled, and its SNR against PyTorch pooled
         over the ``checked`` calls. Not stored: only an accepted model goes to disk."""
         args, kwargs, reference = checked[0]
-        with fake_quantized(self.module, ranges):
+        with fake_quantized(self.module, ranges, self.int8_weight_bits):
             model = self._trace(args, kwargs)
         program = self._compile(model, args, kwargs, reference)
         wanted = [want for _, _, want in checked]
@@ -304,7 +308,8 @@ class OpenVinoRunner:
 
     def _int8_signature(self, call_signature: str) -> str:
         kept = ",".join(self.int8_keep_float or ())
-        return f"{call_signature}|int8 keep_float={kept} min_elements={MIN_ELEMENTS_PER_CHANNEL}"
+        bits = "" if self.int8_weight_bits == 8 else f" weight_bits={self.int8_weight_bits}"  # 8: keys as before
+        return f"{call_signature}|int8 keep_float={kept} min_elements={MIN_ELEMENTS_PER_CHANNEL}{bits}"
 
     def _stop_calibrating(self) -> None:
         if self.observer is not None:

@@ -11,6 +11,10 @@ CPU has it); its PyTorch front end turns ``torch.fake_quantize_per_tensor_affine
   observed range; weights i8 per output channel, symmetric) for as long as ``convert_model`` traces, and
   puts the original layers back whatever happens. The PyTorch module is never left changed.
 
+On CPUs without VNNI (AVX2, AVX-512 without VNNI), oneDNN multiplies u8 by i8 with ``vpmaddubsw``, which adds
+two products into a saturating int16: 255 x 127 x 2 overflows it. There the weights get 7 bits (`weight_bits`),
+as NNCF's "overflow fix" does: 255 x 63 x 2 fits.
+
 OpenVINO's own route to this is NNCF (a separate, large package, with its own PyTorch tracing); these
 are the same FakeQuantize nodes, placed by sdopt where it observed the ranges.
 """
@@ -31,6 +35,17 @@ from sdopt.verification import verifying
 _LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 MIN_ELEMENTS_PER_CHANNEL = 64
 """Layers whose input has fewer values per input channel (a timestep embedding's 2 rows) stay float."""
+
+
+def weight_bits(int8_accelerated: bool) -> int:
+    """The weight width that int8 kernels compute exactly: 8 bits with VNNI/AMX (32-bit accumulation), 7 bits
+    without (``vpmaddubsw``'s int16 sums would saturate at 8).
+
+    Example:
+        >>> weight_bits(True), weight_bits(False)
+        (8, 7)
+    """
+    return 8 if int8_accelerated else 7
 
 
 class RangeObserver:
@@ -94,10 +109,10 @@ def quantizable(module: torch.nn.Module, keep_float: Sequence[str]) -> list[tupl
 
 class _FakeQuantized(torch.nn.Module):
     """A convolution or linear layer as OpenVINO's int8 kernels compute it: the input rounded to 256
-    levels over its observed range (u8), the weights to 255 levels per output channel (i8, symmetric),
-    the product in float32, the result in the layer's dtype."""
+    levels over its observed range (u8), the weights to 255 levels per output channel (i8, symmetric; 127
+    levels at ``bits=7``), the product in float32, the result in the layer's dtype."""
 
-    def __init__(self, layer: torch.nn.Conv2d | torch.nn.Linear, low: float, high: float) -> None:
+    def __init__(self, layer: torch.nn.Conv2d | torch.nn.Linear, low: float, high: float, bits: int = 8) -> None:
         super().__init__()
         self.layer = layer
         low, high = min(low, 0.0), max(high, 0.0)  # zero must be exact (padding, ReLU-like zeros)
@@ -109,7 +124,8 @@ class _FakeQuantized(torch.nn.Module):
         # with OpenVINO where `_openvino._shareable` allows, never copied here).
         self.weight_scales: torch.Tensor
         self.weight_zeros: torch.Tensor
-        self.register_buffer("weight_scales", (largest / 127.0).clamp(min=1e-8), persistent=False)
+        self.weight_max = 2 ** (bits - 1) - 1
+        self.register_buffer("weight_scales", (largest / self.weight_max).clamp(min=1e-8), persistent=False)
         self.register_buffer("weight_zeros", torch.zeros(largest.shape, dtype=torch.int32), persistent=False)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name: callers pass input=
@@ -117,7 +133,7 @@ class _FakeQuantized(torch.nn.Module):
         rounded = torch.fake_quantize_per_tensor_affine(input.float(), self.scale, self.zero_point, 0, 255)
         layer = self.layer
         weight = torch.fake_quantize_per_channel_affine(
-            layer.weight.float(), self.weight_scales, self.weight_zeros, 0, -128, 127
+            layer.weight.float(), self.weight_scales, self.weight_zeros, 0, -self.weight_max - 1, self.weight_max
         )
         bias = None if layer.bias is None else layer.bias.float()
         if isinstance(layer, torch.nn.Conv2d):
@@ -128,8 +144,11 @@ class _FakeQuantized(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def fake_quantized(module: torch.nn.Module, ranges: dict[str, tuple[float, float]]) -> Iterator[int]:
-    """Within the block, the layers named in ``ranges`` are `_FakeQuantized` stand-ins; yields how many.
+def fake_quantized(
+    module: torch.nn.Module, ranges: dict[str, tuple[float, float]], weight_bits: int = 8
+) -> Iterator[int]:
+    """Within the block, the layers named in ``ranges`` are `_FakeQuantized` stand-ins (weights in
+    ``weight_bits``); yields how many.
     The original layers are back on exit, raised or not.
 
     Example:
@@ -147,7 +166,7 @@ def fake_quantized(module: torch.nn.Module, ranges: dict[str, tuple[float, float
             parent = module.get_submodule(parent_name) if parent_name else module
             layer = parent.get_submodule(child)
             assert isinstance(layer, _LAYERS), f"{name} is a {type(layer).__name__}, not a convolution or linear"
-            stand_in = _FakeQuantized(layer, low, high)
+            stand_in = _FakeQuantized(layer, low, high, weight_bits)
             parent._modules[child] = stand_in
             swapped.append((parent, child, layer))
         yield len(swapped)
@@ -157,7 +176,10 @@ def fake_quantized(module: torch.nn.Module, ranges: dict[str, tuple[float, float
 
 
 def layer_snr_db(
-    module: torch.nn.Module, call: Callable[[], Any], ranges: dict[str, tuple[float, float]]
+    module: torch.nn.Module,
+    call: Callable[[], Any],
+    ranges: dict[str, tuple[float, float]],
+    weight_bits: int = 8,
 ) -> dict[str, float]:
     """Each layer named in ``ranges``: the SNR in dB of its fake-quantized output against its exact one, during
     ``call`` (which runs ``module``; each layer's worst over the call). The layers that int8 hurts most
@@ -189,7 +211,7 @@ def layer_snr_db(
         for name, (low, high) in ranges.items():
             layer = module.get_submodule(name)
             assert isinstance(layer, _LAYERS)
-            stand_in = _FakeQuantized(layer, low, high)
+            stand_in = _FakeQuantized(layer, low, high, weight_bits)
             handles.append(layer.register_forward_hook(measure(name, stand_in), with_kwargs=True))
         with torch.no_grad():
             call()

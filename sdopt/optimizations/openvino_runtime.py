@@ -16,6 +16,7 @@ from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
 from sdopt.optimizations._openvino import OpenVinoRunner
 from sdopt.optimizations._openvino_cache import default_root
+from sdopt.optimizations._openvino_int8 import weight_bits
 from sdopt.optimizations._sensitive import kept_float
 from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.requirements import Requirements
@@ -221,6 +222,7 @@ class OpenVinoRuntime(Optimization):
                     root=root,
                     label=label,
                     int8_keep_float=config.keep_float if config.int8 and module is anatomy.denoiser else None,
+                    int8_weight_bits=weight_bits(caps.cpu.int8_accelerated),
                 )
                 undo.push(runner.forget)  # last: the compiled models go with it
                 undo.push(remember_attributes(host, (attribute,)))

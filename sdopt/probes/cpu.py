@@ -1,4 +1,5 @@
-"""CPU probes: whether bf16 beats float32 here (timed, cached), macOS's sysctl facts, and the RAM."""
+"""CPU probes: whether bf16 beats float32 here (timed, cached), the instruction-set cap set through oneDNN's
+environment, macOS's sysctl facts, and the RAM."""
 
 from __future__ import annotations
 
@@ -11,6 +12,48 @@ from typing import Any
 from sdopt.probes.run import dist_version, read_cache, write_cache
 
 BF16_MIN_SPEEDUP = 1.1
+
+# oneDNN's dispatcher cap (https://uxlfoundation.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html): the
+# x86 flags each value leaves usable. PyTorch's oneDNN and OpenVINO's read it; a process capped to AVX2 on an
+# AVX-512 CPU runs AVX2 kernels, so the class that decides what pays is AVX2's.
+_AVX512_FLAGS = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"})
+_AMX_FLAGS = frozenset({"amx_tile", "amx_bf16", "amx_int8"})
+_CAP_REMOVES: dict[str, frozenset[str]] = {
+    "SSE41": frozenset({"avx2", "fma", "f16c", "avx_vnni"}) | _AVX512_FLAGS | _AMX_FLAGS,
+    "AVX": frozenset({"avx2", "fma", "avx_vnni"}) | _AVX512_FLAGS | _AMX_FLAGS,
+    "AVX2": frozenset({"avx_vnni"}) | _AVX512_FLAGS | _AMX_FLAGS,
+    "AVX2_VNNI": _AVX512_FLAGS | _AMX_FLAGS,
+    "AVX2_VNNI_2": _AVX512_FLAGS | _AMX_FLAGS,
+    "AVX512_CORE": frozenset({"avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni"}) | _AMX_FLAGS,
+    "AVX512_CORE_VNNI": frozenset({"avx512_bf16", "avx512_fp16"}) | _AMX_FLAGS,
+    "AVX512_CORE_BF16": frozenset({"avx512_fp16"}) | _AMX_FLAGS,
+    "AVX512_CORE_FP16": _AMX_FLAGS,
+}
+
+
+def isa_cap(environ: dict[str, str] | None = None) -> str:
+    """The instruction-set cap this process runs oneDNN under (``ONEDNN_MAX_CPU_ISA``, or its older name
+    ``DNNL_MAX_CPU_ISA``), upper case; ``""`` when none is set or the value caps nothing sdopt knows.
+
+    Examples:
+        >>> isa_cap({"ONEDNN_MAX_CPU_ISA": "avx2"}), isa_cap({}), isa_cap({"DNNL_MAX_CPU_ISA": "ALL"})
+        ('AVX2', '', '')
+    """
+    environ = dict(os.environ) if environ is None else environ
+    value = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return value if value in _CAP_REMOVES else ""
+
+
+def capped_flags(flags: set[str], cap: str) -> set[str]:
+    """``flags`` less those the oneDNN cap ``cap`` (see `isa_cap`) puts out of reach.
+
+    Examples:
+        >>> sorted(capped_flags({"avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni"}, "AVX2"))
+        ['avx2', 'fma']
+        >>> sorted(capped_flags({"avx2", "avx512f"}, ""))
+        ['avx2', 'avx512f']
+    """
+    return flags - _CAP_REMOVES.get(cap, frozenset())
 
 
 # The bf16 decision is the median of several timings taken in different processes (one per

@@ -17,7 +17,12 @@ import torch
 from sdopt import optimize, plan
 from sdopt.footprint import GB
 from sdopt.optimizations._openvino import OpenVinoRunner
-from sdopt.optimizations._openvino_int8 import RangeObserver, fake_quantized, layer_snr_db, quantizable
+from sdopt.optimizations._openvino_int8 import (
+    RangeObserver,
+    fake_quantized,
+    layer_snr_db,
+    quantizable,
+)
 from sdopt.simulation.architectures import real_pipeline
 from sdopt.testing import fake_capabilities, tiny_pipeline
 
@@ -94,6 +99,40 @@ def test_fake_quantized_layers_round_and_are_put_back_even_on_error() -> None:
         raise RuntimeError("the trace failed")
     assert type(model[0]) is torch.nn.Conv2d
     assert torch.equal(model(sample), exact)
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+def test_weights_take_the_levels_their_width_allows(bits: int) -> None:
+    # Without VNNI, oneDNN sums pairs of u8 x i8 products in a saturating int16: 255 x 127 x 2 overflows it,
+    # 255 x 63 x 2 does not. So there the weights get 7 bits.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1024, 2, bias=False)
+    model = torch.nn.Sequential(layer)
+    with fake_quantized(model, {"0": (0.0, 1.0)}, weight_bits=bits) as count:
+        # One-hot rows (0 and 1 are exact in u8 over [0, 1]): the output is the weights as the kernel sees them.
+        seen = model(torch.eye(1024)).T
+        scales = model[0].weight_scales[:, None]
+    levels = seen / scales
+    top = 2 ** (bits - 1) - 1
+    assert count == 1
+    assert torch.allclose(levels, levels.round(), atol=1e-3)  # on the grid
+    assert int(levels.round().abs().max()) == top  # each row's largest weight takes the top level
+    assert min(len(row.round().unique()) for row in levels) > top  # finer than the next width down
+    assert torch.allclose(seen, layer.weight, atol=float(scales.max()) / 2 + 1e-6)
+
+
+def test_the_weight_width_follows_the_cpus_int8_units(openvino: Any, tmp_path: Path) -> None:
+    widths = {}
+    for profile in ("cpu-avx2", "cpu-vnni"):
+        pipe = tiny_pipeline("sd")
+        caps = fake_capabilities(profile, packages={"openvino": True})
+        step = {"name": "openvino_runtime", "int8": True, "vae": False, "cache_dir": str(tmp_path)}
+        optimize(pipe, tier=None, extra=[step], caps=caps)
+        runner = _runner(pipe)
+        widths[profile] = runner.int8_weight_bits, runner._int8_signature("s")
+    assert widths["cpu-avx2"][0] == 7 and widths["cpu-vnni"][0] == 8
+    assert "weight_bits=7" in widths["cpu-avx2"][1]  # a 7-bit model is never read back as an 8-bit one
+    assert "weight_bits" not in widths["cpu-vnni"][1]  # 8-bit keys unchanged: cached models still found
 
 
 def test_layers_called_with_input_as_a_keyword_are_observed_and_swapped() -> None:
