@@ -1,4 +1,4 @@
-"""SD1.5's UNet alone (random weights, batch 2, 64x64 latents): PyTorch float32 against OpenVINO f32 and
+"""SD1.5's UNet alone (random weights, batch 2 and 64x64 latents unless told): PyTorch float32 against OpenVINO f32 and
 int8 inside OpenVINO, side by side in one process, optionally with the kernels capped to AVX2.
 
 ``--isa avx2`` re-runs this script with oneDNN (PyTorch's and OpenVINO's), ATen and MKL capped to AVX2
@@ -47,18 +47,22 @@ def main() -> None:
     parser.add_argument("--modes", default="pytorch,ov-f32,ov-int8")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="2: one step with classifier-free guidance")
+    parser.add_argument("--latent", type=int, default=64, help="latent side (64: 512x512 images)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.isa == "avx2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
         # oneDNN reads its cap once, at its first dispatch: set before anything imports torch or openvino.
         env = {**os.environ, **AVX2_CAP}
         sys.exit(subprocess.call([sys.executable, *sys.argv], env=env))
-    rows = run(args.modes.split(","), runs=args.runs, threads=args.threads, isa=args.isa)
+    rows = run(
+        args.modes.split(","), runs=args.runs, threads=args.threads, isa=args.isa, batch=args.batch, side=args.latent
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def run(modes: list[str], *, runs: int, threads: int, isa: str) -> dict[str, Any]:
+def run(modes: list[str], *, runs: int, threads: int, isa: str, batch: int, side: int) -> dict[str, Any]:
     import torch
 
     from sdopt.architectures import real_pipeline
@@ -77,13 +81,15 @@ def run(modes: list[str], *, runs: int, threads: int, isa: str) -> dict[str, Any
         "cpu_class": caps.cpu.cpu_class,
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": threads,
+        "batch": batch,
+        "latent": side,
         "env": {key: os.environ.get(key, "") for key in AVX2_CAP},
     }
     print(json.dumps(header), flush=True)
     unet = real_pipeline("sd15").unet.eval()
     generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, 4, 64, 64, generator=generator)
-    text = torch.randn(2, 77, 768, generator=generator)
+    latents = torch.randn(batch, 4, side, side, generator=generator)
+    text = torch.randn(batch, 77, 768, generator=generator)
 
     def call(module_call: Any, timestep: int) -> torch.Tensor:
         with torch.no_grad():
