@@ -5,7 +5,9 @@ signature (shapes, dtypes, the other arguments' values) runs PyTorch, whose outp
 way, ``openvino.convert_model`` traces the method at that call's static shapes (or the converted model is
 read from the on-disk cache), OpenVINO compiles it for the CPU, runs it on the same inputs and compares:
 below ``min_snr_db`` that signature stays in PyTorch. Later calls at that signature run the compiled
-model. Anything with gradients, sdopt's own verification calls and signatures beyond `MAX_PROGRAMS` run
+model. A model read from the disk cache that this machine already checked and accepted at this precision
+(`remember_acceptance`) answers its first call itself, with no PyTorch call, unless its output is not
+finite. Anything with gradients, sdopt's own verification calls and signatures beyond `MAX_PROGRAMS` run
 PyTorch. Nothing here raises at call time: a failed conversion leaves that signature in PyTorch, with
 the reason in `OpenVinoRunner.describe` and a warning.
 
@@ -31,8 +33,25 @@ import torch
 from torch.utils import _pytree
 
 from sdopt.footprint import module_bytes
-from sdopt.optimizations._openvino_cache import key, load, refused_snr_db, remember_refusal, store
+from sdopt.optimizations._openvino_cache import (
+    accepted,
+    key,
+    load,
+    refused_snr_db,
+    remember_acceptance,
+    remember_refusal,
+    store,
+)
 from sdopt.optimizations._openvino_int8 import MIN_ELEMENTS_PER_CHANNEL, RangeObserver, fake_quantized, layer_snr_db
+from sdopt.optimizations._openvino_program import (
+    Program,
+    compile_program,
+    convert,
+    detached,
+    layout_from_record,
+    layout_record,
+    output_layout,
+)
 from sdopt.optimizations._program_keys import behaviour, identity, signature, weights_hash
 from sdopt.optimizations._snr import snr_db
 from sdopt.verification import verifying
@@ -43,59 +62,6 @@ _MAX_CALIBRATION_SAMPLES = 64  # calls kept per signature while int8 calibrates 
 KEEP_FLOAT_SHARE = 0.05
 """int8 below the floor is tried once more with this share of its layers (the most sensitive) left float."""
 _Sample = tuple[tuple[Any, ...], dict[str, Any], Any]  # a call's arguments and PyTorch's answer
-
-
-class _Program:
-    """A compiled OpenVINO model and how to feed it a call's arguments and shape its outputs like PyTorch's.
-
-    Its inputs and outputs are float32 where the call's were bfloat16 or float16 (numpy has no bfloat16):
-    they are widened on the way in and narrowed back to the dtypes PyTorch returned on the way out."""
-
-    def __init__(
-        self, compiled: Any, tensor_positions: list[int], output_spec: Any, output_dtypes: list[torch.dtype]
-    ) -> None:
-        self.compiled = compiled
-        self.tensor_positions = tensor_positions
-        self.output_spec = output_spec
-        self.output_dtypes = output_dtypes
-
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        leaves = _pytree.tree_leaves((args, kwargs))
-        inputs = [_widened(leaves[position]).detach().cpu().contiguous().numpy() for position in self.tensor_positions]
-        results = self.compiled(inputs)
-        outputs = [torch.from_numpy(results[index]).to(dtype) for index, dtype in enumerate(self.output_dtypes)]
-        return _pytree.tree_unflatten(outputs, self.output_spec)
-
-
-class _Flat(torch.nn.Module):
-    """``method`` as a function of the call's tensors only (what ``convert_model`` traces); the other
-    arguments are the call's own, baked in (they are part of the signature). Reduced-precision inputs
-    arrive in float32 and are narrowed to the call's dtypes inside the trace; floating outputs leave
-    in float32 (see `_Program`)."""
-
-    def __init__(self, module: torch.nn.Module, method: Callable[..., Any], leaves: list[Any], spec: Any) -> None:
-        super().__init__()
-        self.inner = module  # registered, so the trace sees its weights as the module's
-        self.method = method
-        self.leaves = leaves
-        self.spec = spec
-        self.positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        leaves = list(self.leaves)
-        for position, tensor in zip(self.positions, tensors, strict=True):
-            leaves[position] = tensor.to(self.leaves[position].dtype)
-        args, kwargs = _pytree.tree_unflatten(leaves, self.spec)
-        return tuple(_widened(output) for output in _pytree.tree_leaves(self.method(*args, **kwargs)))
-
-
-def _detached(tree: Any) -> Any:
-    return _pytree.tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, tree)
-
-
-def _widened(tensor: torch.Tensor) -> torch.Tensor:
-    """float32 for a bfloat16 or float16 tensor (what crosses into and out of OpenVINO), else itself."""
-    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
 class OpenVinoRunner:
@@ -113,6 +79,7 @@ class OpenVinoRunner:
         label: str,
         int8_keep_float: tuple[str, ...] | None = None,
         int8_weight_bits: int = 8,
+        machine: str = "",
     ) -> None:
         self.module = module
         self.method = method
@@ -121,12 +88,15 @@ class OpenVinoRunner:
         self.min_snr_db = min_snr_db
         self.root = root
         self.label = label
-        self.programs: dict[str, _Program] = {}
+        self.programs: dict[str, Program] = {}
         self.refused: dict[str, str] = {}
         self.events: list[str] = []
         self.conversions = 0
         self.cache_hits = 0
         self.openvino_calls = 0
+        self.trusted = 0  # first calls answered by a cached model this machine had accepted, without PyTorch
+        # What an acceptance noted on disk holds for: the compiled precision on this CPU class ("" trusts none).
+        self.trust_tag = f"{precision} on {machine}" if machine else ""
         self._identity: tuple[tuple[int, int], ...] = ()
         self._weights: str | None = None
         # int8 (None: off): the top-level children left float; the observer and the calls it calibrates on.
@@ -225,13 +195,17 @@ class OpenVinoRunner:
                 f"(floor {self.min_snr_db:g} dB)"
             )
             return self._prepare(call_signature, args, kwargs)
+        started = time.perf_counter()
         model = load(self.root, entry)
         if model is None:
             self.calibrating[call_signature] = []
             return self._calibrate(call_signature, args, kwargs)
+        self.cache_hits += 1
+        answer = self._trusted(call_signature, entry, model, args, kwargs, started, int8=True)
+        if answer is not None:
+            return answer
         reference = self.original(*args, **kwargs)
         started = time.perf_counter()
-        self.cache_hits += 1
         try:
             program = self._compile(model, args, kwargs, reference)
             snr = snr_db(reference, program(args, kwargs))
@@ -241,6 +215,7 @@ class OpenVinoRunner:
         how = f"int8 read from the on-disk cache, ready in {time.perf_counter() - started:.1f} s"
         if not self._accept(call_signature, program, args, how, snr, int8=True):
             return self._prepare(call_signature, args, kwargs, reference)
+        self._remember_acceptance(entry, snr, program)
         return reference
 
     def _calibrate(self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -250,7 +225,7 @@ class OpenVinoRunner:
         output = self.original(*args, **kwargs)
         samples = self.calibrating[call_signature]
         if len(samples) < _MAX_CALIBRATION_SAMPLES:
-            samples.append((_detached(args), _detached(kwargs), _detached(output)))
+            samples.append((detached(args), detached(kwargs), detached(output)))
         return output
 
     def _int8_build(self, call_signature: str, samples: list[_Sample], ranges: dict[str, tuple[float, float]]) -> bool:
@@ -286,17 +261,18 @@ class OpenVinoRunner:
             return False
         size = module_bytes(self.module)
         meta = {"snr_db": round(snr, 1), "int8_layers": len(ranges), "build_s": round(ready, 1)}
+        entry = self._key(self._int8_signature(call_signature))
         try:
-            refused = store(self.root, self._key(self._int8_signature(call_signature)), model, meta, size)
+            refused = store(self.root, entry, model, meta, size)
         except Exception as error:  # an unwritable cache costs the next process a calibration, no more
             refused = f"not kept on disk ({type(error).__name__}: {_first_line(error)})"
         if refused:
             self.events.append(f"int8 model {refused}")
+        else:
+            self._remember_acceptance(entry, snr, program)
         return True
 
-    def _int8_model(
-        self, checked: list[_Sample], ranges: dict[str, tuple[float, float]]
-    ) -> tuple[Any, _Program, float]:
+    def _int8_model(self, checked: list[_Sample], ranges: dict[str, tuple[float, float]]) -> tuple[Any, Program, float]:
         """The module converted with ``ranges``' layers in int8, compiled, and its SNR against PyTorch pooled
         over the ``checked`` calls. Not stored: only an accepted model goes to disk."""
         args, kwargs, reference = checked[0]
@@ -322,24 +298,87 @@ class OpenVinoRunner:
     def _prepare(
         self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any = None
     ) -> Any:
+        started = time.perf_counter()
+        loaded = None
+        if reference is None and self.trust_tag:
+            loaded = load(self.root, self._key(call_signature))
+            if loaded is not None:
+                self.cache_hits += 1
+                answer = self._trusted(call_signature, self._key(call_signature), loaded, args, kwargs, started)
+                if answer is not None:
+                    return answer
         if reference is None:
             reference = self.original(*args, **kwargs)  # this call's answer: PyTorch's, exactly
         started = time.perf_counter()
         try:
-            model, how = self._converted(call_signature, args, kwargs)
+            model, how = self._converted(call_signature, args, kwargs, loaded)
+            del loaded
             program = self._compile(model, args, kwargs, reference)
             del model  # the compiled model holds its own copy of the weights
             snr = snr_db(reference, program(args, kwargs))
         except Exception as error:  # never an error at call time: this signature stays in PyTorch
             self._refuse(call_signature, f"conversion failed ({type(error).__name__}: {_first_line(error)})")
             return reference
-        self._accept(call_signature, program, args, f"{how}, ready in {time.perf_counter() - started:.1f} s", snr)
+        how = f"{how}, ready in {time.perf_counter() - started:.1f} s"
+        if self._accept(call_signature, program, args, how, snr):
+            self._remember_acceptance(self._key(call_signature), snr, program)
         return reference
+
+    def _trusted(
+        self,
+        call_signature: str,
+        entry: str,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+        *,
+        int8: bool = False,
+    ) -> Any:
+        """The cached ``model``'s answer to this call with no PyTorch call, where this machine checked it
+        against PyTorch and accepted it at this precision before, at or above today's floor; None otherwise
+        (no such note, a failure, a non-finite output), and the caller checks it against PyTorch as usual.
+        What it trusts: the same weights, call, method and OpenVINO version (the entry's key), compiled at the
+        same precision on the same CPU class (the note's tag), computes what it computed when it was checked."""
+        note = accepted(self.root, entry, self.trust_tag) if self.trust_tag else None
+        if note is None or not note[0] >= self.min_snr_db:
+            return None
+        snr, outputs = note
+        try:
+            spec, dtypes = layout_from_record(outputs)
+            program = compile_program(model, args, kwargs, self.precision, spec, dtypes)
+            answer = program(args, kwargs)
+        except Exception as error:  # checked against PyTorch instead, as without the note
+            self.events.append(f"cached model not trusted ({type(error).__name__}: {_first_line(error)})")
+            return None
+        if not all(torch.isfinite(leaf).all() for leaf in _pytree.tree_leaves(answer)):
+            self.events.append(f"cached model not trusted for {_shape_label(args)}: a non-finite output")
+            return None
+        self.programs[call_signature] = program
+        self.openvino_calls += 1
+        self.trusted += 1
+        kind = f"{self.precision} with int8 layers" if int8 else self.precision
+        self.events.append(
+            f"OpenVINO {kind} for {_shape_label(args)}, {'int8 ' if int8 else ''}read from the on-disk cache, ready in "
+            f"{time.perf_counter() - started:.1f} s; answered its first call without PyTorch: it kept {snr:.1f} dB "
+            f"SNR against PyTorch when this machine checked it (floor {self.min_snr_db:g} dB)"
+        )
+        return answer
+
+    def _remember_acceptance(self, entry: str, snr: float, program: Program) -> None:
+        """Note on the cache entry (if it was kept) that it passed here, for `_trusted` in a new process."""
+        if not self.trust_tag:
+            return
+        outputs = layout_record(program)
+        if outputs is None:  # an output type pytree cannot name: new processes check it against PyTorch
+            return
+        with contextlib.suppress(OSError):  # not kept on disk, or unwritable: checked again next time, no worse
+            remember_acceptance(self.root, entry, self.trust_tag, snr, outputs)
 
     def _accept(
         self,
         call_signature: str,
-        program: _Program,
+        program: Program,
         args: tuple[Any, ...],
         how: str,
         snr: float,
@@ -363,8 +402,13 @@ class OpenVinoRunner:
         self.events.append(f"OpenVINO {kind} for {shape}, {how}; {fidelity}")
         return True
 
-    def _converted(self, entry_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str]:
-        """The converted model of this call's signature: from the on-disk cache, else traced now (and stored)."""
+    def _converted(
+        self, entry_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], loaded: Any = None
+    ) -> tuple[Any, str]:
+        """The converted model of this call's signature: ``loaded`` (already read from the on-disk cache and
+        counted), else from the on-disk cache, else traced now (and stored)."""
+        if loaded is not None:
+            return loaded, "read from the on-disk cache"
         entry = self._key(entry_signature)
         started = time.perf_counter()
         model = load(self.root, entry)
@@ -382,39 +426,15 @@ class OpenVinoRunner:
         return model, how + (f", {refused}" if refused else "")
 
     def _trace(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``openvino.convert_model`` of the method at this call's static shapes (counted in `conversions`)."""
-        import openvino as ov
-
-        leaves, spec = _pytree.tree_flatten((args, kwargs))
-        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        flat = _Flat(self.module, self.original, leaves, spec)
-        modes = [(module, module.training) for module in self.module.modules()]
-        try:
-            with warnings.catch_warnings():
-                # Branches on values are baked in for this signature; its output is checked against PyTorch.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                example = tuple(_widened(tensor) for tensor in tensors)
-                model = ov.convert_model(flat, example_input=example, share_weights=_shareable(self.module))
-        finally:
-            for module, training in modes:  # convert_model puts the traced module in eval mode
-                module.training = training
+        """`convert` of the method at this call's static shapes (counted in `conversions`)."""
+        model = convert(self.module, self.original, args, kwargs)
         self.conversions += 1
         return model
 
-    def _compile(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any) -> _Program:
+    def _compile(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any) -> Program:
         """``model`` compiled for the CPU at this call's shapes, fed and shaped like the PyTorch method."""
-        import openvino as ov
-
-        leaves = _pytree.tree_leaves((args, kwargs))
-        output_leaves, output_spec = _pytree.tree_flatten(reference)
-        if not output_leaves or not all(isinstance(leaf, torch.Tensor) for leaf in output_leaves):
-            raise TypeError(f"{self.label} returns something other than tensors")
-        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        model.reshape({index: ov.PartialShape(list(tensor.shape)) for index, tensor in enumerate(tensors)})
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-        compiled = ov.Core().compile_model(model, "CPU", config)
-        positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        return _Program(compiled, positions, output_spec, [leaf.dtype for leaf in output_leaves])
+        spec, dtypes = output_layout(reference, self.label)
+        return compile_program(model, args, kwargs, self.precision, spec, dtypes)
 
     def _refuse(self, call_signature: str, reason: str) -> None:
         self.refused[call_signature] = reason
@@ -447,13 +467,3 @@ def _shape_label(args: tuple[Any, ...]) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-def _shareable(module: torch.nn.Module) -> bool:
-    """Whether the converted model may share the module's weight memory. Not for reduced-precision weights
-    stored non-contiguously (channels_last convolutions): OpenVINO 2026.4 crashed the process (SIGSEGV)
-    saving such a model (measured: SD1.5's UNet in bfloat16 after channels_last); the
-    converted model then copies them (contiguous), for the conversion's duration."""
-    return all(
-        tensor.is_contiguous() or tensor.dtype == torch.float32 for tensor in module.parameters() if tensor.dim() > 1
-    )

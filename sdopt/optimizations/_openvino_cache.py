@@ -2,7 +2,9 @@
 
 A converted UNet is 1.7-3.4 GB; a conversion takes tens of seconds. Entries live under
 `default_root`, one folder per `key`, written aside and renamed, signed with this user's key
-(`sdopt.cache_dir`), and read back only if the signature holds.
+(`sdopt.cache_dir`), and read back only if the signature holds. An entry this machine checked against
+PyTorch and accepted carries a small signed note of it (`remember_acceptance`), which lets a new process
+answer its first call with the model instead of with PyTorch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, signed
+from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, mac_key, sign, signed
 from sdopt.footprint import GB
 from sdopt.optimizations._program_keys import program_key
 
@@ -28,6 +30,7 @@ _WEIGHTS = "model.bin"
 _META = "meta.json"
 _MAC = "mac"
 _REFUSED = ".refused.json"
+_ACCEPTED = "accepted.json"
 
 
 def default_root() -> Path:
@@ -141,3 +144,52 @@ def refused_snr_db(root: Path, entry: str) -> float | None:
         return float(json.loads((root / f"{entry}{_REFUSED}").read_text(encoding="utf-8"))["snr_db"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def remember_acceptance(root: Path, entry: str, tag: str, snr_db: float, outputs: dict[str, Any]) -> None:
+    """Note in ``entry`` that its model, compiled as ``tag`` says (the inference precision and the CPU class),
+    kept ``snr_db`` against PyTorch, and how its outputs are shaped (``outputs``: what the caller needs to
+    answer a call without PyTorch's output at hand). Bound to the entry's own signature (a replaced model
+    voids it) and signed; a few hundred bytes, written aside and renamed."""
+    folder = root / entry
+    entry_mac = (folder / _MAC).read_text().strip()
+    checks = dict(_accepted_checks(folder, entry_mac))
+    checks[tag] = {"snr_db": round(snr_db, 2), "outputs": outputs}
+    body = json.dumps({"entry": entry_mac, "checks": checks}, sort_keys=True)
+    staging = folder / f".{_ACCEPTED}.{os.getpid()}"
+    staging.write_text(json.dumps({"body": body, "mac": _text_mac(body)}), encoding="utf-8")
+    staging.replace(folder / _ACCEPTED)
+
+
+def accepted(root: Path, entry: str, tag: str) -> tuple[float, dict[str, Any]] | None:
+    """The SNR and output layout `remember_acceptance` noted for ``entry`` compiled as ``tag``, or None
+    (never accepted so, or the note is unsigned, damaged or from a model since replaced). Read it after
+    `load` has checked the entry's own signature."""
+    folder = root / entry
+    try:
+        entry_mac = (folder / _MAC).read_text().strip()
+        check = _accepted_checks(folder, entry_mac).get(tag)
+        return (float(check["snr_db"]), dict(check["outputs"])) if check else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _accepted_checks(folder: Path, entry_mac: str) -> dict[str, Any]:
+    import hmac
+
+    try:
+        note = json.loads((folder / _ACCEPTED).read_text(encoding="utf-8"))
+        body = str(note["body"])
+        if not hmac.compare_digest(str(note["mac"]), _text_mac(body)):
+            return {}
+        content = json.loads(body)
+        return dict(content["checks"]) if content["entry"] == entry_mac else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _text_mac(text: str) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(mac_key(), text.encode("utf-8"), digestmod=hashlib.sha256).hexdigest()

@@ -121,7 +121,7 @@ class _FakeQuantized(torch.nn.Module):
         weight = layer.weight.detach()
         largest = weight.abs().amax(dim=tuple(range(1, weight.dim()))).float()
         # Buffers, so the trace takes them as constants; the weights themselves stay the layer's (shared
-        # with OpenVINO where `_openvino._shareable` allows, never copied here).
+        # with OpenVINO where `_openvino_program.shareable` allows, never copied here).
         self.weight_scales: torch.Tensor
         self.weight_zeros: torch.Tensor
         self.weight_max = 2 ** (bits - 1) - 1

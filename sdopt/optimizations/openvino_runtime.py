@@ -25,7 +25,7 @@ from sdopt.undo import UndoStack
 PRECISIONS = ("f32", "bf16")
 # What converting and compiling add to the process, per converted weight: measured on SD1.5's UNet at
 # bf16 precision (2 threads, AVX512-BF16 EPYC): +3.0 GB from bfloat16 weights, +3.85 GB from bfloat16
-# channels_last weights (copied, see `_openvino._shareable`), +4.1 GB from float32 weights, for 0.86 G
+# channels_last weights (copied, see `_openvino_program.shareable`), +4.1 GB from float32 weights, for 0.86 G
 # weights; the process's peak was its final size each time (the conversion's copies are gone by then).
 _BYTES_PER_CONVERTED_WEIGHT = 4.8
 _INT8_TRACE_BYTES_PER_WEIGHT = 4.0
@@ -76,7 +76,8 @@ class OpenVinoRuntime(Optimization):
     The first pipeline call runs PyTorch while it calibrates, the int8 model is converted at its end and
     checked on three of its calls: below ``min_snr_db`` it is tried once more with the 5% most sensitive
     layers left at ``precision``, and then the plain conversion is used (the refusal is remembered on disk,
-    so a new process does not calibrate again for the same weights and shape).
+    so a new process does not calibrate again for the same weights and shape). On CPUs without VNNI or
+    AMX the weights take 7 bits, where oneDNN's 16-bit pair sums would saturate with 8.
 
     Measured (benchmarks/RESULTS.md, "OpenVINO's runtime inside the pipeline"): SD1.5's UNet at 512x512, batch 2,
     2 threads on an AMD EPYC with AVX512-BF16 (no AMX): PyTorch float32 6.49 s, OpenVINO f32 3.95 s
@@ -223,6 +224,7 @@ class OpenVinoRuntime(Optimization):
                     label=label,
                     int8_keep_float=config.keep_float if config.int8 and module is anatomy.denoiser else None,
                     int8_weight_bits=weight_bits(caps.cpu.int8_accelerated),
+                    machine=caps.cpu.cpu_class,
                 )
                 undo.push(runner.forget)  # last: the compiled models go with it
                 undo.push(remember_attributes(host, (attribute,)))

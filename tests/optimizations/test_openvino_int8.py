@@ -255,10 +255,17 @@ def test_a_fresh_runner_reads_the_int8_model_from_disk_without_converting(openvi
     pipe = tiny_pipeline("sd")  # the same weights, as in a new process
     _int8(pipe, tmp_path)
     runner = _runner(pipe)
+    pytorch_calls: list[int] = []
+    original = runner.original
+    runner.original = lambda *args, **kwargs: pytorch_calls.append(1) or original(*args, **kwargs)
+    denoiser_calls: list[int] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: denoiser_calls.append(1))
     _image(pipe)
     assert runner.conversions == 0 and runner.cache_hits == 1 and runner.observer is None
     assert "int8 read from the on-disk cache" in runner.events[0]
-    assert runner.openvino_calls > 0  # every call after the first at that shape
+    # accepted on this machine when it was built: its first call is answered by it, not by PyTorch
+    assert "without PyTorch" in runner.events[0] and (runner.trusted, len(pytorch_calls)) == (1, 0)
+    assert runner.openvino_calls == len(denoiser_calls) > 0
 
 
 def test_int8_below_the_floor_falls_back_to_the_plain_conversion(openvino: Any, tmp_path: Path) -> None:

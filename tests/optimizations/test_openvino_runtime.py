@@ -5,6 +5,7 @@ again when the weights change, refuses below its fidelity floor, and undoes exac
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from sdopt import detect, optimize, plan
-from sdopt.optimizations._openvino import OpenVinoRunner, _shareable
+from sdopt.optimizations._openvino import OpenVinoRunner
+from sdopt.optimizations._openvino_program import shareable
 from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.testing import fake_capabilities, tiny_pipeline
 from tests.helpers import Snapshot
@@ -170,6 +172,83 @@ def test_a_new_pipeline_reads_the_converted_models_from_disk(
     runner = second.unet.__dict__["forward"]
     assert (runner.conversions, runner.cache_hits) == (0, 1)
     assert np.abs(_image(second) - expected).max() < 1e-5
+
+
+def _counting_pytorch(runner: OpenVinoRunner) -> list[int]:
+    """A list that grows by one each time ``runner`` calls PyTorch's own method."""
+    calls: list[int] = []
+    original = runner.original
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    runner.original = counted
+    return calls
+
+
+def test_a_new_process_answers_its_first_call_with_a_model_this_machine_accepted(openvino: Any, tmp_path: Path) -> None:
+    first = tiny_pipeline("sd")
+    reference = _image(first)
+    _optimize(first, tmp_path)
+    _image(first)  # converted, checked against PyTorch, accepted: noted on the cache entries
+    assert len(list(tmp_path.glob("*/accepted.json"))) == 2  # the UNet's and the decoder's
+    second = tiny_pipeline("sd")  # the same weights in another process
+    report = _optimize(second, tmp_path)
+    unet, decode = second.unet.__dict__["forward"], second.vae.__dict__["decode"]
+    pytorch_unet, pytorch_decode = _counting_pytorch(unet), _counting_pytorch(decode)
+    calls = _denoiser_calls(second)
+    image = _image(second)
+    assert (len(pytorch_unet), len(pytorch_decode)) == (0, 0)
+    assert (unet.trusted, unet.openvino_calls, decode.trusted) == (1, len(calls), 1)
+    assert (unet.conversions, unet.cache_hits) == (0, 1)
+    assert np.abs(image - reference).max() < 1e-4
+    assert "answered its first call without PyTorch" in report.after_calls["openvino_runtime"]
+
+
+def test_an_acceptance_note_tampered_with_or_for_another_precision_is_checked_again(
+    openvino: Any, tmp_path: Path
+) -> None:
+    first = tiny_pipeline("sd")
+    _optimize(first, tmp_path, vae=False)
+    _image(first)
+    (note,) = tmp_path.glob("*/accepted.json")
+    signed = json.loads(note.read_text())
+    body = json.loads(signed["body"])
+    for check in body["checks"].values():
+        check["snr_db"] += 50.0  # a raised figure under the old MAC
+    note.write_text(json.dumps({"body": json.dumps(body, sort_keys=True), "mac": signed["mac"]}))
+    second = tiny_pipeline("sd")
+    _optimize(second, tmp_path, vae=False)
+    runner = second.unet.__dict__["forward"]
+    pytorch = _counting_pytorch(runner)
+    _image(second)
+    assert (runner.trusted, len(pytorch), runner.cache_hits) == (0, 1, 1)  # checked against PyTorch, as before
+    assert runner.openvino_calls > 0  # and accepted, which signs a new note
+    third = tiny_pipeline("sd")
+    _optimize(third, tmp_path, vae=False)
+    runner = third.unet.__dict__["forward"]
+    runner.trust_tag = runner.trust_tag.replace("f32", "bf16")  # as a bf16 compile of the same entry would be
+    pytorch = _counting_pytorch(runner)
+    _image(third)
+    assert (runner.trusted, len(pytorch)) == (0, 1)
+
+
+def test_an_acceptance_note_holds_for_its_entry_and_tag_only(tmp_path: Path) -> None:
+    from sdopt.optimizations._openvino_cache import accepted, remember_acceptance
+
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / "mac").write_text("signature of the stored model")
+    layout = {"spec": "[1, {}]", "dtypes": ["float32"]}
+    remember_acceptance(tmp_path, "entry", "f32 on avx2", 31.5, layout)
+    remember_acceptance(tmp_path, "entry", "bf16 on avx512-bf16", 28.25, layout)
+    assert accepted(tmp_path, "entry", "f32 on avx2") == (31.5, layout)
+    assert accepted(tmp_path, "entry", "bf16 on avx512-bf16") == (28.25, layout)
+    assert accepted(tmp_path, "entry", "f32 on avx512-bf16") is None
+    assert accepted(tmp_path, "other", "f32 on avx2") is None
+    (folder / "mac").write_text("signature of a model stored since")
+    assert accepted(tmp_path, "entry", "f32 on avx2") is None
 
 
 def test_a_tampered_cache_entry_is_converted_again(openvino: Any, tmp_path: Path) -> None:
@@ -371,9 +450,9 @@ def test_bfloat16_weights_stored_channels_last_are_copied_not_shared_when_conver
     # OpenVINO 2026.4 crashed the process saving SD1.5's bfloat16 UNet after channels_last (SIGSEGV) when the
     # converted model shared the weights' memory; those weights are copied instead.
     conv = torch.nn.Conv2d(4, 8, 3)
-    assert _shareable(conv) and _shareable(conv.to(memory_format=torch.channels_last))  # float32 was fine
-    assert _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16())
-    assert not _shareable(torch.nn.Conv2d(4, 8, 3).bfloat16().to(memory_format=torch.channels_last))
+    assert shareable(conv) and shareable(conv.to(memory_format=torch.channels_last))  # float32 was fine
+    assert shareable(torch.nn.Conv2d(4, 8, 3).bfloat16())
+    assert not shareable(torch.nn.Conv2d(4, 8, 3).bfloat16().to(memory_format=torch.channels_last))
 
 
 def _mlp_runner(tmp_path: Path) -> tuple[torch.nn.Module, OpenVinoRunner]:
