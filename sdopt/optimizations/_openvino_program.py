@@ -59,6 +59,7 @@ class _Flat(torch.nn.Module):
 
 
 def detached(tree: Any) -> Any:
+    """``tree`` with each tensor detached (a kept call holds no autograd graph)."""
     return _pytree.tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, tree)
 
 
