@@ -98,3 +98,26 @@ def signed(mac: str, *files: Path) -> bool:
     import hmac
 
     return hmac.compare_digest(mac, sign(*files))
+
+
+def sign_text(text: str) -> str:
+    """The keyed MAC of ``text`` (a small note kept beside a cache entry; see `mac_key`)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(mac_key(), text.encode("utf-8"), digestmod=hashlib.sha256).hexdigest()
+
+
+def signed_text(mac: str, text: str) -> bool:
+    """Whether ``mac`` is `sign_text` of ``text``.
+
+    Examples:
+        >>> from sdopt.cache_dir import sign_text, signed_text
+        >>> signed_text(sign_text("accepted at 31.5 dB"), "accepted at 31.5 dB")
+        True
+        >>> signed_text(sign_text("accepted at 31.5 dB"), "accepted at 91.5 dB")
+        False
+    """
+    import hmac
+
+    return hmac.compare_digest(mac, sign_text(text))

@@ -33,3 +33,17 @@ def ddpm_pipeline() -> Any:
     from sdopt.testing import zoo_pipeline
 
     return zoo_pipeline("DDPMPipeline")
+
+
+def counting_original_calls(runner: Any) -> list[int]:
+    """A list that grows by one each time a stand-in ``runner`` (OpenVINO's, int8's) calls the PyTorch
+    method it stands in for (its ``original``)."""
+    calls: list[int] = []
+    original = runner.original
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    runner.original = counted
+    return calls

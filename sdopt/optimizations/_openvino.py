@@ -301,10 +301,11 @@ class OpenVinoRunner:
         started = time.perf_counter()
         loaded = None
         if reference is None and self.trust_tag:
-            loaded = load(self.root, self._key(call_signature))
+            entry = self._key(call_signature)
+            loaded = load(self.root, entry)
             if loaded is not None:
                 self.cache_hits += 1
-                answer = self._trusted(call_signature, self._key(call_signature), loaded, args, kwargs, started)
+                answer = self._trusted(call_signature, entry, loaded, args, kwargs, started)
                 if answer is not None:
                     return answer
         if reference is None:

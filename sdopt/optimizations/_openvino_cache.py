@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, mac_key, sign, signed
+from sdopt.cache_dir import UntrustedCacheError, cache_root, check_trusted, sign, sign_text, signed, signed_text
 from sdopt.footprint import GB
 from sdopt.optimizations._program_keys import program_key
 
@@ -157,7 +157,7 @@ def remember_acceptance(root: Path, entry: str, tag: str, snr_db: float, outputs
     checks[tag] = {"snr_db": round(snr_db, 2), "outputs": outputs}
     body = json.dumps({"entry": entry_mac, "checks": checks}, sort_keys=True)
     staging = folder / f".{_ACCEPTED}.{os.getpid()}"
-    staging.write_text(json.dumps({"body": body, "mac": _text_mac(body)}), encoding="utf-8")
+    staging.write_text(json.dumps({"body": body, "mac": sign_text(body)}), encoding="utf-8")
     staging.replace(folder / _ACCEPTED)
 
 
@@ -175,21 +175,12 @@ def accepted(root: Path, entry: str, tag: str) -> tuple[float, dict[str, Any]] |
 
 
 def _accepted_checks(folder: Path, entry_mac: str) -> dict[str, Any]:
-    import hmac
-
     try:
         note = json.loads((folder / _ACCEPTED).read_text(encoding="utf-8"))
         body = str(note["body"])
-        if not hmac.compare_digest(str(note["mac"]), _text_mac(body)):
+        if not signed_text(str(note["mac"]), body):
             return {}
         content = json.loads(body)
         return dict(content["checks"]) if content["entry"] == entry_mac else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-
-
-def _text_mac(text: str) -> str:
-    import hashlib
-    import hmac
-
-    return hmac.new(mac_key(), text.encode("utf-8"), digestmod=hashlib.sha256).hexdigest()

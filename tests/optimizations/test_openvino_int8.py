@@ -25,6 +25,7 @@ from sdopt.optimizations._openvino_int8 import (
 )
 from sdopt.simulation.architectures import real_pipeline
 from sdopt.testing import fake_capabilities, tiny_pipeline
+from tests.helpers import counting_original_calls
 
 WITH_OPENVINO = fake_capabilities("cpu-avx2", packages={"openvino": True})
 CALL = {"prompt": "a photo", "num_inference_steps": 3, "output_type": "np"}
@@ -255,9 +256,7 @@ def test_a_fresh_runner_reads_the_int8_model_from_disk_without_converting(openvi
     pipe = tiny_pipeline("sd")  # the same weights, as in a new process
     _int8(pipe, tmp_path)
     runner = _runner(pipe)
-    pytorch_calls: list[int] = []
-    original = runner.original
-    runner.original = lambda *args, **kwargs: pytorch_calls.append(1) or original(*args, **kwargs)
+    pytorch_calls = counting_original_calls(runner)
     denoiser_calls: list[int] = []
     pipe.unet.register_forward_pre_hook(lambda module, args: denoiser_calls.append(1))
     _image(pipe)

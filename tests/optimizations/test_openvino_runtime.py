@@ -19,7 +19,7 @@ from sdopt.optimizations._openvino import OpenVinoRunner
 from sdopt.optimizations._openvino_program import shareable
 from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.testing import fake_capabilities, tiny_pipeline
-from tests.helpers import Snapshot
+from tests.helpers import Snapshot, counting_original_calls
 
 WITH_OPENVINO = fake_capabilities("cpu-avx2", packages={"openvino": True})
 CALL = {"prompt": "a photo", "num_inference_steps": 3, "output_type": "np"}
@@ -174,19 +174,6 @@ def test_a_new_pipeline_reads_the_converted_models_from_disk(
     assert np.abs(_image(second) - expected).max() < 1e-5
 
 
-def _counting_pytorch(runner: OpenVinoRunner) -> list[int]:
-    """A list that grows by one each time ``runner`` calls PyTorch's own method."""
-    calls: list[int] = []
-    original = runner.original
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    runner.original = counted
-    return calls
-
-
 def test_a_new_process_answers_its_first_call_with_a_model_this_machine_accepted(openvino: Any, tmp_path: Path) -> None:
     first = tiny_pipeline("sd")
     reference = _image(first)
@@ -196,7 +183,7 @@ def test_a_new_process_answers_its_first_call_with_a_model_this_machine_accepted
     second = tiny_pipeline("sd")  # the same weights in another process
     report = _optimize(second, tmp_path)
     unet, decode = second.unet.__dict__["forward"], second.vae.__dict__["decode"]
-    pytorch_unet, pytorch_decode = _counting_pytorch(unet), _counting_pytorch(decode)
+    pytorch_unet, pytorch_decode = counting_original_calls(unet), counting_original_calls(decode)
     calls = _denoiser_calls(second)
     image = _image(second)
     assert (len(pytorch_unet), len(pytorch_decode)) == (0, 0)
@@ -221,7 +208,7 @@ def test_an_acceptance_note_tampered_with_or_for_another_precision_is_checked_ag
     second = tiny_pipeline("sd")
     _optimize(second, tmp_path, vae=False)
     runner = second.unet.__dict__["forward"]
-    pytorch = _counting_pytorch(runner)
+    pytorch = counting_original_calls(runner)
     _image(second)
     assert (runner.trusted, len(pytorch), runner.cache_hits) == (0, 1, 1)  # checked against PyTorch, as before
     assert runner.openvino_calls > 0  # and accepted, which signs a new note
@@ -229,7 +216,7 @@ def test_an_acceptance_note_tampered_with_or_for_another_precision_is_checked_ag
     _optimize(third, tmp_path, vae=False)
     runner = third.unet.__dict__["forward"]
     runner.trust_tag = runner.trust_tag.replace("f32", "bf16")  # as a bf16 compile of the same entry would be
-    pytorch = _counting_pytorch(runner)
+    pytorch = counting_original_calls(runner)
     _image(third)
     assert (runner.trusted, len(pytorch)) == (0, 1)
 
