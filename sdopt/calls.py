@@ -56,20 +56,26 @@ class CallLayer:
         return contextlib.nullcontext()
 
 
+STAND_IN = "_sdopt_stand_in"
+"""Instance attribute under which a step that stands in for a module's method (``forward``) also keeps its
+stand-in, so `BuildAfterCall` finds it where hooks set later (feature caching's) wrap ``forward`` itself."""
+
+
 class BuildAfterCall(CallLayer):
-    """At the end of each pipeline call, the stand-in set as ``forward`` on the component named
-    ``component`` builds what the call recorded (its ``build_pending()``: `static_int8`'s programs,
-    `openvino_runtime`'s int8 models), so that calibration spans every step of the call."""
+    """At the end of each pipeline call, every stand-in kept as `STAND_IN` on the component named
+    ``component`` or on its submodules builds what the call recorded (its ``build_pending()``:
+    `static_int8`'s programs, `openvino_runtime`'s int8 models, one per block when it converts block by
+    block), so that calibration spans every step of the call."""
 
     def __init__(self, name: str, component: str) -> None:
         super().__init__(name)
         self.component = component
 
     def finish(self, pipe: Any, output: Any, kwargs: dict[str, Any]) -> Any:
-        stand_in = getattr(pipe, self.component).__dict__.get("forward")
-        build = getattr(stand_in, "build_pending", None)
-        if callable(build):
-            build()
+        for module in getattr(pipe, self.component).modules():
+            build = getattr(module.__dict__.get(STAND_IN), "build_pending", None)
+            if callable(build):
+                build()
         return output
 
 

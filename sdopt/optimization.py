@@ -127,8 +127,8 @@ class Optimization:
         summary: one line for tables and reports.
         Config: a frozen dataclass of options with defaults.
         requires: `Requirements` on machine and pipeline.
-        conflicts: names that can never be applied together with this one (stated once:
-            the registry derives the reverse direction).
+        conflicts: names that cannot be applied together with this one (stated once: the registry
+            derives the reverse direction), unless `composes_with` says an option lifts it.
         group: an exclusive group (e.g. ``"attention"``): at most one member per plan.
         after / before: names this one must be applied after / before when both are planned.
         lossy: whether outputs change beyond numerical drift with the default options (`lossy_with`
@@ -179,6 +179,12 @@ class Optimization:
         (e.g. torchao's int8 kernels on CUDA are slow unless the denoiser is compiled). Pure.
         """
         return {}
+
+    def composes_with(self, config: Any, other: str) -> bool:
+        """Whether, with ``config``, this step runs correctly beside ``other`` although the two declare a
+        conflict: an option that removes the conflict's cause (OpenVINO converting a UNet block by block,
+        which leaves feature caching the blocks to skip). Planning keeps both then. Pure."""
+        return False
 
     def storage(self, anatomy: Anatomy, config: Any, sizes: dict[str, float]) -> dict[str, float]:
         """The bytes each module component will take after this step, given ``sizes`` before it

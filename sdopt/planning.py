@@ -337,7 +337,7 @@ def _settle_budget(
     needed = _without_conflicts(needed, skipped)
     kept = list(needed)
     for step in winners:
-        rival = next((n for n in needed if _conflict(step.optimization, n.optimization)), None)
+        rival = next((n for n in needed if _conflict(step, n)), None)
         if rival is None:
             kept.append(step)
         else:
@@ -350,7 +350,7 @@ def _without_conflicts(steps: list[Step], skipped: list[Decision]) -> list[Step]
     """The steps that do not conflict with an earlier one; the others are skipped naming the winner."""
     winners: list[Step] = []
     for step in steps:
-        rival = next((w for w in winners if _conflict(step.optimization, w.optimization)), None)
+        rival = next((w for w in winners if _conflict(step, w)), None)
         if rival is None:
             winners.append(step)
             continue
@@ -434,10 +434,13 @@ def _skip(optimization: Optimization, source: str, reason: str, config: Any = No
     return Step(optimization, config, source).decision("skipped", reason)
 
 
-def _conflict(a: Optimization, b: Optimization) -> bool:
-    if a.group is not None and a.group == b.group:
+def _conflict(a: Step, b: Step) -> bool:
+    first, second = a.optimization, b.optimization
+    if first.group is not None and first.group == second.group:
         return True
-    return registry.conflicts_between(a.name, b.name)
+    if not registry.conflicts_between(first.name, second.name):
+        return False
+    return not (first.composes_with(a.config, second.name) or second.composes_with(b.config, first.name))
 
 
 def _ordered(steps: list[Step]) -> list[Step]:

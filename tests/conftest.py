@@ -18,6 +18,16 @@ from sdopt.testing import FAMILIES, fake_capabilities, run_pipeline, tiny_pipeli
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """Commands run in-process (``sdopt bench``, ``tune``, ``generate``) set torch's thread count for the
+    machine, as they must in their own process; left at 2 in a test worker, every later test in it ran
+    10-15x slower while the other worker was busy (a full run took 21 min instead of ~10)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _machine_detected_once() -> None:
     """Each test process detects this machine before its first test (as a serial run would early

@@ -58,6 +58,8 @@ class FeatureCache(Optimization):
     Config = FeatureCacheConfig
     lossy = True
     conflicts = ("torch_compile",)
+    # Its hooks wrap what stands in for the deep blocks (OpenVINO block by block, which composes with it).
+    after = ("openvino_runtime",)
 
     def check(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> str | None:
         denoiser = anatomy.denoiser

@@ -10,7 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import check_trusted
-from sdopt.calls import BuildAfterCall, note_after_calls, wrap_call
+from sdopt.calls import STAND_IN, BuildAfterCall, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
 from sdopt.optimizations._attributes import remember_attributes
@@ -45,7 +45,11 @@ class OpenVinoRuntimeConfig:
     at ``precision``; its first pipeline call runs PyTorch while it calibrates, and converts at its end; the
     int8 model must keep ``min_snr_db`` on three of those calls, else the plain conversion is used.
     ``keep_float``: top-level children of the denoiser left out of int8 (``"auto"``: the embeddings and the
-    first and last convolutions, as for `static_int8`)."""
+    first and last convolutions, as for `static_int8`).
+
+    ``blocks``: a UNet is converted block by block (each down block, the mid block and each up block its own
+    model; the embeddings, the first and last convolutions and the glue between blocks stay PyTorch's), so
+    that `feature_cache` can skip the deep blocks between steps: with ``blocks`` the two plan together."""
 
     precision: str = "f32"
     vae: bool = True
@@ -53,6 +57,7 @@ class OpenVinoRuntimeConfig:
     int8: bool = False
     keep_float: tuple[str, ...] = ("auto",)
     cache_dir: str = field(default="", metadata=LOCAL_ONLY)  # code only: presets cannot name where code loads from
+    blocks: bool = False
 
 
 @register
@@ -133,6 +138,11 @@ class OpenVinoRuntime(Optimization):
     def lossy_with(self, config: Any) -> bool:
         return bool(config.precision != "f32" or config.int8)
 
+    def composes_with(self, config: Any, other: str) -> bool:
+        # Converted whole, the UNet's forward is one OpenVINO model: feature caching's hooks on its deep blocks
+        # would never run (and would be traced into it). Block by block, they wrap the blocks' stand-ins.
+        return bool(config.blocks) and other == "feature_cache"
+
     def resolve(self, anatomy: Anatomy, caps: Capabilities, config: Any) -> Any:
         root = config.cache_dir or str(default_root())
         return replace(config, keep_float=kept_float(anatomy.denoiser, config.keep_float), cache_dir=root)
@@ -162,9 +172,11 @@ class OpenVinoRuntime(Optimization):
                     f"keep_float names {', '.join(map(repr, unknown))}, not top-level children of the denoiser "
                     f"(it has: {', '.join(children)})"
                 )
+        if config.blocks and not unet_blocks(denoiser):
+            return f"blocks: {type(denoiser).__name__} has no UNet down, mid and up blocks to convert one by one"
         if is_compiled(denoiser):
             return "the denoiser is already compiled"
-        if isinstance(denoiser.__dict__.get("forward"), OpenVinoRunner):
+        if any(isinstance(module.__dict__.get(STAND_IN), OpenVinoRunner) for module in denoiser.modules()):
             return "the denoiser already runs OpenVINO"
         return None  # whether RAM holds the compiled copy is the footprint's to say (`storage`)
 
@@ -183,7 +195,9 @@ class OpenVinoRuntime(Optimization):
         return _elements(anatomy.denoiser) * _INT8_TRACE_BYTES_PER_WEIGHT
 
     def describe(self, config: Any, anatomy: Anatomy) -> str:
-        parts = "the denoiser" + (" and the VAE decoder" if config.vae and _decoder(anatomy) else "")
+        parts = ("the denoiser, block by block," if config.blocks else "the denoiser") + (
+            " and the VAE decoder" if config.vae and _decoder(anatomy) else ""
+        )
         if config.int8:
             kept = f", {', '.join(config.keep_float)} kept {config.precision}" if config.keep_float else ""
             return (
@@ -199,21 +213,28 @@ class OpenVinoRuntime(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         root = Path(config.cache_dir)
         check_trusted(root)  # converted models are loaded from there: only this user's
-        # (module whose weights are converted, object the stand-in is set on, attribute, label)
-        targets: list[tuple[torch.nn.Module, Any, str, str]] = [
-            (anatomy.denoiser, anatomy.denoiser, "forward", str(anatomy.denoiser_name))
-        ]
+        denoiser, name = anatomy.denoiser, str(anatomy.denoiser_name)
+        # (module whose weights are converted, object the stand-in is set on, attribute, label, int8's keep_float)
+        targets: list[tuple[torch.nn.Module, Any, str, str, tuple[str, ...] | None]]
+        if config.blocks:
+            # Each block's own int8 layers: a block whose top-level child is kept float stays float.
+            targets = [
+                (block, block, "forward", f"{name}.{path}", None if path.split(".")[0] in config.keep_float else ())
+                for path, block in unet_blocks(denoiser)
+            ]
+        else:
+            targets = [(denoiser, denoiser, "forward", name, config.keep_float)]
         if config.vae and _decoder(anatomy):
             guard = anatomy.vae.__dict__.get("decode")
             if isinstance(guard, GuardedDecode):
                 # Under half precision's guard, so it still decodes a NaN or black image again in float32.
-                targets.append((anatomy.vae, guard, "original", "vae decode"))
+                targets.append((anatomy.vae, guard, "original", "vae decode", None))
             else:
-                targets.append((anatomy.vae, anatomy.vae, "decode", "vae decode"))
+                targets.append((anatomy.vae, anatomy.vae, "decode", "vae decode", None))
         undo = UndoStack()
         runners: list[OpenVinoRunner] = []
         try:
-            for module, host, attribute, label in targets:
+            for module, host, attribute, label, keep_float in targets:
                 runner = OpenVinoRunner(
                     module,
                     attribute,
@@ -222,21 +243,63 @@ class OpenVinoRuntime(Optimization):
                     min_snr_db=config.min_snr_db,
                     root=root,
                     label=label,
-                    int8_keep_float=config.keep_float if config.int8 and module is anatomy.denoiser else None,
+                    int8_keep_float=keep_float if config.int8 else None,
                     int8_weight_bits=weight_bits(caps.cpu.int8_accelerated),
                     machine=caps.cpu.cpu_class,
                 )
                 undo.push(runner.forget)  # last: the compiled models go with it
-                undo.push(remember_attributes(host, (attribute,)))
-                host.__dict__[attribute] = runner
+                undo.push(remember_attributes(host, (attribute, STAND_IN)))
+                host.__dict__[attribute] = host.__dict__[STAND_IN] = runner
                 runners.append(runner)
             if config.int8:
-                undo.push(wrap_call(pipe, BuildAfterCall(self.name, str(anatomy.denoiser_name))))
-            undo.push(note_after_calls(pipe, self.name, lambda: "; ".join(r.describe() for r in runners)))
+                undo.push(wrap_call(pipe, BuildAfterCall(self.name, name)))
+            undo.push(note_after_calls(pipe, self.name, lambda: _described(runners, config.blocks)))
         except Exception:
             undo()
             raise
         return undo
+
+
+def unet_blocks(denoiser: Any) -> list[tuple[str, torch.nn.Module]]:
+    """A UNet's down blocks, mid block and up blocks with their paths (``down_blocks.0``...), or ``[]``."""
+    down, mid, up = (getattr(denoiser, part, None) for part in ("down_blocks", "mid_block", "up_blocks"))
+    if not isinstance(down, torch.nn.ModuleList) or not isinstance(up, torch.nn.ModuleList) or not down or not up:
+        return []
+    middle = [("mid_block", mid)] if isinstance(mid, torch.nn.Module) else []
+    return [
+        *((f"down_blocks.{i}", block) for i, block in enumerate(down)),
+        *middle,
+        *((f"up_blocks.{i}", block) for i, block in enumerate(up)),
+    ]
+
+
+def _described(runners: list[OpenVinoRunner], blocks: bool) -> str:
+    """What the runners did, for the report; block runners summed up in one line, with each block that runs
+    PyTorch named with its reason, and what int8 did per block."""
+    if not blocks:
+        return "; ".join(runner.describe() for runner in runners)
+    block_runners = [runner for runner in runners if runner.method == "forward"]
+    others = [runner.describe() for runner in runners if runner.method != "forward"]
+    label = block_runners[0].label.split(".")[0]
+    events = [(runner.label, event) for runner in block_runners for event in runner.events]
+    if not events:
+        head = (
+            f"{label}: {len(block_runners)} blocks waiting for their first call, which runs PyTorch while "
+            "OpenVINO converts each (or reads it from the on-disk cache)"
+        )
+    else:
+        models = sum(len(runner.programs) for runner in block_runners)
+        int8 = sum("with int8 layers" in event for _, event in events)
+        trusted = sum(runner.trusted for runner in block_runners)
+        head = (
+            f"{label}: {sum(1 for runner in block_runners if runner.programs)} of {len(block_runners)} blocks run "
+            f"OpenVINO ({models} models{f', {int8} with int8 layers' if int8 else ''}, "
+            f"{sum(runner.openvino_calls for runner in block_runners)} calls"
+            f"{f', {trusted} first calls answered by cache entries this machine accepted' if trusted else ''})"
+        )
+    notes = [f"{runner.label}: {reason}" for runner in block_runners for reason in runner.refused.values()]
+    notes += [f"{where}: {event}" for where, event in events if event.startswith("int8")]
+    return "; ".join([head, *notes, *others])
 
 
 def _converted_elements(anatomy: Anatomy, config: Any) -> dict[str, int]:

@@ -10,7 +10,7 @@ import torch
 
 from sdopt.anatomy import Anatomy, is_compiled
 from sdopt.cache_dir import check_trusted
-from sdopt.calls import BuildAfterCall, note_after_calls, wrap_call
+from sdopt.calls import STAND_IN, BuildAfterCall, note_after_calls, wrap_call
 from sdopt.capabilities import Capabilities
 from sdopt.footprint import GB, component_bytes
 from sdopt.optimization import LOCAL_ONLY, Optimization, Undo, register, within
@@ -152,7 +152,7 @@ class StaticInt8(Optimization):
     def apply(self, pipe: Any, anatomy: Anatomy, caps: Capabilities, config: Any) -> Undo:
         check_trusted(Path(config.cache_dir))  # programs and kernels are loaded from there: only this user's
         denoiser = anatomy.denoiser
-        restore = remember_attributes(denoiser, ("forward",))
+        restore = remember_attributes(denoiser, ("forward", STAND_IN))
         runner = Int8Runner(
             denoiser,
             denoiser.forward,
@@ -161,7 +161,7 @@ class StaticInt8(Optimization):
             calibration_calls=config.calibration_calls,
             root=Path(config.cache_dir),
         )
-        denoiser.__dict__["forward"] = runner
+        denoiser.__dict__["forward"] = denoiser.__dict__[STAND_IN] = runner
         undo = UndoStack()
         undo.push(runner.compiled.clear)  # last: the int8 programs go with it
         undo.push(restore)
