@@ -42,7 +42,13 @@ from sdopt.optimizations._openvino_cache import (
     remember_refusal,
     store,
 )
-from sdopt.optimizations._openvino_int8 import MIN_ELEMENTS_PER_CHANNEL, RangeObserver, fake_quantized, layer_snr_db
+from sdopt.optimizations._openvino_int8 import (
+    MIN_ELEMENTS_PER_CHANNEL,
+    CalibrationCalls,
+    RangeObserver,
+    fake_quantized,
+    layer_snr_db,
+)
 from sdopt.optimizations._openvino_program import (
     Program,
     compile_program,
@@ -58,7 +64,6 @@ from sdopt.verification import verifying
 
 MAX_PROGRAMS = 4
 """Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""
-_MAX_CALIBRATION_SAMPLES = 64  # calls kept per signature while int8 calibrates (int8 is checked on three)
 KEEP_FLOAT_SHARE = 0.05
 """int8 below the floor is tried once more with this share of its layers (the most sensitive) left float."""
 _Sample = tuple[tuple[Any, ...], dict[str, Any], Any]  # a call's arguments and PyTorch's answer
@@ -103,7 +108,7 @@ class OpenVinoRunner:
         self.int8_keep_float = int8_keep_float
         self.int8_weight_bits = int8_weight_bits
         self.observer: RangeObserver | None = None
-        self.calibrating: dict[str, list[_Sample]] = {}
+        self.calibrating: dict[str, CalibrationCalls] = {}
         self.int8_tried: set[str] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -153,9 +158,9 @@ class OpenVinoRunner:
         pending = dict(self.calibrating)
         self._stop_calibrating()
         for call_signature, samples in pending.items():
-            if not samples:
+            if not samples.count:
                 continue
-            args, kwargs, reference = samples[0]
+            args, kwargs, reference = samples.checked()[0]
             try:
                 with torch.no_grad():
                     accepted = self._int8_build(call_signature, samples, ranges)
@@ -198,7 +203,7 @@ class OpenVinoRunner:
         started = time.perf_counter()
         model = load(self.root, entry)
         if model is None:
-            self.calibrating[call_signature] = []
+            self.calibrating[call_signature] = CalibrationCalls()
             return self._calibrate(call_signature, args, kwargs)
         self.cache_hits += 1
         answer = self._trusted(call_signature, entry, model, args, kwargs, started, int8=True)
@@ -223,17 +228,17 @@ class OpenVinoRunner:
         if self.observer is None:
             self.observer = RangeObserver(self.module, self.int8_keep_float or ())
         output = self.original(*args, **kwargs)
-        samples = self.calibrating[call_signature]
-        if len(samples) < _MAX_CALIBRATION_SAMPLES:
-            samples.append((detached(args), detached(kwargs), detached(output)))
+        self.calibrating[call_signature].add((detached(args), detached(kwargs), detached(output)))
         return output
 
-    def _int8_build(self, call_signature: str, samples: list[_Sample], ranges: dict[str, tuple[float, float]]) -> bool:
+    def _int8_build(
+        self, call_signature: str, samples: CalibrationCalls, ranges: dict[str, tuple[float, float]]
+    ) -> bool:
         if not ranges:
             self.events.append("int8: no convolution or linear layer large enough to quantize")
             return False
         started = time.perf_counter()
-        checked = [samples[index] for index in sorted({0, len(samples) // 2, len(samples) - 1})]
+        checked: list[_Sample] = samples.checked()
         model, program, snr = self._int8_model(checked, ranges)
         layers = len(ranges)
         if not snr >= self.min_snr_db:
@@ -253,7 +258,7 @@ class OpenVinoRunner:
             del model, program
             model, program, snr = self._int8_model(checked, ranges)
         ready = time.perf_counter() - started
-        how = f"int8 in {len(ranges)} of {layers} layers (ranges from {len(samples)} calls), ready in {ready:.0f} s"
+        how = f"int8 in {len(ranges)} of {layers} layers (ranges from {samples.count} calls), ready in {ready:.0f} s"
         args = checked[0][0]
         if not self._accept(call_signature, program, args, how, snr, int8=True, calls=len(checked)):
             with contextlib.suppress(OSError):  # unwritable: the next process measures it again, no worse

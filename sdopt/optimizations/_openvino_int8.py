@@ -226,3 +226,35 @@ def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | N
     motion modules call ``proj_in(input=...)``)."""
     tensor = args[0] if args else kwargs.get("input")
     return tensor if isinstance(tensor, torch.Tensor) else None
+
+
+class CalibrationCalls:
+    """The calls of one input signature kept while int8 calibrates, to check the int8 model on (`checked`:
+    the first, the middle and the last): the first call, every `stride`-th after it up to `KEPT` (the stride
+    doubles and every other is dropped when they would be more), and the latest. A UNet converted block by
+    block keeps a few copies of each block's large inputs, not one per step: 20 steps of SD1.5's nine blocks,
+    one copy per call, took the 24 GB host's bench out of memory."""
+
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self.spaced: list[Any] = []
+        self.latest: Any = None
+        self.stride = 1
+        self.count = 0
+
+    def add(self, call: Any) -> None:
+        if self.count % self.stride == 0:
+            self.spaced.append(call)
+            if len(self.spaced) > self.KEPT:
+                self.spaced = self.spaced[::2]
+                self.stride *= 2
+        self.latest = call
+        self.count += 1
+
+    def checked(self) -> list[Any]:
+        """The first, the middle and the latest call kept (fewer if fewer were seen), in call order."""
+        if not self.count:
+            return []
+        picked = [self.spaced[0], self.spaced[len(self.spaced) // 2], self.latest]
+        return [call for index, call in enumerate(picked) if all(call is not other for other in picked[:index])]

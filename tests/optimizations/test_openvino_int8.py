@@ -53,6 +53,21 @@ def _hooks(module: torch.nn.Module) -> int:
 # ---- the pieces (no openvino needed)
 
 
+def test_calibration_keeps_a_few_evenly_spaced_calls_and_checks_the_first_middle_and_last() -> None:
+    from sdopt.optimizations._openvino_int8 import CalibrationCalls
+
+    calls = CalibrationCalls()
+    assert calls.checked() == []
+    for index in range(3):
+        calls.add(index)
+    assert calls.checked() == [0, 1, 2]
+    for index in range(3, 20):
+        calls.add(index)
+    assert calls.count == 20 and len(calls.spaced) <= CalibrationCalls.KEPT
+    assert calls.spaced == [0, 4, 8, 12, 16]  # every 4th: the stride doubled twice
+    assert calls.checked() == [0, 8, 19]
+
+
 def test_the_observer_records_each_layers_input_range_and_leaves_no_hook() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
@@ -307,6 +322,6 @@ def test_changed_weights_stop_the_calibration_and_start_again(openvino: Any, tmp
         pipe.unet.conv_in.weight = torch.nn.Parameter(pipe.unet.conv_in.weight.clone())  # a new identity
         runner(latents, torch.tensor(10), encoder_hidden_states=condition)
     # the old calibration (other weights) was dropped; this call started a new one
-    assert len(runner.calibrating) == 1 and len(next(iter(runner.calibrating.values()))) == 1
+    assert len(runner.calibrating) == 1 and next(iter(runner.calibrating.values())).count == 1
     runner.forget()
     assert runner.observer is None and _hooks(pipe.unet) == 0
