@@ -84,6 +84,10 @@ class OpenVinoRuntime(Optimization):
     so a new process does not calibrate again for the same weights and shape). On CPUs without VNNI or
     AMX the weights take 7 bits, where oneDNN's 16-bit pair sums would saturate with 8.
 
+    With ``blocks=True`` a UNet is converted block by block, so `feature_cache` (DeepCache) can skip the deep
+    blocks' models on its cached steps: SD1.5's UNet averaged ~1.47x the whole-UNet model over three steps
+    that way, a full call ~6% slower (RESULTS.md, "OpenVINO block by block under feature caching").
+
     Measured (benchmarks/RESULTS.md, "OpenVINO's runtime inside the pipeline"): SD1.5's UNet at 512x512, batch 2,
     2 threads on an AMD EPYC with AVX512-BF16 (no AMX): PyTorch float32 6.49 s, OpenVINO f32 3.95 s
     (1.64x, 2.5e-6 relative error), OpenVINO bf16 2.19 s (2.97x, 2.3% relative error on random
