@@ -7,6 +7,9 @@ import sys
 import pytest
 
 from sdopt.cli import main
+from sdopt.tiers import resolve_tier
+
+FAST = resolve_tier("fast").label  # the current version: these tests follow new ones
 
 
 def test_tiers_lists_every_tier(capsys) -> None:
@@ -19,7 +22,7 @@ def test_tiers_lists_every_tier(capsys) -> None:
 def test_tiers_shows_the_current_versions_unless_asked_for_all(capsys) -> None:
     assert main(["tiers"]) == 0
     out = capsys.readouterr().out
-    assert "balanced@4 (default)" in out and "fast@6" in out
+    assert "balanced@4 (default)" in out and FAST in out
     assert "balanced@1" not in out and "(old)" not in out and "sdopt tiers --all" in out
 
 
@@ -64,7 +67,7 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
     assert main(["freeze", "--tier", "fast", "--arch", "tiny-sd", "--device", "cpu", "-o", str(output)]) == 0
     assert f"wrote {output}" in capsys.readouterr().out
     preset = Preset.load(output)
-    assert preset.name == "pinned" and preset.based_on == "fast@6" and preset.fingerprint
+    assert preset.name == "pinned" and preset.based_on == FAST and preset.fingerprint
     assert "scheduler" in preset.names()
     assert main(["freeze", "--arch", "tiny-sd", "-o", str(tmp_path / "p.yaml")]) == 2
     assert "must end in .toml or .json" in capsys.readouterr().err
@@ -83,10 +86,10 @@ def test_tune_writes_a_preset_and_the_record_then_hits_the_cache(tmp_path, capsy
     argv = ["tune", "--arch", "tiny-sd", "--steps", "2", "--quality", "fast", "-o", str(output), "--json", str(record)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "sdopt tune: fast@6 at 64x64, 2 steps" in out and f"wrote {output}" in out
+    assert f"sdopt tune: {FAST} at 64x64, 2 steps" in out and f"wrote {output}" in out
     preset = Preset.load(output)
     tuning = json.loads(record.read_text())
-    assert preset.name == "tuned" and preset.based_on == "auto:fast@6" and preset.fingerprint
+    assert preset.name == "tuned" and preset.based_on == f"auto:{FAST}" and preset.fingerprint
     kept = [name for trial in tuning["trials"] if trial["kept"] for name in trial["names"]]
     assert sorted(preset.names()) == sorted(kept)
     assert all(trial["ratio"] is not None for trial in tuning["trials"])

@@ -36,7 +36,18 @@ PLAN_PROFILES = ("t4-16gb", "rtx3060ti-8gb")
 # torch.compile's first call takes 5-20 s per pipeline on this CPU: the tier sweep leaves it out and
 # test_compile_on_every_kind_of_denoiser compiles one pipeline per denoiser class for real
 # (SDOPT_ZOO_COMPILE=all compiles every pipeline of the zoo).
-EXCLUDED: list[str] = ["torch_compile"]
+# OpenVINO's conversions (seconds to tens of seconds per model, per block and per shape, int8 built on top) are
+# left out of the tier sweep likewise, and test_openvino_on_every_kind_of_unet converts one pipeline per UNet
+# class for real, whole and block by block (the sweep with them took 25-30 s a UNet pipeline on an empty cache).
+EXCLUDED: list[str] = ["torch_compile", "openvino_runtime"]
+OPENVINO_KINDS = (
+    "StableDiffusionControlNetPipeline",  # UNet2DConditionModel, ControlNet residuals added in the glue
+    "StableDiffusionXLImg2ImgPipeline",  # UNet2DConditionModel with SDXL's added conditions
+    "AnimateDiffPipeline",  # UNetMotionModel (motion modules call proj_in(input=...))
+    "StableVideoDiffusionPipeline",  # UNetSpatioTemporalConditionModel
+    # Kandinsky3UNet: OpenVINO 2026.4 crashes compiling it at f32 (planning skips it, test_openvino_blocks.py)
+    "DDPMPipeline",  # UNet2DModel, unconditional
+)
 COMPILED = (
     "StableDiffusionImg2ImgPipeline",  # UNet2DConditionModel, regional (BasicTransformerBlock)
     "IFPipeline",  # a UNet without the blocks it declares: whole-model compile
@@ -138,4 +149,27 @@ def test_compile_on_every_kind_of_denoiser(name: str) -> None:
     finally:
         torch._dynamo.reset()
     assert state_differences(state, pipeline_state(pipe)) == []
+    assert np.array_equal(_as_array(run_zoo_pipeline(pipe, name)), _as_array(expected))
+
+
+@pytest.mark.parametrize("name", OPENVINO_KINDS)
+def test_openvino_on_every_kind_of_unet(name: str) -> None:
+    """openvino_runtime for real, whole and block by block with int8 under the feature cache: the call keeps
+    its output's shape (twice: converting, then running OpenVINO) and undo restores the pipeline exactly."""
+    pytest.importorskip("openvino")
+    pipe = zoo_pipeline(name)
+    expected = run_zoo_pipeline(pipe, name)
+    state = pipeline_state(pipe)
+    caps = fake_capabilities("cpu-avx2", packages={"openvino": True})
+    variants = (
+        [{"name": "openvino_runtime"}],
+        [{"name": "openvino_runtime", "blocks": True, "int8": True}, "feature_cache"],
+    )
+    for extra in variants:
+        report = optimize(pipe, tier=None, extra=extra, caps=caps)
+        assert "openvino_runtime" in [d.name for d in report.applied], report
+        for _ in range(2):
+            assert _shape(run_zoo_pipeline(pipe, name)) == _shape(expected)
+        report.undo()
+        assert state_differences(state, pipeline_state(pipe)) == [], extra
     assert np.array_equal(_as_array(run_zoo_pipeline(pipe, name)), _as_array(expected))

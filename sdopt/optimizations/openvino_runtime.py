@@ -28,6 +28,11 @@ PRECISIONS = ("f32", "bf16")
 # channels_last weights (copied, see `_openvino_program.shareable`), +4.1 GB from float32 weights, for 0.86 G
 # weights; the process's peak was its final size each time (the conversion's copies are gone by then).
 _BYTES_PER_CONVERTED_WEIGHT = 4.8
+# Denoisers OpenVINO crashes on (no exception to catch: the process dies), by class and precision.
+_CRASHES = {
+    ("Kandinsky3UNet", "f32"): "OpenVINO 2026.4's compile_model killed the process (SIGSEGV) compiling it at f32, "
+    "whole or block by block, in sdopt's pipeline zoo (bf16 compiled and ran)",
+}
 _INT8_TRACE_BYTES_PER_WEIGHT = 4.0
 
 
@@ -176,6 +181,9 @@ class OpenVinoRuntime(Optimization):
                     f"keep_float names {', '.join(map(repr, unknown))}, not top-level children of the denoiser "
                     f"(it has: {', '.join(children)})"
                 )
+        crash = _CRASHES.get((type(denoiser).__name__, config.precision))
+        if crash:
+            return crash
         if config.blocks and not unet_blocks(denoiser):
             return f"blocks: {type(denoiser).__name__} has no UNet down, mid and up blocks to convert one by one"
         if is_compiled(denoiser):
@@ -270,6 +278,8 @@ def unet_blocks(denoiser: Any) -> list[tuple[str, torch.nn.Module]]:
     if not isinstance(down, torch.nn.ModuleList) or not isinstance(up, torch.nn.ModuleList) or not down or not up:
         return []
     middle = [("mid_block", mid)] if isinstance(mid, torch.nn.Module) else []
+    if any(isinstance(block, (torch.nn.ModuleList, torch.nn.ModuleDict)) for block in [*down, *up]):
+        return []  # blocks that are lists of layers (Stable Cascade's): the model never calls their forward
     return [
         *((f"down_blocks.{i}", block) for i, block in enumerate(down)),
         *middle,

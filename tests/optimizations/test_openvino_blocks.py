@@ -70,6 +70,14 @@ def test_blocks_need_a_unet() -> None:
     assert "has no UNet down, mid and up blocks" in decision.reason
 
 
+def test_a_denoiser_openvino_crashes_on_is_skipped_with_the_reason() -> None:
+    from sdopt.testing import zoo_pipeline
+
+    pipe = zoo_pipeline("Kandinsky3Pipeline")  # its UNet killed the process in compile_model at f32
+    (decision,) = plan(pipe, tier=None, extra=["openvino_runtime"], caps=WITH_OPENVINO).skipped
+    assert "SIGSEGV" in decision.reason and "f32" in decision.reason
+
+
 def test_the_blocks_of_a_unet_in_call_order() -> None:
     paths = [path for path, _ in unet_blocks(tiny_pipeline("sd").unet)]
     assert paths == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
