@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sdopt import registry
@@ -249,36 +250,36 @@ def tune_command(args: argparse.Namespace) -> int:
     resolve_tier(args.quality)
     for name in names(args.exclude):
         registry.get(name)
-    _set_threads(args.threads)
-    caps = detect(device=args.device) if args.device else detect()
-    caps.require_usable_device()
-    guidance = trained_models.guidance_for(args.arch or "", args.guidance)  # trained-*: theirs, as generate
-    call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": guidance}
-    call = {key: value for key, value in call.items() if value is not None}
-    # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.
-    with stand_ins_for(args.arch or args.model):
-        pipe = load_pipeline(args.arch or args.model, "cpu" if caps.device == "cuda" else caps.device)
-        if caps.device == "cuda":
-            place(pipe, caps, tier=args.quality, memory_budget=args.memory_budget)
-        tuning = tune(
-            pipe,
-            args.quality,
-            call={**call, "batch": args.batch},
-            budget_s=args.budget_s,
-            caps=caps,
-            exclude=names(args.exclude),
-            memory_budget=args.memory_budget,
-            min_psnr_db=args.min_psnr_db,
-            cache=not args.no_cache,
-        )
-    print(tuning)
-    preset = dataclasses.replace(tuning.preset, name=args.name or output.stem)
-    preset.save(output)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(tuning.to_dict(), indent=2, default=str) + "\n")
-    print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
-    print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}), strict=True)")
-    return 0
+    with _threads(args.threads):
+        caps = detect(device=args.device) if args.device else detect()
+        caps.require_usable_device()
+        guidance = trained_models.guidance_for(args.arch or "", args.guidance)  # trained-*: theirs, as generate
+        call = {"height": args.height, "width": args.width, "steps": args.steps, "guidance": guidance}
+        call = {key: value for key, value in call.items() if value is not None}
+        # Random-weight architectures get random-weight replacement models, as in `sdopt bench`.
+        with stand_ins_for(args.arch or args.model):
+            pipe = load_pipeline(args.arch or args.model, "cpu" if caps.device == "cuda" else caps.device)
+            if caps.device == "cuda":
+                place(pipe, caps, tier=args.quality, memory_budget=args.memory_budget)
+            tuning = tune(
+                pipe,
+                args.quality,
+                call={**call, "batch": args.batch},
+                budget_s=args.budget_s,
+                caps=caps,
+                exclude=names(args.exclude),
+                memory_budget=args.memory_budget,
+                min_psnr_db=args.min_psnr_db,
+                cache=not args.no_cache,
+            )
+        print(tuning)
+        preset = dataclasses.replace(tuning.preset, name=args.name or output.stem)
+        preset.save(output)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(tuning.to_dict(), indent=2, default=str) + "\n")
+        print(f"\nwrote {output}: {len(preset.entries)} steps pinned (fingerprint {preset.fingerprint})")
+        print(f"replay with: optimize(pipe, preset=Preset.load({str(output)!r}), strict=True)")
+        return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -286,42 +287,42 @@ def bench_command(args: argparse.Namespace) -> int:
 
     from sdopt.bench import DEFAULT_PROMPTS, bench
 
-    _set_threads(args.threads)
-    prompts: Sequence[str] = DEFAULT_PROMPTS
-    if args.prompts:
-        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    result = bench(
-        args.arch or args.model,
-        names(args.tiers),
-        steps=args.steps,
-        height=args.height,
-        width=args.width,
-        guidance=args.guidance,
-        runs=args.runs,
-        warmup=args.warmup,
-        device=args.device,
-        prompts=prompts,
-        undoable=not args.no_undo,
-        memory_budget=args.memory_budget,
-        batch=args.batch,
-        gpu_references=not args.no_gpu_references,
-        recipe_compile=args.recipe_compile,
-        quality=False if args.no_quality else None,
-    )
-    print(result.table())
-    written = []
-    if args.json_out:
-        result.save_json(args.json_out)
-        written.append(args.json_out)
-    if args.markdown:
-        Path(args.markdown).write_text(result.to_markdown())
-        written.append(args.markdown)
-    if args.plot:
-        result.plot(args.plot)
-        written.append(args.plot)
-    if written:
-        print("wrote " + ", ".join(written))
-    return 0
+    with _threads(args.threads):
+        prompts: Sequence[str] = DEFAULT_PROMPTS
+        if args.prompts:
+            prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        result = bench(
+            args.arch or args.model,
+            names(args.tiers),
+            steps=args.steps,
+            height=args.height,
+            width=args.width,
+            guidance=args.guidance,
+            runs=args.runs,
+            warmup=args.warmup,
+            device=args.device,
+            prompts=prompts,
+            undoable=not args.no_undo,
+            memory_budget=args.memory_budget,
+            batch=args.batch,
+            gpu_references=not args.no_gpu_references,
+            recipe_compile=args.recipe_compile,
+            quality=False if args.no_quality else None,
+        )
+        print(result.table())
+        written = []
+        if args.json_out:
+            result.save_json(args.json_out)
+            written.append(args.json_out)
+        if args.markdown:
+            Path(args.markdown).write_text(result.to_markdown())
+            written.append(args.markdown)
+        if args.plot:
+            result.plot(args.plot)
+            written.append(args.plot)
+        if written:
+            print("wrote " + ", ".join(written))
+        return 0
 
 
 def _planning_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -352,14 +353,14 @@ def pipeline_to_plan(args: argparse.Namespace) -> Any:
     return load_pipeline(args.arch or args.model)
 
 
-def _set_threads(requested: int | None) -> None:
+@contextlib.contextmanager
+def _threads(requested: int | None) -> Iterator[None]:
     """torch's thread count for a command that times calls: ``--threads``, else chosen by the machine's load
-    over its physical cores (torch's own default); said on stderr."""
-    import torch
-
+    over its physical cores (torch's own default); said on stderr, and put back when the command ends (a
+    caller running ``main()`` in its own process keeps its setting)."""
     from sdopt.capabilities import detect
-    from sdopt.timing import choose_threads
+    from sdopt.timing import torch_threads
 
-    threads, why = choose_threads(requested, cores=detect().cpu.physical_cores)
-    torch.set_num_threads(threads)
-    print(why, file=sys.stderr)
+    with torch_threads(requested, cores=detect().cpu.physical_cores) as why:
+        print(why, file=sys.stderr)
+        yield

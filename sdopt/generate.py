@@ -26,7 +26,7 @@ from sdopt.presets import Preset
 from sdopt.report import Report
 from sdopt.simulation import trained as trained_models
 from sdopt.simulation.architectures import REAL_ARCHES, TINY_ARCHES, TRAINED_ARCHES, load_pipeline
-from sdopt.timing import Speedup, choose_threads, interleave, speedup
+from sdopt.timing import Speedup, interleave, speedup, torch_threads
 
 _logger = get_logger(__name__)
 
@@ -346,19 +346,12 @@ def _renderer(pipe: Any, kwargs: dict[str, Any], seed: int, label: str) -> Calla
 def _torch_threads(requested: int | None, caps: Any, notes: list[str]) -> Iterator[None]:
     """torch's CPU thread count while generating, noted, then put back: ``requested``, else on a CPU target
     chosen by load over its physical cores (torch's own default), else left as it is."""
-    import torch
-
     if requested is None and caps.device != "cpu":
         yield
         return
-    threads, why = choose_threads(requested, cores=caps.cpu.physical_cores)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    notes.append(why)
-    try:
+    with torch_threads(requested, cores=caps.cpu.physical_cores) as why:
+        notes.append(why)
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _frames(output: Any) -> list[Any]:

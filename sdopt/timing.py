@@ -8,10 +8,11 @@ its noise measure (`relative_range`, `MIN_GAIN`) with a search heuristic of its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,32 @@ def interleave(
                 outputs.append(output)
                 seconds.append(elapsed)
     return results
+
+
+@contextlib.contextmanager
+def torch_threads(requested: int | None = None, *, cores: int | None = None) -> Iterator[str]:
+    """torch's CPU thread count as `choose_threads` picks it, for the ``with`` block only (put back after,
+    so a caller's own setting survives); yields the reason.
+
+    Examples:
+        >>> import torch
+        >>> from sdopt.timing import torch_threads
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1) as why:
+        ...     torch.get_num_threads(), why
+        (1, 'threads: 1 (as asked)')
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    threads, why = choose_threads(requested, cores=cores)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield why
+    finally:
+        torch.set_num_threads(previous)
 
 
 def choose_threads(

@@ -20,12 +20,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _one_thread_after_each_test():
-    """Commands run in-process (``sdopt bench``, ``tune``, ``generate``) set torch's thread count for the
-    machine, as they must in their own process; left at 2 in a test worker, every later test in it ran
-    10-15x slower while the other worker was busy (a full run took 21 min instead of ~10)."""
+    """A test that leaves torch's thread count changed fails (and the count is reset): left at 2 in a test
+    worker, every later test in it ran 10-15x slower while the other worker was busy (commands run in-process
+    did that until they put their count back; a full run took 21 min instead of ~10)."""
     yield
-    if torch.get_num_threads() != 1:
+    threads = torch.get_num_threads()
+    if threads != 1:
         torch.set_num_threads(1)
+        pytest.fail(f"the test left torch at {threads} threads (this suite runs at 1): put the count back")
 
 
 @pytest.fixture(scope="session", autouse=True)
