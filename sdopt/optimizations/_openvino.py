@@ -32,15 +32,17 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
-from sdopt.footprint import module_bytes
+from sdopt.footprint import GB, module_bytes
 from sdopt.optimizations._openvino_cache import (
     accepted,
     key,
     load,
+    load_compiled,
     refused_snr_db,
     remember_acceptance,
     remember_refusal,
     store,
+    store_compiled,
 )
 from sdopt.optimizations._openvino_int8 import (
     MIN_ELEMENTS_PER_CHANNEL,
@@ -52,18 +54,23 @@ from sdopt.optimizations._openvino_int8 import (
 from sdopt.optimizations._openvino_program import (
     Program,
     compile_program,
+    compiled_blob,
     convert,
     detached,
+    import_program,
     layout_from_record,
     layout_record,
     output_layout,
 )
 from sdopt.optimizations._program_keys import behaviour, identity, signature, weights_hash
 from sdopt.optimizations._snr import snr_db
+from sdopt.probes.cpu import ram_gb
 from sdopt.verification import verifying
 
 MAX_PROGRAMS = 4
 """Compiled input signatures per method (a conversion takes ~40 s on SD1.5's UNet): beyond, PyTorch."""
+COMPILED_HEADROOM_GB = 2.0
+"""A compiled model is kept on disk only while RAM holds its export (about its weights' size) and this much."""
 KEEP_FLOAT_SHARE = 0.05
 """int8 below the floor is tried once more with this share of its layers (the most sensitive) left float."""
 _Sample = tuple[tuple[Any, ...], dict[str, Any], Any]  # a call's arguments and PyTorch's answer
@@ -200,15 +207,12 @@ class OpenVinoRunner:
                 f"(floor {self.min_snr_db:g} dB)"
             )
             return self._prepare(call_signature, args, kwargs)
-        started = time.perf_counter()
-        model = load(self.root, entry)
+        answer, model = self._from_disk(call_signature, entry, args, kwargs, int8=True)
+        if answer is not None:
+            return answer
         if model is None:
             self.calibrating[call_signature] = CalibrationCalls()
             return self._calibrate(call_signature, args, kwargs)
-        self.cache_hits += 1
-        answer = self._trusted(call_signature, entry, model, args, kwargs, started, int8=True)
-        if answer is not None:
-            return answer
         reference = self.original(*args, **kwargs)
         started = time.perf_counter()
         try:
@@ -303,16 +307,11 @@ class OpenVinoRunner:
     def _prepare(
         self, call_signature: str, args: tuple[Any, ...], kwargs: dict[str, Any], reference: Any = None
     ) -> Any:
-        started = time.perf_counter()
         loaded = None
         if reference is None and self.trust_tag:
-            entry = self._key(call_signature)
-            loaded = load(self.root, entry)
-            if loaded is not None:
-                self.cache_hits += 1
-                answer = self._trusted(call_signature, entry, loaded, args, kwargs, started)
-                if answer is not None:
-                    return answer
+            answer, loaded = self._from_disk(call_signature, self._key(call_signature), args, kwargs)
+            if answer is not None:
+                return answer
         if reference is None:
             reference = self.original(*args, **kwargs)  # this call's answer: PyTorch's, exactly
         started = time.perf_counter()
@@ -330,29 +329,56 @@ class OpenVinoRunner:
             self._remember_acceptance(self._key(call_signature), snr, program)
         return reference
 
+    def _from_disk(
+        self, call_signature: str, entry: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, int8: bool = False
+    ) -> tuple[Any, Any]:
+        """What the on-disk cache holds for ``entry``, for this call: ``(answer, None)`` where `_trusted`
+        answers it, else ``(None, model)`` with the converted model read from disk (None: none is kept)."""
+        started = time.perf_counter()
+        note = accepted(self.root, entry, self.trust_tag) if self.trust_tag else None
+        if note is not None and not note[0] >= self.min_snr_db:
+            note = None
+        blob = load_compiled(self.root, entry, self._compiled_setting()) if note is not None else None
+        model = load(self.root, entry) if blob is None else None
+        if blob is None and model is None:
+            return None, None
+        self.cache_hits += 1
+        if note is not None:
+            answer = self._trusted(
+                call_signature, entry, note, blob if blob is not None else model, args, kwargs, started, int8=int8
+            )
+            if answer is not None:
+                return answer, None
+            if model is None:  # the compiled model failed: the converted one is checked against PyTorch
+                model = load(self.root, entry)
+        return None, model
+
     def _trusted(
         self,
         call_signature: str,
         entry: str,
-        model: Any,
+        note: tuple[float, dict[str, Any]],
+        source: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         started: float,
         *,
         int8: bool = False,
     ) -> Any:
-        """The cached ``model``'s answer to this call with no PyTorch call, where this machine checked it
-        against PyTorch and accepted it at this precision before, at or above today's floor; None otherwise
-        (no such note, a failure, a non-finite output), and the caller checks it against PyTorch as usual.
-        What it trusts: the same weights, call, method and OpenVINO version (the entry's key), compiled at the
-        same precision on the same CPU class (the note's tag), computes what it computed when it was checked."""
-        note = accepted(self.root, entry, self.trust_tag) if self.trust_tag else None
-        if note is None or not note[0] >= self.min_snr_db:
-            return None
+        """This call's answer with no PyTorch call from ``source`` (the compiled model's exported bytes, or the
+        converted model, compiled now and then kept compiled), where ``note`` says this machine checked it
+        against PyTorch and accepted it at this precision before, at or above today's floor; None on a
+        failure or a non-finite output, and the caller checks it against PyTorch as usual. What it trusts:
+        the same weights, call, method and OpenVINO version (the entry's key), compiled at the same precision
+        on the same CPU class (the note's tag), computes what it computed when it was checked."""
         snr, outputs = note
+        imported = isinstance(source, bytes)
         try:
             spec, dtypes = layout_from_record(outputs)
-            program = compile_program(model, args, kwargs, self.precision, spec, dtypes)
+            if imported:
+                program = import_program(source, args, kwargs, self.precision, spec, dtypes)
+            else:
+                program = compile_program(source, args, kwargs, self.precision, spec, dtypes)
             answer = program(args, kwargs)
         except Exception as error:  # checked against PyTorch instead, as without the note
             self.events.append(f"cached model not trusted ({type(error).__name__}: {_first_line(error)})")
@@ -360,16 +386,32 @@ class OpenVinoRunner:
         if not all(torch.isfinite(leaf).all() for leaf in _pytree.tree_leaves(answer)):
             self.events.append(f"cached model not trusted for {_shape_label(args)}: a non-finite output")
             return None
+        if not imported:
+            self._keep_compiled(entry, program)
         self.programs[call_signature] = program
         self.openvino_calls += 1
         self.trusted += 1
         kind = f"{self.precision} with int8 layers" if int8 else self.precision
+        what = "compiled model read" if imported else "read"
         self.events.append(
-            f"OpenVINO {kind} for {_shape_label(args)}, {'int8 ' if int8 else ''}read from the on-disk cache, ready in "
-            f"{time.perf_counter() - started:.1f} s; answered its first call without PyTorch: it kept {snr:.1f} dB "
-            f"SNR against PyTorch when this machine checked it (floor {self.min_snr_db:g} dB)"
+            f"OpenVINO {kind} for {_shape_label(args)}, {'int8 ' if int8 else ''}{what} from the on-disk cache, "
+            f"ready in {time.perf_counter() - started:.1f} s; answered its first call without PyTorch: it kept "
+            f"{snr:.1f} dB SNR against PyTorch when this machine checked it (floor {self.min_snr_db:g} dB)"
         )
         return answer
+
+    def _keep_compiled(self, entry: str, program: Program) -> None:
+        """Keep ``program`` as compiled in its cache entry (if the entry was kept), for `_trusted` in a new
+        process: importing it takes under a second where compiling takes seconds. Skipped where RAM would not
+        hold its export beside everything else (it is about as large as the weights)."""
+        if ram_gb()[1] * GB < module_bytes(self.module) + COMPILED_HEADROOM_GB * GB:
+            return
+        with contextlib.suppress(OSError):  # not kept: the next process compiles, no worse than before
+            store_compiled(self.root, entry, self._compiled_setting(), compiled_blob(program))
+
+    def _compiled_setting(self) -> str:
+        """What a compiled model depends on besides the entry and the CPU: precision, CPU class, threads."""
+        return f"{self.trust_tag} threads={torch.get_num_threads()}"
 
     def _remember_acceptance(self, entry: str, snr: float, program: Program) -> None:
         """Note on the cache entry (if it was kept) that it passed here, for `_trusted` in a new process."""
@@ -378,8 +420,11 @@ class OpenVinoRunner:
         outputs = layout_record(program)
         if outputs is None:  # an output type pytree cannot name: new processes check it against PyTorch
             return
-        with contextlib.suppress(OSError):  # not kept on disk, or unwritable: checked again next time, no worse
+        try:
             remember_acceptance(self.root, entry, self.trust_tag, snr, outputs)
+        except OSError:  # not kept on disk, or unwritable: checked again next time, no worse
+            return
+        self._keep_compiled(entry, program)
 
     def _accept(
         self,

@@ -1,5 +1,6 @@
 """How a module method becomes an OpenVINO program and back: `convert` traces it at a call's static shapes,
-`compile_program` compiles it for the CPU, and `Program` feeds it a call's arguments and shapes its outputs
+`compile_program` compiles it for the CPU (`compiled_blob` / `import_program` keep that work for a new
+process), and `Program` feeds it a call's arguments and shapes its outputs
 like PyTorch's (`output_layout`; `layout_record` / `layout_from_record` keep that layout on disk so that a
 cached model can answer a call before PyTorch has).
 """
@@ -100,13 +101,47 @@ def compile_program(
     ``output_spec`` in ``dtypes``."""
     import openvino as ov
 
-    leaves = _pytree.tree_leaves((args, kwargs))
-    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    tensors = [leaf for leaf in _pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
     model.reshape({index: ov.PartialShape(list(tensor.shape)) for index, tensor in enumerate(tensors)})
-    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    compiled = ov.Core().compile_model(model, "CPU", _config(precision))
+    return _program(compiled, args, kwargs, output_spec, dtypes)
+
+
+def import_program(
+    blob: bytes,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    precision: str,
+    output_spec: Any,
+    dtypes: list[torch.dtype],
+) -> Program:
+    """A model `compiled_blob` exported, imported for this call (no compile: under a second for a UNet
+    block where compiling takes seconds), its outputs shaped by ``output_spec`` in ``dtypes``."""
+    import openvino as ov
+
+    compiled = ov.Core().import_model(blob, "CPU", _config(precision))
+    return _program(compiled, args, kwargs, output_spec, dtypes)
+
+
+def compiled_blob(program: Program) -> memoryview:
+    """``program``'s compiled model as OpenVINO exports it (for `import_program` on this CPU), not copied."""
+    import io
+
+    stream = io.BytesIO()
+    program.compiled.export_model(stream)
+    return stream.getbuffer()
+
+
+def _config(precision: str) -> dict[str, Any]:
+    return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+
+def _program(
+    compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any], spec: Any, dtypes: list[torch.dtype]
+) -> Program:
+    leaves = _pytree.tree_leaves((args, kwargs))
     positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-    return Program(compiled, positions, output_spec, dtypes)
+    return Program(compiled, positions, spec, dtypes)
 
 
 def output_layout(reference: Any, label: str) -> tuple[Any, list[torch.dtype]]:

@@ -19,6 +19,7 @@ from sdopt.optimizations._openvino import OpenVinoRunner
 from sdopt.optimizations._openvino_program import shareable
 from sdopt.optimizations._vae_guard import GuardedDecode
 from sdopt.testing import fake_capabilities, tiny_pipeline
+from sdopt.timing import torch_threads
 from tests.helpers import Snapshot, counting_original_calls
 
 WITH_OPENVINO = fake_capabilities("cpu-avx2", packages={"openvino": True})
@@ -193,6 +194,81 @@ def test_a_new_process_answers_its_first_call_with_a_model_this_machine_accepted
     assert "answered its first call without PyTorch" in report.after_calls["openvino_runtime"]
 
 
+def test_a_new_process_imports_the_model_as_compiled_instead_of_compiling_it(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = tiny_pipeline("sd")
+    _optimize(first, tmp_path)
+    _image(first)  # converted, checked against PyTorch (which answered this call), kept compiled
+    expected = _image(first)  # OpenVINO's answers only
+    assert len(list(tmp_path.glob("*/compiled-*.blob"))) == 2  # the UNet's and the decoder's, signed
+    compiles, reads = (
+        _counting(monkeypatch, openvino.Core, "compile_model"),
+        _counting(monkeypatch, openvino.Core, "read_model"),
+    )
+    second = tiny_pipeline("sd")  # the same weights in another process
+    report = _optimize(second, tmp_path)
+    image = _image(second)
+    assert (len(compiles), len(reads)) == (0, 0)
+    unet = second.unet.__dict__["forward"]
+    assert (unet.trusted, unet.conversions, unet.cache_hits) == (1, 0, 1)
+    assert "compiled model read from the on-disk cache" in report.after_calls["openvino_runtime"]
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_a_compiled_model_for_another_setting_or_tampered_with_is_compiled_again(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = tiny_pipeline("sd")
+    _optimize(first, tmp_path, vae=False)
+    _image(first)
+    expected = _image(first)
+    (blob,) = tmp_path.glob("*/compiled-*.blob")
+    compiles = _counting(monkeypatch, openvino.Core, "compile_model")
+    with torch_threads(2):  # another thread count: another compiled model, kept beside the first
+        second = tiny_pipeline("sd")
+        _optimize(second, tmp_path, vae=False)
+        _image(second)
+    assert len(compiles) == 1 and len(list(tmp_path.glob("*/compiled-*.blob"))) == 2
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    third = tiny_pipeline("sd")
+    _optimize(third, tmp_path, vae=False)
+    with pytest.warns(UserWarning, match="compiled model .*not signed"):
+        image = _image(third)
+    runner = third.unet.__dict__["forward"]
+    assert len(compiles) == 2 and runner.trusted == 1  # compiled from the signed converted model, still trusted
+    assert blob.is_file() and "compiled model" not in runner.events[0]  # and kept compiled again, signed
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_where_ram_would_not_hold_its_export_no_compiled_model_is_kept(
+    openvino: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sdopt.optimizations._openvino as runner_module
+
+    monkeypatch.setattr(runner_module, "ram_gb", lambda: (16.0, 1.5))  # under COMPILED_HEADROOM_GB free
+    pipe = tiny_pipeline("sd")
+    _optimize(pipe, tmp_path, vae=False)
+    _image(pipe)
+    assert pipe.unet.__dict__["forward"].openvino_calls > 0
+    assert list(tmp_path.glob("*/accepted.json")) and not list(tmp_path.glob("*/compiled-*"))
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """A list that grows by one at each call of ``owner.name`` (which still runs)."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 def test_an_acceptance_note_tampered_with_or_for_another_precision_is_checked_again(
     openvino: Any, tmp_path: Path
 ) -> None:
@@ -243,7 +319,7 @@ def test_a_tampered_cache_entry_is_converted_again(openvino: Any, tmp_path: Path
     report = _optimize(pipe, tmp_path)
     _image(pipe)
     report.undo()
-    for weights in tmp_path.rglob("model.bin"):
+    for weights in [*tmp_path.rglob("model.bin"), *tmp_path.rglob("compiled-*.blob")]:
         data = bytearray(weights.read_bytes())
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
