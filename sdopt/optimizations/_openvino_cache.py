@@ -167,8 +167,9 @@ def remember_acceptance(root: Path, entry: str, tag: str, snr_db: float, outputs
 
 def accepted(root: Path, entry: str, tag: str) -> tuple[float, dict[str, Any]] | None:
     """The SNR and output layout `remember_acceptance` noted for ``entry`` compiled as ``tag``, or None
-    (never accepted so, or the note is unsigned, damaged or from a model since replaced). Read it after
-    `load` has checked the entry's own signature."""
+    (never accepted so, or the note is unsigned, damaged or from a model since replaced). The note is bound to
+    the entry's signature, not to its files: a new process may trust it (and `load_compiled`'s blob, bound
+    the same way) without reading the converted model."""
     folder = root / entry
     try:
         entry_mac = (folder / _MAC).read_text().strip()
@@ -228,7 +229,8 @@ def store_compiled(root: Path, entry: str, setting: str, blob: memoryview) -> No
 
 def load_compiled(root: Path, entry: str, setting: str) -> bytes | None:
     """The blob `store_compiled` kept in ``entry`` for ``setting`` on this CPU, or None (absent, or not signed
-    by this user for this entry as it is now: a damaged or planted blob is removed)."""
+    by this user for this entry as it is now: a damaged or planted blob is left for `store_compiled` to
+    replace; removing it here could remove another process's blob written between its two files)."""
     folder = root / entry
     name = compiled_name(setting)
     blob, mac = folder / f"{name}.blob", folder / f"{name}.mac"
@@ -243,15 +245,12 @@ def load_compiled(root: Path, entry: str, setting: str) -> bytes | None:
         data = blob.read_bytes() if signed(mac.read_text().strip(), folder / _MAC, blob) else None
     except OSError:
         return None
-    if data is None:  # a damaged or planted blob in our own folder: removed, compiled again
+    if data is None:  # damaged, planted, or caught between another process's two writes: compiled again here
         warnings.warn(
-            f"sdopt openvino_runtime: ignoring compiled model {blob} (not signed by this user's sdopt "
-            "for this entry); removed",
+            f"sdopt openvino_runtime: ignoring compiled model {blob} (not signed by this user's sdopt for this "
+            "entry); it is replaced once the model is compiled again",
             stacklevel=5,
         )
-        for path in (blob, mac):
-            with contextlib.suppress(OSError):
-                path.unlink()
         return None
     with contextlib.suppress(OSError):  # recently used: the last to be evicted
         os.utime(folder)
