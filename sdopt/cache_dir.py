@@ -100,6 +100,28 @@ def signed(mac: str, *files: Path) -> bool:
     return hmac.compare_digest(mac, sign(*files))
 
 
+def signed_data(mac: str, *named: tuple[str, bytes | memoryview]) -> bool:
+    """Whether ``mac`` is `sign` of files with these names and contents, given as data already in memory or
+    mapped (what is checked is then exactly what is used, with no second read of the file).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from sdopt.cache_dir import sign, signed_data
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "blob"
+        >>> _ = path.write_bytes(b"compiled")
+        >>> signed_data(sign(path), ("blob", b"compiled")), signed_data(sign(path), ("blob", b"planted"))
+        (True, False)
+    """
+    import hashlib
+    import hmac
+
+    digest = hmac.new(mac_key(), digestmod=hashlib.sha256)
+    for name, data in named:
+        digest.update(data)
+        digest.update(b"\0" + name.encode() + b"\0")
+    return hmac.compare_digest(mac, digest.hexdigest())
+
+
 def sign_text(text: str) -> str:
     """The keyed MAC of ``text`` (a small note kept beside a cache entry; see `mac_key`)."""
     import hashlib

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils import _pytree
 
@@ -365,14 +366,14 @@ class OpenVinoRunner:
         *,
         int8: bool = False,
     ) -> Any:
-        """This call's answer with no PyTorch call from ``source`` (the compiled model's exported bytes, or the
+        """This call's answer with no PyTorch call from ``source`` (the compiled model's blob, mapped, or the
         converted model, compiled now and then kept compiled), where ``note`` says this machine checked it
         against PyTorch and accepted it at this precision before, at or above today's floor; None on a
         failure or a non-finite output, and the caller checks it against PyTorch as usual. What it trusts:
         the same weights, call, method and OpenVINO version (the entry's key), compiled at the same precision
         on the same CPU class (the note's tag), computes what it computed when it was checked."""
         snr, outputs = note
-        imported = isinstance(source, bytes)
+        imported = isinstance(source, np.ndarray)
         try:
             spec, dtypes = layout_from_record(outputs)
             if imported:

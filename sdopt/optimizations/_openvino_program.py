@@ -22,12 +22,20 @@ class Program:
     they are widened on the way in and narrowed back to the dtypes PyTorch returned on the way out."""
 
     def __init__(
-        self, compiled: Any, tensor_positions: list[int], output_spec: Any, output_dtypes: list[torch.dtype]
+        self,
+        compiled: Any,
+        tensor_positions: list[int],
+        output_spec: Any,
+        output_dtypes: list[torch.dtype],
+        backing: Any = None,
     ) -> None:
         self.compiled = compiled
         self.tensor_positions = tensor_positions
         self.output_spec = output_spec
         self.output_dtypes = output_dtypes
+        # What an imported model reads its weights from (a mapped blob): OpenVINO keeps using that memory, so it
+        # lives as long as the model, and is set after it so that it is released after it.
+        self.backing = backing
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         leaves = _pytree.tree_leaves((args, kwargs))
@@ -108,19 +116,21 @@ def compile_program(
 
 
 def import_program(
-    blob: bytes,
+    blob: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     precision: str,
     output_spec: Any,
     dtypes: list[torch.dtype],
 ) -> Program:
-    """A model `compiled_blob` exported, imported for this call (no compile: under a second for a UNet
-    block where compiling takes seconds), its outputs shaped by ``output_spec`` in ``dtypes``."""
+    """A model `compiled_blob` exported, imported for this call from ``blob`` (a uint8 numpy array, mapped from
+    its file: OpenVINO shares that memory instead of copying it, and the program keeps it alive) with no
+    compile (under a second for a UNet block where compiling takes seconds), its outputs shaped by
+    ``output_spec`` in ``dtypes``."""
     import openvino as ov
 
-    compiled = ov.Core().import_model(blob, "CPU", _config(precision))
-    return _program(compiled, args, kwargs, output_spec, dtypes)
+    compiled = ov.Core().import_model(ov.Tensor(blob, shared_memory=True), "CPU", _config(precision))
+    return _program(compiled, args, kwargs, output_spec, dtypes, backing=blob)
 
 
 def compiled_blob(program: Program) -> memoryview:
@@ -137,11 +147,16 @@ def _config(precision: str) -> dict[str, Any]:
 
 
 def _program(
-    compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any], spec: Any, dtypes: list[torch.dtype]
+    compiled: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    spec: Any,
+    dtypes: list[torch.dtype],
+    backing: Any = None,
 ) -> Program:
     leaves = _pytree.tree_leaves((args, kwargs))
     positions = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-    return Program(compiled, positions, spec, dtypes)
+    return Program(compiled, positions, spec, dtypes, backing)
 
 
 def output_layout(reference: Any, label: str) -> tuple[Any, list[torch.dtype]]:
