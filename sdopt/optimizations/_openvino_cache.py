@@ -68,10 +68,7 @@ def load(root: Path, entry: str) -> Any:
     files = (folder / _MODEL, folder / _WEIGHTS, folder / _META)
     if not all(path.is_file() for path in files):
         return None
-    try:
-        check_trusted(folder)
-    except UntrustedCacheError as error:  # not ours to remove either
-        warnings.warn(f"sdopt openvino_runtime: ignoring cache entry {folder} ({error})", stacklevel=5)
+    if not _writable_only_by_us(folder, f"cache entry {folder}"):
         return None
     try:
         mac = (folder / _MAC).read_text().strip() if (folder / _MAC).is_file() else ""
@@ -250,10 +247,7 @@ def load_compiled(root: Path, entry: str, setting: str) -> Any:
     blob, mac = folder / f"{name}.blob", folder / f"{name}.mac"
     if not (blob.is_file() and mac.is_file() and (folder / _MAC).is_file()):
         return None
-    try:
-        check_trusted(folder)
-    except UntrustedCacheError as error:  # not ours to remove either
-        warnings.warn(f"sdopt openvino_runtime: ignoring compiled model {blob} ({error})", stacklevel=5)
+    if not _writable_only_by_us(folder, f"compiled model {blob}"):
         return None
     try:
         mapped = np.memmap(blob, dtype=np.uint8, mode="c")
@@ -270,3 +264,14 @@ def load_compiled(root: Path, entry: str, setting: str) -> Any:
     with contextlib.suppress(OSError):  # recently used: the last to be evicted
         os.utime(folder)
     return mapped
+
+
+def _writable_only_by_us(folder: Path, what: str) -> bool:
+    """Whether ``folder`` passes `check_trusted`; if not, a warning that ``what`` is ignored (and left: a folder
+    others can write to is not ours to clean either)."""
+    try:
+        check_trusted(folder)
+    except UntrustedCacheError as error:
+        warnings.warn(f"sdopt openvino_runtime: ignoring {what} ({error})", stacklevel=6)
+        return False
+    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,15 @@ def test_a_new_process_imports_the_model_as_compiled_instead_of_compiling_it(
     assert (unet.trusted, unet.conversions, unet.cache_hits) == (1, 0, 1)
     assert "compiled model read from the on-disk cache" in report.after_calls["openvino_runtime"]
     np.testing.assert_array_equal(image, expected)
+    # OpenVINO reads the imported weights from the mapped blob from now on: another process storing its blob
+    # under the same name, then the cache's cap evicting the entry, leave the running models as they are
+    for blob in tmp_path.glob("*/compiled-*.blob"):
+        blob.with_suffix(".new").write_bytes(b"another process's blob")
+        blob.with_suffix(".new").replace(blob)
+    np.testing.assert_array_equal(_image(second), expected)
+    for entry in tmp_path.iterdir():
+        shutil.rmtree(entry)
+    np.testing.assert_array_equal(_image(second), expected)
 
 
 def test_a_compiled_model_for_another_setting_or_tampered_with_is_compiled_again(
