@@ -26,9 +26,10 @@ def _rss_gb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tier")
+    parser.add_argument("tier", help="a tier, or 'baseline' for the untouched float32 pipeline")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=2, help="calls timed one after another (1 for the baseline)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,13 +49,13 @@ def main() -> None:
     pipe = real_pipeline("sdxl")
     row["built_rss_gb"] = round(_rss_gb(), 2)
     started = time.perf_counter()
-    report = optimize(pipe, tier=args.tier)
+    report = optimize(pipe, tier=None if args.tier == "baseline" else args.tier)
     row["optimize_s"] = round(time.perf_counter() - started, 1)
     row["applied"] = [decision.name for decision in report.applied]
     row["optimized_rss_gb"] = round(_rss_gb(), 2)
     step_starts: list[float] = []
     pipe.unet.register_forward_pre_hook(lambda module, inputs: step_starts.append(time.perf_counter()))
-    for call in range(2):
+    for call in range(args.calls):
         step_starts.clear()
         started = time.perf_counter()
         pipe(
