@@ -100,16 +100,16 @@ def signed(mac: str, *files: Path) -> bool:
     return hmac.compare_digest(mac, sign(*files))
 
 
-def signed_data(mac: str, *named: tuple[str, bytes | memoryview]) -> bool:
-    """Whether ``mac`` is `sign` of files with these names and contents, given as data already in memory or
-    mapped (what is checked is then exactly what is used, with no second read of the file).
+def sign_data(*named: tuple[str, bytes | memoryview]) -> str:
+    """`sign` of files with these names and contents, given as data in memory or mapped: what is signed or
+    checked is then exactly what is written or used, with no second read of the file.
 
     Examples:
         >>> import pathlib, tempfile
-        >>> from sdopt.cache_dir import sign, signed_data
+        >>> from sdopt.cache_dir import sign, sign_data
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "blob"
         >>> _ = path.write_bytes(b"compiled")
-        >>> signed_data(sign(path), ("blob", b"compiled")), signed_data(sign(path), ("blob", b"planted"))
+        >>> sign_data(("blob", b"compiled")) == sign(path), sign_data(("blob", b"planted")) == sign(path)
         (True, False)
     """
     import hashlib
@@ -119,7 +119,14 @@ def signed_data(mac: str, *named: tuple[str, bytes | memoryview]) -> bool:
     for name, data in named:
         digest.update(data)
         digest.update(b"\0" + name.encode() + b"\0")
-    return hmac.compare_digest(mac, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def signed_data(mac: str, *named: tuple[str, bytes | memoryview]) -> bool:
+    """Whether ``mac`` is `sign_data` of ``named``: made by this user's sdopt, unchanged since."""
+    import hmac
+
+    return hmac.compare_digest(mac, sign_data(*named))
 
 
 def sign_text(text: str) -> str:

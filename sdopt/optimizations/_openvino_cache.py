@@ -26,6 +26,7 @@ from sdopt.cache_dir import (
     cache_root,
     check_trusted,
     sign,
+    sign_data,
     sign_text,
     signed,
     signed_data,
@@ -220,16 +221,17 @@ def store_compiled(root: Path, entry: str, setting: str, blob: memoryview) -> No
     name = compiled_name(setting)
     if shutil.disk_usage(folder).free - blob.nbytes < DISK_RESERVE_GB * GB:
         return
-    staging = folder / f".{name}.{os.getpid()}"
+    mac = sign_data((_MAC, (folder / _MAC).read_bytes()), (f"{name}.blob", blob))
+    staging, staging_mac = folder / f".{name}.{os.getpid()}", folder / f".{name}.mac.{os.getpid()}"
     try:
         staging.write_bytes(blob)
+        staging_mac.write_text(mac)
         staging.replace(folder / f"{name}.blob")
+        staging_mac.replace(folder / f"{name}.mac")
     finally:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-    mac = sign(folder / _MAC, folder / f"{name}.blob")
-    (folder / f".{name}.mac.{os.getpid()}").write_text(mac)
-    (folder / f".{name}.mac.{os.getpid()}").replace(folder / f"{name}.mac")
+        for path in (staging, staging_mac):
+            with contextlib.suppress(OSError):
+                path.unlink()
     evict(root, cache_cap_bytes(), keep=entry)
 
 
