@@ -185,7 +185,7 @@ class Report:
             >>> report = optimize(tiny_pipeline("sd"), tier="balanced", caps=fake_capabilities("cpu-amx"))
             >>> preset = report.to_preset("my-app")
             >>> preset.entries[0].name, preset.entries[0].config["dtype"], preset.based_on
-            ('half_precision', 'bfloat16', 'balanced@4')
+            ('half_precision', 'bfloat16', 'balanced@...')
         """
         from sdopt._version import __version__
         from sdopt.presets import Preset, frozen_entry

@@ -9,20 +9,21 @@ import pytest
 from sdopt.cli import main
 from sdopt.tiers import resolve_tier
 
-FAST = resolve_tier("fast").label  # the current version: these tests follow new ones
+FAST = resolve_tier("fast").label  # the current versions: these tests follow new ones
+BALANCED = resolve_tier("balanced").label
 
 
 def test_tiers_lists_every_tier(capsys) -> None:
     assert main(["tiers", "--all"]) == 0
     out = capsys.readouterr().out
-    for tier in ("conservative@2", "balanced@1", "balanced@4 (default)", "fast@6", "ultra@6", "low-memory@3"):
+    for tier in ("conservative@2", "balanced@1", "balanced@4", f"{BALANCED} (default)", "fast@6", "ultra@6", "low-memory@3"):
         assert tier in out
 
 
 def test_tiers_shows_the_current_versions_unless_asked_for_all(capsys) -> None:
     assert main(["tiers"]) == 0
     out = capsys.readouterr().out
-    assert "balanced@4 (default)" in out and FAST in out
+    assert f"{BALANCED} (default)" in out and FAST in out
     assert "balanced@1" not in out and "(old)" not in out and "sdopt tiers --all" in out
 
 
@@ -75,7 +76,7 @@ def test_freeze_writes_a_preset_that_replays(tmp_path, capsys) -> None:
 
 def test_tiers_markdown(capsys) -> None:
     assert main(["tiers", "--markdown"]) == 0
-    assert "### `balanced@4` (the default)" in capsys.readouterr().out
+    assert f"### `{BALANCED}` (the default)" in capsys.readouterr().out
 
 
 def test_tune_writes_a_preset_and_the_record_then_hits_the_cache(tmp_path, capsys, monkeypatch) -> None:

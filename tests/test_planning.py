@@ -99,7 +99,7 @@ def test_unknown_tier_lists_the_valid_ones(sd_pipe) -> None:
         plan(sd_pipe, tier="balnced")
     with pytest.raises(UnknownTierError, match="balanced@1"):
         plan(sd_pipe, tier="balanced@999")
-    assert resolve_tier("balanced").label == "balanced@4"
+    assert resolve_tier("balanced").label == "balanced@5"
 
 
 def test_unknown_optimization_names_the_closest(sd_pipe) -> None:

@@ -7,6 +7,7 @@ import pytest
 from sdopt import Preset, optimize, registry
 from sdopt.presets import Entry, PresetError
 from sdopt.requirements import Requirements
+from sdopt.tiers import resolve_tier
 
 
 def _preset() -> Preset:
@@ -132,7 +133,7 @@ def test_a_frozen_preset_replays_identically_on_a_fresh_pipeline(tmp_path) -> No
     first = tiny_pipeline("sd")
     report = optimize(first, tier="balanced", caps=caps)
     preset = report.to_preset("app")
-    assert preset.based_on == "balanced@4" and preset.fingerprint == caps.fingerprint
+    assert preset.based_on == resolve_tier("balanced").label and preset.fingerprint == caps.fingerprint
     assert {e.name: e.config for e in preset.entries}["half_precision"]["dtype"] == "bfloat16"  # resolved
     path = tmp_path / "app.toml"
     preset.save(path)

@@ -212,10 +212,10 @@ def test_keep_float_must_name_children_of_the_denoiser() -> None:
     assert step.optimization.lossy_with(step.config) is True
 
 
-def test_fast_takes_int8_for_unets_up_to_sd15s_size_and_keeps_bf16_above() -> None:
+def test_balanced_fast_and_ultra_take_int8_for_unets_up_to_sd15s_size_and_keep_bf16_above() -> None:
     epyc = fake_capabilities("cpu-epyc-bf16", packages={"openvino": True, "torchao": True})
     for arch, int8 in (("sd15", True), ("sdxl", False)):
-        for tier in ("fast@6", "ultra@6"):
+        for tier in ("balanced@5", "fast@6", "ultra@6"):
             result = plan(real_pipeline(arch, device="meta"), tier=tier, caps=epyc)
             (step,) = [step for step in result.steps if step.name == "openvino_runtime"]
             assert (step.config.precision, step.config.int8) == ("bf16", int8), (arch, tier)
@@ -223,8 +223,13 @@ def test_fast_takes_int8_for_unets_up_to_sd15s_size_and_keeps_bf16_above() -> No
     # not on the AVX2 class nor on AMX (unmeasured there)
     for profile in ("cpu-avx2", "cpu-amx"):
         caps = fake_capabilities(profile, packages={"openvino": True, "torchao": True})
-        steps = plan(real_pipeline("sd15", device="meta"), tier="fast@6", caps=caps).steps
-        assert not any(step.name == "openvino_runtime" and step.config.int8 for step in steps), profile
+        for tier in ("balanced@5", "fast@6"):
+            steps = plan(real_pipeline("sd15", device="meta"), tier=tier, caps=caps).steps
+            assert not any(step.name == "openvino_runtime" and step.config.int8 for step in steps), (profile, tier)
+    # balanced@4 kept bf16 where balanced@5 takes int8
+    steps = plan(real_pipeline("sd15", device="meta"), tier="balanced@4", caps=epyc).steps
+    (step,) = [step for step in steps if step.name == "openvino_runtime"]
+    assert (step.config.precision, step.config.int8) == ("bf16", False)
 
 
 def test_the_footprint_counts_the_float32_weights_the_int8_trace_holds() -> None:
