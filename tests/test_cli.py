@@ -16,7 +16,15 @@ BALANCED = resolve_tier("balanced").label
 def test_tiers_lists_every_tier(capsys) -> None:
     assert main(["tiers", "--all"]) == 0
     out = capsys.readouterr().out
-    for tier in ("conservative@2", "balanced@1", "balanced@4", f"{BALANCED} (default)", "fast@6", "ultra@6", "low-memory@3"):
+    for tier in (
+        "conservative@2",
+        "balanced@1",
+        "balanced@4",
+        f"{BALANCED} (default)",
+        "fast@6",
+        "ultra@6",
+        "low-memory@3",
+    ):
         assert tier in out
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sdopt.tiers import resolve_tier
+
 pytestmark = pytest.mark.slow  # the whole file runs in CI and with -m slow, not in the quick default
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -25,7 +27,7 @@ def test_pin_preset_example_freezes_then_replays_exactly(tmp_path, monkeypatch, 
     monkeypatch.setattr(sys, "argv", ["pin_preset.py", str(path)])
     runpy.run_path(str(EXAMPLES / "pin_preset.py"), run_name="__main__")
     first = capsys.readouterr().out
-    assert "froze balanced@4" in first and "replayed my-app@1 exactly" in first
+    assert f"froze {resolve_tier('balanced').label}" in first and "replayed my-app@1 exactly" in first
     runpy.run_path(str(EXAMPLES / "pin_preset.py"), run_name="__main__")
     second = capsys.readouterr().out
     assert "froze" not in second and "replayed my-app@1 exactly" in second

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("sdopt.weights", "sdopt.verification", "sdopt.speed_guard", "sdopt.footprint", "sdopt.optimization"),
     ),
     ("optimizations", ("sdopt.optimizations",)),
-    ("registry and presets", ("sdopt.registry", "sdopt.presets", "sdopt.tiers")),
+    ("registry and presets", ("sdopt.registry", "sdopt.presets", "sdopt.tier_versions", "sdopt.tiers")),
     ("planning", ("sdopt.report", "sdopt.planning")),
     ("engine", ("sdopt.engine",)),
     ("tuning", ("sdopt.tuning",)),

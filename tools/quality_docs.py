@@ -1,9 +1,9 @@
 """Write the quality tables of docs/quality.md from the committed bench runs (issue 28).
 
-Reads ``benchmarks/results/trained-sd.json`` and ``trained-dit.json`` (``sdopt bench --arch trained-*
---json``) and ``benchmarks/results/quality-gates.json`` (``benchmarks/quality_gates.py --json``), and
-replaces what lies between the generated-table markers of docs/quality.md. A test checks the page
-matches the files, so a new run cannot be left out of the docs.
+Reads the tier runs in `TIER_RUNS` (``benchmarks/results/trained-sd.json`` and the others: ``sdopt bench
+--arch trained-* --json``, one pair per CPU class) and ``benchmarks/results/quality-gates.json``
+(``benchmarks/quality_gates.py --json``), and replaces what lies between the generated-table markers of
+docs/quality.md. A test checks the page matches the files, so a new run cannot be left out of the docs.
 
     python tools/quality_docs.py          # rewrite docs/quality.md
     python tools/quality_docs.py --check  # exit 1 when the page is stale
@@ -73,11 +73,29 @@ def _cell(value: Any, form: str) -> str:
     return "-" if value is None else form.format(value)
 
 
+TIER_RUNS = (
+    ("On a CPU with AMX (the tiers as of issue 28)", ("trained-sd.json", "trained-dit.json")),
+    (
+        "On an `avx512-bf16` CPU without AMX, where the tiers run OpenVINO (the tiers as of issue 29)",
+        ("trained-sd-epyc-bf16.json", "trained-dit-epyc-bf16.json"),
+    ),
+)
+"""The committed tier runs the page shows, by CPU class: the tiers plan differently on each."""
+
+SPEED_NOTE = (
+    "These pipelines are 64x64 with a few million weights, so their seconds measure per-call overhead "
+    "(bfloat16's casts made the tiny DiT slower on both CPUs): read these tables for quality, and the "
+    "real-size runs in `benchmarks/RESULTS.md` for speed."
+)
+
+
 def render() -> str:
     """The generated part of the page, markers included."""
-    parts = [START, "", "### Tiers, speed and quality", ""]
-    for kind in ("sd", "dit"):
-        parts += [_tier_table(RESULTS / f"trained-{kind}.json"), ""]
+    parts = [START, "", "### Tiers, speed and quality", "", SPEED_NOTE, ""]
+    for heading, files in TIER_RUNS:
+        parts += [f"#### {heading}", ""]
+        for name in files:
+            parts += [_tier_table(RESULTS / name), ""]
     parts += ["### Each step alone", "", _gates_markdown(json.loads((RESULTS / "quality-gates.json").read_text()))]
     return "\n".join(parts).rstrip() + "\n" + END
 
