@@ -499,5 +499,4 @@ TIERS: dict[str, dict[int, Preset]] = {
         3: Preset("low-memory", _LOW_MEMORY_3, 3, "smallest footprint that still runs"),
     },
 }
-
 """Every published version of every tier, by name and version number."""
