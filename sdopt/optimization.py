@@ -224,6 +224,14 @@ class Optimization:
         an optimization whose options decide it, such as a precision, says so here)."""
         return self.lossy
 
+    def gentler(self, config: Any) -> Any | None:
+        """A config of this step that changes outputs less than ``config`` does, or None (the default).
+
+        `tier="auto"` times it where ``config`` made the call faster but fell under the quality's
+        fidelity floor, so a step whose lossy option fails there is not lost with its lossless part
+        (``openvino_runtime``'s int8 falls back to its precision alone)."""
+        return None
+
     # ---- configuration
 
     def make_config(self, values: Mapping[str, Any] | Any = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -158,6 +159,70 @@ def test_auto_keeps_exactly_what_helps(fakes, clocked) -> None:
     assert [e.name for e in tuning.preset.entries] == ["fake_faster", "fake_kernel", "fake_compiler"]
     assert tuning.best_call_s == pytest.approx(1.75)
     assert state_differences(before, pipeline_state(pipe)) == []
+
+
+@dataclass(frozen=True)
+class _TwoPartConfig:
+    lossy_part: bool = True
+
+
+class TwoPart(Optimization):
+    """Faster either way; its lossy option also changes every denoiser output beyond any floor."""
+
+    name = "fake_two_part"
+    kind = "layout"
+    lossy = True
+    Config = _TwoPartConfig
+
+    def gentler(self, config: Any) -> Any:
+        return replace(config, lossy_part=False) if config.lossy_part else None
+
+    def apply(self, pipe: Any, anatomy: Any, caps: Any, config: Any) -> Any:
+        unet = anatomy.denoiser
+        unet.fake_speed = 2.0
+        hooks = (
+            [unet.register_forward_hook(lambda module, args, output: (output[0] * 3 + 1,))] if config.lossy_part else []
+        )
+
+        def undo() -> None:
+            del unet.fake_speed
+            for hook in hooks:
+                hook.remove()
+
+        return undo
+
+
+def test_a_step_under_the_floor_is_timed_again_with_its_gentler_config(clocked) -> None:
+    pipe, clock, _ = clocked
+    register(TwoPart)
+    try:
+        before = pipeline_state(pipe)
+        tuning = _tune(pipe, clock, Preset("fakes", (Entry("fake_two_part"),)))
+        first, second = tuning.trials
+        assert not first.kept and first.psnr_db < 40 and "under the floor of 40 dB" in first.why
+        assert second.kept and second.why.startswith("with lossy_part=False: ") and second.psnr_db == float("inf")
+        (entry,) = tuning.preset.entries
+        assert entry.name == "fake_two_part" and entry.config["lossy_part"] is False
+        assert tuning.trial_for("fake_two_part") is second
+        assert state_differences(before, pipeline_state(pipe)) == []
+        # the tuned preset replays the gentler config: the images are the untouched pipeline's
+        untouched = pipe(
+            prompt="a", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+        )
+        report = optimize(pipe, preset=tuning.preset, caps=fake_capabilities("cpu"))
+        tuned = pipe(prompt="a", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+        report.undo()
+        np.testing.assert_array_equal(untouched.images, tuned.images)
+    finally:
+        unregister(TwoPart.name)
+
+
+def test_openvino_int8_is_gentler_without_int8() -> None:
+    from sdopt.registry import get
+
+    step = get("openvino_runtime")
+    assert step.gentler(step.make_config({"int8": True, "blocks": True})) == step.make_config({"blocks": True})
+    assert step.gentler(step.make_config({})) is None
 
 
 def test_optimize_auto_reports_the_measurements_and_undoes_exactly(fakes, clocked, monkeypatch, tmp_path) -> None:

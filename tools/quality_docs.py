@@ -84,8 +84,8 @@ TIER_RUNS = (
 
 SPEED_NOTE = (
     "These pipelines are 64x64 with a few million weights, so their seconds measure per-call overhead "
-    "(bfloat16's casts made the tiny DiT slower on both CPUs): read these tables for quality, and the "
-    "real-size runs in `benchmarks/RESULTS.md` for speed."
+    "(with bfloat16's casts the tiny DiT ran 0.73-0.79x, within or near the noise): read these tables for "
+    "quality, and the real-size runs in `benchmarks/RESULTS.md` for speed."
 )
 
 

@@ -147,6 +147,10 @@ class OpenVinoRuntime(Optimization):
     def lossy_with(self, config: Any) -> bool:
         return bool(config.precision != "f32" or config.int8)
 
+    def gentler(self, config: Any) -> Any | None:
+        # int8 is the lossier half of the step: without it the denoiser still runs OpenVINO at `precision`.
+        return replace(config, int8=False) if config.int8 else None
+
     def composes_with(self, config: Any, other: str) -> bool:
         # Converted whole, the UNet's forward is one OpenVINO model: feature caching's hooks on its deep blocks
         # would never run (and would be traced into it). Block by block, they wrap the blocks' stand-ins.

@@ -111,7 +111,8 @@ class Tuning:
         return [name for trial in self.trials if trial.why.startswith(NOT_MEASURED) for name in trial.names]
 
     def trial_for(self, name: str) -> Trial | None:
-        return next((t for t in (*self.fixed, *self.trials) if name in t.names), None)
+        """The last trial of ``name``: where a gentler config was tried after the first, the decisive one."""
+        return next((t for t in reversed((*self.fixed, *self.trials)) if name in t.names), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdopt import registry
@@ -172,6 +172,44 @@ def try_group(
             names, False, f"{comparison.describe()} but {shown} vs the untouched pipeline, {floor}", comparison, value
         )
     return _trial(names, True, f"{comparison.describe()}, {shown} vs the untouched pipeline", comparison, value)
+
+
+def try_gently(
+    pipe: Any,
+    best: list[Entry],
+    group: list[Step],
+    settings: Settings,
+    reference: Any,
+) -> tuple[list[Trial], list[Step]]:
+    """`try_group`, then, where ``group`` was faster but fell under the fidelity floor and its one step
+    has a `gentler <sdopt.optimization.Optimization.gentler>` config, the same with that config: the
+    trials made, and the group the last of them measured (the one to keep if it was kept)."""
+    trial = try_group(pipe, best, group, settings, reference)
+    milder = _gentler(group) if _under_floor(trial, settings) else None
+    if milder is None:
+        return [trial], group
+    changed = _changed_options(group[0], milder[0])
+    second = try_group(pipe, best, milder, settings, reference)
+    return [trial, replace(second, why=f"with {changed}: {second.why}")], milder
+
+
+def _under_floor(trial: Trial, settings: Settings) -> bool:
+    floor = settings.min_psnr_db
+    return not trial.kept and floor is not None and trial.psnr_db is not None and trial.psnr_db < floor
+
+
+def _gentler(group: list[Step]) -> list[Step] | None:
+    if len(group) != 1:  # companions are timed together: no one step's gentler config stands for them
+        return None
+    (step,) = group
+    config = step.optimization.gentler(step.config)
+    return None if config is None else [replace(step, config=config)]
+
+
+def _changed_options(before: Step, after: Step) -> str:
+    old = before.optimization.config_to_dict(before.config)
+    new = after.optimization.config_to_dict(after.config)
+    return ", ".join(f"{key}={value}" for key, value in new.items() if old.get(key) != value)
 
 
 def _trial(names: tuple[str, ...], kept: bool, why: str, comparison: Comparison, psnr_db: float | None = None) -> Trial:
