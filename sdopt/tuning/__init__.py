@@ -247,8 +247,9 @@ def with_tuning(report: Report, tuning: Tuning) -> Report:
                 continue
             optimization = registry.get(name)
             config = optimization.config_to_dict(optimization.make_config({}))
+            decisive = tuning.trial_for(name) or trial  # a gentler config's trial, where one followed
             report.skipped.append(
-                Decision(name, "skipped", trial.reason, config, optimization.kind, optimization.lossy, report.source)
+                Decision(name, "skipped", decisive.reason, config, optimization.kind, optimization.lossy, report.source)
             )
             decided.add(name)
     report.skipped += [Decision(**data) for data in tuning.skipped if data["name"] not in decided]
