@@ -192,12 +192,13 @@ class TwoPart(Optimization):
         return undo
 
 
-def test_a_step_under_the_floor_is_timed_again_with_its_gentler_config(clocked) -> None:
-    pipe, clock, _ = clocked
+def test_a_step_under_the_floor_is_timed_again_with_its_gentler_config(clocked, monkeypatch, tmp_path) -> None:
+    pipe, clock, calls = clocked
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path))
     register(TwoPart)
     try:
         before = pipeline_state(pipe)
-        tuning = _tune(pipe, clock, Preset("fakes", (Entry("fake_two_part"),)))
+        tuning = _tune(pipe, clock, Preset("fakes", (Entry("fake_two_part"),)), cache=True)
         first, second = tuning.trials
         assert not first.kept and first.psnr_db < 40 and "under the floor of 40 dB" in first.why
         assert second.kept and second.why.startswith("with lossy_part=False: ") and second.psnr_db == float("inf")
@@ -205,6 +206,10 @@ def test_a_step_under_the_floor_is_timed_again_with_its_gentler_config(clocked) 
         assert entry.name == "fake_two_part" and entry.config["lossy_part"] is False
         assert tuning.trial_for("fake_two_part") is second
         assert state_differences(before, pipeline_state(pipe)) == []
+        # stored with the gentler config, and read back without measuring again
+        calls["denoiser"] = 0
+        cached = _tune(pipe, clock, Preset("fakes", (Entry("fake_two_part"),)), cache=True)
+        assert cached.from_cache and calls["denoiser"] == 0 and cached.preset.to_dict() == tuning.preset.to_dict()
         # the tuned preset replays the gentler config: the images are the untouched pipeline's
         untouched = pipe(
             prompt="a", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)

@@ -279,9 +279,19 @@ def clear_cache() -> int:
 
 def _only_candidates(preset: Preset, candidates: list[Entry]) -> bool:
     """Whether every step of a stored tuning is one of the candidates its key was made from, with the very
-    same options: an entry planted or damaged on disk cannot add a step (resolution 0.25 under balanced)."""
-    allowed = {entry.name: registry.get(entry.name).portable(entry.config) for entry in candidates}
-    return all(entry.name in allowed and dict(entry.config) == allowed[entry.name] for entry in preset.entries)
+    same options or its gentler ones (`Optimization.gentler`, which `tune` may have kept): an entry planted
+    or damaged on disk cannot add a step (resolution 0.25 under balanced)."""
+    allowed = {entry.name: _options_tune_may_keep(entry) for entry in candidates}
+    return all(entry.name in allowed and dict(entry.config) in allowed[entry.name] for entry in preset.entries)
+
+
+def _options_tune_may_keep(candidate: Entry) -> list[dict[str, Any]]:
+    optimization = registry.get(candidate.name)
+    options = [optimization.portable(candidate.config)]
+    gentler = optimization.gentler(optimization.make_config(candidate.config))
+    if gentler is not None:  # tune tries one gentler config, no more
+        options.append(optimization.portable(optimization.config_to_dict(gentler)))
+    return options
 
 
 def _stored(root: Any, key: str) -> Tuning | None:
